@@ -1,0 +1,85 @@
+"""Actor: one task, one bounded inbox, one message at a time.
+
+The one obvious way to write an application actor: subclass, write `handle`, supervise
+`actor.spec(id)`. Everything the actor owns is touched only from its own task, so it needs no
+locks; others reach it only through `send` (or a handle from `address()`), and a full inbox
+makes them wait: backpressure, never an unbounded queue.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar, Generic, TypeVar
+
+import trio
+
+from ._context import current_child
+from ._defaults import ACTOR_KIND, INBOX_SIZE, SHUTDOWN_GRACE
+from ._spec import ChildSpec, Restart
+
+MessageT = TypeVar("MessageT")
+
+
+class Actor(ABC, Generic[MessageT]):
+    """Base class of actors that read a bounded inbox of `MessageT`.
+
+    The inbox belongs to the object, not to one run: when the supervisor restarts a crashed
+    actor, messages already queued are still there and every handle others hold stays valid.
+    Only the message being handled when it crashed is lost.
+
+    When its job is done (a session that finished), the actor calls `self.stop()` from `handle`:
+    `run` then returns normally and closes the inbox, so later senders get
+    `trio.BrokenResourceError` at once instead of waiting on an inbox nobody reads. A stopped
+    actor cannot run again; make a new one.
+    """
+
+    inbox_size: ClassVar[int] = INBOX_SIZE
+    """Default capacity for this class; the constructor can override it per instance."""
+
+    def __init__(self, *, inbox_size: int | None = None) -> None:
+        size = type(self).inbox_size if inbox_size is None else inbox_size
+        self._outbox, self._inbox = trio.open_memory_channel[MessageT](size)
+        self._stopping = False
+
+    def spec(
+        self,
+        id: str,
+        *,
+        restart: Restart = Restart.PERMANENT,
+        shutdown: float = SHUTDOWN_GRACE,
+    ) -> ChildSpec:
+        """This actor as a supervised child (kind "actor")."""
+        return ChildSpec(id=id, start=self.run, restart=restart, shutdown=shutdown, kind=ACTOR_KIND)
+
+    async def send(self, message: MessageT) -> None:
+        """Queue a message; waits while the inbox is full."""
+        await self._outbox.send(message)
+
+    def address(self) -> trio.MemorySendChannel[MessageT]:
+        """A send handle of one's own (a clone), for a producer that wants to close it."""
+        return self._outbox.clone()
+
+    def stop(self) -> None:
+        """Finish `run` after the message being handled; call it from `handle`."""
+        self._stopping = True
+
+    async def setup(self) -> None:
+        """Runs before the actor reports ready; raise here to fail the start. Default: nothing."""
+
+    @abstractmethod
+    async def handle(self, message: MessageT) -> None:
+        """Handle one message. Raising crashes the actor; its supervisor decides what next."""
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Set up, report ready, then handle messages one by one until `stop()` or cancelled."""
+        if self._stopping:
+            raise RuntimeError(f"{type(self).__name__} was stopped; make a new one")
+        context = current_child()
+        if context is not None:
+            context.report_inbox(self._inbox)
+        await self.setup()
+        task_status.started()
+        while not self._stopping:
+            message = await self._inbox.receive()
+            await self.handle(message)
+        self._inbox.close()

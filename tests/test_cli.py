@@ -1,0 +1,153 @@
+"""The `anycode` command line: check-config, --help, --version, exit codes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from anycode_actors import __version__
+from anycode_actors.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "config.example.toml"
+TOKEN = "123456789:AAExampleExampleExampleExampleExample0"
+SECRET = TOKEN.split(":")[1]
+
+
+def write_config(tmp_path: Path, text: str) -> str:
+    file = tmp_path / "config.toml"
+    file.write_text(text)
+    return str(file)
+
+
+def test_check_config_prints_the_effective_config_with_secrets_masked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_config(tmp_path, f'[telegram]\nbot_token = "{TOKEN}"\nallowed_users = [1]\n')
+    assert main(["check-config", path], environ={}) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert out.startswith(f"✓ {path} is valid\n")
+    assert "chat      telegram (1 allowed user)" in out
+    assert "agents    claude-code (default), codex, goose (cannot run with sandbox-agent)" in out
+    assert 'bot_token = "123456789:…(redacted, 48 chars)"' in out
+    assert SECRET not in out
+
+
+def test_check_config_output_contains_the_effective_config_as_toml(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_config(tmp_path, f'[telegram]\nbot_token = "{TOKEN}"\n')
+    main(["check-config", path], environ={})
+    out = capsys.readouterr().out
+    dumped = tomllib.loads(out[out.index("# Effective configuration") :])
+    assert dumped["session"]["debounce_ms"] == 500
+    assert dumped["database"]["path"] == str(tmp_path / "anycode.db")
+
+
+def test_check_config_warns_when_anyone_may_use_the_bot(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_config(tmp_path, f'[telegram]\nbot_token = "{TOKEN}"\n')
+    main(["check-config", path], environ={})
+    assert "! telegram.allowed_users is empty" in capsys.readouterr().out
+
+
+def test_check_config_lists_every_problem_on_stderr_and_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = '[slack]\napp_token = "xoxb-SECRETAPP"\nbot_token = "nope"\n[session]\ndebounce_ms = 0\n'
+    path = write_config(tmp_path, text)
+    assert main(["check-config", path], environ={}) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    lines = err.splitlines()
+    assert lines[0] == f"✗ {path} has 3 problems:"
+    assert "  • slack.app_token: must start with xapp- (this is the bot token)" in lines
+    assert "  • slack.bot_token: must start with xoxb-" in lines
+    assert "  • session.debounce_ms: must be greater than 0" in lines
+    assert any(line.startswith("      fix: ") for line in lines)
+    assert "SECRETAPP" not in err
+
+
+def test_check_config_of_a_missing_file_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["check-config", str(tmp_path / "nope.toml")], environ={}) == 1
+    assert "file not found" in capsys.readouterr().err
+
+
+def test_check_config_reports_toml_syntax_errors_with_their_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_config(tmp_path, "[telegram\n")
+    assert main(["check-config", path], environ={}) == 1
+    assert "line 1, column 10: invalid TOML" in capsys.readouterr().err
+
+
+def test_check_config_shows_which_secrets_came_from_the_environment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_config(tmp_path, "")
+    assert main(["check-config", path], environ={"ANYCODE_TELEGRAM_BOT_TOKEN": TOKEN}) == 0
+    out = capsys.readouterr().out
+    assert "from env  ANYCODE_TELEGRAM_BOT_TOKEN" in out
+    assert SECRET not in out
+
+
+def test_check_config_accepts_the_example_file(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", str(EXAMPLE)], environ={}) == 0
+    assert "is valid" in capsys.readouterr().out
+
+
+def test_check_config_defaults_to_config_toml_in_the_working_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_config(tmp_path, f'[telegram]\nbot_token = "{TOKEN}"\n')
+    monkeypatch.chdir(tmp_path)
+    assert main(["check-config"], environ={}) == 0
+    assert capsys.readouterr().out.startswith("✓ config.toml is valid")
+
+
+def test_version_prints_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"anycode {__version__}\n"
+
+
+def test_help_lists_the_commands_and_the_secret_variables(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "check-config" in out
+    assert "ANYCODE_SLACK_APP_TOKEN" in out
+
+
+def test_no_command_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert "check-config" in capsys.readouterr().err
+
+
+def test_unknown_command_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["deploy"]) == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_python_dash_m_runs_check_config_on_the_example() -> None:
+    # A clean environment: the developer's own ANYCODE_* variables must not change the result.
+    environ = {key: value for key, value in os.environ.items() if not key.startswith("ANYCODE_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "anycode_actors", "check-config", str(EXAMPLE)],
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "is valid" in result.stdout

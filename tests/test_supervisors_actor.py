@@ -1,0 +1,178 @@
+"""Actor: a bounded inbox handled one message at a time, visible in the registry, kept across
+restarts, closed when the actor stops for good."""
+
+import pytest
+import trio
+import trio.testing
+
+from supervisors import (
+    Actor,
+    Backoff,
+    ChildStartFailed,
+    Registry,
+    Restart,
+    Supervisor,
+)
+
+
+class Recorder(Actor[str]):
+    """Records what it handles; "crash" raises, "stop" stops, "hold" waits for `release`."""
+
+    inbox_size = 3
+
+    def __init__(self, *, inbox_size: int | None = None) -> None:
+        super().__init__(inbox_size=inbox_size)
+        self.handled: list[str] = []
+        self.release = trio.Event()
+        self.busy = False
+
+    async def handle(self, message: str) -> None:
+        assert not self.busy, "two messages handled at once"
+        self.busy = True
+        try:
+            if message == "hold":
+                await self.release.wait()
+            await trio.sleep(0.1)
+            if message == "crash":
+                raise ValueError("bad message")
+            if message == "stop":
+                self.stop()
+            self.handled.append(message)
+        finally:
+            self.busy = False
+
+
+def instant() -> Backoff:
+    return Backoff(initial=0, jitter=0)
+
+
+async def test_an_actor_handles_its_messages_one_at_a_time_in_order(
+    autojump_clock: object,
+) -> None:
+    actor = Recorder()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(actor.run)  # an actor runs unsupervised too
+        for message in ("a", "b", "c"):
+            await actor.send(message)
+        await trio.sleep(1)
+        assert actor.handled == ["a", "b", "c"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_full_inbox_makes_senders_wait(autojump_clock: object) -> None:
+    actor = Recorder(inbox_size=2)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(actor.run)
+        await actor.send("hold")
+        await trio.testing.wait_all_tasks_blocked()
+        await actor.send("a")
+        await actor.send("b")
+        with trio.move_on_after(5) as blocked:
+            await actor.send("c")
+        assert blocked.cancelled_caught
+        actor.release.set()
+        await actor.send("c")
+        await trio.sleep(1)
+        assert actor.handled == ["hold", "a", "b", "c"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_registry_shows_an_actors_inbox_depth_and_capacity(
+    autojump_clock: object,
+) -> None:
+    registry = Registry()
+    actor = Recorder()
+    sup = Supervisor([actor.spec("chat:telegram:1")], registry=registry)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run)
+        entry = registry.get("root/chat:telegram:1")
+        assert entry is not None
+        assert (entry.kind, entry.inbox_depth, entry.inbox_capacity) == ("actor", 0, 3)
+
+        await actor.send("hold")
+        await trio.testing.wait_all_tasks_blocked()
+        await actor.send("a")
+        await actor.send("b")
+        entry = registry.get("root/chat:telegram:1")
+        assert entry is not None
+        assert (entry.inbox_depth, entry.inbox_capacity) == (2, 3)
+
+        actor.release.set()
+        await trio.sleep(1)
+        entry = registry.get("root/chat:telegram:1")
+        assert entry is not None and entry.inbox_depth == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_unbounded_inbox_reports_no_capacity() -> None:
+    registry = Registry()
+    actor = Recorder(inbox_size=float("inf"))  # type: ignore[arg-type]
+    sup = Supervisor([actor.spec("a")], registry=registry)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run)
+        entry = registry.get("root/a")
+        assert entry is not None and entry.inbox_capacity is None
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_actor_keeps_its_queued_messages_across_a_restart(autojump_clock: object) -> None:
+    registry = Registry()
+    actor = Recorder()
+    sup = Supervisor([actor.spec("a")], backoff=instant(), registry=registry)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run)
+        for message in ("crash", "x", "y"):
+            await actor.send(message)
+        await trio.sleep(1)
+        assert actor.handled == ["x", "y"]
+        entry = registry.get("root/a")
+        assert entry is not None
+        assert (entry.state, entry.restarts) == ("running", 1)
+        assert entry.last_error == "ValueError: bad message"
+        nursery.cancel_scope.cancel()
+
+
+async def test_stop_ends_the_actor_normally_and_closes_its_inbox(autojump_clock: object) -> None:
+    registry = Registry()
+    sessions = Supervisor(registry=registry)
+    actor = Recorder()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sessions.run)
+        await sessions.start_child(actor.spec("session:1", restart=Restart.TEMPORARY))
+        await actor.send("work")
+        await actor.send("stop")
+        await trio.sleep(1)
+        assert actor.handled == ["work", "stop"]
+        assert sessions.children() == []
+        assert registry.get("root/session:1") is None
+        with pytest.raises(trio.BrokenResourceError):
+            await actor.send("too late")
+        with pytest.raises(RuntimeError, match="stopped"):
+            await actor.run()
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_actor_whose_setup_fails_does_not_start() -> None:
+    class NeedsToken(Recorder):
+        async def setup(self) -> None:
+            raise PermissionError("no bot token")
+
+    sup = Supervisor(registry=Registry())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run)
+        with pytest.raises(ChildStartFailed) as caught:
+            await sup.start_child(NeedsToken().spec("telegram"))
+        assert isinstance(caught.value.error, PermissionError)
+        nursery.cancel_scope.cancel()
+
+
+async def test_each_producer_can_own_and_close_its_address(autojump_clock: object) -> None:
+    actor = Recorder()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(actor.run)
+        async with actor.address() as producer:
+            await producer.send("from producer")
+        await actor.send("still open")
+        await trio.sleep(1)
+        assert actor.handled == ["from producer", "still open"]
+        nursery.cancel_scope.cancel()
