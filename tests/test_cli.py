@@ -15,7 +15,7 @@ from anycode_actors.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "config.example.toml"
-TOKEN = "123456789:AAExampleExampleExampleExampleExample0"
+TOKEN = "123456:ABC-DEF1234ghIkl-zyx57W2v1u123ew11"
 SECRET = TOKEN.split(":")[1]
 
 
@@ -35,7 +35,7 @@ def test_check_config_prints_the_effective_config_with_secrets_masked(
     assert out.startswith(f"✓ {path} is valid\n")
     assert "chat      telegram (1 allowed user)" in out
     assert "agents    claude-code (default), codex, goose (cannot run with sandbox-agent)" in out
-    assert 'bot_token = "123456789:…(redacted, 48 chars)"' in out
+    assert 'bot_token = "123456:…(redacted, 41 chars)"' in out
     assert SECRET not in out
 
 

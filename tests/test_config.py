@@ -27,7 +27,7 @@ from anycode_actors.config import (
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "config.example.toml"
-TOKEN = "123456789:AAExampleExampleExampleExampleExample0"
+TOKEN = "123456:ABC-DEF1234ghIkl-zyx57W2v1u123ew11"
 TELEGRAM = f'[telegram]\nbot_token = "{TOKEN}"\n'
 
 # The configuration block of the original README (seeds/001), with well-formed tokens in place of

@@ -13,7 +13,7 @@ from anycode_actors.config import (
     parse_config,
 )
 
-TOKEN = "123456789:AAExampleExampleExampleExampleExample0"
+TOKEN = "123456:ABC-DEF1234ghIkl-zyx57W2v1u123ew11"
 TELEGRAM = f'[telegram]\nbot_token = "{TOKEN}"\n'
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from anycode_actors.config import Config, ConfigError, ConfigProblem, parse_config
 
-TOKEN = "123456789:AAExampleExampleExampleExampleExample0"
+TOKEN = "123456:ABC-DEF1234ghIkl-zyx57W2v1u123ew11"
 TELEGRAM = f'[telegram]\nbot_token = "{TOKEN}"\n'
 SLACK_APP = "xapp-1-A0000-0000-abcdef"
 SLACK_BOT = "xoxb-0000-0000-abcdef"
@@ -173,8 +173,28 @@ def test_exec_protocols_are_rejected_with_ecs(protocol: str) -> None:
 
 @pytest.mark.parametrize("provider", ["docker", "local"])
 def test_acpx_runs_with_docker_and_local(provider: str) -> None:
-    config = parse(TELEGRAM + f'[sandbox]\nprovider = "{provider}"\nprotocol = "acpx"\n')
+    text = TELEGRAM + f'[sandbox]\nprovider = "{provider}"\nprotocol = "acpx"\n'
+    config = parse(text + "[local]\nallow_unsandboxed = true\n")
     assert config.sandbox.protocol == "acpx"
+
+
+def test_local_provider_needs_allow_unsandboxed_and_says_why() -> None:
+    problem = problem_at(
+        TELEGRAM + '[sandbox]\nprovider = "local"\n', "local.allow_unsandboxed"
+    )
+    assert problem.message.startswith('must be true when sandbox.provider = "local"')
+    assert "no container" in problem.message
+    assert "allow_unsandboxed = true" in problem.fix
+
+
+def test_local_provider_runs_when_unsandboxed_is_allowed() -> None:
+    text = TELEGRAM + '[sandbox]\nprovider = "local"\n[local]\nallow_unsandboxed = true\n'
+    assert parse(text).local.allow_unsandboxed is True
+
+
+def test_allow_unsandboxed_is_off_by_default_and_irrelevant_for_docker() -> None:
+    config = parse(TELEGRAM)
+    assert (config.sandbox.provider, config.local.allow_unsandboxed) == ("docker", False)
 
 
 def test_acpx_permissions_must_be_a_known_policy() -> None:
@@ -195,12 +215,25 @@ def test_docker_port_range_start_above_the_default_end_is_caught() -> None:
 
 
 def test_docker_ports_must_be_tcp_ports() -> None:
-    text = TELEGRAM + "[docker]\nport_range_start = 0\nport_range_end = 70000\n"
+    text = TELEGRAM + "[docker]\nport_range_start = -1\nport_range_end = 70000\n"
     messages = {p.path: p.message for p in problems_of(text)}
     assert messages == {
         "docker.port_range_start": "must be a TCP port between 1 and 65535",
         "docker.port_range_end": "must be a TCP port between 1 and 65535",
     }
+
+
+def test_docker_port_range_of_zeros_lets_docker_pick() -> None:
+    docker = parse(TELEGRAM + "[docker]\nport_range_start = 0\nport_range_end = 0\n").docker
+    assert docker.ephemeral_ports
+    assert not parse(TELEGRAM).docker.ephemeral_ports
+
+
+@pytest.mark.parametrize(("start", "end"), [(0, 12100), (12000, 0)])
+def test_docker_port_range_zero_must_be_both_ends(start: int, end: int) -> None:
+    text = TELEGRAM + f"[docker]\nport_range_start = {start}\nport_range_end = {end}\n"
+    problem = problem_at(text, "docker.port_range_end")
+    assert problem.message.startswith("0 (Docker picks a free port) needs both")
 
 
 @pytest.mark.parametrize("network", ["host", "none"])

@@ -15,7 +15,7 @@ from anycode_actors.config import (
     parse_config,
 )
 
-TOKEN = "123456789:AAExampleExampleExampleExampleExample0"
+TOKEN = "123456:ABC-DEF1234ghIkl-zyx57W2v1u123ew11"
 TELEGRAM = f'[telegram]\nbot_token = "{TOKEN}"\n'
 SLACK_APP = "xapp-1-A0SECRETAPP-0000-abcdef"
 SLACK_BOT = "xoxb-0000-SECRETBOT-abcdef"
@@ -133,7 +133,7 @@ def test_secrets_are_not_in_the_effective_config() -> None:
 
 def test_effective_config_shows_only_the_kind_of_each_secret() -> None:
     text = parse(FULL).effective_toml()
-    assert 'bot_token = "123456789:…(redacted, 48 chars)"' in text
+    assert 'bot_token = "123456:…(redacted, 41 chars)"' in text
     assert f'app_token = "xapp-…(redacted, {len(SLACK_APP)} chars)"' in text
     assert f'token = "ghp_…(redacted, {len(GITHUB)} chars)"' in text
     assert f'env = {{ ANTHROPIC_API_KEY = "sk-ant-…(redacted, {len(ANTHROPIC)} chars)" }}' in text

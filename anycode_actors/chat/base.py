@@ -1,0 +1,172 @@
+"""What every chat platform client turns its traffic into, and what it offers the actors.
+
+Inbound, a client produces `ChatEvent`s (a `Command`, a plain `Message` or a `ButtonPress`);
+outbound it offers send / edit / buttons / answer a press / upload, each returning the platform's
+message id. Platform numbers (text length, button data size, pacing) live in `ChatLimits`, so the
+actors never hard-code one platform's limits.
+
+Rate limits are not hidden inside the clients: a 429 surfaces as `RateLimited(retry_after)`,
+because the flusher, the only caller of send/edit for a chat, must pause that chat and coalesce
+what piles up meanwhile (latest edit wins) rather than block on an old payload.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import trio
+
+from anycode_actors.errors import AnycodeError
+
+
+@dataclass(frozen=True)
+class ChatRef:
+    """One conversation: a Telegram chat, or a Slack channel (optionally one thread in it)."""
+
+    platform: str  # "telegram" | "slack" | "console"
+    chat_id: str
+    thread: str | None = None  # Slack thread ts, Telegram message_thread_id
+
+    @property
+    def key(self) -> str:
+        """A stable name for the conversation: the chat actor's id."""
+        base = f"{self.platform}:{self.chat_id}"
+        return f"{base}:{self.thread}" if self.thread else base
+
+
+@dataclass(frozen=True)
+class User:
+    id: str
+    name: str = ""  # display name or @username, for "answered by …"
+
+    @property
+    def mention(self) -> str:
+        return self.name or self.id
+
+
+@dataclass(frozen=True)
+class Command:
+    """`/task fix it`: `name` is "task" (lower case, without / and @bot), `args` the rest."""
+
+    chat: ChatRef
+    user: User
+    name: str
+    args: str
+    message_id: str = ""
+
+
+@dataclass(frozen=True)
+class Message:
+    """Plain text that is not a command. `reply_to` is the message id it replies to, if any."""
+
+    chat: ChatRef
+    user: User
+    text: str
+    message_id: str = ""
+    reply_to: str | None = None
+
+
+@dataclass(frozen=True)
+class ButtonPress:
+    """A press on one of our buttons. `press_id` answers it (Telegram callback query id)."""
+
+    chat: ChatRef
+    user: User
+    message_id: str
+    data: str
+    press_id: str = ""
+
+
+ChatEvent = Command | Message | ButtonPress
+
+
+@dataclass(frozen=True)
+class Button:
+    label: str
+    data: str  # must fit ChatLimits.max_button_data_bytes
+
+
+@dataclass(frozen=True)
+class ChatLimits:
+    """A platform's numbers, as the actors need them."""
+
+    max_text_length: int  # in code points, as the platforms count
+    max_button_data_bytes: int
+    max_buttons_per_row: int
+    # Pacing of sends+edits for one chat: a token bucket of `burst` refilled at `per_second`.
+    per_second: float
+    burst: int
+    # Group chats may be stricter (Telegram: 20 per minute).
+    group_per_minute: float | None = None
+
+
+class ChatError(AnycodeError):
+    """A chat platform refused a call. `code` is the platform's own error (e.g. a Slack error
+    code or a Telegram description); messages never contain tokens."""
+
+    def __init__(self, message: str, *, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class RateLimited(ChatError):
+    """429: nothing may be sent to this chat (or by this method) for `retry_after` seconds."""
+
+    def __init__(self, retry_after: float, *, code: str = "rate_limited") -> None:
+        super().__init__(f"rate limited: retry after {retry_after:g} s", code=code)
+        self.retry_after = retry_after
+
+
+class ChatUnavailable(ChatError):
+    """The platform could not be reached or answered 5xx: worth retrying with backoff."""
+
+
+class ChatClient(Protocol):
+    """A connected chat platform."""
+
+    platform: str
+    limits: ChatLimits
+
+    async def run(
+        self,
+        events: trio.MemorySendChannel[ChatEvent],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Receive from the platform forever, putting every authorised event into `events`.
+
+        Reports ready once connected (bot identity known, commands registered).
+        """
+        ...
+
+    async def send(
+        self,
+        chat: ChatRef,
+        text: str,
+        *,
+        buttons: Sequence[Sequence[Button]] = (),
+        reply_to: str | None = None,
+    ) -> str:
+        """Post a new message; returns its id."""
+        ...
+
+    async def edit(
+        self,
+        chat: ChatRef,
+        message_id: str,
+        text: str,
+        *,
+        buttons: Sequence[Sequence[Button]] | None = None,
+    ) -> None:
+        """Replace a message's text. `buttons=None` keeps none; pass rows to keep/replace them."""
+        ...
+
+    async def answer_press(self, press: ButtonPress, text: str = "") -> None:
+        """Acknowledge a button press (Telegram shows a progress bar until this is called)."""
+        ...
+
+    async def upload(self, chat: ChatRef, filename: str, data: bytes, caption: str = "") -> str:
+        """Upload a file into the conversation; returns the message id."""
+        ...
