@@ -1,0 +1,76 @@
+"""Durable state of the daemon: sessions, interactions and events in SQLite.
+
+The store is what survives a restart: on start the daemon reads the sessions that never reached
+a terminal status and resumes their streams from the last stored event seq.
+
+Rules the old bot broke, and this package keeps:
+
+- one timestamp format, made in Python: ISO 8601 UTC with microseconds and ``+00:00``, fixed
+  width, so text order is time order (never SQLite's ``datetime('now')``);
+- status changes are compare-and-set in one ``UPDATE ... WHERE status IN (...)``: of two racing
+  writers exactly one wins, and a terminal status is never overwritten (a trigger refuses it too);
+- an event is keyed by ``(session_id, seq)``: a repeated delivery is ignored, not duplicated;
+- every SQLite call runs in a worker thread behind a ``trio.CapacityLimiter(1)``, so the event
+  loop never waits on the disk and the connection is never used by two threads at once.
+
+Errors (under the package-wide ``anycode_actors.errors.AnycodeError``)::
+
+    StoreError
+    ├── StoreClosed
+    ├── SchemaTooNew
+    ├── InvalidTransition (also ValueError)
+    ├── UnknownSession (also LookupError)
+    ├── UnknownInteraction (also LookupError)
+    └── AmbiguousSessionPrefix (also LookupError)
+"""
+
+from ._errors import (
+    AmbiguousSessionPrefix,
+    InvalidTransition,
+    SchemaTooNew,
+    StoreClosed,
+    StoreError,
+    UnknownInteraction,
+    UnknownSession,
+)
+from ._records import (
+    ACTIVE_STATUSES,
+    ALLOWED_TRANSITIONS,
+    TERMINAL_STATUSES,
+    Event,
+    Interaction,
+    InteractionKind,
+    InteractionOption,
+    InteractionStatus,
+    Session,
+    SessionStatus,
+)
+from ._schema import MIGRATIONS, SCHEMA_VERSION, Migration, migrate
+from ._store import DEFAULT_BUSY_TIMEOUT, INTERACTION_ID_BYTES, Store
+
+__all__ = [
+    "ACTIVE_STATUSES",
+    "ALLOWED_TRANSITIONS",
+    "DEFAULT_BUSY_TIMEOUT",
+    "INTERACTION_ID_BYTES",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "TERMINAL_STATUSES",
+    "AmbiguousSessionPrefix",
+    "Event",
+    "Interaction",
+    "InteractionKind",
+    "InteractionOption",
+    "InteractionStatus",
+    "InvalidTransition",
+    "Migration",
+    "SchemaTooNew",
+    "Session",
+    "SessionStatus",
+    "Store",
+    "StoreClosed",
+    "StoreError",
+    "UnknownInteraction",
+    "UnknownSession",
+    "migrate",
+]

@@ -1,0 +1,500 @@
+"""The Store: one SQLite connection driven from a worker thread, behind async methods."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence, Sized
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Final, TypeVar, TypeVarTuple
+
+import trio
+from sqlite_utils import Database
+
+from ._errors import (
+    AmbiguousSessionPrefix,
+    InvalidTransition,
+    StoreClosed,
+    StoreError,
+    UnknownInteraction,
+    UnknownSession,
+)
+from ._records import (
+    ACTIVE_STATUSES,
+    ALLOWED_TRANSITIONS,
+    Event,
+    Interaction,
+    InteractionKind,
+    InteractionOption,
+    InteractionStatus,
+    Session,
+    SessionStatus,
+    event_from_row,
+    interaction_from_row,
+    session_from_row,
+    utc_now,
+)
+from ._schema import applied_versions, migrate, write_transaction
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+
+DEFAULT_BUSY_TIMEOUT: Final = 10.0
+"""Seconds a writer waits for another connection's write lock before "database is locked"."""
+
+INTERACTION_ID_BYTES: Final = 8
+"""Random bytes in an interaction id: 11 url-safe chars, leaving Telegram's 64-byte
+callback_data plenty of room for a prefix and an option index."""
+
+_ID_ATTEMPTS: Final = 5
+_ACTIVE_VALUES: Final = tuple(sorted(s.value for s in ACTIVE_STATUSES))
+
+
+def _sources(to: SessionStatus, expected_from: SessionStatus | None) -> list[SessionStatus]:
+    """Statuses the UPDATE may match; a pair the state machine never allows is a caller bug."""
+    sources = [s for s, targets in ALLOWED_TRANSITIONS.items() if to in targets]
+    if expected_from is not None:
+        if expected_from not in sources:
+            raise InvalidTransition(f"{expected_from} → {to} is never allowed")
+        return [expected_from]
+    if not sources:
+        raise InvalidTransition(f"no status may move to {to}")
+    return sources
+
+
+def _marks(values: Sized) -> str:
+    return ", ".join("?" * len(values))
+
+
+class Store:
+    """The daemon's SQLite database. Open it with ``async with Store.open(path) as store:``.
+
+    One connection, used only from worker threads that a ``CapacityLimiter(1)`` admits one at a
+    time: the event loop never blocks on SQLite, and the connection never sees two threads at
+    once. Calls are not abandoned on cancel: a write that started finishes (in milliseconds)
+    before the caller sees ``Cancelled``, so the caller never guesses whether it happened.
+    Several stores (or processes) may share one file: WAL lets readers run beside the writer,
+    and ``busy_timeout`` makes writers queue instead of failing.
+    """
+
+    def __init__(self, db: Database, limiter: trio.CapacityLimiter) -> None:
+        self._db: Database | None = db
+        self._limiter = limiter
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+    ) -> AsyncIterator[Store]:
+        """Open (creating and migrating if needed) the database at ``path``, or ``":memory:"``.
+
+        The connection closes when the block ends, even if it ends by cancellation.
+        """
+        limiter = trio.CapacityLimiter(1)
+        db = await trio.to_thread.run_sync(_connect, os.fspath(path), busy_timeout, limiter=limiter)
+        store = cls(db, limiter)
+        try:
+            yield store
+        finally:
+            with trio.CancelScope(shield=True):
+                await store._call(store._close)
+
+    # -- plumbing
+
+    async def _call(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
+        return await trio.to_thread.run_sync(self._guarded, fn, *args, limiter=self._limiter)
+
+    def _guarded(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
+        # Checked in the worker, so a call queued behind close() fails cleanly.
+        if self._db is None:
+            raise StoreClosed("the store is closed")
+        return fn(*args)
+
+    @property
+    def _sync_db(self) -> Database:
+        if self._db is None:
+            raise StoreClosed("the store is closed")
+        return self._db
+
+    def _close(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            db.close()
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        return list(self._sync_db.query(sql, params))
+
+    # -- sessions
+
+    async def create_session(
+        self,
+        *,
+        platform: str,
+        chat: str,
+        user: str,
+        agent: str,
+        prompt: str,
+        repo: str | None = None,
+        thread: str | None = None,
+    ) -> Session:
+        """Record a new task as ``pending``; its id is 32 lowercase hex chars."""
+
+        def insert() -> Session:
+            now, session_id = utc_now(), uuid.uuid4().hex
+            row = {
+                "id": session_id,
+                "platform": platform,
+                "chat": chat,
+                "thread": thread,
+                "user": user,
+                "agent": agent,
+                "prompt": prompt,
+                "repo": repo,
+                "status": SessionStatus.PENDING.value,
+                "created_at": now,
+                "updated_at": now,
+            }
+            self._sync_db.execute(
+                f"INSERT INTO sessions ({', '.join(row)}) VALUES ({_marks(row)})",
+                list(row.values()),
+            )
+            return self._get_session(session_id)
+
+        return await self._call(insert)
+
+    def _get_session(self, session_id: str) -> Session:
+        rows = self._rows("SELECT * FROM sessions WHERE id = ?", (session_id,))
+        if not rows:
+            raise UnknownSession(session_id)
+        return session_from_row(rows[0])
+
+    def _get_session_or_none(self, session_id: str) -> Session | None:
+        rows = self._rows("SELECT * FROM sessions WHERE id = ?", (session_id,))
+        return session_from_row(rows[0]) if rows else None
+
+    async def get_session(self, session_id: str) -> Session | None:
+        return await self._call(self._get_session_or_none, session_id)
+
+    async def transition(
+        self,
+        session_id: str,
+        to: SessionStatus | str,
+        expected_from: SessionStatus | str | None = None,
+        *,
+        reason: str | None = None,
+    ) -> bool:
+        """Move the session to ``to`` if its status allows it; True if this call made the change.
+
+        One ``UPDATE ... WHERE status IN (...)``: of any number of racing callers, in this
+        process or another, exactly one sees True. ``expected_from`` narrows the match to one
+        status. A terminal status never changes. ``reason`` (why it failed or was cancelled) is
+        written only by the winner. Raises InvalidTransition for a pair the state machine never
+        allows (such as ``completed → running``), UnknownSession for an unknown id.
+        """
+        target = SessionStatus(to)
+        sources = _sources(target, None if expected_from is None else SessionStatus(expected_from))
+
+        def update() -> bool:
+            now = utc_now()
+            cursor = self._sync_db.execute(
+                "UPDATE sessions SET status = ?, updated_at = ?, reason = coalesce(?, reason),"
+                " ended_at = CASE WHEN ? THEN ? ELSE ended_at END"
+                f" WHERE id = ? AND status IN ({_marks(sources)})",
+                [
+                    target.value,
+                    now,
+                    reason,
+                    target.is_terminal,
+                    now,
+                    session_id,
+                    *(s.value for s in sources),
+                ],
+            )
+            if cursor.rowcount == 1:
+                return True
+            self._get_session(session_id)  # raises UnknownSession
+            return False
+
+        return await self._call(update)
+
+    async def set_sandbox(self, session_id: str, sandbox_id: str, agent_endpoint: str) -> None:
+        """Remember the sandbox, so recovery can reattach to it or remove it."""
+        await self._update_session(session_id, sandbox_id=sandbox_id, agent_endpoint=agent_endpoint)
+
+    async def set_agent_session_id(self, session_id: str, agent_session_id: str) -> None:
+        await self._update_session(session_id, agent_session_id=agent_session_id)
+
+    async def _update_session(self, session_id: str, **fields: str) -> None:
+        def update() -> None:
+            assignments = ", ".join(f"{name} = ?" for name in fields)
+            cursor = self._sync_db.execute(
+                f"UPDATE sessions SET {assignments}, updated_at = ? WHERE id = ?",
+                [*fields.values(), utc_now(), session_id],
+            )
+            if cursor.rowcount != 1:
+                raise UnknownSession(session_id)
+
+        await self._call(update)
+
+    async def active_sessions(
+        self, platform: str | None = None, chat: str | None = None
+    ) -> list[Session]:
+        """Sessions not yet terminal, newest first; all of them (what recovery resumes) unless
+        narrowed to a platform or to one chat of a platform."""
+        if chat is not None and platform is None:
+            raise ValueError("a chat id means nothing without its platform")
+        where = [f"status IN ({_marks(_ACTIVE_VALUES)})"]
+        params: list[Any] = [*_ACTIVE_VALUES]
+        for column, value in (("platform", platform), ("chat", chat)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        sql = (
+            f"SELECT * FROM sessions WHERE {' AND '.join(where)}"
+            " ORDER BY created_at DESC, rowid DESC"
+        )
+        return await self._call(lambda: [session_from_row(r) for r in self._rows(sql, params)])
+
+    async def count_active(self, platform: str, chat: str) -> int:
+        sql = (
+            "SELECT count(*) AS n FROM sessions WHERE platform = ? AND chat = ?"
+            f" AND status IN ({_marks(_ACTIVE_VALUES)})"
+        )
+        params = [platform, chat, *_ACTIVE_VALUES]
+        return await self._call(lambda: int(self._rows(sql, params)[0]["n"]))
+
+    async def find_session_by_prefix(
+        self, platform: str, chat: str, prefix: str, *, active_only: bool = False
+    ) -> Session | None:
+        """The session of this chat whose id starts with ``prefix`` (as typed in ``/cancel``).
+
+        None if none matches or the prefix is blank; AmbiguousSessionPrefix if several do.
+        Sessions of other chats never match, so one chat cannot reach another's tasks.
+        """
+        needle = prefix.strip().lower()
+        if not needle:
+            return None
+        sql = (
+            "SELECT * FROM sessions WHERE platform = ? AND chat = ? AND substr(id, 1, ?) = ?"
+            + (f" AND status IN ({_marks(_ACTIVE_VALUES)})" if active_only else "")
+            + " ORDER BY created_at DESC, rowid DESC"
+        )
+        params = [platform, chat, len(needle), needle]
+        if active_only:
+            params += _ACTIVE_VALUES
+        rows = await self._call(self._rows, sql, params)
+        if len(rows) > 1:
+            raise AmbiguousSessionPrefix(needle, [r["id"] for r in rows])
+        return session_from_row(rows[0]) if rows else None
+
+    # -- events
+
+    async def append_event(
+        self, session_id: str, seq: int, type: str, payload: Mapping[str, Any]
+    ) -> bool:
+        """Store event ``seq`` of the session; False if that seq was already stored.
+
+        A stream that reconnects may deliver an event twice; the first copy wins and the
+        repeat is ignored. ``sessions.last_event_seq`` moves in the same transaction and never
+        backwards, so it always names an event that is really stored.
+        """
+        if seq < 1:
+            raise ValueError(f"event seq starts at 1, got {seq}")
+        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+
+        def insert() -> bool:
+            db = self._sync_db
+            with write_transaction(db):
+                now = utc_now()
+                self._get_session(session_id)
+                cursor = db.execute(
+                    "INSERT INTO events (session_id, seq, type, payload, created_at)"
+                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (session_id, seq) DO NOTHING",
+                    (session_id, seq, type, body, now),
+                )
+                if cursor.rowcount != 1:
+                    return False
+                db.execute(
+                    "UPDATE sessions SET last_event_seq = max(last_event_seq, ?), updated_at = ?"
+                    " WHERE id = ?",
+                    (seq, now, session_id),
+                )
+                return True
+
+        return await self._call(insert)
+
+    async def events(
+        self, session_id: str, after_seq: int = 0, *, limit: int | None = None
+    ) -> list[Event]:
+        """The session's events with seq above ``after_seq``, in seq order (for replay)."""
+        sql = "SELECT * FROM events WHERE session_id = ? AND seq > ? ORDER BY seq LIMIT ?"
+        params = (session_id, after_seq, -1 if limit is None else limit)
+        return await self._call(lambda: [event_from_row(r) for r in self._rows(sql, params)])
+
+    async def last_seq(self, session_id: str) -> int:
+        """The highest stored event seq of the session, 0 before its first event."""
+        return await self._call(lambda: self._get_session(session_id).last_event_seq)
+
+    # -- interactions
+
+    async def create_interaction(
+        self,
+        session_id: str,
+        kind: InteractionKind | str,
+        *,
+        request_id: str | None = None,
+        tool_call_id: str | None = None,
+        options: Iterable[InteractionOption] = (),
+    ) -> Interaction:
+        """Record a pending question or permission request under a fresh short id.
+
+        The id is 11 url-safe chars from ``secrets``: short enough for Telegram's 64-byte
+        callback_data with room for a prefix, and unguessable, so a forged button finds nothing.
+        """
+        kind = InteractionKind(kind)
+        opts = json.dumps(
+            [{"option_id": o.option_id, "name": o.name, "kind": o.kind} for o in options],
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )
+
+        def insert() -> Interaction:
+            self._get_session(session_id)
+            for _ in range(_ID_ATTEMPTS):
+                interaction_id = secrets.token_urlsafe(INTERACTION_ID_BYTES)
+                cursor = self._sync_db.execute(
+                    "INSERT INTO interactions"
+                    " (id, session_id, kind, request_id, tool_call_id, options, created_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                    (
+                        interaction_id,
+                        session_id,
+                        kind.value,
+                        request_id,
+                        tool_call_id,
+                        opts,
+                        utc_now(),
+                    ),
+                )
+                if cursor.rowcount == 1:
+                    return self._get_interaction(interaction_id)
+            raise StoreError("could not draw an unused interaction id")  # 2**-64 per draw
+
+        return await self._call(insert)
+
+    def _get_interaction(self, interaction_id: str) -> Interaction:
+        rows = self._rows("SELECT * FROM interactions WHERE id = ?", (interaction_id,))
+        if not rows:
+            raise UnknownInteraction(interaction_id)
+        return interaction_from_row(rows[0])
+
+    async def get_interaction(self, interaction_id: str) -> Interaction | None:
+        sql = "SELECT * FROM interactions WHERE id = ?"
+        rows = await self._call(self._rows, sql, (interaction_id,))
+        return interaction_from_row(rows[0]) if rows else None
+
+    async def set_interaction_message(self, interaction_id: str, chat_message_id: str) -> None:
+        """Remember the chat message that shows the buttons, so they can be removed later."""
+
+        def update() -> None:
+            cursor = self._sync_db.execute(
+                "UPDATE interactions SET chat_message_id = ? WHERE id = ?",
+                (chat_message_id, interaction_id),
+            )
+            if cursor.rowcount != 1:
+                raise UnknownInteraction(interaction_id)
+
+        await self._call(update)
+
+    async def resolve_interaction(
+        self, interaction_id: str, *, answer: str, resolved_by: str
+    ) -> bool:
+        """Record the answer if the interaction is still pending; True if this call resolved it.
+
+        Compare-and-set, so a double tap or two users pressing at once answer the agent once.
+        An unknown id (callback data comes from outside) is simply False.
+        """
+
+        def update() -> bool:
+            cursor = self._sync_db.execute(
+                "UPDATE interactions SET status = ?, answer = ?, resolved_by = ?, resolved_at = ?"
+                " WHERE id = ? AND status = ?",
+                (
+                    InteractionStatus.RESOLVED.value,
+                    answer,
+                    resolved_by,
+                    utc_now(),
+                    interaction_id,
+                    InteractionStatus.PENDING.value,
+                ),
+            )
+            return cursor.rowcount == 1
+
+        return await self._call(update)
+
+    async def unresolved_interactions(self, session_id: str) -> list[Interaction]:
+        """Pending interactions of the session, oldest first."""
+        sql = (
+            "SELECT * FROM interactions WHERE session_id = ? AND status = ?"
+            " ORDER BY created_at, rowid"
+        )
+        params = (session_id, InteractionStatus.PENDING.value)
+        return await self._call(lambda: [interaction_from_row(r) for r in self._rows(sql, params)])
+
+    async def cancel_pending_interactions(self, session_id: str) -> list[Interaction]:
+        """Mark every pending interaction of the session cancelled and return them, oldest first.
+
+        The session actor answers each one "cancelled" to the agent (or the agent waits forever)
+        and removes its buttons; an interaction resolved meanwhile is not in the list.
+        """
+
+        def update() -> list[Interaction]:
+            rows = self._rows(
+                "UPDATE interactions SET status = ?, resolved_at = ?"
+                " WHERE session_id = ? AND status = ? RETURNING *",
+                (
+                    InteractionStatus.CANCELLED.value,
+                    utc_now(),
+                    session_id,
+                    InteractionStatus.PENDING.value,
+                ),
+            )
+            return sorted((interaction_from_row(r) for r in rows), key=lambda i: i.created_at)
+
+        return await self._call(update)
+
+    # -- schema
+
+    async def schema_version(self) -> int:
+        return await self._call(lambda: max(applied_versions(self._sync_db), default=0))
+
+
+def _connect(path: str, busy_timeout: float) -> Database:
+    """Open and prepare the connection; runs in the store's worker thread."""
+    if path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    # isolation_level=None: no implicit BEGINs, so each write is its own transaction unless we
+    # open one. timeout= is SQLite's busy_timeout. check_same_thread=False: trio may run our
+    # (strictly serialized) calls on different worker threads.
+    conn = sqlite3.connect(
+        path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+    )
+    try:
+        db = Database(conn, execute_plugins=False)
+        db.execute("PRAGMA foreign_keys = ON")
+        if path != ":memory:":
+            db.execute("PRAGMA journal_mode = WAL")
+            # In WAL, NORMAL is still corruption-safe; a power cut may lose the last commits.
+            db.execute("PRAGMA synchronous = NORMAL")
+        migrate(db)
+    except BaseException:
+        conn.close()
+        raise
+    return db
