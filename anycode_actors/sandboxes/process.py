@@ -5,6 +5,7 @@ Used by the local provider, and by tests that run the real agent stack on this m
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -40,7 +41,8 @@ class LocalProcess:
         env: Mapping[str, str] | None = None,
         cwd: str | os.PathLike[str] | None = None,
     ) -> LocalProcess:
-        stderr_file = tempfile.TemporaryFile(prefix="anycode-agent-stderr-")
+        # Owned by the LocalProcess from here on (closed in aclose), hence no `with`.
+        stderr_file = tempfile.TemporaryFile(prefix="anycode-agent-stderr-")  # noqa: SIM115
         try:
             process = await trio.lowlevel.open_process(
                 list(argv),
@@ -108,7 +110,5 @@ class LocalProcess:
         self._stderr.close()
 
     def _signal_group(self, signum: int) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self._process.pid, signum)
-        except ProcessLookupError:
-            pass
