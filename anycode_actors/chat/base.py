@@ -30,6 +30,11 @@ class ChatRef:
     thread: str | None = None  # Slack thread ts, Telegram message_thread_id
 
     @property
+    def is_group(self) -> bool:
+        """Whether stricter group pacing applies (Telegram groups have negative chat ids)."""
+        return self.platform == "telegram" and self.chat_id.startswith("-")
+
+    @property
     def key(self) -> str:
         """A stable name for the conversation: the chat actor's id."""
         base = f"{self.platform}:{self.chat_id}"
