@@ -477,7 +477,8 @@ class DockerConfig(_Section):
 
     The provider starts each container with `cap_drop=["ALL"]` plus `cap_add`, and applies
     `memory` (`memory_bytes`), `cpus` and `pids_limit`, where 0 means no limit. Host ports come
-    from `[port_range_start, port_range_end)` and are published on 127.0.0.1 only.
+    from `[port_range_start, port_range_end)` and are published on 127.0.0.1 only; with both set
+    to 0 (`ephemeral_ports`) Docker picks a free ephemeral port for each sandbox instead.
     """
 
     image: str = "anycode-sandbox:latest"
@@ -498,7 +499,8 @@ class DockerConfig(_Section):
     @field_validator("port_range_start", "port_range_end")
     @classmethod
     def _check_ports(cls, value: int) -> int:
-        return _check_port(value)
+        # 0 passes here; _check_port_range accepts it only as the pair 0, 0 (Docker picks).
+        return value if value == 0 else _check_port(value)
 
     @field_validator("network")
     @classmethod
@@ -545,6 +547,13 @@ class DockerConfig(_Section):
     def _check_port_range(cls, end: int, info: ValidationInfo) -> int:
         # A field check, not a model check, so it runs even when other [docker] keys are wrong.
         start = info.data.get("port_range_start")
+        if start == 0 and end == 0:
+            return end
+        if start == 0 or end == 0:
+            raise _invalid(
+                "0 (Docker picks a free port) needs both port_range_start and port_range_end = 0",
+                "set both to 0, or give a range of TCP ports like 12000 and 12100",
+            )
         if isinstance(start, int) and start >= end:
             raise _invalid(
                 f"must be greater than port_range_start ({end} <= {start})",
@@ -556,6 +565,11 @@ class DockerConfig(_Section):
     def memory_bytes(self) -> int:
         """The memory limit in bytes; 0 means no limit."""
         return _memory_bytes(self.memory) or 0
+
+    @property
+    def ephemeral_ports(self) -> bool:
+        """Whether Docker picks each sandbox's host port (the range is 0, 0) instead of us."""
+        return self.port_range_start == 0 and self.port_range_end == 0
 
 
 class EcsConfig(_Section):
@@ -607,9 +621,14 @@ class EcsConfig(_Section):
 
 
 class LocalConfig(_Section):
-    """`[local]`: agents run as local processes, one work folder per session. No isolation."""
+    """`[local]`: agents run as local processes, one work folder per session. No isolation.
+
+    `allow_unsandboxed` must be true for `sandbox.provider = "local"`: it is the operator saying
+    that agents may run as this user, with everything this user can read and change.
+    """
 
     workdir: ConfigPath = Field(default=Path("anycode-work"), validate_default=True)
+    allow_unsandboxed: StrictBool = False
 
 
 # --- the rest ----------------------------------------------------------------------------------
@@ -792,6 +811,7 @@ class Config(BaseModel):
             sandbox=self.sandbox,
             ecs=self.ecs.model_dump(),
             agents=self.agents,
+            local=self.local,
         )
         if problems:
             raise ConfigError(problems)
@@ -849,6 +869,7 @@ def _cross_section_problems(
     sandbox: SandboxConfig | None,
     ecs: Mapping[str, object] | None,
     agents: AgentsConfig | None,
+    local: LocalConfig | None,
 ) -> list[ConfigProblem]:
     """Rules that span sections; each runs when the sections it reads are valid themselves.
 
@@ -885,6 +906,22 @@ def _cross_section_problems(
                 for key, fix in required
                 if not ecs.get(key)
             )
+    if (
+        sandbox is not None
+        and sandbox.provider == "local"
+        and local is not None
+        and not local.allow_unsandboxed
+    ):
+        problems.append(
+            ConfigProblem(
+                "local.allow_unsandboxed",
+                'must be true when sandbox.provider = "local": the local provider runs agents as '
+                "plain processes of this user, with no container, so an agent can read and change "
+                "anything this user can (files, keys, other projects)",
+                "for development and demos only, set allow_unsandboxed = true in [local]; "
+                'otherwise use provider = "docker"',
+            )
+        )
     if sandbox is not None and agents is not None and agents.default_agent in agents.definitions:
         name = agents.default_agent
         if not agents.definitions[name].supports(sandbox.protocol):
@@ -1155,6 +1192,7 @@ class _Loader:
                 sandbox=_as(sections["sandbox"], SandboxConfig),
                 ecs=raw["ecs"] if isinstance(raw.get("ecs"), dict) else {},
                 agents=_as(sections["agents"], AgentsConfig),
+                local=_as(sections["local"], LocalConfig),
             )
         )
         if self._problems:

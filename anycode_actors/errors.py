@@ -2,7 +2,9 @@
 
 ```
 AnycodeError                 base of every error this package raises deliberately
-└── ConfigError              config.toml or the environment is invalid; carries every problem
+├── ConfigError              config.toml or the environment is invalid; carries every problem
+└── SandboxError             a sandbox could not be created, reached or inspected; the message is
+                             safe to show a user (no credentials). Defined in sandboxes/base.py
 ```
 
 Catch `AnycodeError` to handle anything the daemon reports on purpose; anything else is a bug.
@@ -47,3 +49,64 @@ class ConfigError(AnycodeError):
         lines = [f"{source} has {count} {noun}:"]
         lines.extend(f"  - {problem}" for problem in self.problems)
         super().__init__("\n".join(lines))
+
+
+class AgentError(AnycodeError):
+    """Talking to a coding agent failed. Messages never contain tokens or credentials."""
+
+
+class AgentNotReadyError(AgentError):
+    """sandbox-agent did not become healthy within the time allowed (dead or never started)."""
+
+
+class AgentAuthError(AgentError):
+    """sandbox-agent refused the token. Retrying with the same token cannot help."""
+
+
+class AgentClosedError(AgentError):
+    """The connection to the agent ended; `detail` holds what is known (exit code, stderr tail)."""
+
+    def __init__(self, message: str, detail: str = "", *, connection_lost: bool = False) -> None:
+        self.reason = message
+        self.detail = detail
+        self.connection_lost = connection_lost
+        """True when the agent may still be running but we lost the way to it (the event stream
+        failed past its retries); False when the agent itself is gone or we closed."""
+        super().__init__(f"{message}: {detail}" if detail else message)
+
+    def copy(self) -> AgentClosedError:
+        """A fresh instance, for raising the same failure in several tasks."""
+        return AgentClosedError(self.reason, self.detail, connection_lost=self.connection_lost)
+
+
+class AgentRequestError(AgentError):
+    """The agent answered a JSON-RPC request with an error object."""
+
+    def __init__(self, method: str, code: int, message: str, data: object = None) -> None:
+        self.method = method
+        self.code = code
+        self.rpc_message = message
+        self.data = data
+        text = f"{method} failed: {message} (JSON-RPC error {code})"
+        details = _error_details(data)
+        super().__init__(f"{text}: {details}" if details else text)
+
+
+class TurnInProgressError(AgentError):
+    """A prompt was sent while the session's previous turn is still running.
+
+    The protocol layer does not queue prompts: the session actor decides whether to queue a
+    follow-up, tell the user to wait, or cancel the running turn first.
+    """
+
+
+class PermissionAnswerError(AgentError):
+    """A permission answer that cannot be given (unknown request, unknown option, acpx policy)."""
+
+
+def _error_details(data: object) -> str:
+    # sandbox-agent puts the adapter's stderr and a description into `data`; show those, briefly.
+    if isinstance(data, dict):
+        parts = [str(data[key]) for key in ("details", "agentStderr") if data.get(key)]
+        return "; ".join(parts)[:2000]
+    return ""

@@ -179,9 +179,7 @@ def test_acpx_runs_with_docker_and_local(provider: str) -> None:
 
 
 def test_local_provider_needs_allow_unsandboxed_and_says_why() -> None:
-    problem = problem_at(
-        TELEGRAM + '[sandbox]\nprovider = "local"\n', "local.allow_unsandboxed"
-    )
+    problem = problem_at(TELEGRAM + '[sandbox]\nprovider = "local"\n', "local.allow_unsandboxed")
     assert problem.message.startswith('must be true when sandbox.provider = "local"')
     assert "no container" in problem.message
     assert "allow_unsandboxed = true" in problem.fix

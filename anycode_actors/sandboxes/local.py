@@ -1,0 +1,483 @@
+"""The local provider: agents as plain subprocesses in a per-session folder. NOT a sandbox.
+
+For development and the demo only. An agent started here runs as the daemon's user, with that
+user's files, keys and network, so the provider refuses to exist unless the configuration says
+`[local] allow_unsandboxed = true` (and config validation refuses `provider = "local"` without it).
+
+Layout, under `<local.workdir>/<daemon id>/<session>-<random>/` (the sandbox id is that path):
+
+    sandbox.json            session, agent, protocol, created_at (no secrets), for `list`
+    server.log              sandbox-agent's stdout and stderr (what `logs` shows)
+    workspace/              the agent's working folder, like /workspace in the image
+    workspace/repo/         the clone of `spec.repo`, when there is one
+    workspace/.anycode/     clone-status (ok | failed | skipped) and clone-failed, as the image's
+                            entrypoint writes them
+
+It mirrors docker/entrypoint.sh: a failed clone does not fail the sandbox; it is recorded in the
+markers and in ANYCODE_CLONE_STATUS / ANYCODE_CLONE_ERROR for the agent. For protocol
+sandbox-agent it starts `sandbox-agent server --host 127.0.0.1 --port <free port> --token <token>
+--no-telemetry` and returns once `/v1/health` answers with that token; for acp and acpx nothing
+runs until `exec`.
+
+Processes get a small environment: a few harmless variables of the daemon (PATH, HOME, locale,
+CA bundles; see `BASE_ENV_NAMES`), then the agent's credentials, then the ANYCODE_* variables.
+The daemon's own secrets (chat tokens) are not passed on. The token is on sandbox-agent's command
+line (it has no other way to take it), so other users of this machine can see it in `ps`.
+
+Processes are started in their own process group and killed with it. A daemon that dies without
+calling `destroy` leaves its servers running; `list` then reports their folders as not alive, and
+`destroy` removes the folders but cannot know which processes were theirs.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Final
+
+import httpx
+import trio
+
+from anycode_actors.config import LocalConfig
+from anycode_actors.sandboxes._redaction import redact, secret_values
+from anycode_actors.sandboxes.base import (
+    AgentProcess,
+    SandboxError,
+    SandboxHandle,
+    SandboxInfo,
+    SandboxSpec,
+)
+from anycode_actors.sandboxes.ports import LOOPBACK, free_ephemeral_port
+from anycode_actors.sandboxes.process import LocalProcess
+
+__all__ = ["BASE_ENV_NAMES", "LocalProvider"]
+
+logger = logging.getLogger(__name__)
+
+#: The daemon's variables that agent processes inherit; everything else is left behind.
+BASE_ENV_NAMES: Final = frozenset(
+    {
+        *("PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "TZ", "TMPDIR"),
+        *("LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "LC_MESSAGES"),
+        *("SSL_CERT_FILE", "SSL_CERT_DIR", "NODE_EXTRA_CA_CERTS", "REQUESTS_CA_BUNDLE"),
+    }
+)
+#: Seconds sandbox-agent may take to answer /v1/health.
+STARTUP_TIMEOUT: Final = 30.0
+#: Seconds a clone may take before it is abandoned (as ANYCODE_CLONE_TIMEOUT in the image).
+CLONE_TIMEOUT: Final = 300.0
+#: Seconds a server gets after SIGTERM before SIGKILL.
+TERMINATE_GRACE: Final = 3.0
+#: Seconds destroy (and the cleanup of a failed create) may take.
+CLEANUP_TIMEOUT: Final = 30.0
+#: Attempts at starting the server when another program takes its port first.
+PORT_ATTEMPTS: Final = 3
+_HEALTH_POLL_INTERVAL: Final = 0.05
+_KEEP_FINISHED: Final = 4
+_NAME_UNSAFE: Final = re.compile(r"[^a-zA-Z0-9_.-]")
+_METADATA: Final = "sandbox.json"
+_SERVER_LOG: Final = "server.log"
+
+
+@dataclass
+class _Sandbox:
+    """What this daemon knows about a sandbox it created (and still holds)."""
+
+    folder: Path
+    session_id: str
+    agent: str
+    env: dict[str, str] = field(repr=False)
+    hidden: tuple[str, ...] = field(repr=False)
+    server: trio.Process | None = None
+    processes: list[LocalProcess] = field(default_factory=list)
+
+
+class LocalProvider:
+    """Sandboxes as folders and subprocesses on this machine, without any isolation.
+
+    `sandbox_agent` is the sandbox-agent command: a path, or a name looked up on the processes'
+    PATH. `base_env` is the environment every process starts from; by default it is the part of
+    the daemon's environment named in `BASE_ENV_NAMES` (tests pass an offline environment).
+    """
+
+    name = "local"
+
+    def __init__(
+        self,
+        config: LocalConfig,
+        daemon_id: str,
+        *,
+        sandbox_agent: str | os.PathLike[str] = "sandbox-agent",
+        base_env: Mapping[str, str] | None = None,
+        startup_timeout: float = STARTUP_TIMEOUT,
+    ) -> None:
+        if not config.allow_unsandboxed:
+            raise SandboxError(
+                "the local provider runs agents as plain processes of this user, with no "
+                "container: an agent could read and change anything this user can. It starts "
+                "only with [local] allow_unsandboxed = true (for development and demos); "
+                'use sandbox.provider = "docker" otherwise'
+            )
+        safe_daemon = _NAME_UNSAFE.sub("_", daemon_id)
+        if not safe_daemon:
+            raise ValueError("daemon_id must not be empty")
+        self._root = (Path(config.workdir) / safe_daemon).absolute()
+        self._sandbox_agent = os.fspath(sandbox_agent)
+        if base_env is None:
+            base_env = {name: os.environ[name] for name in BASE_ENV_NAMES if name in os.environ}
+        self._base_env = dict(base_env)
+        self._startup_timeout = startup_timeout
+        self._sandboxes: dict[str, _Sandbox] = {}
+
+    @property
+    def root(self) -> Path:
+        """The folder that holds this daemon's sandboxes."""
+        return self._root
+
+    # --- the SandboxProvider interface ---------------------------------------------------------
+
+    async def create(self, spec: SandboxSpec) -> SandboxHandle:
+        """Make the folder, clone the repo, start sandbox-agent when the protocol needs it.
+
+        Never leaves anything behind: on failure or cancellation the server is stopped and the
+        folder removed before the error propagates.
+        """
+        session = _NAME_UNSAFE.sub("", spec.session_id)[:8] or "session"
+        folder = self._root / f"{session}-{secrets.token_hex(3)}"
+        workspace = folder / "workspace"
+        sandbox_id = str(folder)
+        created = False
+        sandbox: _Sandbox | None = None
+        try:
+            metadata = {
+                "session_id": spec.session_id,
+                "agent": spec.agent,
+                "protocol": spec.protocol,
+                "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            }
+            # Never abandoned: once the thread runs, the folder exists and `created` says so.
+            await trio.to_thread.run_sync(_make_folders, workspace, metadata)
+            created = True
+            env = {**self._base_env, **spec.env}
+            env["ANYCODE_AGENT"] = spec.agent
+            env["ANYCODE_PROTOCOL"] = spec.protocol
+            if spec.repo:
+                env["ANYCODE_REPO"] = spec.repo
+            hidden = secret_values(spec.env.values())
+            env.update(await self._clone(spec.repo, workspace, env, hidden))
+            workdir = workspace / "repo" if (workspace / "repo").is_dir() else workspace
+            sandbox = _Sandbox(folder, spec.session_id, spec.agent, env, hidden)
+            endpoint = None
+            token = ""
+            if spec.protocol == "sandbox-agent":
+                token = secrets.token_urlsafe(32)
+                sandbox.hidden = secret_values([*hidden, token])
+                endpoint = await self._start_server(sandbox, token, workdir)
+        except BaseException:
+            if created:
+                with trio.move_on_after(CLEANUP_TIMEOUT, shield=True):
+                    if sandbox is not None:
+                        await _stop(sandbox)
+                    await trio.to_thread.run_sync(_remove_folder, folder)
+            raise
+        self._sandboxes[sandbox_id] = sandbox
+        logger.info(
+            "session %s: local sandbox %s for agent %s%s (unsandboxed)",
+            spec.session_id,
+            folder.name,
+            spec.agent,
+            f" at {endpoint}" if endpoint else "",
+        )
+        return SandboxHandle(
+            id=sandbox_id,
+            session_id=spec.session_id,
+            provider=self.name,
+            endpoint=endpoint,
+            token=token,
+            workdir=str(workdir),
+        )
+
+    async def destroy(self, sandbox_id: str) -> None:
+        """Stop the sandbox's processes and remove its folder. Idempotent; shielded, bounded."""
+        folder = self._folder(sandbox_id)
+        with trio.move_on_after(CLEANUP_TIMEOUT, shield=True) as scope:
+            sandbox = self._sandboxes.pop(str(folder), None)
+            if sandbox is not None:
+                await _stop(sandbox)
+            await trio.to_thread.run_sync(_remove_folder, folder)
+        if scope.cancelled_caught:
+            raise SandboxError(
+                f"could not remove local sandbox {folder.name} within {CLEANUP_TIMEOUT:g} s"
+            )
+
+    async def is_alive(self, sandbox_id: str) -> bool:
+        """Whether this daemon holds the sandbox and its server (if it has one) still runs."""
+        sandbox = self._sandboxes.get(str(self._folder(sandbox_id)))
+        if sandbox is None or not sandbox.folder.is_dir():
+            return False
+        return sandbox.server is None or sandbox.server.returncode is None
+
+    async def logs(self, sandbox_id: str, tail: int = 200) -> str:
+        """The last `tail` lines of sandbox-agent's output, then the stderr of exec'd processes;
+        credentials replaced by `***`."""
+        folder = self._folder(sandbox_id)
+        sandbox = self._sandboxes.get(str(folder))
+        text = await trio.to_thread.run_sync(_read_text, folder / _SERVER_LOG)
+        if sandbox is not None:
+            text += "".join(process.stderr_tail() for process in sandbox.processes)
+        lines = text.splitlines()[-tail:] if tail > 0 else []
+        return redact("\n".join(lines), sandbox.hidden if sandbox else ())
+
+    async def list(self) -> builtins.list[SandboxInfo]:
+        """Every sandbox folder of this daemon; alive only for those it holds and that run."""
+        found = []
+        for folder, metadata in await trio.to_thread.run_sync(_scan, self._root):
+            found.append(
+                SandboxInfo(
+                    id=str(folder),
+                    session_id=str(metadata.get("session_id", "")),
+                    agent=str(metadata.get("agent", "")),
+                    alive=await self.is_alive(str(folder)),
+                    created_at=str(metadata.get("created_at", "")),
+                )
+            )
+        return found
+
+    async def exec(
+        self,
+        handle: SandboxHandle,
+        argv: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+    ) -> AgentProcess:
+        """Start `argv` in the sandbox's folder with the sandbox's environment (plus `env`)."""
+        sandbox = self._sandboxes.get(str(self._folder(handle.id)))
+        if sandbox is None:
+            raise SandboxError(f"local sandbox {Path(handle.id).name} does not exist (any more)")
+        if not argv:
+            raise SandboxError("nothing to run: the command is empty")
+        try:
+            process = await LocalProcess.start(
+                argv, env={**sandbox.env, **(env or {})}, cwd=cwd or handle.workdir
+            )
+        except OSError as exc:
+            raise SandboxError(
+                f"could not start {argv[0]} in local sandbox {sandbox.folder.name}: "
+                f"{exc.strerror or type(exc).__name__}"
+            ) from None
+        # Finished processes stay listed only for `logs`; the most recent few are enough.
+        finished = [p for p in sandbox.processes if p.returncode is not None]
+        sandbox.processes = [
+            p for p in sandbox.processes if p.returncode is None or p in finished[-_KEEP_FINISHED:]
+        ]
+        sandbox.processes.append(process)
+        return process
+
+    # --- internals ----------------------------------------------------------------------------
+
+    def _folder(self, sandbox_id: str) -> Path:
+        """The sandbox's folder, after checking that it lies directly in this daemon's root:
+        destroy removes it, so an id from anywhere else must never get that far."""
+        folder = Path(sandbox_id)
+        if (
+            not folder.is_absolute()
+            or folder.parent != self._root
+            or folder.name in ("", ".", "..")
+        ):
+            raise SandboxError(f"{sandbox_id!r} is not a local sandbox of this daemon")
+        return folder
+
+    async def _clone(
+        self, repo: str | None, workspace: Path, env: Mapping[str, str], hidden: Iterable[str]
+    ) -> dict[str, str]:
+        """Clone like the image's entrypoint: failure is recorded, not raised. Returns the
+        ANYCODE_CLONE_* variables for the agent's environment."""
+        state = workspace / ".anycode"
+        await trio.to_thread.run_sync(lambda: state.mkdir(exist_ok=True))
+        if not repo:
+            await trio.to_thread.run_sync(_write_marker, state, "skipped", None)
+            return {"ANYCODE_CLONE_STATUS": "skipped", "ANYCODE_STATE_DIR": str(state)}
+        shown = redact(_URL_CREDENTIALS.sub(r"\1***@", repo), hidden)
+        error = ""
+        with trio.move_on_after(CLONE_TIMEOUT) as scope:
+            try:
+                done = await trio.run_process(
+                    ["git", "clone", "--quiet", "--", repo, str(workspace / "repo")],
+                    env={**env, "GIT_TERMINAL_PROMPT": "0"},
+                    stdin=subprocess.DEVNULL,
+                    capture_stdout=True,
+                    capture_stderr=True,
+                    check=False,
+                )
+            except OSError as exc:
+                error = f"git could not run: {exc.strerror or type(exc).__name__}"
+            else:
+                if done.returncode != 0:
+                    output = done.stderr.decode("utf-8", errors="replace")
+                    error = f"git exited {done.returncode}: {output.strip()}"
+        if scope.cancelled_caught:
+            error = f"timed out after {CLONE_TIMEOUT:g} s"
+        if not error:
+            await trio.to_thread.run_sync(_write_marker, state, "ok", None)
+            return {"ANYCODE_CLONE_STATUS": "ok", "ANYCODE_STATE_DIR": str(state)}
+        message = redact(_URL_CREDENTIALS.sub(r"\1***@", error), hidden)
+        message = " ".join(message.replace(repo, shown).split())[:2000]
+        await trio.to_thread.run_sync(lambda: shutil.rmtree(workspace / "repo", True))
+        await trio.to_thread.run_sync(_write_marker, state, "failed", f"repo: {shown}\n{message}")
+        logger.warning("clone of %s failed, continuing without it: %s", shown, message)
+        return {
+            "ANYCODE_CLONE_STATUS": "failed",
+            "ANYCODE_CLONE_ERROR": message,
+            "ANYCODE_STATE_DIR": str(state),
+        }
+
+    async def _start_server(self, sandbox: _Sandbox, token: str, workdir: Path) -> str:
+        binary = shutil.which(self._sandbox_agent, path=sandbox.env.get("PATH", os.defpath))
+        if binary is None:
+            raise SandboxError(
+                f"{self._sandbox_agent} is not an executable on the agents' PATH; install "
+                "@sandbox-agent/cli (npm) or give the local provider the binary's path"
+            )
+        env = {**sandbox.env, "SANDBOX_AGENT_LOG_STDOUT": "1"}
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            port = free_ephemeral_port()
+            argv = [binary, "server", "--host", LOOPBACK, "--port", str(port)]
+            argv += ["--token", token, "--no-telemetry"]
+            log = (sandbox.folder / _SERVER_LOG).open("ab")
+            try:
+                sandbox.server = await trio.lowlevel.open_process(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    cwd=workdir,
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                raise SandboxError(
+                    f"could not start sandbox-agent: {exc.strerror or type(exc).__name__}"
+                ) from None
+            finally:
+                log.close()
+            endpoint = f"http://{LOOPBACK}:{port}"
+            if await self._wait_healthy(sandbox.server, endpoint, token):
+                return endpoint
+            output = await trio.to_thread.run_sync(_read_text, sandbox.folder / _SERVER_LOG)
+            output = redact(output, sandbox.hidden)
+            exit_code = sandbox.server.returncode
+            if exit_code is not None and "in use" in output.lower():
+                logger.info("port %d was taken before sandbox-agent bound it (%d)", port, attempt)
+                continue
+            await _stop(sandbox)
+            tail = "\n".join(output.splitlines()[-20:])
+            problem = (
+                f"sandbox-agent did not become healthy within {self._startup_timeout:g} s"
+                if exit_code is None
+                else f"sandbox-agent exited with code {exit_code}"
+            )
+            raise SandboxError(problem + (f"; its last output:\n{tail}" if tail else ""))
+        raise SandboxError(f"sandbox-agent could not bind a port in {PORT_ATTEMPTS} attempts")
+
+    async def _wait_healthy(self, server: trio.Process, endpoint: str, token: str) -> bool:
+        """Poll /v1/health with the token until it answers 200 (True), the server exits or the
+        startup timeout passes (False)."""
+        headers = {"Authorization": f"Bearer {token}"}
+        async with httpx.AsyncClient(timeout=5.0, trust_env=False) as client:
+            with trio.move_on_after(self._startup_timeout):
+                while server.returncode is None:
+                    try:
+                        answer = await client.get(f"{endpoint}/v1/health", headers=headers)
+                    except httpx.TransportError:
+                        pass
+                    else:
+                        if answer.status_code == 200:
+                            return True
+                    await trio.sleep(_HEALTH_POLL_INTERVAL)
+        return False
+
+
+_URL_CREDENTIALS: Final = re.compile(r"(://)[^/@\s]+@")
+
+
+async def _stop(sandbox: _Sandbox) -> None:
+    """Stop the server and every exec'd process: SIGTERM to the group, then SIGKILL."""
+    processes, sandbox.processes = sandbox.processes, []
+    for process in processes:
+        await process.aclose()
+    server, sandbox.server = sandbox.server, None
+    if server is None:
+        return
+    with trio.CancelScope(shield=True):
+        if server.returncode is None:
+            _signal_group(server.pid, signal.SIGTERM)
+            with trio.move_on_after(TERMINATE_GRACE):
+                await server.wait()
+        # The server's own children (agents) share its group; none may outlive it.
+        _signal_group(server.pid, signal.SIGKILL)
+        await server.wait()
+
+
+def _signal_group(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signum)
+
+
+def _make_folders(workspace: Path, metadata: Mapping[str, str]) -> None:
+    workspace.mkdir(parents=True)
+    # In the same step, so that no folder of ours ever lacks what `list` recognises it by.
+    (workspace.parent / _METADATA).write_text(json.dumps(dict(metadata), indent=2) + "\n")
+
+
+def _write_marker(state: Path, status: str, failure: str | None) -> None:
+    (state / "clone-status").write_text(status + "\n")
+    if failure is not None:
+        (state / "clone-failed").write_text(failure + "\n")
+
+
+def _remove_folder(folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+    if folder.exists():
+        raise SandboxError(f"could not remove local sandbox folder {folder}")
+
+
+def _read_text(path: Path) -> str:
+    try:
+        with path.open("rb") as file:
+            return _tail_bytes(file).decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def _tail_bytes(file: IO[bytes], limit: int = 256 * 1024) -> bytes:
+    size = file.seek(0, os.SEEK_END)
+    file.seek(max(0, size - limit))
+    return file.read()
+
+
+def _scan(root: Path) -> builtins.list[tuple[Path, dict[str, object]]]:
+    found = []
+    try:
+        entries = sorted(root.iterdir())
+    except FileNotFoundError:
+        return []
+    for folder in entries:
+        try:
+            metadata = json.loads((folder / _METADATA).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(metadata, dict):
+            found.append((folder, metadata))
+    return found
