@@ -754,8 +754,11 @@ class SessionConfig(_Section):
     """`[session]`: limits and pacing of agent sessions."""
 
     max_concurrent: StrictInt = 5
-    timeout_minutes: StrictInt = 30
+    # Minutes may be fractional (0.5 = 30 s), which tests and short-lived demos use.
+    timeout_minutes: StrictFloat | StrictInt = 30
     debounce_ms: StrictInt = 500
+    idle_minutes: StrictFloat | StrictInt = 10
+    max_upload_mb: StrictInt = 20
 
     @field_validator("max_concurrent")
     @classmethod
@@ -766,9 +769,26 @@ class SessionConfig(_Section):
 
     @field_validator("timeout_minutes")
     @classmethod
-    def _check_timeout(cls, value: int) -> int:
+    def _check_timeout(cls, value: float) -> float:
+        if value <= 0:
+            raise _invalid("must be greater than 0 minutes", "30 gives an agent half an hour")
+        return value
+
+    @field_validator("idle_minutes")
+    @classmethod
+    def _check_idle(cls, value: float) -> float:
+        if value < 0:
+            raise _invalid(
+                "must be 0 or more minutes",
+                "0 ends a session as soon as the agent's turn ends; 10 waits for a follow-up",
+            )
+        return value
+
+    @field_validator("max_upload_mb")
+    @classmethod
+    def _check_upload(cls, value: int) -> int:
         if value < 1:
-            raise _invalid("must be at least 1 minute")
+            raise _invalid("must be at least 1", "Telegram bots may upload up to 50 MB")
         return value
 
     @field_validator("debounce_ms")

@@ -427,3 +427,18 @@ def test_database_path_must_not_be_empty() -> None:
 def test_admin_socket_path_must_fit_a_unix_socket() -> None:
     text = TELEGRAM + f'[admin]\nsocket = "/tmp/{"s" * 120}.sock"\n'
     assert "Unix socket path" in problem_at(text, "admin.socket").message
+
+
+def test_session_idle_minutes_must_not_be_negative() -> None:
+    problem = problem_at(TELEGRAM + "[session]\nidle_minutes = -1\n", "session.idle_minutes")
+    assert problem.message == "must be 0 or more minutes"
+
+
+def test_session_max_upload_mb_must_be_at_least_one() -> None:
+    problem = problem_at(TELEGRAM + "[session]\nmax_upload_mb = 0\n", "session.max_upload_mb")
+    assert problem.message == "must be at least 1"
+
+
+def test_session_timeout_may_be_a_fraction_of_a_minute() -> None:
+    config = parse_config(TELEGRAM + "[session]\ntimeout_minutes = 0.5\n", environ={})
+    assert config.session.timeout_minutes == 0.5
