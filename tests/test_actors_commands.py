@@ -83,3 +83,8 @@ def test_a_cued_shorthand_wins_over_an_earlier_uncued_one() -> None:
 def test_detection_never_crashes_and_only_returns_https_urls(prompt: str) -> None:
     repo = detect_repo(prompt)
     assert repo is None or repo.startswith(("https://github.com/", "https://gitlab.com/"))
+
+
+@pytest.mark.parametrize("name", ["api", "server", "docs", "app", "client"])
+def test_common_repository_names_are_still_repositories(name: str) -> None:
+    assert detect_repo(f"fix the bug in acme/{name}") == f"https://github.com/acme/{name}"

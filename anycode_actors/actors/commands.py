@@ -69,18 +69,25 @@ _SHORTHAND: Final = re.compile(
 _CUES: Final = frozenset(
     {"in", "on", "for", "from", "of", "at", "to", "repo", "repository", "project", "clone"}
 )
-# Pairs that look like owner/repo but are English or paths, not repositories.
+# Words that are never a repository's owner: path components and the first half of English
+# pairs ("src/main", "and/or", "client/server").
 _NOT_OWNERS: Final = frozenset(
     {
-        "and", "or", "either", "input", "output", "read", "write", "yes", "no", "true", "false",
-        "on", "off", "he", "she", "his", "her", "him", "client", "server", "src", "lib", "libs",
-        "test", "tests", "spec", "specs", "docs", "doc", "app", "apps", "bin", "etc", "usr",
-        "home", "var", "tmp", "dev", "opt", "pkg", "cmd", "internal", "config", "scripts",
-        "assets", "static", "public", "build", "dist", "target", "node_modules", "vendor",
-        "include", "examples", "example", "tools", "utils", "components", "pages", "api",
-        "before", "after", "left", "right", "up", "down", "in", "out", "start", "stop",
-        "open", "close", "get", "set", "push", "pull", "true", "am", "pm", "w", "with",
-        "without", "this", "that", "these", "those", "http", "https", "tcp", "udp",
+        "and", "or", "either", "input", "read", "yes", "true", "on", "he", "his", "him",
+        "client", "src", "lib", "libs", "test", "tests", "spec", "specs", "docs", "doc", "app",
+        "apps", "bin", "etc", "usr", "home", "var", "tmp", "dev", "opt", "pkg", "cmd",
+        "internal", "config", "scripts", "assets", "static", "public", "build", "dist",
+        "target", "node_modules", "vendor", "include", "examples", "example", "tools", "utils",
+        "components", "pages", "api", "before", "left", "up", "in", "start", "open", "get",
+        "push", "am", "w", "with", "this", "these", "http", "https", "tcp",
+    }
+)  # fmt: skip
+# Words that are never a repository's name: the second half of English pairs ("and/or").
+_NOT_REPOS: Final = frozenset(
+    {
+        "or", "and", "no", "false", "off", "she", "her", "hers", "output", "write", "after",
+        "right", "down", "out", "stop", "close", "set", "pull", "pm", "o", "without", "that",
+        "those", "https", "udp", "nor",
     }
 )  # fmt: skip
 _FILE_SUFFIX: Final = re.compile(
@@ -117,7 +124,7 @@ def _plausible(match: re.Match[str], prompt: str) -> bool:
     owner, repo = match.group("owner"), match.group("repo").rstrip(".")
     if len(owner) < 2 or len(repo) < 2 or repo.startswith("."):
         return False
-    if owner.lower() in _NOT_OWNERS or repo.lower() in _NOT_OWNERS:
+    if owner.lower() in _NOT_OWNERS or repo.lower() in _NOT_REPOS:
         return False
     if owner.isdigit() or repo.isdigit():  # 1/2, 24/7, dates
         return False

@@ -1,0 +1,1 @@
+"""The actors: chat, session, stream, flusher, router, watchdog, admin."""
