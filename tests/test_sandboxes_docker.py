@@ -15,6 +15,7 @@ import socket
 import statistics
 import time
 import traceback
+import tracemalloc
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -26,11 +27,19 @@ import trio
 from docker.client import DockerClient
 
 from anycode_actors.config import DockerConfig
-from anycode_actors.sandboxes import SandboxError, SandboxHandle, SandboxSpec
+from anycode_actors.sandboxes import (
+    OutboxListing,
+    SandboxError,
+    SandboxFile,
+    SandboxHandle,
+    SandboxSpec,
+    new_agent_token,
+)
 from anycode_actors.sandboxes.docker import (
     AGENT_PORT,
     LABEL_AGENT,
     LABEL_DAEMON,
+    LABEL_PROTOCOL,
     LABEL_SESSION,
     DockerProvider,
 )
@@ -485,6 +494,64 @@ async def test_a_restarted_provider_adopts_the_ports_of_running_sandboxes(
     await restarted.aclose()
 
 
+async def test_a_restarted_provider_reattaches_with_the_handle_create_gave(
+    client: Any, tiny: str, daemon_id: str
+) -> None:
+    config = tiny_config(tiny, size=3)
+    first = DockerProvider(config, daemon_id)
+    handle = await first.create(spec(repo="https://github.com/org/repo"))
+    stdio = await first.create(spec("session-2", protocol="acp"))
+    await first.aclose()
+
+    restarted = DockerProvider(config, daemon_id)
+    reattached = await restarted.reattach(handle.id)
+    assert reattached == handle
+    assert (reattached.session_id, reattached.workdir) == ("session-1", "/workspace/repo")
+    assert handle.token not in repr(reattached)
+    # Its port is the allocator's again: not handed out twice, released on destroy.
+    assert restarted.ports is not None and restarted.ports.held == {host_port(handle)}
+    assert await restarted.reattach(stdio.id) == stdio
+    assert (stdio.endpoint, stdio.token, stdio.workdir) == (None, "", "/workspace")
+    # Short ids work too, as with every other method.
+    assert await restarted.reattach(handle.id[:12]) == handle
+
+    await restarted.destroy(handle.id)
+    await restarted.destroy(stdio.id)
+    assert restarted.ports.held == set()
+    assert ours(client, daemon_id) == []
+    await restarted.aclose()
+
+
+async def test_reattach_gives_none_for_a_removed_stopped_or_foreign_container(
+    client: Any, tiny: str, daemon_id: str
+) -> None:
+    provider = DockerProvider(tiny_config(tiny), daemon_id)
+    other = DockerProvider(tiny_config(tiny), f"{daemon_id}-other")
+    stranger = client.containers.create(tiny, labels={LABEL_DAEMON: f"{daemon_id}-x"})
+    try:
+        removed = await provider.create(spec("removed"))
+        await provider.destroy(removed.id)
+        assert await provider.reattach(removed.id) is None
+        assert await provider.reattach("0" * 64) is None
+
+        stopped = await provider.create(spec("stopped"))
+        await trio.to_thread.run_sync(lambda: client.api.stop(stopped.id, timeout=5))
+        assert await provider.reattach(stopped.id) is None
+
+        running = await provider.create(spec("running"))
+        assert await other.reattach(running.id) is None
+        stranger.start()
+        assert await provider.reattach(stranger.id) is None
+        assert provider.ports is not None
+        assert provider.ports.held == {host_port(stopped), host_port(running)}
+        await provider.destroy(stopped.id)
+        await provider.destroy(running.id)
+    finally:
+        stranger.remove(force=True)
+        await provider.aclose()
+        await other.aclose()
+
+
 async def test_logs_and_liveness_of_a_container_that_stopped(
     client: Any, tiny: str, daemon_id: str
 ) -> None:
@@ -620,6 +687,81 @@ async def test_logs_hide_the_injected_credentials_and_the_token(daemon_id: str) 
     assert await provider.logs(handle.id) == "key=***\ntoken=***\nready\n"
 
 
+class RunningContainerApi(FakeApi):
+    """A running container as `docker inspect` shows it to a restarted daemon."""
+
+    def __init__(self, daemon_id: str, env: dict[str, str], image_env: dict[str, str]) -> None:
+        super().__init__()
+        self.daemon_id = daemon_id
+        self.env = env
+        self.image_env = image_env
+
+    def inspect_container(self, container: str) -> dict[str, Any]:
+        return {
+            **super().inspect_container(container),
+            "Id": "e" * 64,
+            "Name": "/anycode-session--abc123",
+            "Image": "sha256:" + "1" * 64,
+            "Config": {
+                "Labels": {
+                    LABEL_DAEMON: self.daemon_id,
+                    LABEL_SESSION: "session-1",
+                    LABEL_PROTOCOL: "sandbox-agent",
+                },
+                "Env": [f"{name}={value}" for name, value in self.env.items()],
+            },
+        }
+
+    def inspect_image(self, image: str) -> dict[str, Any]:
+        return {"Config": {"Env": [f"{k}={v}" for k, v in self.image_env.items()]}}
+
+
+async def test_a_reattached_sandbox_s_logs_hide_its_credentials_and_token(daemon_id: str) -> None:
+    token = new_agent_token()
+    image_env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "NODE_VERSION": "22.13.0"}
+    env = {
+        **image_env,
+        "ANTHROPIC_API_KEY": SECRET,
+        "ANYCODE_AGENT": "claude-code",
+        "ANYCODE_PROTOCOL": "sandbox-agent",
+        "ANYCODE_AGENT_TOKEN": token,
+    }
+    api = RunningContainerApi(daemon_id, env, image_env)
+    provider = DockerProvider(
+        tiny_config("x", port_range_start=0, port_range_end=0),
+        daemon_id,
+        client_factory=lambda: FakeClient(api),
+    )
+    handle = await provider.reattach("e" * 12)
+    assert handle == SandboxHandle(
+        id="e" * 64,
+        session_id="session-1",
+        provider="docker",
+        endpoint="http://127.0.0.1:23999",
+        token=token,
+        workdir="/workspace",
+    )
+    api.log_output = (
+        f"key={SECRET} token={token}\nPATH=/usr/local/bin:/usr/bin:/bin node 22.13.0 "
+        "agent claude-code\n"
+    ).encode()
+    # The image's own variables and the daemon's plain ones stay readable.
+    assert await provider.logs(handle.id) == (
+        "key=*** token=***\nPATH=/usr/local/bin:/usr/bin:/bin node 22.13.0 agent claude-code\n"
+    )
+
+
+async def test_a_sandbox_agent_container_without_its_token_is_refused(daemon_id: str) -> None:
+    api = RunningContainerApi(daemon_id, {"ANYCODE_PROTOCOL": "sandbox-agent"}, {})
+    provider = DockerProvider(
+        tiny_config("x", port_range_start=0, port_range_end=0),
+        daemon_id,
+        client_factory=lambda: FakeClient(api),
+    )
+    with pytest.raises(SandboxError, match="has no ANYCODE_AGENT_TOKEN in its environment"):
+        await provider.reattach("e" * 64)
+
+
 # --- the real sandbox image --------------------------------------------------------------------
 
 
@@ -695,6 +837,122 @@ async def test_exec_runs_a_process_with_piped_stdio_in_the_sandbox(
         await provider.aclose()
 
 
+async def test_a_reattached_real_sandbox_answers_health_with_the_token_from_its_container(
+    client: Any, sandbox_image: str, daemon_id: str
+) -> None:
+    config = real_config(sandbox_image)
+    first = DockerProvider(config, daemon_id)
+    handle = await first.create(spec())
+    await first.aclose()
+    restarted = DockerProvider(config, daemon_id)
+    try:
+        reattached = await restarted.reattach(handle.id)
+        assert reattached == handle
+        assert reattached.endpoint is not None
+        assert await wait_healthy(reattached.endpoint, reattached.token) == 200
+    finally:
+        await restarted.destroy(handle.id)
+        await restarted.aclose()
+    assert ours(client, daemon_id) == []
+
+
+async def run_script(provider: DockerProvider, handle: SandboxHandle, script: str) -> None:
+    process = await provider.exec(handle, ["sh", "-c", script])
+    await process.close_stdin()
+    with trio.fail_after(30):
+        while await process.receive_some():
+            pass
+        assert await process.wait() == 0, process.stderr_tail()
+    await process.aclose()
+
+
+OUTBOX_SCRIPT = """
+set -e
+cd /workspace
+mkdir -p outbox/sub/deeper
+printf hi > outbox/a.txt
+printf '\\000\\001binary\\377' > outbox/sub/deeper/b.bin
+head -c 1024 /dev/zero | tr '\\000' e > outbox/edge
+head -c 2048 /dev/zero | tr '\\000' p > outbox/report.pdf
+ln outbox/a.txt outbox/hard
+ln outbox/report.pdf outbox/big-hard
+ln -s /etc/passwd outbox/key
+ln -s /etc outbox/sub/etc
+ln -s /workspace/outbox/a.txt outbox/within
+ln -s /nowhere outbox/dangling
+mkfifo outbox/pipe
+ln -s /workspace/outbox linked-outbox
+"""
+
+
+async def test_read_files_streams_the_outbox_out_of_a_real_sandbox(
+    client: Any, sandbox_image: str, daemon_id: str
+) -> None:
+    provider = DockerProvider(real_config(sandbox_image), daemon_id)
+    handle = await provider.create(spec(protocol="acp"))
+    try:
+        assert await provider.read_files(handle, "/workspace/outbox", max_bytes=1024) == (
+            OutboxListing()
+        )
+        await run_script(provider, handle, OUTBOX_SCRIPT)
+        expected = OutboxListing(
+            files=(
+                SandboxFile("a.txt", b"hi"),
+                SandboxFile("edge", b"e" * 1024),
+                SandboxFile("hard", b"hi"),
+                SandboxFile("sub/deeper/b.bin", b"\x00\x01binary\xff"),
+            ),
+            too_big=(("big-hard", 2048), ("report.pdf", 2048)),
+        )
+        for path in ("/workspace/outbox", "/workspace/outbox/", "/workspace/outbox/."):
+            assert await provider.read_files(handle, path, max_bytes=1024) == expected, path
+        # Not a folder: a file, a link to the folder, nothing at all.
+        for path in ("/workspace/outbox/a.txt", "/workspace/linked-outbox", "/workspace/none"):
+            assert await provider.read_files(handle, path, max_bytes=1024) == OutboxListing()
+        with pytest.raises(SandboxError, match="is not an absolute folder path"):
+            await provider.read_files(handle, "outbox", max_bytes=1024)
+    finally:
+        await provider.destroy(handle.id)
+    with pytest.raises(SandboxError, match="does not exist"):
+        await provider.read_files(handle, "/workspace/outbox", max_bytes=1024)
+    await provider.aclose()
+
+
+async def test_read_files_skips_a_huge_file_without_holding_it_in_memory(
+    client: Any, sandbox_image: str, daemon_id: str
+) -> None:
+    provider = DockerProvider(real_config(sandbox_image), daemon_id)
+    handle = await provider.create(spec(protocol="acp"))
+    huge = 256 * 2**20
+    try:
+        await run_script(
+            provider,
+            handle,
+            f"mkdir -p /workspace/outbox && head -c {huge} /dev/urandom > /workspace/outbox/huge"
+            " && printf ok > /workspace/outbox/z.txt",
+        )
+        tracemalloc.start()
+        try:
+            listing = await provider.read_files(handle, "/workspace/outbox", max_bytes=2**20)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert listing == OutboxListing(
+            files=(SandboxFile("z.txt", b"ok"),), too_big=(("huge", huge),)
+        )
+        assert peak < 32 * 2**20, f"peak {peak / 2**20:.0f} MiB while skipping 256 MiB"
+
+        # A cancel returns at once (the read-only worker thread is abandoned, and stops).
+        started = time.monotonic()
+        with trio.move_on_after(0.05) as scope:
+            await provider.read_files(handle, "/workspace/outbox", max_bytes=2**20)
+        assert scope.cancelled_caught and time.monotonic() - started < 0.5
+        assert await provider.read_files(handle, "/workspace/outbox", max_bytes=2**20) == listing
+    finally:
+        await provider.destroy(handle.id)
+        await provider.aclose()
+
+
 @pytest.mark.bench
 async def test_bench_create_to_healthy_beside_a_bare_docker_run(
     client: Any, sandbox_image: str, daemon_id: str
@@ -714,7 +972,7 @@ async def test_bench_create_to_healthy_beside_a_bare_docker_run(
             ours_s.append(time.monotonic() - started)
             await provider.destroy(handle.id)
 
-            token = secrets.token_urlsafe(16)
+            token = new_agent_token()
             started = time.monotonic()
             done = await trio.run_process(
                 [

@@ -24,6 +24,7 @@ import re
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,7 +36,13 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from anycode_actors.config import EcsConfig
-from anycode_actors.sandboxes.base import SandboxError, SandboxHandle, SandboxSpec
+from anycode_actors.sandboxes.base import (
+    OutboxListing,
+    SandboxError,
+    SandboxFile,
+    SandboxHandle,
+    SandboxSpec,
+)
 from anycode_actors.sandboxes.ecs import (
     EXEC_UNSUPPORTED,
     LOGS_NOT_CONFIGURED,
@@ -51,6 +58,7 @@ from tests.fakes.moto_server import (
     seed_ecs_world,
     start_moto_server,
 )
+from tests.test_sandboxes_agent_fs import running_sandbox_agent
 
 SECRET = f"sk-ant-test-{uuid.uuid4().hex}"
 # Enough describes to keep a task in its current status for the rest of a test.
@@ -758,3 +766,140 @@ async def test_stdio_protocols_are_refused(moto: MotoServer, world: EcsWorld, us
     with pytest.raises(SandboxError, match=f"^{re.escape(EXEC_UNSUPPORTED)}$"):
         await attempt()
     assert run_tasks == []
+
+
+# --- after a restart: reattach -------------------------------------------------------------------
+
+
+async def test_a_restarted_daemon_reattaches_its_running_task_from_ecs_alone(
+    moto: MotoServer, world: EcsWorld, logs: pytest.LogCaptureFixture
+) -> None:
+    moto.set_task_transition({"progression": "manual", "times": 1})
+    daemon_id = f"daemon-{uuid.uuid4().hex}"
+    first = make_provider(moto, world, daemon_id=daemon_id)
+    with trio.fail_after(WAIT):
+        handle = await first.create(make_spec())
+        plain = await first.create(make_spec(repo=None))
+    moto.set_task_transition({"progression": "manual", "times": FOREVER})
+
+    restarted = make_provider(moto, world, daemon_id=daemon_id)
+    reattached = await restarted.reattach(handle.id)
+    # The same handle: the token from the task's overrides, the workdir from its ANYCODE_REPO.
+    assert reattached == handle
+    assert reattached.workdir == "/workspace/repo"
+    assert await restarted.reattach(plain.id) == plain
+    assert plain.workdir == "/workspace"
+    assert await restarted.reattach(handle.id.rsplit("/", 1)[-1]) == handle
+
+    # What the task prints is masked as if this instance had created it.
+    task_id = handle.id.rsplit("/", 1)[-1]
+    stream = f"{world.log_stream_prefix}/{world.container_name}/{task_id}"
+    await call(
+        moto, "logs", "create_log_stream", logGroupName=world.log_group, logStreamName=stream
+    )
+    await call(
+        moto,
+        "logs",
+        "put_log_events",
+        logGroupName=world.log_group,
+        logStreamName=stream,
+        logEvents=[
+            {
+                "timestamp": int(datetime.now().timestamp() * 1000),
+                "message": f"key={SECRET} token={handle.token} agent claude on 2468",
+            }
+        ],
+    )
+    assert await restarted.logs(handle.id) == "key=*** token=*** agent claude on 2468"
+
+    # Another daemon's task, a stopped one, an unknown one: nothing to reattach.
+    assert await make_provider(moto, world).reattach(handle.id) is None
+    await restarted.destroy(handle.id)
+    assert await restarted.reattach(handle.id) is None
+    missing = f"arn:aws:ecs:{REGION}:123456789012:task/{world.cluster}/{uuid.uuid4()}"
+    assert await restarted.reattach(missing) is None
+    await restarted.destroy(plain.id)
+    assert_no_secret(logs.text)
+    assert handle.token not in logs.text
+
+
+async def test_a_task_that_is_still_starting_is_not_reattached(
+    moto: MotoServer, world: EcsWorld
+) -> None:
+    moto.set_task_transition({"progression": "manual", "times": FOREVER})  # stuck PROVISIONING
+    daemon_id = f"daemon-{uuid.uuid4().hex}"
+    provider = make_provider(moto, world, daemon_id=daemon_id)
+    restarted = make_provider(moto, world, daemon_id=daemon_id)
+    found: list[SandboxHandle | None] = []
+    with trio.fail_after(WAIT):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(provider.create, make_spec())
+            arn = await wait_for_started_task(moto, world, provider)
+            found.append(await restarted.reattach(arn))
+            nursery.cancel_scope.cancel()
+    assert found == [None]
+
+
+async def test_a_task_of_this_daemon_without_a_token_is_refused(
+    moto: MotoServer, world: EcsWorld
+) -> None:
+    moto.set_task_transition({"progression": "manual", "times": 1})
+    daemon_id = f"daemon-{uuid.uuid4().hex}"
+    provider = make_provider(moto, world, daemon_id=daemon_id)
+    response = await call(
+        moto,
+        "ecs",
+        "run_task",
+        cluster=world.cluster,
+        taskDefinition=world.task_definition,
+        launchType="FARGATE",
+        networkConfiguration={
+            "awsvpcConfiguration": {
+                "subnets": [world.subnet_id],
+                "securityGroups": [world.security_group_id],
+            }
+        },
+        startedBy=provider.started_by,
+        tags=[{"key": "anycode.daemon", "value": daemon_id}],
+    )
+    arn = response["tasks"][0]["taskArn"]
+    with trio.fail_after(WAIT):
+        while (await describe(moto, world, arn))["lastStatus"] != "RUNNING":
+            pass
+    moto.set_task_transition({"progression": "manual", "times": FOREVER})
+    with pytest.raises(SandboxError, match="carry no ANYCODE_AGENT_TOKEN"):
+        await provider.reattach(arn)
+    await provider.destroy(arn)
+
+
+# --- the outbox, through sandbox-agent ---------------------------------------------------------
+
+
+async def test_read_files_goes_through_the_sandbox_agent_of_the_handle(
+    moto: MotoServer, world: EcsWorld, tmp_path: Path
+) -> None:
+    """ECS has no way to copy files out of a task: the provider asks the task's sandbox-agent,
+    here the real binary serving a folder of this machine."""
+    outbox = tmp_path / "sandbox" / "outbox"
+    (outbox / "sub").mkdir(parents=True)
+    (outbox / "a.txt").write_bytes(b"hi")
+    (outbox / "sub" / "b.txt").write_bytes(b"deep")
+    (outbox / "big.bin").write_bytes(b"b" * 100)
+    (outbox / "link").symlink_to(tmp_path / "sandbox" / "outbox" / "a.txt")
+    provider = make_provider(moto, world)
+    with running_sandbox_agent(tmp_path / "home") as agent:
+        handle = SandboxHandle(
+            id="arn:aws:ecs:us-east-1:123456789012:task/anycode/0123",
+            session_id="s",
+            provider="ecs",
+            endpoint=agent.endpoint,
+            token=agent.token,
+        )
+        listing = await provider.read_files(handle, str(outbox), max_bytes=10)
+    assert listing == OutboxListing(
+        files=(SandboxFile("a.txt", b"hi"), SandboxFile("sub/b.txt", b"deep")),
+        too_big=(("big.bin", 100),),
+    )
+    no_endpoint = SandboxHandle(id=handle.id, session_id="s", provider="ecs", endpoint=None)
+    with pytest.raises(SandboxError, match="has no sandbox-agent endpoint"):
+        await provider.read_files(no_endpoint, "/workspace/outbox", max_bytes=10)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import stat
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -13,7 +15,14 @@ import pytest
 import trio
 
 from anycode_actors.config import LocalConfig
-from anycode_actors.sandboxes import AgentProcess, SandboxError, SandboxSpec
+from anycode_actors.sandboxes import (
+    AgentProcess,
+    OutboxListing,
+    SandboxError,
+    SandboxFile,
+    SandboxSpec,
+)
+from anycode_actors.sandboxes import local as local_module
 from anycode_actors.sandboxes.local import BASE_ENV_NAMES, LocalProvider
 from tests.agent_stack import requires_agent_stack
 
@@ -215,6 +224,127 @@ async def test_a_restarted_daemon_lists_old_folders_as_dead_and_removes_them(
     assert await restarted.list() == []
 
 
+async def test_sandbox_json_is_private_and_holds_no_credentials(provider: LocalProvider) -> None:
+    handle = await provider.create(spec())
+    metadata_file = Path(handle.id) / "sandbox.json"
+    assert stat.S_IMODE(metadata_file.stat().st_mode) == 0o600
+    metadata = json.loads(metadata_file.read_text())
+    assert metadata["workdir"] == handle.workdir
+    assert "token" not in metadata
+    assert SECRET not in metadata_file.read_text()
+    await provider.destroy(handle.id)
+
+
+# --- reading the outbox ------------------------------------------------------------------------
+
+
+def make_outbox(workspace: Path, outside: Path) -> Path:
+    """workspace/outbox with files at two depths, one over the limit, links leading out of the
+    sandbox (to a file, to a folder, dangling) and within it, and a fifo."""
+    outside.mkdir()
+    (outside / "id_rsa").write_text("PRIVATE KEY")
+    (outside / "docs").mkdir()
+    (outside / "docs" / "secret.txt").write_text("secret")
+    outbox = workspace / "outbox"
+    (outbox / "sub").mkdir(parents=True)
+    (outbox / "a.txt").write_bytes(b"hi")
+    (outbox / "sub" / "b.bin").write_bytes(b"\x00binary\xff")
+    (outbox / "report.pdf").write_bytes(b"p" * 2048)
+    (outbox / "key").symlink_to(outside / "id_rsa")
+    (outbox / "sub" / "docs").symlink_to(outside / "docs")
+    (outbox / "within").symlink_to(outbox / "a.txt")
+    (outbox / "dangling").symlink_to(outside / "missing")
+    os.mkfifo(outbox / "pipe")
+    return outbox
+
+
+OUTBOX = OutboxListing(
+    files=(SandboxFile("a.txt", b"hi"), SandboxFile("sub/b.bin", b"\x00binary\xff")),
+    too_big=(("report.pdf", 2048),),
+)
+
+
+async def test_read_files_maps_sandbox_paths_and_never_follows_a_link(
+    provider: LocalProvider, tmp_path: Path
+) -> None:
+    handle = await provider.create(spec())
+    workspace = Path(handle.id) / "workspace"
+    outbox = make_outbox(workspace, tmp_path / "outside")
+    for path in ("/workspace/outbox", "/workspace/outbox/", str(outbox), "/workspace/./outbox"):
+        assert await provider.read_files(handle, path, max_bytes=1024) == OUTBOX, path
+    listing = await provider.read_files(handle, "/workspace", max_bytes=1024)
+    assert [f.name for f in listing.files] == [
+        ".anycode/clone-status",
+        "outbox/a.txt",
+        "outbox/sub/b.bin",
+    ]
+    assert await provider.read_files(handle, "/workspace/outbox", max_bytes=2048) == (
+        OutboxListing(
+            files=(*OUTBOX.files[:1], SandboxFile("report.pdf", b"p" * 2048), OUTBOX.files[1])
+        )
+    )
+    await provider.destroy(handle.id)
+
+
+async def test_read_files_refuses_a_linked_outbox_sub_folder_or_workspace(
+    provider: LocalProvider, tmp_path: Path
+) -> None:
+    handle = await provider.create(spec())
+    workspace = Path(handle.id) / "workspace"
+    make_outbox(workspace, tmp_path / "outside")
+    outside_outbox = tmp_path / "outside" / "outbox"
+    outside_outbox.mkdir()
+    (outside_outbox / "stolen.txt").write_text("from outside")
+    # The outbox itself, a folder on the way, and the whole workspace replaced by links.
+    (workspace / "linked-outbox").symlink_to(outside_outbox)
+    (workspace / "linked-parent").symlink_to(tmp_path / "outside")
+    for path in ("/workspace/linked-outbox", "/workspace/linked-parent/outbox"):
+        assert await provider.read_files(handle, path, max_bytes=1024) == OutboxListing(), path
+    (workspace).rename(Path(handle.id) / "moved-workspace")
+    (Path(handle.id) / "workspace").symlink_to(tmp_path / "outside")
+    assert await provider.read_files(handle, "/workspace/outbox", max_bytes=1024) == (
+        OutboxListing()
+    )
+    await provider.destroy(handle.id)
+    assert (outside_outbox / "stolen.txt").exists()
+
+
+async def test_read_files_of_a_missing_folder_is_empty_and_paths_outside_are_refused(
+    provider: LocalProvider,
+) -> None:
+    handle = await provider.create(spec())
+    assert await provider.read_files(handle, "/workspace/outbox", max_bytes=10) == OutboxListing()
+    (Path(handle.id) / "workspace" / "outbox").write_text("a file, not a folder")
+    assert await provider.read_files(handle, "/workspace/outbox", max_bytes=10) == OutboxListing()
+    for path in ("/etc", "/workspace/../etc", "workspace/outbox", "/workspaces", handle.id):
+        with pytest.raises(SandboxError, match="is not a folder of the sandbox's workspace"):
+            await provider.read_files(handle, path, max_bytes=10)
+    await provider.destroy(handle.id)
+    with pytest.raises(SandboxError, match="does not exist"):
+        await provider.read_files(handle, "/workspace/outbox", max_bytes=10)
+
+
+# --- reattaching after a restart ---------------------------------------------------------------
+
+
+async def test_reattach_gives_none_for_stdio_foreign_and_missing_sandboxes(
+    tmp_path: Path,
+) -> None:
+    first = LocalProvider(allowed(tmp_path), "daemon-1", base_env=plain_env(tmp_path))
+    handle = await first.create(spec())
+    # The provider that holds it gets the same handle back.
+    assert await first.reattach(handle.id) == handle
+    # A restarted daemon cannot resume a stdio agent: it died with the old daemon's pipes.
+    restarted = LocalProvider(allowed(tmp_path), "daemon-1", base_env=plain_env(tmp_path))
+    assert await restarted.reattach(handle.id) is None
+    other = LocalProvider(allowed(tmp_path), "daemon-2", base_env=plain_env(tmp_path))
+    for sandbox_id in (handle.id, "/etc", "relative", f"{handle.id}/.."):
+        assert await other.reattach(sandbox_id) is None
+    await first.destroy(handle.id)
+    assert await first.reattach(handle.id) is None
+    assert await restarted.reattach(handle.id) is None
+
+
 # --- repositories ------------------------------------------------------------------------------
 
 
@@ -267,14 +397,20 @@ async def test_a_failed_clone_is_recorded_without_credentials_and_is_not_fatal(
 
 
 @pytest.fixture
-def stack_provider(tmp_path: Path) -> Iterator[LocalProvider]:
+def stack_providers(tmp_path: Path) -> Callable[[], LocalProvider]:
+    """Providers of one daemon (same root and id), as a daemon and its restarted self."""
     stack = requires_agent_stack()
     home = tmp_path / "home"
     home.mkdir()
     env = stack.offline_env("http://127.0.0.1:9", home)
-    yield LocalProvider(
+    return lambda: LocalProvider(
         allowed(tmp_path / "work"), "daemon-1", sandbox_agent=stack.sandbox_agent, base_env=env
     )
+
+
+@pytest.fixture
+def stack_provider(stack_providers: Callable[[], LocalProvider]) -> Iterator[LocalProvider]:
+    yield stack_providers()
 
 
 async def test_sandbox_agent_runs_on_loopback_with_its_own_token(
@@ -299,6 +435,91 @@ async def test_sandbox_agent_runs_on_loopback_with_its_own_token(
     async with httpx.AsyncClient(trust_env=False) as http:
         with pytest.raises(httpx.ConnectError):
             await http.get(f"{handle.endpoint}/v1/health")
+
+
+async def health(endpoint: str | None, token: str) -> int:
+    async with httpx.AsyncClient(trust_env=False) as http:
+        answer = await http.get(
+            f"{endpoint}/v1/health", headers={"Authorization": f"Bearer {token}"}
+        )
+    return answer.status_code
+
+
+async def test_a_restarted_daemon_reattaches_a_running_server_and_destroy_stops_it(
+    stack_providers: Callable[[], LocalProvider],
+) -> None:
+    first = stack_providers()
+    handle = await first.create(spec("sandbox-agent", repo=None))
+    metadata_file = Path(handle.id) / "sandbox.json"
+    assert stat.S_IMODE(metadata_file.stat().st_mode) == 0o600
+    metadata = json.loads(metadata_file.read_text())
+    assert (metadata["endpoint"], metadata["token"]) == (handle.endpoint, handle.token)
+    assert SECRET not in metadata_file.read_text()
+
+    restarted = stack_providers()
+    assert not await restarted.is_alive(handle.id)
+    reattached = await restarted.reattach(handle.id)
+    assert reattached == handle
+    assert handle.token not in repr(reattached)
+    assert await health(reattached.endpoint, reattached.token) == 200
+    assert await restarted.is_alive(handle.id)
+    assert [info.alive for info in await restarted.list()] == [True]
+    assert handle.token not in await restarted.logs(handle.id)
+
+    with trio.fail_after(10):
+        await restarted.destroy(handle.id)
+    assert not await trio.Path(handle.id).exists()
+    with pytest.raises(httpx.ConnectError):
+        await health(handle.endpoint, handle.token)
+    await first.destroy(handle.id)  # reaps the server, which was the first provider's child
+
+
+async def test_destroy_after_a_restart_stops_the_old_server_without_reattaching(
+    stack_providers: Callable[[], LocalProvider],
+) -> None:
+    first = stack_providers()
+    handle = await first.create(spec("sandbox-agent"))
+    with trio.fail_after(10):
+        await stack_providers().destroy(handle.id)
+    with pytest.raises(httpx.ConnectError):
+        await health(handle.endpoint, handle.token)
+    await first.destroy(handle.id)
+
+
+async def test_reattach_refuses_a_server_that_is_gone_frozen_or_not_the_recorded_one(
+    stack_providers: Callable[[], LocalProvider], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = stack_providers()
+    handle = await first.create(spec("sandbox-agent"))
+    metadata_file = Path(handle.id) / "sandbox.json"
+    metadata = json.loads(metadata_file.read_text())
+    pid = metadata["server_pid"]
+
+    # Another token than the server's: it is not the recorded server (and would get a 401).
+    metadata_file.write_text(json.dumps({**metadata, "token": "x" * 43}))
+    assert await stack_providers().reattach(handle.id) is None
+    metadata_file.write_text(json.dumps(metadata))
+
+    # A server that does not answer /v1/health.
+    monkeypatch.setattr(local_module, "REATTACH_HEALTH_TIMEOUT", 0.5)
+    os.killpg(pid, signal.SIGSTOP)
+    try:
+        assert await stack_providers().reattach(handle.id) is None
+    finally:
+        os.killpg(pid, signal.SIGCONT)
+    assert await stack_providers().reattach(handle.id) == handle
+
+    # A server that is gone.
+    os.killpg(pid, signal.SIGKILL)
+    with trio.fail_after(5):
+        while True:
+            try:
+                await health(handle.endpoint, handle.token)
+            except httpx.TransportError:
+                break
+            await trio.sleep(0.05)
+    assert await stack_providers().reattach(handle.id) is None
+    await first.destroy(handle.id)
 
 
 def fake_server(tmp_path: Path, script: str) -> Path:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import trio
 
-from anycode_actors.store import SessionStatus, Store
+from anycode_actors.store import MIGRATIONS, SCHEMA_VERSION, SessionStatus, Store
 
 S = SessionStatus
 TERMINALS = (S.COMPLETED, S.FAILED, S.CANCELLED)
@@ -269,4 +269,4 @@ async def test_two_stores_opening_a_new_file_at_once_migrate_it_once(tmp_path: P
     raw = sqlite3.connect(path)
     rows = raw.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall()
     raw.close()
-    assert rows == [(1,), (2,)] and versions == [2, 2, 2, 2]
+    assert rows == [(m.version,) for m in MIGRATIONS] and versions == [SCHEMA_VERSION] * 4

@@ -86,11 +86,11 @@ async def test_an_older_file_is_migrated_and_keeps_its_data(
     assert "sessions_active" not in {i.name for i in old.table("sessions").indexes}
 
     async with Store.open(tmp_path / "store.db") as store:
-        assert await store.schema_version() == 2
+        assert await store.schema_version() == SCHEMA_VERSION
         (session,) = await store.active_sessions()
         assert (session.id, session.status) == ("0ld5e55", SessionStatus.RUNNING)
         assert await store.transition(session.id, SessionStatus.COMPLETED)
-    assert [r[0] for r in migration_rows(raw())] == [1, 2]
+    assert [r[0] for r in migration_rows(raw())] == [m.version for m in MIGRATIONS]
     indexes = {i.name for i in Database(raw()).table("sessions").indexes}
     assert {"sessions_active", "sessions_by_chat"} <= indexes
 
@@ -100,9 +100,11 @@ def test_a_callable_migration_gets_the_sqlite_utils_database(
 ) -> None:
     db = Database(raw())
     added = Migration(
-        3, "sessions.priority", lambda db: db.table("sessions").add_column("priority", int)
+        SCHEMA_VERSION + 1,
+        "sessions.priority",
+        lambda db: db.table("sessions").add_column("priority", int),
     )
-    assert migrate(db, [*MIGRATIONS, added]) == [1, 2, 3]
+    assert migrate(db, [*MIGRATIONS, added]) == [*range(1, SCHEMA_VERSION + 2)]
     assert "priority" in db.table("sessions").columns_dict
     assert migrate(db, [*MIGRATIONS, added]) == []
 
@@ -116,9 +118,9 @@ def test_a_failing_migration_leaves_no_trace(raw: Callable[[], sqlite3.Connectio
         raise RuntimeError("step failed half way")
 
     with pytest.raises(RuntimeError):
-        migrate(db, [*MIGRATIONS, Migration(3, "broken", half_done)])
+        migrate(db, [*MIGRATIONS, Migration(SCHEMA_VERSION + 1, "broken", half_done)])
     assert "scratch" not in db.table_names()
-    assert [r[0] for r in migration_rows(raw())] == [1, 2]
+    assert [r[0] for r in migration_rows(raw())] == [m.version for m in MIGRATIONS]
 
 
 def test_migrations_must_be_in_ascending_order(raw: Callable[[], sqlite3.Connection]) -> None:

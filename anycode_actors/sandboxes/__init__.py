@@ -2,18 +2,24 @@
 
 from anycode_actors.sandboxes.base import (
     AgentProcess,
+    OutboxListing,
     SandboxError,
+    SandboxFile,
     SandboxHandle,
     SandboxInfo,
     SandboxProvider,
     SandboxSpec,
+    new_agent_token,
 )
 
 __all__ = [
     "AgentProcess",
+    "OutboxListing",
     "SandboxError",
+    "SandboxFile",
     "SandboxHandle",
     "SandboxInfo",
     "SandboxProvider",
     "SandboxSpec",
+    "new_agent_token",
 ]

@@ -4,10 +4,16 @@ A session actor owns exactly one sandbox: it calls `create`, talks to the agent 
 handle's endpoint (sandbox-agent over HTTP) or through `exec` (stdio ACP, acpx), and always calls
 `destroy` at the end, whatever happened. Providers hide whether that is a container, an ECS task
 or a local folder.
+
+After a daemon restart, `reattach` rebuilds the handle of a sandbox that is still running from
+what the sandbox itself carries (labels, environment, task overrides), so the daemon never has to
+store a sandbox's token. At the end of every turn `read_files` collects what the agent left in
+its outbox folder, for upload to the chat.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -19,6 +25,19 @@ from anycode_actors.errors import AnycodeError
 class SandboxError(AnycodeError):
     """A sandbox could not be created, reached or inspected. The message is safe to show a user:
     it never contains credentials."""
+
+
+def new_agent_token() -> str:
+    """A fresh per-sandbox bearer token for sandbox-agent: 32 random bytes, URL-safe base64.
+
+    Never one that starts with "-": sandbox-agent's command line (`--token <value>`, in the
+    image's entrypoint and in the local provider) would take it for an option and refuse to
+    start, which `secrets.token_urlsafe` alone would cause for one sandbox in 64.
+    """
+    while True:
+        token = secrets.token_urlsafe(32)
+        if not token.startswith("-"):
+            return token
 
 
 @dataclass(frozen=True)
@@ -48,6 +67,28 @@ class SandboxHandle:
     token: str = field(repr=False, default="")
     # Folder inside the sandbox where the agent works (the cloned repo when there is one).
     workdir: str = "/workspace"
+
+
+@dataclass(frozen=True)
+class SandboxFile:
+    """One regular file read out of a sandbox."""
+
+    name: str  # path relative to the folder that was read, POSIX separators ("sub/report.pdf")
+    data: bytes = field(repr=False)
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+
+@dataclass(frozen=True)
+class OutboxListing:
+    """What `read_files` found in a folder: the files it read, and the regular files it left
+    unread because they are larger than `max_bytes`, as (name, size in bytes), so the caller can
+    say which ones did not fit the upload limit."""
+
+    files: tuple[SandboxFile, ...] = ()
+    too_big: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -116,4 +157,24 @@ class SandboxProvider(Protocol):
         cwd: str | None = None,
     ) -> AgentProcess:
         """Start `argv` inside the sandbox with piped stdin/stdout/stderr."""
+        ...
+
+    async def reattach(self, sandbox_id: str) -> SandboxHandle | None:
+        """The handle of a running sandbox of this daemon (same daemon id), rebuilt after a
+        restart from what the sandbox carries; None if it is missing, not running, or not ours.
+
+        The token comes from the sandbox itself, never from the daemon's store.
+        """
+        ...
+
+    async def read_files(
+        self, handle: SandboxHandle, path: str, *, max_bytes: int
+    ) -> OutboxListing:
+        """Every regular file under the sandbox folder `path` (recursively), for files of at
+        most `max_bytes`; larger ones are listed in `too_big` without being read.
+
+        A missing folder gives an empty listing; so does a `path` that is not a folder.
+        Symbolic links (and fifos, devices, sockets) are skipped, never followed. Files are
+        sorted by name.
+        """
         ...

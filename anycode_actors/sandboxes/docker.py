@@ -20,15 +20,22 @@ What the original got wrong and this does instead (see the seed report, §7):
 - Secrets: credentials go into the container's environment at create time and nowhere else. Error
   messages are built from the engine's status and explanation with every credential value
   replaced by `***`, and without the SDK exception attached (its request body holds the env).
+- Restarts: `reattach` rebuilds a handle from the container alone (its labels, its environment,
+  its published port), so the daemon never stores a sandbox's token.
+- Outbox: `read_files` streams `docker cp`'s tar archive (`get_archive`) through `tarfile`,
+  reading only members that fit `max_bytes`; links in the archive are never followed.
 """
 
 from __future__ import annotations
 
 import builtins
+import io
 import logging
 import re
 import secrets
-from collections.abc import Callable, Collection, Mapping, Sequence
+import tarfile
+import threading
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
 
@@ -37,16 +44,20 @@ from typing import Any, Final, TypeVar
 import docker.errors
 import requests.exceptions
 import trio
+import urllib3.exceptions
 from docker.client import from_env
 
 from anycode_actors.config import DockerConfig
 from anycode_actors.sandboxes._redaction import redact, secret_values
 from anycode_actors.sandboxes.base import (
     AgentProcess,
+    OutboxListing,
     SandboxError,
+    SandboxFile,
     SandboxHandle,
     SandboxInfo,
     SandboxSpec,
+    new_agent_token,
 )
 from anycode_actors.sandboxes.docker_exec import start_exec
 from anycode_actors.sandboxes.ports import LOOPBACK, PortAllocator
@@ -84,6 +95,13 @@ CLEANUP_TIMEOUT: Final = 30.0
 #: Attempts at publishing the agent port when somebody else keeps taking the chosen one.
 PORT_ATTEMPTS: Final = 5
 _PORT_TAKEN_MARKERS: Final = ("port is already allocated", "address already in use")
+#: The daemon's own variables in a container's environment that are no credentials.
+_PLAIN_VARIABLES: Final = frozenset({"ANYCODE_AGENT", "ANYCODE_PROTOCOL", "ANYCODE_REPO"})
+#: Go's os.FileMode bits, as the engine reports a path's mode for `get_archive`.
+_GO_MODE_DIR: Final = 1 << 31
+_GO_MODE_SYMLINK: Final = 1 << 27
+#: Bytes `tarfile` reads at a time, also when it skips a member too big to read.
+_TAR_BUFFER: Final = 1 << 20
 _NAME_UNSAFE: Final = re.compile(r"[^a-zA-Z0-9_.-]")
 
 _T = TypeVar("_T")
@@ -173,7 +191,7 @@ class DockerProvider:
         """
         image = spec.image or self._config.image
         needs_port = spec.protocol == "sandbox-agent"
-        token = secrets.token_urlsafe(32) if needs_port else ""
+        token = new_agent_token() if needs_port else ""
         env = _environment(spec, token)
         hidden = secret_values([*spec.env.values(), token])
         api = await self._api()
@@ -314,6 +332,106 @@ class DockerProvider:
             cwd=cwd or handle.workdir,
             limiter=self._limiter,
         )
+
+    async def reattach(self, sandbox_id: str) -> SandboxHandle | None:
+        """The handle of this daemon's running container `sandbox_id`, rebuilt from the
+        container alone: the session and protocol from its labels, the token and the repo (which
+        decides the workdir) from its environment, the endpoint from its published port, which
+        the port allocator adopts.
+
+        None if the container is gone, not running, or carries another daemon's label.
+        """
+        api = await self._api()
+        try:
+            state = await self._run(
+                api.inspect_container,
+                sandbox_id,
+                abandon=True,
+                what=f"inspect sandbox {_short(sandbox_id)}",
+            )
+        except _EngineError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        config = state.get("Config") or {}
+        labels = config.get("Labels") or {}
+        if labels.get(LABEL_DAEMON) != self._daemon_id:
+            return None
+        if not (state.get("State") or {}).get("Running"):
+            return None
+        container_id = str(state["Id"])
+        name = str(state.get("Name", "")).lstrip("/") or _short(container_id)
+        env = _env_dict(config.get("Env"))
+        image_env = await self._image_env(api, state.get("Image"))
+        token = ""
+        endpoint = None
+        if labels.get(LABEL_PROTOCOL) == "sandbox-agent":
+            token = env.get("ANYCODE_AGENT_TOKEN", "")
+            if not token:
+                raise SandboxError(
+                    f"sandbox {name} runs sandbox-agent but has no ANYCODE_AGENT_TOKEN in its "
+                    "environment; it cannot be reattached"
+                )
+            host_port = _published_port(state, name)
+            self._adopt_port(container_id, host_port)
+            endpoint = f"http://{LOOPBACK}:{host_port}"
+        # What the daemon injected: the container's variables that its image does not set.
+        injected = {k: v for k, v in env.items() if image_env.get(k) != v}
+        self._redactions[container_id] = secret_values(
+            v for k, v in injected.items() if k not in _PLAIN_VARIABLES
+        )
+        session_id = labels.get(LABEL_SESSION, "")
+        logger.info(
+            "session %s: reattached sandbox %s (%s)%s",
+            session_id,
+            name,
+            _short(container_id),
+            f" on {endpoint}" if endpoint else "",
+        )
+        return SandboxHandle(
+            id=container_id,
+            session_id=session_id,
+            provider=self.name,
+            endpoint=endpoint,
+            token=token,
+            workdir="/workspace/repo" if env.get("ANYCODE_REPO") else "/workspace",
+        )
+
+    async def read_files(
+        self, handle: SandboxHandle, path: str, *, max_bytes: int
+    ) -> OutboxListing:
+        """The regular files under the folder `path` of the container, from the tar archive of
+        `get_archive` (what `docker cp` uses), read as a stream: a member over `max_bytes` is
+        listed in `too_big` and skipped unread (never held in memory). Links in the archive are
+        not followed; a hard link to a file read before is that file again.
+
+        A missing `path`, or one that is not a folder (a file, a symbolic link), gives an empty
+        listing; a missing container is a SandboxError. Read-only, so a cancel abandons the
+        worker thread, which notices and stops reading at its next chunk.
+        """
+        if not path.startswith("/"):
+            raise SandboxError(f"{path!r} is not an absolute folder path inside the sandbox")
+        api = await self._api()
+        stop = threading.Event()
+        try:
+            listing = await self._run(
+                _read_archive,
+                api,
+                handle.id,
+                path,
+                max_bytes,
+                stop,
+                abandon=True,
+                what=f"read {path} from sandbox {_short(handle.id)}",
+            )
+        finally:
+            stop.set()
+        if listing is None:
+            # A 404: the folder is missing, or the whole container is.
+            if not await self._exists(handle.id):
+                raise SandboxError(f"sandbox {_short(handle.id)} does not exist (any more)")
+            return OutboxListing()
+        return listing
 
     # --- beyond the interface ------------------------------------------------------------------
 
@@ -584,6 +702,34 @@ class DockerProvider:
             error = _EngineError(f"could not {what}: {type(exc).__name__}: {detail}")
         raise error
 
+    async def _exists(self, container_id: str) -> bool:
+        api = await self._api()
+        try:
+            await self._run(
+                api.inspect_container,
+                container_id,
+                abandon=True,
+                what=f"inspect sandbox {_short(container_id)}",
+            )
+        except _EngineError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    async def _image_env(self, api: Any, image: object) -> dict[str, str]:
+        """The environment an image sets ({} when the image is gone: then every variable of the
+        container counts as injected, and is masked in its logs)."""
+        if not image:
+            return {}
+        try:
+            attrs = await self._run(
+                api.inspect_image, str(image), abandon=True, what="inspect a sandbox's image"
+            )
+        except _EngineError:
+            return {}
+        return _env_dict((attrs.get("Config") or {}).get("Env"))
+
     def _release_port(self, port: int | None) -> None:
         if port is not None and self._ports is not None:
             self._ports.release(port)
@@ -606,6 +752,105 @@ def _environment(spec: SandboxSpec, token: str) -> dict[str, str]:
     if token:
         env["ANYCODE_AGENT_TOKEN"] = token
     return env
+
+
+def _env_dict(items: object) -> dict[str, str]:
+    """Docker's ["NAME=value", ...] as a dict."""
+    env: dict[str, str] = {}
+    for item in items if isinstance(items, list) else ():
+        name, _, value = str(item).partition("=")
+        env[name] = value
+    return env
+
+
+class _ChunkReader(io.RawIOBase):
+    """The chunks of an archive stream as the file object `tarfile` reads from; stops (with
+    SandboxError) as soon as `stop` is set, so an abandoned worker thread ends soon."""
+
+    def __init__(self, chunks: Iterator[bytes], stop: threading.Event) -> None:
+        super().__init__()
+        self._chunks = chunks
+        self._stop = stop
+        self._buffer = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._buffer:
+            if self._stop.is_set():
+                raise SandboxError("reading the archive was abandoned")
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return 0
+            self._buffer = memoryview(chunk)
+        size = min(len(buffer), len(self._buffer))
+        buffer[:size] = self._buffer[:size]
+        self._buffer = self._buffer[size:]
+        return size
+
+
+def _read_archive(
+    api: Any, container_id: str, path: str, max_bytes: int, stop: threading.Event
+) -> OutboxListing | None:
+    """In a worker thread: the listing of `path` from `get_archive`; None when the engine
+    answers 404 (the path or the container is missing)."""
+    try:
+        chunks, stat = api.get_archive(container_id, path)
+    except docker.errors.NotFound:
+        return None
+    mode = int(stat.get("mode") or 0) if isinstance(stat, dict) else 0
+    if mode & _GO_MODE_SYMLINK or not mode & _GO_MODE_DIR:
+        chunks.close()
+        return OutboxListing()
+    files: dict[str, SandboxFile] = {}
+    too_big: dict[str, int] = {}
+    # Member name → its name relative to `path`, for the regular files seen, for hard links.
+    seen: dict[str, str] = {}
+    try:
+        with tarfile.open(
+            fileobj=_ChunkReader(chunks, stop), mode="r|", bufsize=_TAR_BUFFER
+        ) as archive:
+            for member in archive:
+                relative = _relative_member_name(member.name)
+                if relative is None:
+                    continue
+                if member.isreg():
+                    seen[member.name] = relative
+                    if member.size > max_bytes:
+                        too_big[relative] = member.size
+                        continue
+                    extracted = archive.extractfile(member)
+                    if extracted is not None:
+                        files[relative] = SandboxFile(relative, extracted.read())
+                elif member.islnk() and member.linkname in seen:
+                    original = seen[member.linkname]
+                    if original in files:
+                        files[relative] = SandboxFile(relative, files[original].data)
+                    elif original in too_big:
+                        too_big[relative] = too_big[original]
+    except (tarfile.TarError, urllib3.exceptions.HTTPError, OSError) as exc:
+        raise SandboxError(
+            f"could not read {path} from sandbox {_short(container_id)}: "
+            f"{type(exc).__name__}: {str(exc)[:300]}"
+        ) from None
+    finally:
+        chunks.close()
+    return OutboxListing(
+        tuple(files[name] for name in sorted(files)),
+        tuple(sorted(too_big.items())),
+    )
+
+
+def _relative_member_name(name: str) -> str | None:
+    """A member's name without the archive's first component (the folder itself, named as the
+    path's last component, or "." for a path ending in "/."); None for the folder, and for
+    names that would lead out of it."""
+    _, separator, rest = name.partition("/")
+    parts = [part for part in rest.split("/") if part not in ("", ".")]
+    if not separator or name.startswith("/") or not parts or ".." in parts:
+        return None
+    return "/".join(parts)
 
 
 def _text(value: object) -> str:

@@ -18,6 +18,11 @@ Life of a sandbox:
 3. `logs`: the tail of the task's CloudWatch stream (the awslogs driver names it
    `{prefix}/{container}/{task id}`), with the credentials this provider injected masked.
 4. `list`: the tasks that this daemon started and that are meant to run (for the reaper).
+5. `reattach` (after a daemon restart): the handle again, from ECS alone: the session from the
+   task's tags, the token and the repo from the environment in its container overrides, the
+   address as `create` finds it. The daemon stores no token.
+6. `read_files`: through sandbox-agent's filesystem API (`agent_fs`), with the handle's endpoint
+   and token: ECS itself has no way to read a file out of a task.
 
 ECS cannot run a process inside a task with piped stdio (ECS Exec is an interactive SSM session),
 so the stdio protocols (acp, acpx) are not available: `exec` always raises. Config validation
@@ -35,7 +40,6 @@ from __future__ import annotations
 import functools
 import logging
 import re
-import secrets
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -49,12 +53,15 @@ from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
 from anycode_actors.config import EcsConfig
 from anycode_actors.sandboxes._redaction import redact, secret_values
+from anycode_actors.sandboxes.agent_fs import read_files_via_sandbox_agent
 from anycode_actors.sandboxes.base import (
     AgentProcess,
+    OutboxListing,
     SandboxError,
     SandboxHandle,
     SandboxInfo,
     SandboxSpec,
+    new_agent_token,
 )
 
 __all__ = [
@@ -107,6 +114,10 @@ DEFAULT_CLIENT_CONFIG: Final = BotocoreConfig(
 )
 
 _STARTED_BY_INVALID: Final = re.compile(r"[^A-Za-z0-9_/-]")
+# The daemon's own variables in a task's environment that are no credentials (masked otherwise).
+_PLAIN_VARIABLES: Final = frozenset(
+    {"ANYCODE_AGENT", "ANYCODE_PROTOCOL", "ANYCODE_AGENT_PORT", "ANYCODE_REPO"}
+)
 
 
 def started_by_for(daemon_id: str) -> str:
@@ -184,7 +195,7 @@ class EcsProvider:
     async def create(self, spec: SandboxSpec) -> SandboxHandle:
         if spec.protocol != "sandbox-agent":
             raise SandboxError(EXEC_UNSUPPORTED)
-        token = secrets.token_urlsafe(32)
+        token = new_agent_token()
         hidden = secret_values([*spec.env.values(), token])
         try:
             handle = await self._create(spec, token)
@@ -291,6 +302,66 @@ class EcsProvider:
     ) -> AgentProcess:
         """Always raises: ECS has no way to run a process in a task with piped stdin/stdout."""
         raise SandboxError(EXEC_UNSUPPORTED)
+
+    async def reattach(self, sandbox_id: str) -> SandboxHandle | None:
+        """The handle of this daemon's RUNNING task `sandbox_id`, rebuilt from ECS alone.
+
+        The session comes from the task's tags, the token and the repo (which decides the
+        workdir) from the environment in its container overrides, the endpoint from its network
+        interface as in `create`. None for a task ECS does not know, one whose `anycode.daemon`
+        tag names another daemon, and one that is not RUNNING or is being stopped. (A task still
+        starting belongs to no session: `create` never returned its handle.)
+        """
+        task = await self._describe_task(sandbox_id, with_tags=True)
+        if task is None:
+            return None
+        tags = _tags(task)
+        if tags.get(TAG_DAEMON) != self._daemon_id:
+            return None
+        if task.get("lastStatus") != "RUNNING" or task.get("desiredStatus") == "STOPPED":
+            return None
+        task_arn = str(task["taskArn"])
+        env = _override_environment(task)
+        token = env.get("ANYCODE_AGENT_TOKEN")
+        if not token:
+            raise SandboxError(
+                f"ecs task {_task_id(task_arn)} is a sandbox of this daemon, but its overrides "
+                "carry no ANYCODE_AGENT_TOKEN; it cannot be reattached"
+            )
+        endpoint = await self._endpoint_of(task)
+        self._redactions[task_arn] = secret_values(
+            value for name, value in env.items() if name not in _PLAIN_VARIABLES
+        )
+        logger.info(
+            "ecs task %s reattached for session %s; sandbox-agent at %s",
+            _task_id(task_arn),
+            tags.get(TAG_SESSION, ""),
+            endpoint,
+        )
+        return SandboxHandle(
+            id=task_arn,
+            session_id=tags.get(TAG_SESSION, ""),
+            provider=self.name,
+            endpoint=endpoint,
+            token=token,
+            workdir="/workspace/repo" if env.get("ANYCODE_REPO") else "/workspace",
+        )
+
+    async def read_files(
+        self, handle: SandboxHandle, path: str, *, max_bytes: int
+    ) -> OutboxListing:
+        """The regular files under `path` in the task, through sandbox-agent's filesystem API.
+
+        ECS cannot run a command in a task with piped output, nor copy files out of one, so this
+        goes to the sandbox-agent of the handle (its endpoint, its token): see `agent_fs` for
+        the routes and for how symbolic links are told apart without an lstat route.
+        """
+        if not handle.endpoint or not handle.token:
+            raise SandboxError(
+                f"ecs sandbox {_task_id(handle.id)} has no sandbox-agent endpoint to read "
+                "files through"
+            )
+        return await read_files_via_sandbox_agent(handle.endpoint, handle.token, path, max_bytes)
 
     # --- create, step by step -------------------------------------------------------------------
 
@@ -605,6 +676,16 @@ def _stopped_reason(task: Mapping[str, Any]) -> str:
         if c.get("reason")
     )
     return "; ".join(parts) or "no reason given"
+
+
+def _override_environment(task: Mapping[str, Any]) -> dict[str, str]:
+    """The environment the daemon gave the task's containers in RunTask's overrides."""
+    env: dict[str, str] = {}
+    for override in (task.get("overrides") or {}).get("containerOverrides") or []:
+        for item in override.get("environment") or []:
+            if "name" in item:
+                env[str(item["name"])] = str(item.get("value", ""))
+    return env
 
 
 def _tags(task: Mapping[str, Any]) -> dict[str, str]:

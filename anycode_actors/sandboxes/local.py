@@ -6,7 +6,9 @@ user's files, keys and network, so the provider refuses to exist unless the conf
 
 Layout, under `<local.workdir>/<daemon id>/<session>-<random>/` (the sandbox id is that path):
 
-    sandbox.json            session, agent, protocol, created_at (no secrets), for `list`
+    sandbox.json            session, agent, protocol, created_at and workdir, for `list`; for
+                            sandbox-agent also its endpoint, pid and token, for `reattach` (mode
+                            0600: the token is this sandbox's own secret; no credentials)
     server.log              sandbox-agent's stdout and stderr (what `logs` shows)
     workspace/              the agent's working folder, like /workspace in the image
     workspace/repo/         the clone of `spec.repo`, when there is one
@@ -25,14 +27,24 @@ The daemon's own secrets (chat tokens) are not passed on. The token is on sandbo
 line (it has no other way to take it), so other users of this machine can see it in `ps`.
 
 Processes are started in their own process group and killed with it. A daemon that dies without
-calling `destroy` leaves its servers running; `list` then reports their folders as not alive, and
-`destroy` removes the folders but cannot know which processes were theirs.
+calling `destroy` leaves its servers running; `list` then reports their folders as not alive.
+A restarted daemon can `reattach` such a sandbox while its server still answers /v1/health with
+the token from sandbox.json, and `destroy` stops a server it did not start itself, once the
+server's command line (`/proc/<pid>/cmdline`, or `ps`) shows that the recorded pid is still that
+server. Stdio sandboxes (acp, acpx) are not reattached: their agent died with the dead daemon's
+pipes, and the agent's credentials, which a new one would need, are stored nowhere.
+
+`read_files` walks the workspace with file descriptors (`openat` with O_NOFOLLOW, one component at
+a time), so no symbolic link, wherever the agent puts one, makes the daemon read a file outside the
+sandbox's folder.
 """
 
 from __future__ import annotations
 
 import builtins
 import contextlib
+import errno
+import functools
 import json
 import logging
 import os
@@ -40,6 +52,7 @@ import re
 import secrets
 import shutil
 import signal
+import stat
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -54,10 +67,13 @@ from anycode_actors.config import LocalConfig
 from anycode_actors.sandboxes._redaction import redact, secret_values
 from anycode_actors.sandboxes.base import (
     AgentProcess,
+    OutboxListing,
     SandboxError,
+    SandboxFile,
     SandboxHandle,
     SandboxInfo,
     SandboxSpec,
+    new_agent_token,
 )
 from anycode_actors.sandboxes.ports import LOOPBACK, free_ephemeral_port
 from anycode_actors.sandboxes.process import LocalProcess
@@ -84,24 +100,50 @@ TERMINATE_GRACE: Final = 3.0
 CLEANUP_TIMEOUT: Final = 30.0
 #: Attempts at starting the server when another program takes its port first.
 PORT_ATTEMPTS: Final = 3
+#: Seconds one /v1/health probe of a server found after a restart may take.
+REATTACH_HEALTH_TIMEOUT: Final = 5.0
 _HEALTH_POLL_INTERVAL: Final = 0.05
 _KEEP_FINISHED: Final = 4
 _NAME_UNSAFE: Final = re.compile(r"[^a-zA-Z0-9_.-]")
 _METADATA: Final = "sandbox.json"
+_METADATA_TEMP: Final = ".sandbox.json.tmp"
 _SERVER_LOG: Final = "server.log"
+#: Where sandbox paths (as agents see them in the image) are in a local sandbox's folder.
+_SANDBOX_WORKSPACE: Final = "/workspace"
+_DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+#: What opening a path component with O_NOFOLLOW says when it is missing or no plain folder.
+_NOT_A_FOLDER: Final = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP})
+_READ_CHUNK: Final = 1 << 20
 
 
 @dataclass
 class _Sandbox:
-    """What this daemon knows about a sandbox it created (and still holds)."""
+    """What this daemon knows about a sandbox it created or reattached (and still holds)."""
 
     folder: Path
     session_id: str
     agent: str
     env: dict[str, str] = field(repr=False)
     hidden: tuple[str, ...] = field(repr=False)
+    workdir: Path
+    metadata: dict[str, object] = field(repr=False)
+    endpoint: str | None = None
+    token: str = field(default="", repr=False)
     server: trio.Process | None = None
+    # The pid of a server that an earlier daemon started (reattached); never our child.
+    adopted_pid: int | None = None
     processes: list[LocalProcess] = field(default_factory=list)
+
+    def handle(self, provider: str) -> SandboxHandle:
+        return SandboxHandle(
+            id=str(self.folder),
+            session_id=self.session_id,
+            provider=provider,
+            endpoint=self.endpoint,
+            token=self.token,
+            workdir=str(self.workdir),
+        )
 
 
 class LocalProvider:
@@ -161,7 +203,7 @@ class LocalProvider:
         created = False
         sandbox: _Sandbox | None = None
         try:
-            metadata = {
+            metadata: dict[str, object] = {
                 "session_id": spec.session_id,
                 "agent": spec.agent,
                 "protocol": spec.protocol,
@@ -178,13 +220,15 @@ class LocalProvider:
             hidden = secret_values(spec.env.values())
             env.update(await self._clone(spec.repo, workspace, env, hidden))
             workdir = workspace / "repo" if (workspace / "repo").is_dir() else workspace
-            sandbox = _Sandbox(folder, spec.session_id, spec.agent, env, hidden)
+            metadata["workdir"] = str(workdir)
+            await trio.to_thread.run_sync(_write_metadata, folder, metadata)
+            sandbox = _Sandbox(folder, spec.session_id, spec.agent, env, hidden, workdir, metadata)
             endpoint = None
-            token = ""
             if spec.protocol == "sandbox-agent":
-                token = secrets.token_urlsafe(32)
-                sandbox.hidden = secret_values([*hidden, token])
-                endpoint = await self._start_server(sandbox, token, workdir)
+                sandbox.token = new_agent_token()
+                sandbox.hidden = secret_values([*hidden, sandbox.token])
+                endpoint = await self._start_server(sandbox, workdir)
+                sandbox.endpoint = endpoint
         except BaseException:
             if created:
                 with trio.move_on_after(CLEANUP_TIMEOUT, shield=True):
@@ -200,20 +244,19 @@ class LocalProvider:
             spec.agent,
             f" at {endpoint}" if endpoint else "",
         )
-        return SandboxHandle(
-            id=sandbox_id,
-            session_id=spec.session_id,
-            provider=self.name,
-            endpoint=endpoint,
-            token=token,
-            workdir=str(workdir),
-        )
+        return sandbox.handle(self.name)
 
     async def destroy(self, sandbox_id: str) -> None:
-        """Stop the sandbox's processes and remove its folder. Idempotent; shielded, bounded."""
+        """Stop the sandbox's processes and remove its folder. Idempotent; shielded, bounded.
+
+        The server of a sandbox this daemon does not hold (an earlier daemon's) is stopped too,
+        when sandbox.json names it and its command line shows it is still that server.
+        """
         folder = self._folder(sandbox_id)
         with trio.move_on_after(CLEANUP_TIMEOUT, shield=True) as scope:
             sandbox = self._sandboxes.pop(str(folder), None)
+            if sandbox is None:
+                sandbox = await trio.to_thread.run_sync(self._orphan, folder)
             if sandbox is not None:
                 await _stop(sandbox)
             await trio.to_thread.run_sync(_remove_folder, folder)
@@ -227,6 +270,8 @@ class LocalProvider:
         sandbox = self._sandboxes.get(str(self._folder(sandbox_id)))
         if sandbox is None or not sandbox.folder.is_dir():
             return False
+        if sandbox.adopted_pid is not None:
+            return await trio.to_thread.run_sync(_is_adopted_server_running, sandbox)
         return sandbox.server is None or sandbox.server.returncode is None
 
     async def logs(self, sandbox_id: str, tail: int = 200) -> str:
@@ -285,7 +330,95 @@ class LocalProvider:
         sandbox.processes.append(process)
         return process
 
+    async def reattach(self, sandbox_id: str) -> SandboxHandle | None:
+        """The handle of a sandbox-agent sandbox of this daemon whose server still runs, after a
+        restart: from sandbox.json (endpoint, token, workdir, server pid) once the recorded pid
+        is still that server and it answers /v1/health with that token. A sandbox this provider
+        holds gives its handle while it is alive.
+
+        None for a folder that is missing or not this daemon's, a server that is gone, does not
+        answer or refuses the token, and the stdio protocols of an earlier daemon (see the
+        module's docstring). A reattached sandbox has only the harmless part of its environment for
+        `exec`: the agent's credentials are stored nowhere.
+        """
+        try:
+            folder = self._folder(sandbox_id)
+        except SandboxError:
+            return None
+        held = self._sandboxes.get(str(folder))
+        if held is not None:
+            return held.handle(self.name) if await self.is_alive(sandbox_id) else None
+        sandbox = await trio.to_thread.run_sync(self._orphan, folder)
+        # Its recorded pid must still be its server (so that `destroy` can stop it), and the
+        # server must answer with the recorded token.
+        if sandbox is None or sandbox.endpoint is None or sandbox.adopted_pid is None:
+            return None
+        if not await _answers_health(sandbox.endpoint, sandbox.token):
+            return None
+        self._sandboxes[str(folder)] = sandbox
+        logger.info(
+            "session %s: reattached local sandbox %s at %s",
+            sandbox.session_id,
+            folder.name,
+            sandbox.endpoint,
+        )
+        return sandbox.handle(self.name)
+
+    async def read_files(
+        self, handle: SandboxHandle, path: str, *, max_bytes: int
+    ) -> OutboxListing:
+        """The regular files under `path`: a sandbox path (/workspace/...), which maps onto the
+        folder's workspace/, or a path inside that workspace on this machine.
+
+        The walk opens every component with O_NOFOLLOW relative to its parent's descriptor, and
+        every file with O_NOFOLLOW, checking that it is a regular file (fstat) before reading:
+        symbolic links are never followed, not even one that replaces a folder while the walk
+        runs.
+        """
+        folder = self._folder(handle.id)
+        parts = _workspace_parts(folder / "workspace", path)
+        return await trio.to_thread.run_sync(
+            _read_tree, folder, parts, max_bytes, abandon_on_cancel=True
+        )
+
     # --- internals ----------------------------------------------------------------------------
+
+    def _orphan(self, folder: Path) -> _Sandbox | None:
+        """In a worker thread: a sandbox-agent sandbox of an earlier daemon, from sandbox.json,
+        with `adopted_pid` set when that pid is still its server; None for anything else."""
+        metadata = _read_metadata(folder)
+        if metadata is None or metadata.get("protocol") != "sandbox-agent":
+            return None
+        endpoint, token, pid = (metadata.get(k) for k in ("endpoint", "token", "server_pid"))
+        if not (
+            isinstance(endpoint, str)
+            and endpoint.startswith(f"http://{LOOPBACK}:")
+            and isinstance(token, str)
+            and token
+            and isinstance(pid, int)
+        ):
+            return None
+        workspace = folder / "workspace"
+        workdir = (
+            workspace / "repo" if metadata.get("workdir") == str(workspace / "repo") else workspace
+        )
+        agent = str(metadata.get("agent", ""))
+        env = {**self._base_env, "ANYCODE_AGENT": agent, "ANYCODE_PROTOCOL": "sandbox-agent"}
+        sandbox = _Sandbox(
+            folder,
+            str(metadata.get("session_id", "")),
+            agent,
+            env,
+            secret_values([token]),
+            workdir,
+            metadata,
+            endpoint=endpoint,
+            token=token,
+            adopted_pid=pid,
+        )
+        if not _is_adopted_server_running(sandbox):
+            sandbox.adopted_pid = None
+        return sandbox
 
     def _folder(self, sandbox_id: str) -> Path:
         """The sandbox's folder, after checking that it lies directly in this daemon's root:
@@ -343,7 +476,7 @@ class LocalProvider:
             "ANYCODE_STATE_DIR": str(state),
         }
 
-    async def _start_server(self, sandbox: _Sandbox, token: str, workdir: Path) -> str:
+    async def _start_server(self, sandbox: _Sandbox, workdir: Path) -> str:
         binary = shutil.which(self._sandbox_agent, path=sandbox.env.get("PATH", os.defpath))
         if binary is None:
             raise SandboxError(
@@ -354,7 +487,7 @@ class LocalProvider:
         for attempt in range(1, PORT_ATTEMPTS + 1):
             port = free_ephemeral_port()
             argv = [binary, "server", "--host", LOOPBACK, "--port", str(port)]
-            argv += ["--token", token, "--no-telemetry"]
+            argv += ["--token", sandbox.token, "--no-telemetry"]
             log = (sandbox.folder / _SERVER_LOG).open("ab")
             try:
                 sandbox.server = await trio.lowlevel.open_process(
@@ -373,7 +506,12 @@ class LocalProvider:
             finally:
                 log.close()
             endpoint = f"http://{LOOPBACK}:{port}"
-            if await self._wait_healthy(sandbox.server, endpoint, token):
+            # Recorded before anything else can fail, so that a later daemon finds the server.
+            sandbox.metadata.update(
+                endpoint=endpoint, token=sandbox.token, server_pid=sandbox.server.pid
+            )
+            await trio.to_thread.run_sync(_write_metadata, sandbox.folder, sandbox.metadata)
+            if await self._wait_healthy(sandbox.server, endpoint, sandbox.token):
                 return endpoint
             output = await trio.to_thread.run_sync(_read_text, sandbox.folder / _SERVER_LOG)
             output = redact(output, sandbox.hidden)
@@ -417,6 +555,9 @@ async def _stop(sandbox: _Sandbox) -> None:
     processes, sandbox.processes = sandbox.processes, []
     for process in processes:
         await process.aclose()
+    if sandbox.adopted_pid is not None:
+        with trio.CancelScope(shield=True):
+            await _stop_adopted(sandbox)
     server, sandbox.server = sandbox.server, None
     if server is None:
         return
@@ -430,15 +571,220 @@ async def _stop(sandbox: _Sandbox) -> None:
         await server.wait()
 
 
+async def _stop_adopted(sandbox: _Sandbox) -> None:
+    """Stop the server an earlier daemon started: it is not our child, so it is polled, and
+    signalled only while its command line still shows it is that server."""
+    pid, sandbox.adopted_pid = sandbox.adopted_pid, None
+    if pid is None:
+        return
+    check = functools.partial(_is_server, pid, sandbox.endpoint or "", sandbox.token)
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        if not await trio.to_thread.run_sync(check):
+            return
+        _signal_group(pid, signum)
+        with trio.move_on_after(TERMINATE_GRACE):
+            # Not our child: there is nothing to wait on but the process table.
+            while await trio.to_thread.run_sync(check):  # noqa: ASYNC110
+                await trio.sleep(_HEALTH_POLL_INTERVAL)
+            return
+    logger.warning("sandbox-agent (pid %d) of %s survived SIGKILL", pid, sandbox.folder.name)
+
+
+def _is_adopted_server_running(sandbox: _Sandbox) -> bool:
+    pid = sandbox.adopted_pid
+    return pid is not None and _is_server(pid, sandbox.endpoint or "", sandbox.token)
+
+
+def _is_server(pid: int, endpoint: str, token: str) -> bool:
+    """Whether process `pid` runs (not a zombie) and is the sandbox-agent server of `endpoint`
+    with `token`: guards against signalling a process that took over the pid of a dead server.
+    """
+    command = _command_line(pid)
+    if command is None:
+        return False
+    port = endpoint.rsplit(":", 1)[-1]
+    return f" --port {port} " in f" {command} " and f" --token {token} " in f" {command} "
+
+
+def _command_line(pid: int) -> str | None:
+    """The process's arguments joined by spaces; None when it is gone or a zombie."""
+    proc = Path("/proc")
+    if proc.is_dir():
+        try:
+            status = (proc / str(pid) / "stat").read_text()
+            raw = (proc / str(pid) / "cmdline").read_bytes()
+        except OSError:
+            return None
+        # The state follows the command name in parentheses: Z is a zombie, X dead.
+        if status.rsplit(")", 1)[-1].split()[:1] in (["Z"], ["X"]):
+            return None
+        return raw.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", errors="replace")
+    try:
+        done = subprocess.run(
+            ["ps", "-ww", "-o", "stat=", "-o", "args=", "-p", str(pid)],
+            capture_output=True,
+            check=False,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    state, _, command = done.stdout.decode("utf-8", errors="replace").strip().partition(" ")
+    if done.returncode != 0 or not command or state.startswith("Z"):
+        return None
+    return command.strip()
+
+
+async def _answers_health(endpoint: str, token: str) -> bool:
+    async with httpx.AsyncClient(timeout=REATTACH_HEALTH_TIMEOUT, trust_env=False) as client:
+        try:
+            answer = await client.get(
+                f"{endpoint}/v1/health", headers={"Authorization": f"Bearer {token}"}
+            )
+        except httpx.HTTPError:
+            return False
+    return answer.status_code == 200
+
+
 def _signal_group(pid: int, signum: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signum)
 
 
-def _make_folders(workspace: Path, metadata: Mapping[str, str]) -> None:
+def _make_folders(workspace: Path, metadata: Mapping[str, object]) -> None:
     workspace.mkdir(parents=True)
     # In the same step, so that no folder of ours ever lacks what `list` recognises it by.
-    (workspace.parent / _METADATA).write_text(json.dumps(dict(metadata), indent=2) + "\n")
+    _write_metadata(workspace.parent, metadata)
+
+
+def _write_metadata(folder: Path, metadata: Mapping[str, object]) -> None:
+    """sandbox.json, replaced atomically, readable by this user only (it may hold the token)."""
+    temp = folder / _METADATA_TEMP
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        os.fchmod(fd, 0o600)
+        file.write(json.dumps(dict(metadata), indent=2) + "\n")
+    os.replace(temp, folder / _METADATA)
+
+
+def _read_metadata(folder: Path) -> dict[str, object] | None:
+    try:
+        metadata = json.loads((folder / _METADATA).read_text())
+    except (OSError, ValueError):
+        return None
+    return metadata if isinstance(metadata, dict) else None
+
+
+def _workspace_parts(workspace: Path, path: str) -> builtins.list[str]:
+    """The components of `path` below the workspace: `path` is a sandbox path (/workspace/...)
+    or a path inside the workspace folder on this machine."""
+    for root in (_SANDBOX_WORKSPACE, str(workspace)):
+        if path == root or path.startswith(root + "/"):
+            parts = [part for part in path[len(root) :].split("/") if part not in ("", ".")]
+            if ".." not in parts:
+                return parts
+    raise SandboxError(
+        f"{path!r} is not a folder of the sandbox's workspace ({_SANDBOX_WORKSPACE}/...)"
+    )
+
+
+def _open_folder(base_fd: int, names: Iterable[str]) -> int | None:
+    """A descriptor of the folder `names` below `base_fd`, opened one component at a time
+    without following links; None if any component is missing, a link, or no folder."""
+    current = os.dup(base_fd)
+    for name in names:
+        try:
+            following = os.open(name, _DIR_FLAGS, dir_fd=current)
+        except OSError as exc:
+            os.close(current)
+            if exc.errno in _NOT_A_FOLDER:
+                return None
+            raise
+        os.close(current)
+        current = following
+    return current
+
+
+def _read_tree(folder: Path, parts: builtins.list[str], max_bytes: int) -> OutboxListing:
+    """In a worker thread: the regular files under workspace/<parts> of `folder`."""
+    try:
+        root = os.open(folder, _DIR_FLAGS)
+    except OSError as exc:
+        if exc.errno in _NOT_A_FOLDER:
+            raise SandboxError(f"local sandbox {folder.name} does not exist (any more)") from None
+        raise SandboxError(f"could not open local sandbox {folder.name}: {exc.strerror}") from None
+    files: builtins.list[SandboxFile] = []
+    too_big: builtins.list[tuple[str, int]] = []
+    try:
+        base = _open_folder(root, ["workspace", *parts])
+        if base is None:
+            return OutboxListing()
+        try:
+            pending: builtins.list[tuple[str, ...]] = [()]
+            while pending:
+                below = pending.pop()
+                directory = _open_folder(base, below)
+                if directory is None:
+                    continue  # gone, or replaced by a link, since it was listed
+                try:
+                    with os.scandir(directory) as scan:
+                        entries = [
+                            (
+                                e.name,
+                                e.is_dir(follow_symlinks=False),
+                                e.is_file(follow_symlinks=False),
+                            )
+                            for e in scan
+                        ]
+                    for name, is_dir, is_file in entries:
+                        relative = (*below, name)
+                        if is_dir:
+                            pending.append(relative)
+                        elif is_file:
+                            found = _read_regular(directory, name, max_bytes)
+                            if isinstance(found, bytes):
+                                files.append(SandboxFile("/".join(relative), found))
+                            elif found is not None:
+                                too_big.append(("/".join(relative), found))
+                finally:
+                    os.close(directory)
+        finally:
+            os.close(base)
+    except OSError as exc:
+        raise SandboxError(
+            f"could not read {'/'.join(parts) or 'the workspace'} in local sandbox "
+            f"{folder.name}: {exc.strerror or type(exc).__name__}"
+        ) from None
+    finally:
+        os.close(root)
+    files.sort(key=lambda file: file.name)
+    too_big.sort()
+    return OutboxListing(tuple(files), tuple(too_big))
+
+
+def _read_regular(directory: int, name: str, max_bytes: int) -> bytes | int | None:
+    """The bytes of the regular file `name` in `directory`; its size when it is larger than
+    `max_bytes`; None when it is no regular file (any more)."""
+    try:
+        fd = os.open(name, _FILE_FLAGS, dir_fd=directory)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENXIO):
+            return None
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        if info.st_size > max_bytes:
+            return info.st_size
+        data = bytearray()
+        while len(data) <= max_bytes:
+            chunk = os.read(fd, min(_READ_CHUNK, max_bytes + 1 - len(data)))
+            if not chunk:
+                return bytes(data)
+            data += chunk
+        return os.fstat(fd).st_size  # it grew past the limit while we read it
+    finally:
+        os.close(fd)
 
 
 def _write_marker(state: Path, status: str, failure: str | None) -> None:
@@ -474,10 +820,7 @@ def _scan(root: Path) -> builtins.list[tuple[Path, dict[str, object]]]:
     except FileNotFoundError:
         return []
     for folder in entries:
-        try:
-            metadata = json.loads((folder / _METADATA).read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(metadata, dict):
+        metadata = _read_metadata(folder)
+        if metadata is not None:
             found.append((folder, metadata))
     return found

@@ -80,6 +80,8 @@ class Session:
     created_at: datetime
     updated_at: datetime
     ended_at: datetime | None
+    shown_seq: int = 0
+    """The last event seq whose output reached the chat (for resuming after a crash)."""
 
     @property
     def is_terminal(self) -> bool:
@@ -152,6 +154,7 @@ def session_from_row(row: Mapping[str, Any]) -> Session:
         agent_session_id=row["agent_session_id"],
         status=SessionStatus(row["status"]),
         last_event_seq=row["last_event_seq"],
+        shown_seq=row["shown_seq"],
         reason=row["reason"],
         created_at=_ts(row["created_at"]),
         updated_at=_ts(row["updated_at"]),

@@ -109,9 +109,14 @@ _V2_QUERY_INDEXES: Final = (
     """,
 )
 
+# How far a session's output reached the chat: after a crash, text stored but never shown is
+# sent again from here, so a restart loses nothing and repeats nothing.
+_V3_SHOWN_SEQ: Final = ("ALTER TABLE sessions ADD COLUMN shown_seq INTEGER NOT NULL DEFAULT 0",)
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "core tables", _V1_CORE_TABLES),
     Migration(2, "indexes for the actors' queries", _V2_QUERY_INDEXES),
+    Migration(3, "output shown in the chat", _V3_SHOWN_SEQ),
 )
 SCHEMA_VERSION: Final = MIGRATIONS[-1].version
 

@@ -231,6 +231,17 @@ class Store:
     async def set_agent_session_id(self, session_id: str, agent_session_id: str) -> None:
         await self._update_session(session_id, agent_session_id=agent_session_id)
 
+    async def set_shown_seq(self, session_id: str, seq: int) -> None:
+        """Record that the chat shows the session's output up to event `seq` (never backwards)."""
+
+        def update() -> None:
+            self._sync_db.execute(
+                "UPDATE sessions SET shown_seq = max(shown_seq, ?) WHERE id = ?",
+                [seq, session_id],
+            )
+
+        await self._call(update)
+
     async def _update_session(self, session_id: str, **fields: str) -> None:
         def update() -> None:
             assignments = ", ".join(f"{name} = ?" for name in fields)
