@@ -277,15 +277,17 @@ async def test_a_closed_store_refuses_calls(tmp_path: Path) -> None:
         assert await reopened.get_session(session.id) == session
 
 
-async def test_shown_seq_records_how_far_output_reached_the_chat_and_never_goes_back(
-    tmp_path: Path,
-) -> None:
-    async with Store.open(tmp_path / "shown.db") as store:
+async def test_the_message_a_session_streams_into_is_remembered(tmp_path: Path) -> None:
+    async with Store.open(tmp_path / "stream.db") as store:
         session = await store.create_session(
             platform="telegram", chat="1", user="u", agent="claude-code", prompt="p"
         )
-        assert session.shown_seq == 0
-        await store.set_shown_seq(session.id, 7)
-        await store.set_shown_seq(session.id, 3)
+        assert (session.stream_message_id, session.stream_mark, session.stream_offset) == (
+            None,
+            None,
+            0,
+        )
+        await store.set_stream_message(session.id, "42", 7, 3)
         again = await store.get_session(session.id)
-        assert again is not None and again.shown_seq == 7
+        assert again is not None
+        assert (again.stream_message_id, again.stream_mark, again.stream_offset) == ("42", 7, 3)

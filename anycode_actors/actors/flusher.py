@@ -77,7 +77,7 @@ import math
 import unicodedata
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Final, TypeAlias, TypeVar
 
 import trio
@@ -102,6 +102,7 @@ __all__ = [
     "PACING_SLACK",
     "REPLY_TIMEOUT",
     "TEXT_MARGIN",
+    "Adopt",
     "Append",
     "Drain",
     "Edit",
@@ -160,18 +161,37 @@ class Posted:
 
 @dataclass(frozen=True)
 class StreamStarted:
-    """Sent to the flusher's `notify` channel when a stream begins a new message."""
+    """Sent to the flusher's `notify` channel when a stream begins a new message: its text
+    starts `offset` characters into the text of the `Append` marked `mark` (None: unmarked)."""
 
     stream: str
     message_id: str
+    mark: int | None = None
+    offset: int = 0
+
+
+@dataclass(frozen=True)
+class Adopt:
+    """Continue `stream` in an existing message (a restarted daemon): the message is edited to
+    the joined text of `pieces` (a no-op if it already shows it) and later Appends extend it.
+
+    `pieces` are (mark, text) as the Appends that made the message carried them; the first
+    text lacks its first `offset` characters, which are in the message before."""
+
+    stream: str
+    message_id: str
+    pieces: tuple[tuple[int, str], ...]
+    offset: int = 0
 
 
 @dataclass(frozen=True)
 class Append:
-    """A text delta for the live message of `stream` (a session id)."""
+    """A text delta for the live message of `stream` (a session id). `mark` (the agent event's
+    seq) lets `StreamStarted` say where a new message begins, for resuming after a crash."""
 
     stream: str
     text: str
+    mark: int | None = None
 
 
 @dataclass(frozen=True)
@@ -237,7 +257,7 @@ class Drain:
     done: trio.Event
 
 
-FlusherMessage: TypeAlias = Append | Flush | EndStream | Post | Edit | Upload | Drain
+FlusherMessage: TypeAlias = Append | Adopt | Flush | EndStream | Post | Edit | Upload | Drain
 
 
 @dataclass
@@ -374,6 +394,25 @@ class _Stream:
     message_id: str | None = None
     shown: str = ""
     pending: str = ""
+    # (start, end) offsets in `pending` of each marked Append's text, and its mark; oldest
+    # first. A start below 0 means part of that text is already in an earlier message.
+    marks: list[tuple[int, int, int]] = field(default_factory=list)
+
+    def consume(self, count: int) -> None:
+        """`count` characters of `pending` are done with (shown, or refused for good)."""
+        self.marks = [(a - count, b - count, m) for a, b, m in self.marks if b > count]
+        self.pending = self.pending[count:]
+
+    def origin(self) -> tuple[int | None, int]:
+        """Where `pending` begins: the mark of the Append holding its first character and how
+        many characters of that Append's text came before it."""
+        for start, end, mark in self.marks:
+            if end > 0:
+                return mark, max(0, -start)
+        return None, 0
+
+    def shift(self, count: int) -> None:
+        self.marks = [(a + count, b + count, m) for a, b, m in self.marks]
 
 
 @dataclass(eq=False)
@@ -547,6 +586,8 @@ class Flusher(Actor[FlusherMessage]):
         if isinstance(message, Append):
             if message.text:
                 self._append(message, seq, now)
+        elif isinstance(message, Adopt):
+            self._adopt(message, seq, now)
         elif isinstance(message, Flush):
             self._hurry(self._streams.get(message.stream), now)
         elif isinstance(message, EndStream):
@@ -612,10 +653,26 @@ class Flusher(Actor[FlusherMessage]):
         if stream is None:
             stream = _Stream(message.stream, next(self._uids))
             self._streams[message.stream] = stream
+        if message.mark is not None:
+            start = len(stream.pending)
+            stream.marks.append((start, start + len(message.text), message.mark))
         stream.pending += message.text
         key = ("stream", stream.uid)
         if key not in self._ops:
             self._queue(_StreamOp(key, seq, now + self.debounce, stream=stream))
+
+    def _adopt(self, message: Adopt, seq: int, now: float) -> None:
+        # A fresh stream whose message already exists: it shows nothing as far as we know, so
+        # the first call edits it to the full text (which the platform may already show).
+        stream = _Stream(message.stream, next(self._uids), message_id=message.message_id)
+        for index, (mark, text) in enumerate(message.pieces):
+            start = len(stream.pending)
+            stream.marks.append(
+                (start - (message.offset if index == 0 else 0), start + len(text), mark)
+            )
+            stream.pending += text
+        self._streams[message.stream] = stream
+        self._queue(_StreamOp(("stream", stream.uid), seq, now, stream=stream))
 
     def _queue(self, op: _Op) -> None:
         self._ops[op.key] = op
@@ -773,7 +830,7 @@ class Flusher(Actor[FlusherMessage]):
                     return
         op.attempts = 0
         consumed = cut - len(stream.shown)
-        stream.pending = stream.pending[consumed:]
+        stream.consume(consumed)
         stream.shown = head
         if cut < len(target):
             stream.message_id, stream.shown = None, ""  # full: the rest goes to a new message
@@ -783,11 +840,12 @@ class Flusher(Actor[FlusherMessage]):
     async def _stream_call(self, stream: _Stream, text: str) -> None:
         self._spend()
         if stream.message_id is None:
+            mark, offset = stream.origin()
             message_id = await self.client.send(self.chat, text)
             self.stats.sends += 1
             stream.message_id = message_id
             self._remember(message_id, text, ())
-            await self._reply(self._notify, StreamStarted(stream.name, message_id))
+            await self._reply(self._notify, StreamStarted(stream.name, message_id, mark, offset))
         else:
             await self.client.edit(self.chat, stream.message_id, text)
             self.stats.edits += 1
@@ -797,6 +855,7 @@ class Flusher(Actor[FlusherMessage]):
         stream = op.stream
         if editing and _message_gone(error):
             # Deleted by someone: the whole text goes out again, as a new message.
+            stream.shift(len(stream.shown))
             stream.pending = stream.shown + stream.pending
         elif editing:
             log.warning(
@@ -806,7 +865,7 @@ class Flusher(Actor[FlusherMessage]):
             )
         else:
             self._refused(op, error)
-            stream.pending = stream.pending[op.taken :]
+            stream.consume(op.taken)
             return
         stream.message_id, stream.shown = None, ""
         op.due = min(op.due, trio.current_time())

@@ -80,8 +80,11 @@ class Session:
     created_at: datetime
     updated_at: datetime
     ended_at: datetime | None
-    shown_seq: int = 0
-    """The last event seq whose output reached the chat (for resuming after a crash)."""
+    stream_message_id: str | None = None
+    """The chat message the output streams into now; it starts `stream_offset` characters into
+    the chat text of event `stream_mark` (for resuming after a crash)."""
+    stream_mark: int | None = None
+    stream_offset: int = 0
 
     @property
     def is_terminal(self) -> bool:
@@ -154,7 +157,9 @@ def session_from_row(row: Mapping[str, Any]) -> Session:
         agent_session_id=row["agent_session_id"],
         status=SessionStatus(row["status"]),
         last_event_seq=row["last_event_seq"],
-        shown_seq=row["shown_seq"],
+        stream_message_id=row["stream_message_id"],
+        stream_mark=row["stream_mark"],
+        stream_offset=row["stream_offset"],
         reason=row["reason"],
         created_at=_ts(row["created_at"]),
         updated_at=_ts(row["updated_at"]),

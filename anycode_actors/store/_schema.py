@@ -109,14 +109,19 @@ _V2_QUERY_INDEXES: Final = (
     """,
 )
 
-# How far a session's output reached the chat: after a crash, text stored but never shown is
-# sent again from here, so a restart loses nothing and repeats nothing.
-_V3_SHOWN_SEQ: Final = ("ALTER TABLE sessions ADD COLUMN shown_seq INTEGER NOT NULL DEFAULT 0",)
+# The chat message a session's output is streaming into, and where in the event log its text
+# begins: a restarted daemon rebuilds that message from the log and carries on in it, so a crash
+# neither loses output nor shows it twice.
+_V3_STREAM_MESSAGE: Final = (
+    "ALTER TABLE sessions ADD COLUMN stream_message_id TEXT",
+    "ALTER TABLE sessions ADD COLUMN stream_mark INTEGER",
+    "ALTER TABLE sessions ADD COLUMN stream_offset INTEGER NOT NULL DEFAULT 0",
+)
 
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "core tables", _V1_CORE_TABLES),
     Migration(2, "indexes for the actors' queries", _V2_QUERY_INDEXES),
-    Migration(3, "output shown in the chat", _V3_SHOWN_SEQ),
+    Migration(3, "the message a session streams into", _V3_STREAM_MESSAGE),
 )
 SCHEMA_VERSION: Final = MIGRATIONS[-1].version
 

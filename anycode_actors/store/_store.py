@@ -231,13 +231,17 @@ class Store:
     async def set_agent_session_id(self, session_id: str, agent_session_id: str) -> None:
         await self._update_session(session_id, agent_session_id=agent_session_id)
 
-    async def set_shown_seq(self, session_id: str, seq: int) -> None:
-        """Record that the chat shows the session's output up to event `seq` (never backwards)."""
+    async def set_stream_message(
+        self, session_id: str, message_id: str, mark: int | None, offset: int
+    ) -> None:
+        """Remember the chat message the session's output now streams into, and where its text
+        begins (event seq `mark`, `offset` characters into that event's text)."""
 
         def update() -> None:
             self._sync_db.execute(
-                "UPDATE sessions SET shown_seq = max(shown_seq, ?) WHERE id = ?",
-                [seq, session_id],
+                "UPDATE sessions SET stream_message_id = ?, stream_mark = ?, stream_offset = ?"
+                " WHERE id = ?",
+                [message_id, mark, offset, session_id],
             )
 
         await self._call(update)

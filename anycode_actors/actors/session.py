@@ -1,0 +1,670 @@
+"""The session actor: one per task, it owns exactly one sandbox from creation to removal.
+
+pending → starting → running → completed | failed | cancelled. It creates the sandbox, starts the
+stream actor (the agent connection) under a supervisor of its own, sends the prompt, turns agent
+events into chat output (through the chat's flusher) and permission prompts (buttons), handles
+follow-ups and cancel in every state, and whatever way it ends it removes the sandbox inside a
+shielded, bounded scope and writes its final status with a compare-and-set. Every agent event is
+written to the event log with its sequence number before anything is shown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import trio
+
+from anycode_actors.actors.commands import short_id
+from anycode_actors.actors.flusher import (
+    Adopt,
+    Append,
+    Drain,
+    Edit,
+    EndStream,
+    Flush,
+    FlusherMessage,
+    Post,
+    Posted,
+    Upload,
+)
+from anycode_actors.actors.session_api import (
+    Cancel,
+    FollowUp,
+    PermissionAnswer,
+    SessionClosed,
+    SessionMessage,
+)
+from anycode_actors.actors.stream import (
+    AgentEventArrived,
+    CancelTurn,
+    Prompt,
+    Respond,
+    Resume,
+    StreamActor,
+    StreamEnded,
+    StreamReady,
+    StreamReport,
+)
+from anycode_actors.actors.watchdog import SandboxOf, Unwatch, Watch, WatchdogInbox
+from anycode_actors.agents import (
+    AgentEvent,
+    ErrorEvent,
+    PermissionRequested,
+    PermissionResolved,
+    SessionEnded,
+    TurnEnded,
+)
+from anycode_actors.chat.base import Button, ButtonPress, ChatRef
+from anycode_actors.config import Config
+from anycode_actors.errors import AnycodeError
+from anycode_actors.sandboxes.base import SandboxHandle, SandboxProvider, SandboxSpec
+from anycode_actors.store import InteractionOption, Session, SessionStatus, Store
+from supervisors import Actor, Intensity, Supervisor, current_child
+
+log = logging.getLogger(__name__)
+
+# Removing a sandbox must finish even when the daemon is being stopped, but never hang it.
+DESTROY_GRACE: Final = 60.0
+# Time for the last output and the final notice to reach the chat before the actor ends.
+DRAIN_GRACE: Final = 10.0
+# Where agents leave files for the user (documented in the README and the agent's prompt).
+OUTBOX: Final = "/workspace/outbox"
+SESSION_INBOX: Final = 64
+
+OPTION_LABELS: Final = {
+    "allow_once": "Allow",
+    "allow_always": "Allow for this session",
+    "reject_once": "Deny",
+    "reject_always": "Always deny",
+}
+DECISION_MARKS: Final = {"allow_once": "✅", "allow_always": "✅", "reject_once": "🚫"}
+
+AnswerPress = Callable[[ButtonPress, str], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class _Started:
+    handle: SandboxHandle
+
+
+@dataclass(frozen=True)
+class _StartFailed:
+    message: str
+
+
+@dataclass(frozen=True)
+class _IdleExpired:
+    generation: int
+
+
+SessionInbox = SessionMessage | StreamReport | Posted | _Started | _StartFailed | _IdleExpired
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """A session found running after a daemon restart: its live sandbox and where to resume."""
+
+    handle: SandboxHandle
+    resume: Resume
+
+
+@dataclass
+class _Prompt:
+    """A permission prompt on screen: which message shows it and what it offered."""
+
+    interaction_id: str
+    key: str
+    text: str
+    options: tuple[InteractionOption, ...]
+    message_id: str | None = None
+
+
+class SessionActor(Actor[SessionInbox]):
+    """Runs one task in one sandbox. See the module docstring for its life."""
+
+    inbox_size = SESSION_INBOX
+
+    def __init__(
+        self,
+        session: Session,
+        *,
+        chat: ChatRef,
+        flusher: trio.MemorySendChannel[FlusherMessage],
+        closed: trio.MemorySendChannel[SessionClosed],
+        store: Store,
+        provider: SandboxProvider,
+        config: Config,
+        answer_press: AnswerPress,
+        recovered: Recovered | None = None,
+        watchdog: trio.MemorySendChannel[WatchdogInbox] | None = None,
+    ) -> None:
+        super().__init__()
+        self.session = session
+        self._id = session.id
+        self._chat = chat
+        self._flusher = flusher
+        self._closed = closed
+        self._store = store
+        self._provider = provider
+        self._config = config
+        self._answer_press = answer_press
+        self._recovered = recovered
+        self._watchdog = watchdog
+        self._handle: SandboxHandle | None = recovered.handle if recovered else None
+        self._stream: StreamActor | None = None
+        self._stream_ready = False
+        self._turn_running = False
+        self._queued: deque[FollowUp] = deque()
+        self._prompts: dict[str, _Prompt] = {}  # by interaction id
+        self._by_key: dict[str, str] = {}  # permission key → interaction id
+        self._idle_generation = 0
+        self._outcome: tuple[SessionStatus, str] | None = None
+        self._start_scope = trio.CancelScope()
+        self._nursery: trio.Nursery | None = None
+        self._events = 0
+        self._uploaded: set[tuple[str, int]] = set()
+
+    # --- life -----------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        context = current_child()
+        if context is not None:
+            context.report_inbox(self._inbox)
+        self._report()
+        # Ready at once: the sessions supervisor serves one start at a time, and creating a
+        # sandbox takes seconds.
+        task_status.started()
+        await self._tell_watchdog(self._watch())
+        if self._handle is not None:
+            await self._tell_watchdog(SandboxOf(self._id, self._handle.id))
+        streams = Supervisor(name="streams", intensity=Intensity(max_restarts=0, period=1.0))
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await nursery.start(streams.run)
+                if self._recovered is not None:
+                    await self._resume_output()
+                    await self._start_stream(
+                        streams, self._recovered.handle, self._recovered.resume
+                    )
+                else:
+                    nursery.start_soon(self._create_sandbox)
+                while self._outcome is None:
+                    message = await self._inbox.receive()
+                    await self._handle_message(message, streams)
+                    self._report()
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                # Unwatched first: the sandbox is about to go, which is no failure to report.
+                await self._tell_watchdog(Unwatch(self._id))
+                await self._clean_up()
+            self._inbox.close()
+
+    def _watch(self) -> Watch:
+        timeout = float(self._config.session.timeout_minutes) * 60
+        age = (datetime.now(UTC) - self.session.created_at).total_seconds()
+        minutes = self._config.session.timeout_minutes
+        return Watch(
+            session_id=self._id,
+            deadline=trio.current_time() + max(0.0, timeout - age),
+            timeout_text=f"{minutes:g} min",
+            inbox=self._outbox,
+        )
+
+    async def _tell_watchdog(self, message: WatchdogInbox) -> None:
+        if self._watchdog is None:
+            return
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            with trio.move_on_after(5):
+                await self._watchdog.send(message)
+
+    async def handle(self, message: SessionInbox) -> None:  # pragma: no cover - run() dispatches
+        raise RuntimeError("SessionActor.run dispatches messages itself")
+
+    async def _handle_message(self, message: SessionInbox, streams: Supervisor) -> None:
+        if isinstance(message, _Started):
+            await self._on_started(message.handle, streams)
+        elif isinstance(message, _StartFailed):
+            self._finish(SessionStatus.FAILED, message.message)
+        elif isinstance(message, StreamReady):
+            await self._on_stream_ready(message)
+        elif isinstance(message, AgentEventArrived):
+            await self._on_event(message.event)
+        elif isinstance(message, StreamEnded):
+            if self._outcome is None:
+                await self._on_stream_lost(message.error)
+        elif isinstance(message, FollowUp):
+            await self._on_follow_up(message)
+        elif isinstance(message, Cancel):
+            await self._on_cancel(message)
+        elif isinstance(message, PermissionAnswer):
+            await self._on_permission_answer(message)
+        elif isinstance(message, Posted):
+            prompt = self._prompts.get(message.tag)
+            if prompt is not None and message.message_id is not None:
+                prompt.message_id = message.message_id
+                await self._store.set_interaction_message(prompt.interaction_id, message.message_id)
+        elif (
+            isinstance(message, _IdleExpired)
+            and message.generation == self._idle_generation
+            and not self._turn_running
+        ):
+            self._finish(SessionStatus.COMPLETED, "")
+
+    def _finish(self, status: SessionStatus, reason: str) -> None:
+        if self._outcome is None:
+            self._outcome = (status, reason)
+
+    def _report(self) -> None:
+        context = current_child()
+        if context is None:
+            return
+        context.update(
+            session=self._id,
+            chat=self._chat.key,
+            agent=self.session.agent,
+            status=self._status_text(),
+            sandbox=self._handle.id[:12] if self._handle else None,
+            events=self._events,
+        )
+
+    def _status_text(self) -> str:
+        if self._outcome is not None:
+            return str(self._outcome[0])
+        if self._stream_ready:
+            return "running"
+        return "starting"
+
+    # --- starting -------------------------------------------------------------------------------
+
+    async def _resume_output(self) -> None:
+        """Carry on where the previous run left the chat.
+
+        The message the output was streaming into is rebuilt from the event log and adopted:
+        the flusher edits it to that text, which is a no-op when the chat already shows it, so
+        a crash at any moment neither loses text nor shows it twice. Output after that message
+        (or all of it, if no message was started) goes out as usual.
+        """
+        session = self.session
+        after = session.stream_mark - 1 if session.stream_mark else 0
+        events = await self._store.events(self._id, after_seq=after)
+        rest = events
+        if session.stream_message_id is not None and session.stream_mark is not None and events:
+            pieces: list[tuple[int, str]] = []
+            ended = False
+            for index, event in enumerate(events):
+                piece = chat_text(event.type, event.payload) or ""
+                if event.seq == session.stream_mark:
+                    piece = piece[session.stream_offset :]
+                pieces.append((event.seq, piece))
+                rest = events[index + 1 :]
+                if event.type == "TurnEnded":
+                    ended = True
+                    break
+            message = Adopt(
+                self._id, session.stream_message_id, tuple(pieces), session.stream_offset
+            )
+            await self._flusher.send(message)
+            if ended:
+                await self._flusher.send(EndStream(self._id))
+        for event in rest:
+            text = chat_text(event.type, event.payload)
+            if text:
+                await self._flusher.send(Append(self._id, text, mark=event.seq))
+            elif event.type == "TurnEnded":
+                await self._flusher.send(EndStream(self._id))
+        for interaction in await self._store.unresolved_interactions(self._id):
+            request = next(
+                (
+                    p
+                    for p in self._recovered.resume.permissions  # type: ignore[union-attr]
+                    if str(p.request_id) == interaction.request_id
+                ),
+                None,
+            )
+            if request is None:
+                continue
+            prompt = _Prompt(
+                interaction.id,
+                request.key,
+                _permission_text(request),
+                interaction.options,
+                interaction.chat_message_id,
+            )
+            self._prompts[interaction.id] = prompt
+            self._by_key[request.key] = interaction.id
+
+    async def _create_sandbox(self) -> None:
+        if not await self._store.transition(
+            self._id, SessionStatus.STARTING, SessionStatus.PENDING
+        ):
+            await self._outbox.send(_StartFailed("the session was no longer pending"))
+            return
+        spec = SandboxSpec(
+            session_id=self._id,
+            agent=self.session.agent,
+            protocol=self._config.sandbox.protocol,
+            env=self._config.sandbox_env(self.session.agent),
+            repo=self.session.repo,
+        )
+        with self._start_scope:
+            try:
+                handle = await self._provider.create(spec)
+            except AnycodeError as exc:
+                await self._outbox.send(_StartFailed(f"Failed to start: {exc}"))
+                return
+            await self._outbox.send(_Started(handle))
+
+    async def _on_started(self, handle: SandboxHandle, streams: Supervisor) -> None:
+        self._handle = handle
+        await self._store.set_sandbox(self._id, handle.id, handle.endpoint or "")
+        await self._tell_watchdog(SandboxOf(self._id, handle.id))
+        if self._outcome is not None:
+            return  # cancelled while the sandbox was being made; cleanup removes it
+        await self._start_stream(streams, handle, None)
+
+    async def _start_stream(
+        self, streams: Supervisor, handle: SandboxHandle, resume: Resume | None
+    ) -> None:
+        agent = self._config.agent(self.session.agent)
+        self._stream = StreamActor(
+            session_id=self._id,
+            handle=handle,
+            provider=self._provider,
+            agent=agent,
+            sandbox=self._config.sandbox,
+            reports=self._outbox,
+            resume=resume,
+        )
+        await streams.start_child(self._stream.spec())
+
+    async def _on_stream_ready(self, ready: StreamReady) -> None:
+        self._stream_ready = True
+        await self._store.set_agent_session_id(self._id, ready.agent_session_id)
+        if self._recovered is not None:
+            self._turn_running = self._recovered.resume.turn_running
+            if not self._turn_running:
+                self._arm_idle_timer()
+            return
+        if not await self._store.transition(
+            self._id, SessionStatus.RUNNING, SessionStatus.STARTING
+        ):
+            self._finish(SessionStatus.CANCELLED, "")
+            return
+        if self._config.sandbox.protocol == "acpx" and self._stream is not None:
+            policy = self._stream.policy_note or self._config.sandbox.acpx_permissions
+            await self._flusher.send(
+                Post(f"Permissions follow acpx's {policy} policy; no buttons will be shown.")
+            )
+        await self._prompt(self.session.prompt)
+
+    async def _prompt(self, text: str) -> None:
+        assert self._stream is not None
+        self._turn_running = True
+        self._idle_generation += 1
+        await self._stream.send(Prompt(text))
+
+    # --- agent events ---------------------------------------------------------------------------
+
+    async def _on_event(self, event: AgentEvent) -> None:
+        self._events += 1
+        kind, payload = type(event).__name__, _payload(event)
+        # Stored before shown: after a crash, the store is the truth of what happened.
+        await self._store.append_event(self._id, event.seq, kind, payload)
+        text = chat_text(kind, payload)
+        if text:
+            await self._flusher.send(Append(self._id, text, mark=event.seq))
+        if isinstance(event, PermissionRequested):
+            await self._on_permission(event)
+        elif isinstance(event, PermissionResolved):
+            await self._on_permission_resolved(event)
+        elif isinstance(event, TurnEnded):
+            await self._on_turn_ended(event)
+        elif isinstance(event, ErrorEvent):
+            await self._flusher.send(Flush(self._id))
+            await self._flusher.send(Post(f"Agent error: {event.message}"))
+        elif isinstance(event, SessionEnded) and self._outcome is None:
+            await self._on_stream_lost(event.message or event.reason.replace("_", " "))
+
+    async def _on_permission(self, request: PermissionRequested) -> None:
+        options = tuple(
+            InteractionOption(option_id=o.option_id, name=o.name, kind=o.kind)
+            for o in request.options
+        )
+        if request.policy is not None:
+            return  # acpx answers by its policy; the resolution event tells what happened
+        interaction = await self._store.create_interaction(
+            self._id,
+            "permission",
+            request_id=str(request.request_id),
+            tool_call_id=request.tool_call_id,
+            options=options,
+        )
+        text = _permission_text(request)
+        prompt = _Prompt(interaction.id, request.key, text, options)
+        self._prompts[interaction.id] = prompt
+        self._by_key[request.key] = interaction.id
+        buttons = [
+            Button(OPTION_LABELS.get(option.kind, option.name), f"{interaction.id}:{index}")
+            for index, option in enumerate(options)
+        ]
+        rows = [buttons[i : i + 3] for i in range(0, len(buttons), 3)]
+        # Text streamed before the request is flushed first (the flusher keeps the order).
+        await self._flusher.send(Flush(self._id))
+        await self._flusher.send(
+            Post(text, buttons=rows, tag=interaction.id, reply_to=self._outbox)
+        )
+
+    async def _on_permission_resolved(self, resolved: PermissionResolved) -> None:
+        interaction_id = self._by_key.pop(resolved.key, None)
+        if interaction_id is None or resolved.by == "user":
+            return  # answered through our buttons: the message already shows the decision
+        prompt = self._prompts.pop(interaction_id, None)
+        if prompt is None:
+            return
+        outcome = (
+            "⏹ No answer needed any more." if resolved.by == "cancel" else "Decided by policy."
+        )
+        await self._store.resolve_interaction(interaction_id, answer="cancelled", resolved_by="")
+        if prompt.message_id is not None:
+            await self._flusher.send(Edit(prompt.message_id, f"{prompt.text}\n\n{outcome}"))
+
+    async def _on_turn_ended(self, ended: TurnEnded) -> None:
+        self._turn_running = False
+        await self._flusher.send(EndStream(self._id))
+        await self._upload_outbox()
+        if self._outcome is not None:
+            return
+        if ended.stop_reason == "error":
+            self._finish(SessionStatus.FAILED, ended.message or "the agent's turn failed")
+            return
+        if ended.stop_reason in ("refusal", "max_tokens", "max_turn_requests"):
+            await self._flusher.send(Post(f"The agent stopped: {ended.stop_reason}."))
+        if self._queued:
+            await self._prompt(self._queued.popleft().text)
+            return
+        self._arm_idle_timer()
+
+    def _arm_idle_timer(self) -> None:
+        idle = float(self._config.session.idle_minutes) * 60
+        self._idle_generation += 1
+        generation = self._idle_generation
+        if idle <= 0:
+            self._finish(SessionStatus.COMPLETED, "")
+            return
+        assert self._nursery is not None
+
+        async def expire() -> None:
+            await trio.sleep(idle)
+            await self._outbox.send(_IdleExpired(generation))
+
+        self._nursery.start_soon(expire)
+
+    async def _on_stream_lost(self, error: str | None) -> None:
+        alive = False
+        if self._handle is not None:
+            with trio.move_on_after(10):
+                alive = await self._provider.is_alive(self._handle.id)
+        if not alive and self._handle is not None:
+            self._finish(SessionStatus.FAILED, "the sandbox stopped unexpectedly")
+        else:
+            self._finish(SessionStatus.FAILED, f"lost the connection to the agent: {error}")
+
+    # --- the user -------------------------------------------------------------------------------
+
+    async def _on_follow_up(self, follow_up: FollowUp) -> None:
+        if self._stream_ready and not self._turn_running:
+            await self._prompt(follow_up.text)
+            return
+        self._queued.append(follow_up)
+        await self._flusher.send(
+            Post("Queued: the agent gets this as soon as it finishes its current step.")
+        )
+
+    async def _on_cancel(self, cancel: Cancel) -> None:
+        status = SessionStatus(cancel.status)
+        self._finish(status, cancel.reason)
+        self._start_scope.cancel()
+        if self._stream is not None and self._stream_ready:
+            # Ends the turn and answers every pending permission "cancelled", so the agent never
+            # waits on a decision that will not come.
+            with trio.move_on_after(5):
+                await self._stream.send(CancelTurn())
+
+    async def _on_permission_answer(self, answer: PermissionAnswer) -> None:
+        prompt = self._prompts.get(answer.interaction_id)
+        press = answer.press
+        if prompt is None or self._stream is None:
+            await self._answer_press(press, "Already answered.")
+            return
+        option = prompt.options[answer.option_index]
+        who = press.user.mention
+        won = await self._store.resolve_interaction(
+            answer.interaction_id, answer=option.option_id, resolved_by=who
+        )
+        if not won:
+            await self._answer_press(press, "Already answered.")
+            return
+        del self._prompts[answer.interaction_id]
+        label = OPTION_LABELS.get(option.kind, option.name)
+        await self._stream.send(Respond(prompt.key, option.option_id))
+        await self._answer_press(press, label)
+        mark = DECISION_MARKS.get(option.kind, "🚫" if option.kind.startswith("reject") else "✅")
+        message_id = prompt.message_id or press.message_id
+        await self._flusher.send(
+            Edit(message_id, f"{prompt.text}\n\n{mark} {label} (by {who})", buttons=None)
+        )
+
+    # --- files ----------------------------------------------------------------------------------
+
+    async def _upload_outbox(self) -> None:
+        if self._handle is None:
+            return
+        limit = self._config.session.max_upload_mb * 1024 * 1024
+        try:
+            with trio.fail_after(30):
+                listing = await self._provider.read_files(self._handle, OUTBOX, max_bytes=limit)
+        except (AnycodeError, trio.TooSlowError) as exc:
+            log.warning("session %s: could not read the outbox: %s", short_id(self._id), exc)
+            return
+        for file in listing.files:
+            key = (file.name, len(file.data))
+            if key in self._uploaded:
+                continue
+            self._uploaded.add(key)
+            await self._flusher.send(Upload(file.name.replace("/", "_"), file.data))
+        for name, size in listing.too_big:
+            if (name, -size) in self._uploaded:
+                continue
+            self._uploaded.add((name, -size))
+            await self._flusher.send(
+                Post(
+                    f"{name} ({size / 1048576:.1f} MB) is over the "
+                    f"{self._config.session.max_upload_mb} MB upload limit; not sent."
+                )
+            )
+
+    # --- the end --------------------------------------------------------------------------------
+
+    async def _clean_up(self) -> None:
+        # No outcome yet means the actor was stopped from outside: the daemon is shutting down.
+        status, reason = self._outcome or (SessionStatus.CANCELLED, "the daemon is shutting down")
+        for interaction in await self._store.cancel_pending_interactions(self._id):
+            prompt = self._prompts.pop(interaction.id, None)
+            message_id = (prompt.message_id if prompt else None) or interaction.chat_message_id
+            if message_id:
+                text = prompt.text if prompt else "Permission requested"
+                await self._flusher.send(Edit(message_id, f"{text}\n\n⏹ The session ended."))
+        if self._handle is not None:
+            with trio.move_on_after(DESTROY_GRACE) as scope:
+                try:
+                    await self._provider.destroy(self._handle.id)
+                except AnycodeError as exc:
+                    log.error("session %s: sandbox not removed: %s", short_id(self._id), exc)
+            if scope.cancelled_caught:
+                log.error(
+                    "session %s: removing sandbox %s took over %.0f s; the reaper will retry",
+                    short_id(self._id),
+                    self._handle.id[:12],
+                    DESTROY_GRACE,
+                )
+        won = await self._store.transition(self._id, status, reason=reason or None)
+        self._report()
+        await self._flusher.send(EndStream(self._id))
+        if won:
+            await self._flusher.send(Post(_final_notice(self._id, status, reason)))
+        drained = trio.Event()
+        await self._flusher.send(Drain(drained))
+        with trio.move_on_after(DRAIN_GRACE):
+            await drained.wait()
+        with trio.move_on_after(5):
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await self._closed.send(SessionClosed(self._id, str(status)))
+
+
+def _final_notice(session_id: str, status: SessionStatus, reason: str) -> str:
+    sid = short_id(session_id)
+    if status == SessionStatus.COMPLETED:
+        return f"Session `{sid}` completed."
+    if status == SessionStatus.CANCELLED:
+        return f"Session `{sid}` cancelled ({reason})." if reason else f"Session `{sid}` cancelled."
+    return f"Session `{sid}` failed: {reason}" if reason else f"Session `{sid}` failed."
+
+
+def _permission_text(request: PermissionRequested) -> str:
+    lines = [f"Permission requested: {request.title or 'run a tool'}"]
+    if request.input_summary and request.input_summary != request.title:
+        lines.append(f"Command: {request.input_summary}")
+    return "\n".join(lines)
+
+
+def chat_text(kind: str, payload: Mapping[str, Any]) -> str | None:
+    """What an agent event adds to the session's streamed message, from its stored form (so a
+    restarted daemon re-sends exactly what a live one would have shown). Reasoning and unknown
+    updates stay in the event log only."""
+    if kind == "TextDelta":
+        return str(payload.get("text", ""))
+    if kind == "ToolCall":
+        what = payload.get("title") or payload.get("tool_name") or payload.get("kind") or "a tool"
+        if payload.get("phase") == "started":
+            return f"\n▸ {what}\n"
+        if payload.get("phase") == "completed" and payload.get("status") == "failed":
+            return f"✗ {what} failed\n"
+    return None
+
+
+def _payload(event: AgentEvent) -> dict[str, Any]:
+    data = dataclasses.asdict(event)
+    data.pop("seq", None)
+    return {k: v for k, v in data.items() if v is not None and v != "" and v != ()}
+
+
+__all__ = ["Recovered", "SessionActor", "SessionInbox"]

@@ -1,0 +1,424 @@
+"""Normalized agent events: what the rest of the daemon sees of any agent protocol.
+
+An agent speaks ACP (through sandbox-agent, over stdio, or printed by acpx); the session actor and
+the chat want a handful of facts instead: text arrived, a tool started or finished, the agent asks
+for permission, the turn ended, something failed, the session is over. Each event carries:
+
+- `seq`: its number in its session, strictly increasing from 1, assigned once, in delivery order;
+  the store keeps events by it and a resumed stream continues after the last one delivered.
+- `cursor`: where on the wire it came from, when the transport can resume from there (the SSE
+  event id of sandbox-agent); a restarted daemon reattaches with the last stored cursor.
+
+`normalize()` is the pure part: one JSON-RPC message in, event drafts out (seq 0, no cursor); the
+session numbers them. It never raises: an update it does not know (plans, usage, modes, commands,
+anything newer than this code) becomes a `Raw` event, kept for the audit log.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Final, Literal, TypeAlias
+
+from anycode_actors.agents.jsonrpc import (
+    ErrorResponse,
+    Malformed,
+    Message,
+    Notification,
+    Request,
+    RequestId,
+    Response,
+)
+
+__all__ = [
+    "CANCELLED",
+    "ERROR_STOP_REASON",
+    "PERMISSION_METHOD",
+    "UPDATE_METHOD",
+    "AgentEvent",
+    "EndReason",
+    "ErrorEvent",
+    "PermissionOption",
+    "PermissionRequested",
+    "PermissionResolved",
+    "Raw",
+    "ResolvedBy",
+    "SessionEnded",
+    "TextDelta",
+    "ThoughtDelta",
+    "ToolCall",
+    "ToolCallMemory",
+    "TurnEnded",
+    "normalize",
+    "permission_key",
+    "permission_requested",
+    "summarize",
+    "turn_ended",
+]
+
+UPDATE_METHOD: Final = "session/update"
+PERMISSION_METHOD: Final = "session/request_permission"
+#: The stop reason ACP gives a cancelled turn.
+CANCELLED: Final = "cancelled"
+#: Our stop reason for a turn whose session/prompt failed (ACP has none for that).
+ERROR_STOP_REASON: Final = "error"
+
+INPUT_SUMMARY_CHARS: Final = 200
+OUTPUT_SUMMARY_CHARS: Final = 500
+
+ToolPhase: TypeAlias = Literal["started", "updated", "completed"]
+Resolution: TypeAlias = Literal["selected", "cancelled"]
+ResolvedBy: TypeAlias = Literal["user", "policy", "cancel"]
+EndReason: TypeAlias = Literal["closed", "agent_exited", "connection_lost"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Event:
+    seq: int = 0
+    """Position in the session, from 1; 0 only on drafts that `normalize` returns."""
+    cursor: str | None = None
+    """The transport position this came from (sandbox-agent's SSE event id), if resumable."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TextDelta(_Event):
+    """A piece of the agent's answer, in order. Empty pieces are never emitted."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ThoughtDelta(_Event):
+    """A piece of the agent's visible reasoning (agent_thought_chunk)."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ToolCall(_Event):
+    """A tool call started, changed or finished. Later phases repeat what is known so far, so
+    each event stands alone (the title, kind and input arrive over several ACP updates)."""
+
+    tool_call_id: str
+    phase: ToolPhase
+    status: str | None = None
+    """pending | in_progress | completed | failed, as the agent said."""
+    title: str | None = None
+    kind: str | None = None
+    """read | edit | delete | move | search | execute | think | fetch | switch_mode | other."""
+    input_summary: str = ""
+    """One line: the command, the path or the query, shortened."""
+    tool_name: str | None = None
+    """The agent's own name for the tool when it says (Claude Code: Bash, Write, ...)."""
+    output_summary: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class PermissionOption:
+    option_id: str
+    """Pass this back unchanged: the agent chose it."""
+    name: str
+    kind: str
+    """allow_once | allow_always (for the rest of this session) | reject_once | reject_always."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PermissionRequested(_Event):
+    """The agent waits for a decision. Answer with `respond_permission(key, option_id)`."""
+
+    key: str
+    """Stable id of this request within the connection (survives a resumed stream)."""
+    request_id: RequestId
+    tool_call_id: str | None
+    title: str | None
+    input_summary: str
+    options: tuple[PermissionOption, ...]
+    policy: str | None = None
+    """Set when no person decides: acpx answers by this policy (approve-all, ...)."""
+
+    def option(self, kind: str) -> PermissionOption | None:
+        """The first option of `kind` (allow_once, allow_always, reject_once, reject_always)."""
+        return next((option for option in self.options if option.kind == kind), None)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PermissionResolved(_Event):
+    key: str
+    outcome: Resolution
+    option_id: str | None = None
+    option_kind: str | None = None
+    by: ResolvedBy = "user"
+    """user (respond_permission), cancel (cancelled with the turn) or policy (acpx decided)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TurnEnded(_Event):
+    """The answer to session/prompt: end_turn | max_tokens | max_turn_requests | refusal |
+    cancelled, or "error" when the prompt request itself failed (`message` says why)."""
+
+    stop_reason: str
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ErrorEvent(_Event):
+    """Something went wrong that the user should hear about; the session may go on."""
+
+    message: str
+    code: int | None = None
+    details: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionEnded(_Event):
+    """The last event of a session: closed by us, the agent exited, or the connection is lost."""
+
+    reason: EndReason
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Raw(_Event):
+    """Anything else the agent sent, kept as it came for the log (plans, usage, modes, unknown
+    updates, malformed lines). `kind` is e.g. "session/update:plan" or "malformed"."""
+
+    kind: str
+    payload: Any
+
+
+AgentEvent: TypeAlias = (
+    TextDelta
+    | ThoughtDelta
+    | ToolCall
+    | PermissionRequested
+    | PermissionResolved
+    | TurnEnded
+    | ErrorEvent
+    | SessionEnded
+    | Raw
+)
+
+
+# --- summaries ---------------------------------------------------------------------------------
+
+# Keys of a tool's input that say best what it does, most telling first.
+_INPUT_KEYS: Final = (
+    "command",
+    "file_path",
+    "path",
+    "notebook_path",
+    "pattern",
+    "url",
+    "query",
+    "prompt",
+    "description",
+)
+_WHITESPACE: Final = re.compile(r"\s+")
+
+
+def summarize(value: Any, limit: int = INPUT_SUMMARY_CHARS) -> str:
+    """One line of at most `limit` characters saying what `value` (a tool's input) is about."""
+    if value is None or value == {} or value == "":
+        return ""
+    if isinstance(value, Mapping):
+        text = next(
+            (
+                str(value[key])
+                for key in _INPUT_KEYS
+                if isinstance(value.get(key), str) and value[key].strip()
+            ),
+            None,
+        )
+        if text is None:
+            text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+    elif isinstance(value, str):
+        text = value
+    else:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+    line = _WHITESPACE.sub(" ", text).strip()
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _content_text(content: Any) -> str:
+    """The text of ACP tool-call content: [{"type":"content","content":{"type":"text",...}}]."""
+    if not isinstance(content, list):
+        return ""
+    parts = []
+    for item in content:
+        if isinstance(item, Mapping):
+            inner = item.get("content")
+            if isinstance(inner, Mapping) and isinstance(inner.get("text"), str):
+                parts.append(inner["text"])
+    return "\n".join(parts)
+
+
+def _text_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+# --- normalization -----------------------------------------------------------------------------
+
+
+def normalize(message: Message | Malformed) -> list[AgentEvent]:
+    """Event drafts (seq 0) for one message the agent sent. Pure; never raises.
+
+    Covers session/update notifications, session/request_permission requests, other
+    notifications (Raw) and malformed input (Raw). Answers to our own requests are not events
+    by themselves: `turn_ended` handles the answer to session/prompt.
+    """
+    if isinstance(message, Malformed):
+        return [Raw(kind="malformed", payload={"text": message.text, "reason": message.reason})]
+    if isinstance(message, Notification) and message.method == UPDATE_METHOD:
+        return _normalize_update(message.params)
+    if isinstance(message, Request) and message.method == PERMISSION_METHOD:
+        return [permission_requested(message.id, message.params)]
+    if isinstance(message, Request | Notification):
+        return [Raw(kind=message.method, payload=message.params)]
+    return [Raw(kind="response", payload=_response_payload(message))]
+
+
+def _response_payload(message: Response | ErrorResponse) -> Any:
+    if isinstance(message, Response):
+        return {"id": message.id, "result": message.result}
+    error = message.error
+    return {"id": message.id, "error": {"code": error.code, "message": error.message}}
+
+
+def _normalize_update(params: Mapping[str, Any]) -> list[AgentEvent]:
+    update = params.get("update")
+    if not isinstance(update, Mapping) or not isinstance(update.get("sessionUpdate"), str):
+        return [Raw(kind="session/update:invalid", payload=dict(params))]
+    kind = update["sessionUpdate"]
+    if kind in ("agent_message_chunk", "agent_thought_chunk"):
+        content = update.get("content")
+        if isinstance(content, Mapping) and content.get("type") == "text":
+            text = content.get("text")
+            if isinstance(text, str):
+                if not text:
+                    # claude-agent-acp opens every block with an empty chunk: nothing to say.
+                    return []
+                if kind == "agent_message_chunk":
+                    return [TextDelta(text=text)]
+                return [ThoughtDelta(text=text)]
+        return [Raw(kind=f"{UPDATE_METHOD}:{kind}", payload=dict(update))]
+    if kind in ("tool_call", "tool_call_update"):
+        tool_call_id = update.get("toolCallId")
+        if not isinstance(tool_call_id, str) or not tool_call_id:
+            return [Raw(kind=f"{UPDATE_METHOD}:{kind}", payload=dict(update))]
+        return [_tool_call(kind, tool_call_id, update)]
+    return [Raw(kind=f"{UPDATE_METHOD}:{kind}", payload=dict(update))]
+
+
+def _tool_call(kind: str, tool_call_id: str, update: Mapping[str, Any]) -> ToolCall:
+    status = _text_or_none(update.get("status"))
+    phase: ToolPhase
+    if kind == "tool_call":
+        phase = "started"
+    elif status in ("completed", "failed"):
+        phase = "completed"
+    else:
+        phase = "updated"
+    meta = update.get("_meta")
+    claude = meta.get("claudeCode") if isinstance(meta, Mapping) else None
+    tool_name = _text_or_none(claude.get("toolName")) if isinstance(claude, Mapping) else None
+    output = update.get("rawOutput")
+    output_text = summarize(output, OUTPUT_SUMMARY_CHARS) if output is not None else ""
+    if not output_text and phase == "completed":
+        output_text = summarize(_content_text(update.get("content")), OUTPUT_SUMMARY_CHARS)
+    return ToolCall(
+        tool_call_id=tool_call_id,
+        phase=phase,
+        status=status,
+        title=_text_or_none(update.get("title")),
+        kind=_text_or_none(update.get("kind")),
+        input_summary=summarize(update.get("rawInput")),
+        tool_name=tool_name,
+        output_summary=output_text,
+    )
+
+
+def permission_key(request_id: RequestId) -> str:
+    """The key a permission request is answered by: its JSON-RPC id as JSON (`0`, `"a-1"`)."""
+    return json.dumps(request_id)
+
+
+def permission_requested(
+    request_id: RequestId, params: Mapping[str, Any], policy: str | None = None
+) -> PermissionRequested:
+    """A draft for session/request_permission (options kept in the agent's order)."""
+    options = []
+    raw_options = params.get("options")
+    for raw in raw_options if isinstance(raw_options, list) else ():
+        if isinstance(raw, Mapping) and isinstance(raw.get("optionId"), str):
+            options.append(
+                PermissionOption(
+                    option_id=raw["optionId"],
+                    name=str(raw.get("name") or raw["optionId"]),
+                    kind=str(raw.get("kind") or ""),
+                )
+            )
+    tool_call = params.get("toolCall")
+    tool_call = tool_call if isinstance(tool_call, Mapping) else {}
+    return PermissionRequested(
+        key=permission_key(request_id),
+        request_id=request_id,
+        tool_call_id=_text_or_none(tool_call.get("toolCallId")),
+        title=_text_or_none(tool_call.get("title")),
+        input_summary=summarize(tool_call.get("rawInput")),
+        options=tuple(options),
+        policy=policy,
+    )
+
+
+def turn_ended(result: Any) -> TurnEnded:
+    """A draft for the answer to session/prompt."""
+    stop_reason = result.get("stopReason") if isinstance(result, Mapping) else None
+    if not isinstance(stop_reason, str) or not stop_reason:
+        return TurnEnded(stop_reason="end_turn", message="the agent gave no stop reason")
+    return TurnEnded(stop_reason=stop_reason)
+
+
+class ToolCallMemory:
+    """What is known of each open tool call, so every ToolCall event carries the full picture.
+
+    Claude Code's adapter sends the title "Terminal" and an empty input first, the real command in
+    an update, and the result in a last update that repeats neither.
+    """
+
+    def __init__(self) -> None:
+        self._calls: dict[str, ToolCall] = {}
+
+    def merge(self, event: ToolCall) -> ToolCall:
+        known = self._calls.get(event.tool_call_id)
+        if known is not None:
+            event = replace(
+                event,
+                status=event.status or known.status,
+                title=event.title or known.title,
+                kind=event.kind or known.kind,
+                input_summary=event.input_summary or known.input_summary,
+                tool_name=event.tool_name or known.tool_name,
+                output_summary=event.output_summary or known.output_summary,
+            )
+        if event.phase == "completed":
+            self._calls.pop(event.tool_call_id, None)
+        else:
+            self._calls[event.tool_call_id] = event
+        return event
+
+    def fill_permission(self, event: PermissionRequested) -> PermissionRequested:
+        """A permission request names its tool call; take title and input from it if missing."""
+        known = self._calls.get(event.tool_call_id or "")
+        if known is None:
+            return event
+        return replace(
+            event,
+            title=event.title or known.title,
+            input_summary=event.input_summary or known.input_summary,
+        )

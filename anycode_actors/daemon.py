@@ -1,0 +1,352 @@
+"""The supervisor process: the whole actor tree of DESIGN.md, assembled from the configuration.
+
+    root (one_for_one)
+    ├── store        the SQLite connection (one worker thread)
+    ├── sandboxes    the provider (docker | ecs | local)
+    ├── watchdog     timeouts, dead sandboxes, orphans
+    ├── chats        dynamic: chat:<platform>:<id> → flusher + actor
+    ├── sessions     dynamic: session:<id> → streams → stream:<id>
+    ├── router       platform events → chat actors
+    ├── recovery     reattaches what a previous run left running, then exits
+    ├── telegram     long polling            (when configured)
+    └── slack        Socket Mode             (when configured)
+
+Children start in this order and stop in reverse, so on shutdown the platform clients stop first
+(no new work comes in), then every session removes its sandbox and says goodbye in its chat
+while the chats' flushers still run, and the store closes last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import signal
+from collections.abc import Sequence
+from typing import Any, Final
+
+import trio
+
+from anycode_actors.actors.admin import AdminServer
+from anycode_actors.actors.chat import ChatActor, ChatInbox, Notice, Reattach
+from anycode_actors.actors.commands import short_id
+from anycode_actors.actors.flusher import Flusher
+from anycode_actors.actors.router import Deliver, Router
+from anycode_actors.actors.session import Recovered, SessionActor
+from anycode_actors.actors.session_api import SessionClosed, SessionHandle
+from anycode_actors.actors.stream import Resume
+from anycode_actors.actors.watchdog import Watchdog
+from anycode_actors.agents import PermissionOption, PermissionRequested
+from anycode_actors.chat.base import ButtonPress, ChatClient, ChatRef
+from anycode_actors.config import Config
+from anycode_actors.errors import AnycodeError
+from anycode_actors.sandboxes.base import SandboxProvider
+from anycode_actors.store import Session, SessionStatus, Store
+from supervisors import ChildSpec, Intensity, Registry, Restart, Supervisor
+
+log = logging.getLogger(__name__)
+
+# A session needs time to remove its sandbox and post its last words when the daemon stops.
+SESSION_SHUTDOWN: Final = 90.0
+CHAT_SHUTDOWN: Final = 15.0
+
+
+def daemon_id_for(config: Config) -> str:
+    """Stable across restarts of the same deployment (same database), different between two
+    deployments on one Docker engine: providers only touch sandboxes carrying this id."""
+    digest = hashlib.sha256(str(config.database.path.resolve()).encode()).hexdigest()
+    return f"d{digest[:11]}"
+
+
+def make_provider(config: Config, daemon_id: str) -> SandboxProvider:
+    provider = config.sandbox.provider
+    if provider == "docker":
+        from anycode_actors.sandboxes.docker import DockerProvider
+
+        return DockerProvider(config.docker, daemon_id)
+    if provider == "ecs":
+        from anycode_actors.sandboxes.ecs import EcsProvider
+
+        return EcsProvider(config.ecs, daemon_id)
+    from anycode_actors.sandboxes.local import LocalProvider
+
+    return LocalProvider(config.local, daemon_id)
+
+
+def make_clients(config: Config) -> list[ChatClient]:
+    clients: list[ChatClient] = []
+    if config.telegram is not None:
+        from anycode_actors.chat.telegram import TelegramClient
+
+        clients.append(TelegramClient(config.telegram))
+    if config.slack is not None:
+        from anycode_actors.chat.slack import SlackClient
+
+        clients.append(SlackClient(config.slack))
+    return clients
+
+
+class Daemon:
+    """Builds and runs the tree. `provider` and `clients` may be given (tests, the demo)."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        provider: SandboxProvider | None = None,
+        clients: Sequence[ChatClient] | None = None,
+        registry: Registry | None = None,
+        watchdog_interval: float = 30.0,
+    ) -> None:
+        self.config = config
+        self.daemon_id = daemon_id_for(config)
+        self.registry = registry or Registry()
+        self._provider = provider
+        self._clients = list(clients) if clients is not None else None
+        self._clients_by_platform: dict[str, ChatClient] = {}
+        self._store: Store | None = None
+        self.watchdog: Watchdog | None = None
+        self._watchdog_interval = watchdog_interval
+        self.chats = Supervisor(name="chats")
+        self.sessions = Supervisor(name="sessions")
+        self.router = Router(self._start_chat)
+        self.admin = AdminServer.from_config(config.admin, self.registry, daemon_id=self.daemon_id)
+        self.ready = trio.Event()
+
+    # --- the tree -------------------------------------------------------------------------------
+
+    @property
+    def store(self) -> Store:
+        assert self._store is not None, "the store child has not started"
+        return self._store
+
+    @property
+    def provider(self) -> SandboxProvider:
+        assert self._provider is not None, "the sandboxes child has not started"
+        return self._provider
+
+    def _root(self) -> Supervisor:
+        children: list[ChildSpec] = [
+            ChildSpec("store", self._run_store, shutdown=10.0, kind="worker"),
+            ChildSpec("sandboxes", self._run_sandboxes, shutdown=10.0, kind="worker"),
+            ChildSpec("watchdog", self._run_watchdog, kind="actor"),
+            self.chats.spec("chats", shutdown=CHAT_SHUTDOWN + 5),
+            self.sessions.spec("sessions", shutdown=SESSION_SHUTDOWN + 5),
+            self.router.spec("router"),
+            ChildSpec("recovery", self._run_recovery, restart=Restart.TEMPORARY, kind="worker"),
+            ChildSpec("admin", self.admin.run, kind="worker"),
+        ]
+        clients = self._clients if self._clients is not None else make_clients(self.config)
+        for client in clients:
+            self._clients_by_platform[client.platform] = client
+            children.append(ChildSpec(client.platform, self._client_runner(client), kind="worker"))
+        return Supervisor(
+            children,
+            registry=self.registry,
+            intensity=Intensity(max_restarts=10, period=60.0),
+        )
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        root = self._root()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(root.run)
+            self.ready.set()
+            task_status.started()
+
+    # --- static children ------------------------------------------------------------------------
+
+    async def _run_store(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        async with Store.open(self.config.database.path) as store:
+            self._store = store
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def _run_sandboxes(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        if self._provider is None:
+            self._provider = make_provider(self.config, self.daemon_id)
+        task_status.started()
+        await trio.sleep_forever()
+
+    async def _run_watchdog(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        if self.watchdog is None:
+            self.watchdog = Watchdog(self.provider, interval=self._watchdog_interval)
+        await self.watchdog.run(task_status=task_status)
+
+    def _client_runner(self, client: ChatClient) -> Any:
+        async def run(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            await client.run(self.router.address(), task_status=task_status)
+
+        return run
+
+    # --- dynamic children -----------------------------------------------------------------------
+
+    async def _start_chat(self, chat: ChatRef) -> trio.MemorySendChannel[ChatInbox]:
+        client = self._clients_by_platform[chat.platform]
+        allowed: tuple[str, ...] = ()
+        if chat.platform == "telegram" and self.config.telegram is not None:
+            allowed = tuple(str(u) for u in self.config.telegram.allowed_users)
+        elif chat.platform == "slack" and self.config.slack is not None:
+            allowed = tuple(self.config.slack.allowed_users)
+        flusher_holder: list[Flusher] = []
+
+        async def start_session(session: Session, recovered: Recovered | None) -> SessionHandle:
+            return await self._start_session(
+                session, chat, actor, flusher_holder[0], client, recovered
+            )
+
+        actor: ChatActor
+        flusher = Flusher(
+            client, chat, debounce=self.config.session.debounce_ms / 1000, notify=None
+        )
+        flusher_holder.append(flusher)
+        actor = ChatActor(
+            chat,
+            client=client,
+            flusher=flusher.address(),
+            store=self.store,
+            config=self.config,
+            start_session=start_session,
+            allowed_users=allowed,
+        )
+        flusher.set_notify(actor.address())
+        unit = Supervisor(
+            [
+                flusher.spec("flusher", shutdown=CHAT_SHUTDOWN),
+                actor.spec("actor"),
+            ],
+            name=f"chat:{chat.key}",
+        )
+        await self.chats.start_child(unit.spec(f"chat:{chat.key}", shutdown=CHAT_SHUTDOWN + 2))
+        return actor.address()
+
+    async def _start_session(
+        self,
+        session: Session,
+        chat: ChatRef,
+        chat_actor: ChatActor,
+        flusher: Flusher,
+        client: ChatClient,
+        recovered: Recovered | None = None,
+    ) -> SessionHandle:
+        async def answer_press(press: ButtonPress, text: str) -> None:
+            try:
+                await client.answer_press(press, text)
+            except AnycodeError as exc:
+                log.warning("could not answer a button press: %s", exc)
+
+        closed: trio.MemorySendChannel[SessionClosed] = chat_actor.address()
+        assert self.watchdog is not None
+        actor = SessionActor(
+            session,
+            chat=chat,
+            flusher=flusher.address(),
+            closed=closed,
+            store=self.store,
+            provider=self.provider,
+            config=self.config,
+            answer_press=answer_press,
+            recovered=recovered,
+            watchdog=self.watchdog.address(),
+        )
+        spec = actor.spec(
+            f"session:{short_id(session.id)}", restart=Restart.TEMPORARY, shutdown=SESSION_SHUTDOWN
+        )
+        await self.sessions.start_child(spec)
+        return SessionHandle(session.id, session.user, actor.address())
+
+    # --- recovery -------------------------------------------------------------------------------
+
+    async def _run_recovery(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Reattach sessions a previous run left running; fail the ones whose sandbox is gone."""
+        for session in await self.store.active_sessions():
+            await self._recover(session)
+        task_status.started()
+
+    async def _recover(self, session: Session) -> None:
+        chat = ChatRef(session.platform, session.chat, session.thread)
+        if chat.platform not in self._clients_by_platform:
+            return  # that platform is not configured in this run; leave the session alone
+        handle = None
+        if session.status == SessionStatus.RUNNING and session.sandbox_id:
+            try:
+                handle = await self.provider.reattach(session.sandbox_id)
+            except AnycodeError as exc:
+                log.warning("session %s: cannot reattach: %s", short_id(session.id), exc)
+        if handle is None or not session.agent_session_id:
+            reason = "its sandbox was gone after the daemon restarted"
+            if await self.store.transition(session.id, SessionStatus.FAILED, reason=reason):
+                await self.router.send(
+                    Deliver(chat, Notice(f"Session `{short_id(session.id)}` failed: {reason}."))
+                )
+            if session.sandbox_id:
+                try:
+                    await self.provider.destroy(session.sandbox_id)
+                except AnycodeError as exc:
+                    log.warning("session %s: %s", short_id(session.id), exc)
+            return
+        resume = await self._resume_point(session)
+        await self.router.send(Deliver(chat, Reattach(session, Recovered(handle, resume))))
+
+    async def _resume_point(self, session: Session) -> Resume:
+        events = await self.store.events(session.id)
+        cursor = None
+        turn_running = True
+        pending: dict[str, PermissionRequested] = {}
+        for event in events:
+            payload = event.payload
+            cursor = payload.get("cursor", cursor)
+            if event.type == "TurnEnded":
+                turn_running = False
+            elif event.type in ("TextDelta", "ToolCall", "PermissionRequested"):
+                turn_running = True
+            if event.type == "PermissionRequested":
+                pending[payload["key"]] = _permission_from(payload, event.seq)
+            elif event.type == "PermissionResolved":
+                pending.pop(payload.get("key", ""), None)
+        assert session.agent_session_id is not None
+        return Resume(
+            agent_session_id=session.agent_session_id,
+            last_seq=session.last_event_seq,
+            cursor=cursor,
+            turn_running=turn_running,
+            permissions=tuple(pending.values()),
+        )
+
+
+def _permission_from(payload: Any, seq: int) -> PermissionRequested:
+    options = tuple(
+        PermissionOption(option_id=o["option_id"], name=o["name"], kind=o["kind"])
+        for o in payload.get("options", ())
+    )
+    return PermissionRequested(
+        seq=seq,
+        cursor=payload.get("cursor"),
+        key=payload["key"],
+        request_id=payload["request_id"],
+        tool_call_id=payload.get("tool_call_id"),
+        title=payload.get("title"),
+        input_summary=payload.get("input_summary", ""),
+        options=options,
+    )
+
+
+async def run_until_signalled(config: Config) -> int:
+    """Run the daemon until SIGINT or SIGTERM, then shut down in order and return 0."""
+    daemon = Daemon(config)
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(daemon.run)
+            log.info("anycode is running (daemon id %s)", daemon.daemon_id)
+            async for signum in signals:
+                log.info("received %s: shutting down", signal.Signals(signum).name)
+                break
+            nursery.cancel_scope.cancel()
+    log.info("stopped")
+    return 0
