@@ -9,18 +9,22 @@ so tests call `main([...], environ={...})` and capture output without touching t
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, TypeAlias
 
+import trio
 from rich.console import Console
 from rich.syntax import Syntax
 from rich.text import Text
 
 from anycode_actors import __version__
+from anycode_actors.cli_tree import add_tree
 from anycode_actors.config import SECRET_ENV_VARS, Config, ConfigError, load_config
+from anycode_actors.setup_wizard import add_setup
 
 DEFAULT_CONFIG_PATH: Final = "config.toml"
 
@@ -159,4 +163,121 @@ def _print_summary(console: Console, path: str, config: Config, environ: Mapping
         console.print(Text(f"! {warning}", style="yellow"))
 
 
-_SUBCOMMANDS: Final[tuple[Callable[[Subparsers], None], ...]] = (_add_check_config,)
+# --- run -----------------------------------------------------------------------------------------
+
+
+def _add_run(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "run",
+        help="run the daemon (the supervisor process) until SIGINT or SIGTERM",
+        description="Run the daemon: connect to the configured chat platforms and run agent "
+        "sessions in sandboxes. SIGINT or SIGTERM stops intake, tells every chat with a live "
+        "session, removes every sandbox and exits 0.",
+    )
+    parser.add_argument(
+        "--config",
+        "-c",
+        default=DEFAULT_CONFIG_PATH,
+        metavar="PATH",
+        help=f"the config file (default: {DEFAULT_CONFIG_PATH})",
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+    parser.add_argument(
+        "--console",
+        action="store_true",
+        help="show the live actor tree in the foreground (logs then go to anycode.log next to "
+        "the database)",
+    )
+    parser.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace, io: CommandIO) -> int:
+    try:
+        config = load_config(args.config, environ=io.environ)
+    except ConfigError as exc:
+        _print_problems(io.err, exc)
+        return 1
+    if args.console:
+        from anycode_actors.console import run_with_console
+
+        return run_with_console(config, log_level=args.log_level, console=io.out)
+    configure_logging(args.log_level)
+    from anycode_actors.daemon import run_until_signalled
+
+    return trio.run(run_until_signalled, config)
+
+
+def configure_logging(level: str) -> None:
+    """Plain log lines on stderr. Libraries that log request bodies or URLs (botocore's bodies
+    carry container env with credentials; httpx's URLs carry the Telegram token) are kept
+    quieter than DEBUG whatever the daemon's level."""
+    logging.basicConfig(
+        level=getattr(logging, level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("botocore", "boto3", "urllib3", "httpx", "httpcore", "docker", "hypercorn"):
+        logging.getLogger(noisy).setLevel(max(logging.INFO, getattr(logging, level)))
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("botocore").setLevel(logging.WARNING)
+
+
+# --- demo ----------------------------------------------------------------------------------------
+
+
+def _add_demo(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="try it in this terminal: no token, no Docker (the terminal is the chat)",
+        description="Run the whole daemon with this terminal as its chat and a small built-in "
+        "agent (local processes, no Docker, no network): it streams an answer, asks a "
+        "permission you answer by typing its number, and writes a file. The live actor tree is "
+        "printed as it changes. /quit, Ctrl+D or Ctrl+C stop it.",
+    )
+    parser.add_argument(
+        "--real",
+        action="store_true",
+        help="run Claude Code in the Docker sandbox instead (needs ANTHROPIC_API_KEY, Docker and "
+        "the sandbox image)",
+    )
+    parser.add_argument(
+        "--image", default=None, metavar="IMAGE", help="the sandbox image for --real"
+    )
+    parser.add_argument(
+        "--files",
+        default="anycode-demo-files",
+        metavar="DIR",
+        help="where files the agent sends are saved (default: anycode-demo-files)",
+    )
+    parser.add_argument("--no-tree", action="store_true", help="do not print the actor tree")
+    parser.add_argument(
+        "--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+    parser.set_defaults(handler=_demo)
+
+
+def _demo(args: argparse.Namespace, io: CommandIO) -> int:
+    from pathlib import Path
+
+    from anycode_actors.demo import run_demo
+
+    configure_logging(args.log_level)
+    options = {"image": args.image} if args.image else {}
+    return run_demo(
+        io.out,
+        real=args.real,
+        files_dir=Path(args.files),
+        environ=io.environ,
+        show_tree=not args.no_tree,
+        **options,
+    )
+
+
+_SUBCOMMANDS: Final[tuple[Callable[[Subparsers], None], ...]] = (
+    _add_check_config,
+    _add_run,
+    add_tree,
+    _add_demo,
+    add_setup,
+)

@@ -163,6 +163,8 @@ _TOML_POSITION: Final = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
 # AF_UNIX paths are limited to 108 bytes including the terminating NUL on Linux.
 _MAX_SOCKET_PATH_BYTES: Final = 107
 _DOCKER_MIN_MEMORY_BYTES: Final = 6 * 1024 * 1024
+# Someone who can reach the admin port must not be able to guess the token.
+_MIN_ADMIN_TOKEN_CHARS: Final = 16
 _MEMORY_UNITS: Final = MappingProxyType({"": 1, "k": 1024, "m": 1024**2, "g": 1024**3})
 
 _PROBLEM: Final = "anycode_config"
@@ -802,9 +804,46 @@ class SessionConfig(_Section):
 
 
 class AdminConfig(_Section):
-    """`[admin]`: the local Unix socket that serves the live actor tree to `anycode tree`."""
+    """`[admin]`: where the daemon serves the live actor tree to `anycode tree`.
+
+    Always on the local Unix `socket` (mode 0600: its file permissions are the access control).
+    On a network address only when `listen` ("host:port") is set, and then every request must
+    carry `token`, because a TCP port has no file permissions.
+    """
 
     socket: SocketPath = Field(default=Path("anycode.sock"), validate_default=True)
+    listen: OptionalText = None
+    # Validated even when absent, so a listen without a token is caught.
+    token: SecretStr | None = Field(default=None, validate_default=True)
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        host, _, port = value.strip().rpartition(":")
+        bracketed = host.startswith("[") and host.endswith("]")
+        bare = host[1:-1] if bracketed else host
+        if not bare or not port.isdigit() or (":" in bare) != bracketed or "[" in bare:
+            raise _invalid(
+                f"must be host:port, like 127.0.0.1:7070, not {value!r}",
+                "write an IPv6 address in brackets: [::1]:7070; remove listen to stay local",
+            )
+        _check_port(int(port))
+        return value.strip()
+
+    @field_validator("token")
+    @classmethod
+    def _check_token(cls, token: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        fix = "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        if token is None:
+            if info.data.get("listen") is not None:
+                raise _invalid("is required when admin.listen is set", fix)
+            return None
+        value = _secret_text(token, fix)
+        if len(value) < _MIN_ADMIN_TOKEN_CHARS:
+            raise _invalid(f"must be at least {_MIN_ADMIN_TOKEN_CHARS} characters", fix)
+        return SecretStr(value)
 
 
 class Config(BaseModel):

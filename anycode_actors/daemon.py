@@ -1,6 +1,7 @@
 """The supervisor process: the whole actor tree of DESIGN.md, assembled from the configuration.
 
     root (one_for_one)
+    ├── admin        the local socket `anycode tree` reads
     ├── store        the SQLite connection (one worker thread)
     ├── sandboxes    the provider (docker | ecs | local)
     ├── watchdog     timeouts, dead sandboxes, orphans
@@ -41,7 +42,7 @@ from anycode_actors.config import Config
 from anycode_actors.errors import AnycodeError
 from anycode_actors.sandboxes.base import SandboxProvider
 from anycode_actors.store import Session, SessionStatus, Store
-from supervisors import ChildSpec, Intensity, Registry, Restart, Supervisor
+from supervisors import ChildSpec, ChildStartFailed, Intensity, Registry, Restart, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,6 @@ class Daemon:
         self.sessions = Supervisor(name="sessions")
         self.router = Router(self._start_chat)
         self.admin = AdminServer.from_config(config.admin, self.registry, daemon_id=self.daemon_id)
-        self.ready = trio.Event()
 
     # --- the tree -------------------------------------------------------------------------------
 
@@ -126,6 +126,8 @@ class Daemon:
 
     def _root(self) -> Supervisor:
         children: list[ChildSpec] = [
+            # First up and last down, so `anycode tree` can watch start-up and shutdown too.
+            ChildSpec("admin", self.admin.run, kind="worker"),
             ChildSpec("store", self._run_store, shutdown=10.0, kind="worker"),
             ChildSpec("sandboxes", self._run_sandboxes, shutdown=10.0, kind="worker"),
             ChildSpec("watchdog", self._run_watchdog, kind="actor"),
@@ -133,7 +135,6 @@ class Daemon:
             self.sessions.spec("sessions", shutdown=SESSION_SHUTDOWN + 5),
             self.router.spec("router"),
             ChildSpec("recovery", self._run_recovery, restart=Restart.TEMPORARY, kind="worker"),
-            ChildSpec("admin", self.admin.run, kind="worker"),
         ]
         clients = self._clients if self._clients is not None else make_clients(self.config)
         for client in clients:
@@ -146,11 +147,9 @@ class Daemon:
         )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        root = self._root()
-        async with trio.open_nursery() as nursery:
-            await nursery.start(root.run)
-            self.ready.set()
-            task_status.started()
+        """Ready once every static child is; never returns. Errors arrive bare (no group):
+        `ChildStartFailed` when a child cannot start, `RestartIntensityExceeded` later."""
+        await self._root().run(task_status=task_status)
 
     # --- static children ------------------------------------------------------------------------
 
@@ -338,11 +337,19 @@ def _permission_from(payload: Any, seq: int) -> PermissionRequested:
 
 
 async def run_until_signalled(config: Config) -> int:
-    """Run the daemon until SIGINT or SIGTERM, then shut down in order and return 0."""
+    """Run the daemon until SIGINT or SIGTERM, then shut down in order and return 0.
+
+    Returns 1 with a plain message when the daemon cannot start (another one holds the admin
+    socket, a chat token is refused, ...)."""
     daemon = Daemon(config)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            await nursery.start(daemon.run)
+            try:
+                await nursery.start(daemon.run)
+            except ChildStartFailed as failed:
+                log.error("anycode could not start: %s", failed.error)
+                nursery.cancel_scope.cancel()
+                return 1
             log.info("anycode is running (daemon id %s)", daemon.daemon_id)
             async for signum in signals:
                 log.info("received %s: shutting down", signal.Signals(signum).name)

@@ -3,8 +3,18 @@
 ```
 AnycodeError                 base of every error this package raises deliberately
 ├── ConfigError              config.toml or the environment is invalid; carries every problem
-└── SandboxError             a sandbox could not be created, reached or inspected; the message is
-                             safe to show a user (no credentials). Defined in sandboxes/base.py
+├── SandboxError             a sandbox could not be created, reached or inspected; the message is
+│                            safe to show a user (no credentials). Defined in sandboxes/base.py
+└── AgentError               talking to a coding agent failed (anycode_actors.agents)
+    ├── AgentNotReadyError   sandbox-agent did not answer /v1/health within the bound
+    ├── AgentAuthError       sandbox-agent refused the token (HTTP 401/403)
+    ├── AgentClosedError     the connection to the agent ended: process exited, event stream
+    │                        lost after its retries, server gone; carries the stderr tail
+    ├── AgentRequestError    the agent answered a request with a JSON-RPC error
+    ├── TurnInProgressError  a prompt was sent while the session's turn is still running
+    └── PermissionAnswerError  a permission answer that cannot be given: unknown or already
+                             answered request, an option the agent did not offer, or acpx
+                             answering by its own policy
 ```
 
 Catch `AnycodeError` to handle anything the daemon reports on purpose; anything else is a bug.

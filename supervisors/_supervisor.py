@@ -401,7 +401,10 @@ class _Run:
             entry.last_error = describe_error(error)
             if not isinstance(error, Exception):
                 raise error
-            logger.error("%s failed to start: %s", entry.path, entry.last_error, exc_info=error)
+            # The failure goes up as ChildStartFailed, whose receiver decides how loud to be;
+            # the traceback is kept for debugging only.
+            logger.error("%s failed to start: %s", entry.path, entry.last_error)
+            logger.debug("%s start failure", entry.path, exc_info=error)
             raise ChildStartFailed(child.spec.id, error) from error
         host.watched = True
         child.up_since = trio.current_time()

@@ -151,3 +151,32 @@ def test_python_dash_m_runs_check_config_on_the_example() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "is valid" in result.stdout
+
+
+def test_run_refuses_to_start_beside_another_daemon_with_a_plain_message(tmp_path: Path) -> None:
+    import socket
+
+    sock_path = tmp_path / "anycode.sock"
+    holder = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    holder.bind(str(sock_path))
+    holder.listen(1)  # another process holds the admin socket (it never answers)
+    try:
+        path = write_config(
+            tmp_path,
+            f'[telegram]\nbot_token = "{TOKEN}"\napi_base_url = "http://127.0.0.1:9"\n'
+            f'[database]\npath = "{tmp_path / "anycode.db"}"\n'
+            f'[admin]\nsocket = "{sock_path}"\n',
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "anycode_actors", "run", "--config", path],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={k: v for k, v in os.environ.items() if not k.startswith("ANYCODE_")},
+        )
+    finally:
+        holder.close()
+    assert done.returncode == 1
+    assert "anycode could not start" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert SECRET not in done.stderr

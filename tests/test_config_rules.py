@@ -442,3 +442,37 @@ def test_session_max_upload_mb_must_be_at_least_one() -> None:
 def test_session_timeout_may_be_a_fraction_of_a_minute() -> None:
     config = parse_config(TELEGRAM + "[session]\ntimeout_minutes = 0.5\n", environ={})
     assert config.session.timeout_minutes == 0.5
+
+
+def test_admin_listens_only_on_the_unix_socket_by_default() -> None:
+    admin = parse(TELEGRAM).admin
+    assert admin.listen is None
+    assert admin.token is None
+
+
+def test_admin_listen_requires_a_token() -> None:
+    problem = problem_at(TELEGRAM + '[admin]\nlisten = "127.0.0.1:7070"\n', "admin.token")
+    assert problem.message == "is required when admin.listen is set"
+    assert "secrets.token_urlsafe" in problem.fix
+
+
+def test_admin_token_must_be_long_enough_and_is_masked() -> None:
+    text = TELEGRAM + '[admin]\nlisten = "127.0.0.1:7070"\ntoken = "short"\n'
+    assert problem_at(text, "admin.token").message == "must be at least 16 characters"
+    secret = "a-long-enough-admin-token"
+    config = parse(TELEGRAM + f'[admin]\nlisten = "[::1]:7070"\ntoken = "{secret}"\n')
+    assert config.admin.listen == "[::1]:7070"
+    assert config.admin.token is not None
+    assert config.admin.token.get_secret_value() == secret
+    assert secret not in config.effective_toml()
+
+
+@pytest.mark.parametrize("listen", ["7070", "127.0.0.1", ":7070", "::1:7070", "host:http"])
+def test_admin_listen_must_be_host_and_port(listen: str) -> None:
+    text = TELEGRAM + f'[admin]\nlisten = "{listen}"\ntoken = "a-long-enough-admin-token"\n'
+    assert problem_at(text, "admin.listen").message.startswith("must be host:port")
+
+
+def test_admin_listen_port_must_be_a_tcp_port() -> None:
+    text = TELEGRAM + '[admin]\nlisten = "127.0.0.1:70000"\ntoken = "a-long-enough-admin-token"\n'
+    assert problem_at(text, "admin.listen").message == "must be a TCP port between 1 and 65535"

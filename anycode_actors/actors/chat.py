@@ -24,6 +24,7 @@ from anycode_actors.actors.session_api import (
     PermissionAnswer,
     SessionClosed,
     SessionHandle,
+    SessionMessage,
 )
 from anycode_actors.chat.base import ButtonPress, ChatClient, ChatEvent, ChatRef, Command, Message
 from anycode_actors.config import Config
@@ -225,14 +226,30 @@ class ChatActor(Actor[ChatInbox]):
         if target is None:
             await self._say("No active session to cancel.")
             return
-        handle = self._sessions.get(target)
         reason = f"by {command.user.mention}"
-        if handle is not None:
-            await handle.inbox.send(Cancel(reason))
+        if await self._tell(target, Cancel(reason)):
             return
         # Active in the store but not running here (its actor already ended): settle the record.
-        await self._store.transition(target, SessionStatus.CANCELLED, reason=reason)
+        if not await self._store.transition(target, SessionStatus.CANCELLED, reason=reason):
+            await self._say(f"Session `{short_id(target)}` has already ended.")
+            return
         await self._say(f"Session `{short_id(target)}` cancelled.")
+
+    async def _tell(self, session_id: str, message: SessionMessage) -> bool:
+        """Deliver to a live session; False if it is not live here (any more).
+
+        A session closes its inbox when it ends, before its SessionClosed is read here: a
+        message in between finds the inbox closed, and the session is forgotten at once.
+        """
+        handle = self._sessions.get(session_id)
+        if handle is None:
+            return False
+        try:
+            await handle.inbox.send(message)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._sessions.pop(session_id, None)
+            return False
+        return True
 
     async def _agents(self) -> None:
         default = self._config.agents.default_agent
@@ -249,17 +266,20 @@ class ChatActor(Actor[ChatInbox]):
     async def _plain(self, message: Message) -> None:
         if not message.text.strip():
             return
-        target = None
-        if message.reply_to is not None:
-            target = self._message_session.get(message.reply_to)
-            if target not in self._sessions:
-                target = None
-        if target is None:
-            target = next(reversed(self._sessions), None)
-        if target is None:
-            await self._say("No active session. Start one with /task <prompt>")
-            return
-        await self._sessions[target].inbox.send(FollowUp(message.text, message.user))
+        follow_up = FollowUp(message.text, message.user)
+        while True:  # each round either delivers or forgets a session that has ended
+            target = None
+            if message.reply_to is not None:
+                target = self._message_session.get(message.reply_to)
+                if target not in self._sessions:
+                    target = None
+            if target is None:
+                target = next(reversed(self._sessions), None)
+            if target is None:
+                await self._say("No active session. Start one with /task <prompt>")
+                return
+            if await self._tell(target, follow_up):
+                return
 
     async def _press(self, press: ButtonPress) -> None:
         parsed = parse_button_data(press.data)
@@ -287,7 +307,10 @@ class ChatActor(Actor[ChatInbox]):
         if parsed[1] >= len(interaction.options):
             await self._client.answer_press(press, "This button is no longer valid.")
             return
-        await handle.inbox.send(PermissionAnswer(interaction.id, parsed[1], press))
+        if not await self._tell(
+            interaction.session_id, PermissionAnswer(interaction.id, parsed[1], press)
+        ):
+            await self._client.answer_press(press, "Already answered.")
 
     def _may_answer(self, press: ButtonPress, session: Session) -> bool:
         # The person who started the task may always answer; with an allow-list, anyone on it.

@@ -9,7 +9,6 @@ session could not be reattached).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -74,6 +73,8 @@ class Watchdog(Actor[WatchdogInbox]):
         self._provider = provider
         self._interval = interval
         self._watched: dict[str, _Watched] = {}
+        # Sessions that ended recently remove their own sandbox; the reaper leaves those alone.
+        self._ended: dict[str, float] = {}
         self.reaped: list[str] = []
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -92,6 +93,7 @@ class Watchdog(Actor[WatchdogInbox]):
             self._watched[message.session_id] = _Watched(message)
         elif isinstance(message, Unwatch):
             self._watched.pop(message.session_id, None)
+            self._ended[message.session_id] = trio.current_time()
         elif isinstance(message, SandboxOf):
             watched = self._watched.get(message.session_id)
             if watched is not None:
@@ -108,14 +110,12 @@ class Watchdog(Actor[WatchdogInbox]):
             if watched.notified:
                 continue
             if now >= watched.watch.deadline:
-                watched.notified = True
                 reason = f"timed out after {watched.watch.timeout_text}"
-                await _tell(watched.watch.inbox, Cancel(reason, status="failed"))
+                watched.notified = await _tell(watched.watch.inbox, Cancel(reason, status="failed"))
                 continue
             if watched.sandbox_id is not None and not await self._alive(watched.sandbox_id):
-                watched.notified = True
                 reason = "the sandbox stopped unexpectedly"
-                await _tell(watched.watch.inbox, Cancel(reason, status="failed"))
+                watched.notified = await _tell(watched.watch.inbox, Cancel(reason, status="failed"))
                 log.warning("session %s: %s", session_id[:8], reason)
         await self._reap()
 
@@ -135,7 +135,9 @@ class Watchdog(Actor[WatchdogInbox]):
         except (AnycodeError, trio.TooSlowError) as exc:
             log.warning("could not list sandboxes: %s", exc)
             return
-        owned = set(self._watched)
+        now = trio.current_time()
+        self._ended = {s: t for s, t in self._ended.items() if now - t < ORPHAN_AGE}
+        owned = set(self._watched) | set(self._ended)
         for sandbox in sandboxes:
             if sandbox.session_id in owned or _age(sandbox.created_at) < ORPHAN_AGE:
                 continue
@@ -151,11 +153,18 @@ class Watchdog(Actor[WatchdogInbox]):
                 log.error("could not remove orphan sandbox %s: %s", sandbox.id[:12], exc)
 
 
-async def _tell(inbox: trio.MemorySendChannel[SessionMessage], message: SessionMessage) -> None:
-    # The session may have ended meanwhile: then there is nobody left to tell.
-    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+async def _tell(inbox: trio.MemorySendChannel[SessionMessage], message: SessionMessage) -> bool:
+    """Whether the session was told; False if its inbox stayed full (tell it at the next check).
+
+    A session that ended meanwhile has nobody left to tell: that counts as told.
+    """
+    try:
         with trio.move_on_after(10):
             await inbox.send(message)
+            return True
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        return True
+    return False
 
 
 def _age(created_at: str) -> float:

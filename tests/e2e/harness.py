@@ -2,13 +2,14 @@
 image, the real sandbox-agent and Claude Code inside it, and the scripted model on this machine.
 
 Nothing in the middle is mocked: the daemon talks to the stand-in over HTTP exactly as it would to
-Telegram, and the agent in the container calls the scripted model over the Docker bridge.
+Telegram (or over HTTP and a WebSocket as it would to Slack: `running_slack_world`), and the agent
+in the container calls the scripted model over the Docker bridge.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from tests.agent_stack import agent_env
 from tests.docker_support import docker_client, require_or_skip
 from tests.fakes._http import serve_asgi
 from tests.fakes.model import ModelScript, ScriptedModel, docker_bridge_gateway
+from tests.fakes.slack import FakeSlack
 from tests.fakes.telegram import FakeTelegram
 
 IMAGE = os.environ.get("ANYCODE_TEST_IMAGE", "anycode-sandbox:latest")
@@ -41,8 +43,9 @@ def image_or_skip() -> Any:
 
 
 @dataclass
-class World:
-    telegram: FakeTelegram
+class _Daemon:
+    """What every world has besides its chat stand-in."""
+
     model: ScriptedModel
     daemon: Daemon
     config: Config
@@ -63,6 +66,16 @@ class World:
         )
 
 
+@dataclass
+class World(_Daemon):
+    telegram: FakeTelegram
+
+
+@dataclass
+class SlackWorld(_Daemon):
+    slack: FakeSlack
+
+
 def e2e_config(tmp: Path, telegram_url: str, token: str, model_url: str, **session: Any) -> Config:
     return config_from_mapping(
         e2e_config_data(tmp, telegram_url, token, model_url, **session), environ={}, base_dir=tmp
@@ -74,6 +87,27 @@ def e2e_config_data(
 ) -> dict[str, Any]:
     return {
         "telegram": {"bot_token": token, "api_base_url": telegram_url, "poll_timeout": 5},
+        **_daemon_config_data(tmp, model_url, **session),
+    }
+
+
+def slack_config_data(
+    tmp: Path, slack: FakeSlack, model_url: str, allowed_users: Sequence[str], **session: Any
+) -> dict[str, Any]:
+    """Slack only: the Socket Mode app of `slack`, and no [telegram] section."""
+    return {
+        "slack": {
+            "app_token": slack.app_token,
+            "bot_token": slack.bot_token,
+            "api_base_url": slack.api_url,
+            "allowed_users": list(allowed_users),
+        },
+        **_daemon_config_data(tmp, model_url, **session),
+    }
+
+
+def _daemon_config_data(tmp: Path, model_url: str, **session: Any) -> dict[str, Any]:
+    return {
         "sandbox": {"provider": "docker", "protocol": "sandbox-agent"},
         "docker": {"image": IMAGE, "port_range_start": 0, "port_range_end": 0},
         "database": {"path": str(tmp / "anycode.db")},
@@ -95,20 +129,54 @@ def e2e_config_data(
 async def running_world(
     nursery: trio.Nursery, tmp: Path, script: ModelScript, **session: Any
 ) -> AsyncIterator[World]:
-    docker = await trio.to_thread.run_sync(image_or_skip)
-    gateway = await trio.to_thread.run_sync(docker_bridge_gateway)
-    if gateway is None:
-        require_or_skip("Docker's bridge network has no gateway address")
+    docker, gateway = await _docker_and_gateway()
     telegram = FakeTelegram()
     telegram_url = await telegram.start(nursery)
     model = ScriptedModel(script)
     served = await nursery.start(serve_asgi, model.app, gateway)
     config = e2e_config(tmp, telegram_url, telegram.token, served.base_url, **session)
+    async with _running_daemon(config) as daemon:
+        yield World(model=model, daemon=daemon, config=config, docker=docker, telegram=telegram)
+
+
+@asynccontextmanager
+async def running_slack_world(
+    nursery: trio.Nursery,
+    tmp: Path,
+    script: ModelScript,
+    *,
+    allowed_users: Sequence[str] = (),
+    **session: Any,
+) -> AsyncIterator[SlackWorld]:
+    """The same world with Slack as the only platform; ready once the app is connected."""
+    docker, gateway = await _docker_and_gateway()
+    slack = FakeSlack()
+    await slack.start(nursery)
+    model = ScriptedModel(script)
+    served = await nursery.start(serve_asgi, model.app, gateway)
+    data = slack_config_data(tmp, slack, served.base_url, allowed_users, **session)
+    config = config_from_mapping(data, environ={}, base_dir=tmp)
+    async with _running_daemon(config) as daemon:
+        with trio.fail_after(30):
+            await slack.wait_until_connected()
+        yield SlackWorld(model=model, daemon=daemon, config=config, docker=docker, slack=slack)
+
+
+async def _docker_and_gateway() -> tuple[Any, str]:
+    docker = await trio.to_thread.run_sync(image_or_skip)
+    gateway = await trio.to_thread.run_sync(docker_bridge_gateway)
+    if gateway is None:
+        require_or_skip("Docker's bridge network has no gateway address")
+    assert gateway is not None  # require_or_skip raised
+    return docker, gateway
+
+
+@asynccontextmanager
+async def _running_daemon(config: Config) -> AsyncIterator[Daemon]:
     daemon = Daemon(config, watchdog_interval=2.0)
     async with trio.open_nursery() as inner:
         await inner.start(daemon.run)
-        world = World(telegram, model, daemon, config, docker)
         try:
-            yield world
+            yield daemon
         finally:
             inner.cancel_scope.cancel()

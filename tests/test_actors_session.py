@@ -1,0 +1,706 @@
+"""The session actor: one task in one sandbox, from creation to removal, on the autojump clock.
+
+It runs with its real flusher and stream actor, a recording chat platform, the real store (in
+memory), the fake provider and a scripted agent session in place of the protocol (the stream's
+`_connect` is replaced), so what is checked is what the user sees in the chat, what the store
+records and what the sandbox and the agent are told.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pytest
+import trio
+
+from anycode_actors.actors.flusher import Flusher
+from anycode_actors.actors.session import Recovered, SessionActor
+from anycode_actors.actors.session_api import Cancel, FollowUp, PermissionAnswer, SessionClosed
+from anycode_actors.actors.stream import Resume
+from anycode_actors.actors.watchdog import SandboxOf, Unwatch, Watch, WatchdogInbox
+from anycode_actors.agents import ErrorEvent, PermissionResolved, TextDelta, ToolCall, TurnEnded
+from anycode_actors.chat.base import ButtonPress, User
+from anycode_actors.errors import AgentError
+from anycode_actors.sandboxes.base import SandboxError
+from anycode_actors.store import (
+    InteractionOption,
+    InteractionStatus,
+    Session,
+    SessionStatus,
+    Store,
+)
+from tests.actor_fakes import (
+    ADA,
+    CHAT,
+    FakeAgent,
+    FakeProvider,
+    RecordingChat,
+    asks,
+    make_config,
+    memory_store,
+    said,
+    use_agent,
+)
+
+MB = 1024 * 1024
+
+
+@dataclass
+class SessionRig:
+    """One session actor and everything it talks to."""
+
+    nursery: trio.Nursery
+    store: Store
+    client: RecordingChat
+    flusher: Flusher
+    provider: FakeProvider
+    agent: FakeAgent
+    session: Session
+    actor: SessionActor | None = None
+    watchdog_log: list[WatchdogInbox] = field(default_factory=list)
+    _closed: trio.MemoryReceiveChannel[SessionClosed] | None = None
+
+    @property
+    def sid(self) -> str:
+        return self.session.id
+
+    @property
+    def short(self) -> str:
+        return self.session.id[:8]
+
+    async def send(self, message: FollowUp | Cancel | PermissionAnswer) -> None:
+        assert self.actor is not None
+        await self.actor.send(message)
+
+    async def closed(self, within: float = 600) -> SessionClosed:
+        """Wait until the session has ended and cleaned up."""
+        assert self._closed is not None
+        with trio.fail_after(within):
+            return await self._closed.receive()
+
+    async def status(self) -> tuple[SessionStatus, str | None]:
+        stored = await self.store.get_session(self.sid)
+        assert stored is not None
+        return stored.status, stored.reason
+
+    async def wait_for_status(self, status: SessionStatus, within: float = 600) -> None:
+        with trio.fail_after(within):
+            while (await self.status())[0] != status:
+                await trio.sleep(0.01)
+
+    def prompt_message(self) -> str:
+        """The id of the message that shows a permission prompt."""
+        found = self.client.message_with("Permission requested")
+        assert found is not None
+        return found
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[Store]:
+    async with memory_store() as store:
+        yield store
+
+
+async def start_session(
+    nursery: trio.Nursery,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+    agent: FakeAgent,
+    provider: FakeProvider | None = None,
+    *,
+    session: Session | None = None,
+    recovered: Recovered | None = None,
+    client: RecordingChat | None = None,
+    **settings: float,
+) -> SessionRig:
+    """Start a session actor for a fresh `/task fix the login bug` (or `session`)."""
+    config = make_config(**{"idle_minutes": 0, **settings})
+    use_agent(monkeypatch, agent)
+    client = client or RecordingChat()
+    flusher = Flusher(client, CHAT, debounce=config.session.debounce_ms / 1000)
+    await nursery.start(flusher.run)
+    if session is None:
+        session = await store.create_session(
+            platform=CHAT.platform,
+            chat=CHAT.chat_id,
+            user=ADA.id,
+            agent="claude-code",
+            prompt="fix the login bug",
+        )
+    provider = provider or FakeProvider()
+    rig = SessionRig(nursery, store, client, flusher, provider, agent, session)
+    closed_send, rig._closed = trio.open_memory_channel[SessionClosed](4)
+    watchdog_send, watchdog_receive = trio.open_memory_channel[WatchdogInbox](64)
+
+    async def watchdog() -> None:
+        async for message in watchdog_receive:
+            rig.watchdog_log.append(message)
+
+    nursery.start_soon(watchdog)
+    rig.actor = SessionActor(
+        session,
+        chat=CHAT,
+        flusher=flusher.address(),
+        closed=closed_send,
+        store=store,
+        provider=provider,
+        config=config,
+        answer_press=client.answer_press,
+        recovered=recovered,
+        watchdog=watchdog_send,
+    )
+    await nursery.start(rig.actor.run)
+    return rig
+
+
+def press(message_id: str, data: str, user: User = ADA) -> ButtonPress:
+    return ButtonPress(CHAT, user, message_id, data, press_id="q")
+
+
+# --- the happy path -----------------------------------------------------------------------------
+
+
+async def test_a_task_goes_from_pending_through_starting_and_running_to_completed(
+    autojump_clock: trio.abc.Clock,
+    nursery: trio.Nursery,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    agent = FakeAgent([[TextDelta(text="Looking at it. ")]])
+    provider = FakeProvider(create_delay=5)
+    rig = await start_session(nursery, store, monkeypatch, agent, provider)
+    assert rig.session.status == SessionStatus.PENDING
+    await trio.sleep(1)
+    assert await rig.status() == (SessionStatus.STARTING, None)
+    await agent.wait_for_prompts(1)
+    assert agent.prompts == ["fix the login bug"]
+    assert await rig.status() == (SessionStatus.RUNNING, None)
+    [spec] = provider.specs
+    assert (spec.session_id, spec.agent, spec.protocol) == (rig.sid, "claude-code", "sandbox-agent")
+    stored = await store.get_session(rig.sid)
+    assert stored is not None
+    assert stored.sandbox_id == provider.alive[0]
+    assert stored.agent_session_id == "agent-session-1"
+    agent.emit(TextDelta(text="Fixed."), TurnEnded(stop_reason="end_turn"))
+    closed = await rig.closed()
+    assert closed == SessionClosed(rig.sid, "completed")
+    assert await rig.status() == (SessionStatus.COMPLETED, None)
+    assert provider.alive == []
+    assert provider.destroyed == [stored.sandbox_id]
+
+
+async def test_every_agent_event_is_stored_with_its_seq(
+    autojump_clock: trio.abc.Clock,
+    nursery: trio.Nursery,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tool = ToolCall(tool_call_id="t1", phase="started", title="Read login.py")
+    agent = FakeAgent([[TextDelta(text="Reading. "), tool, TextDelta(text="Done."), TurnEnded(stop_reason="end_turn")]])
+    rig = await start_session(nursery, store, monkeypatch, agent)
+    await rig.closed()
+    events = await store.events(rig.sid)
+    assert [(e.seq, e.type) for e in events] == [
+        (1, "TextDelta"),
+        (2, "ToolCall"),
+        (3, "TextDelta"),
+        (4, "TurnEnded"),
+    ]
+    assert events[0].payload == {"text": "Reading. "}
+    assert events[1].payload["title"] == "Read login.py"
+    assert events[3].payload == {"stop_reason": "end_turn"}
+    stored = await store.get_session(rig.sid)
+    assert stored is not None and stored.last_event_seq == 4
+
+
+async def test_the_output_streams_into_the_chat_and_the_final_notice_follows_it(
+    autojump_clock: trio.abc.Clock,
+    nursery: trio.Nursery,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tool = ToolCall(tool_call_id="t1", phase="started", title="Run pytest")
+    agent = FakeAgent([[TextDelta(text="Hello "), TextDelta(text="there."), tool, *said("All green.")]])
+    rig = await start_session(nursery, store, monkeypatch, agent)
+    await rig.closed()
+    texts = rig.client.texts()
+    assert texts == [
+        "Hello there.\n▸ Run pytest\nAll green.",
+        f"Session `{rig.short}` completed.",
+    ]
+    # Streamed: the first text went out alone, then the message was edited as more came.
+    assert [c.kind for c in rig.client.calls][:1] == ["send"]
+
+
+async def test_a_follow_up_while_a_turn_runs_is_queued_and_sent_when_the_turn_ends(
+    autojump_clock: trio.abc.Clock,
+    nursery: trio.Nursery,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    agent = FakeAgent([[TextDelta(text="Working...")], said("Tests added.")])
+    rig = await start_session(nursery, store, monkeypatch, agent)
+    await agent.wait_for_prompts(1)
+    await rig.send(FollowUp("add tests too", ADA))
+    await rig.client.wait_for_text("Queued: the agent gets this as soon as it finishes")
+    await trio.sleep(5)
+    assert agent.prompts == ["fix the login bug"]  # not while the first turn runs
+    agent.emit(TurnEnded(stop_reason="end_turn"))
+    await agent.wait_for_prompts(2)
+    assert agent.prompts == ["fix the login bug", "add tests too"]
+    await rig.closed()
+    assert await rig.status() == (SessionStatus.COMPLETED, None)
+    assert "Tests added." in "\n".join(rig.client.texts())
+
+
+async def test_a_follow_up_before_the_agent_is_ready_waits_for_the_first_turn(
+    autojump_clock: trio.abc.Clock,
+    nursery: trio.Nursery,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    agent = FakeAgent([said("First."), said("Second.")])
+    rig = await start_session(nursery, store, monkeypatch, agent, FakeProvider(create_delay=10))
+    await rig.send(FollowUp("and then this", ADA))
+    await rig.closed()
+    assert agent.prompts == ["fix the login bug", "and then this"]
+
+
+async def test_with_idle_minutes_the_session_waits_for_follow_ups_then_completes(
+    autojump_clock: trio.abc.Clock,
+    nursery: trio.Nursery,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    agent = FakeAgent([said("Done."), said("Also done.")])
+    rig = await start_session(nursery, store, monkeypatch, agent, idle_minutes=1)
+    await rig.client.wait_for_text("Done.")
+    await trio.sleep(50)
+    assert await rig.status() == (SessionStatus.RUNNING, None)
+    await rig.send(FollowUp("one more thing", ADA))
+    await agent.wait_for_prompts(2)
+    turn_over = trio.current_time()
+    await rig.client.wait_for_text("Also done.")
+    # The idle time starts again from the end of the second turn.
+    await trio.sleep(59 - (trio.current_time() - turn_over))
+    assert await rig.status() == (SessionStatus.RUNNING, None)
+    await rig.closed(within=5)
+    assert await rig.status() == (SessionStatus.COMPLETED, None)
+    assert rig.client.texts()[-1] == f"Session `{rig.short}` completed."
+    assert rig.provider.alive == []
+
+
+async def test_an_agent_error_is_shown_and_the_session_goes_on(
+    autojump_clock: trio.abc.Clock,
+    nursery: trio.Nursery,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    agent = FakeAgent([[ErrorEvent(message="rate limited by the model"), *said("Recovered.")]])
+    rig = await start_session(nursery, store, monkeypatch, agent)
+    await rig.closed()
+    texts = rig.client.texts()
+    assert "Agent error: rate limited by the model" in texts
+    assert "Recovered." in texts
+    assert await rig.status() == (SessionStatus.COMPLETED, None)
+
+
+async def test_a_turn_that_fails_fails_the_session_with_its_message(
+    autojump_clock: trio.abc.Clock,
+    nursery: trio.Nursery,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    agent = FakeAgent([[TurnEnded(stop_reason="error", message="the model is overloaded")]])
+    rig = await start_session(nursery, store, monkeypatch, agent)
+    assert await rig.closed() == SessionClosed(rig.sid, "failed")
+    assert await rig.status() == (SessionStatus.FAILED, "the model is overloaded")
+    assert rig.client.texts()[-1] == f"Session `{rig.short}` failed: the model is overloaded"
+
+
+# --- permissions --------------------------------------------------------------------------------
+
+
+async def test_a_permission_request_shows_buttons_and_the_starters_answer_reaches_the_agent(
+    autojump_clock: trio.abc.Clock,
+    nursery: trio.Nursery,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    agent = FakeAgent([[TextDelta(text="Let me run it."), asks("0"), *said(" Ran it.")]])
+    rig = await start_session(nursery, store, monkeypatch, agent)
+    prompt_id = await rig.client.wait_for_text("Permission requested")
+    [interaction] = await store.unresolved_interactions(rig.sid)
+    assert rig.client.text_of(prompt_id) == (
+        "Permission requested: Run touch ok.txt\nCommand: touch ok.txt"
+    )
+    [row] = rig.client.buttons_of(prompt_id)
+    assert [b.label for b in row] == ["Allow", "Allow for this session", "Deny"]
+    assert [b.data for b in row] == [f"{interaction.id}:{i}" for i in range(3)]
+    # The text streamed before the request is shown above it.
+    assert rig.client.texts().index("Let me run it.") < rig.client.texts().index(
+        rig.client.text_of(prompt_id)
+    )
+    await rig.send(PermissionAnswer(interaction.id, 0, press(prompt_id, row[0].data)))
+    await agent.wait_until(lambda: bool(agent.responses))
+    assert agent.responses == [("0", "allow")]
+    await rig.closed()
+    resolved = await store.get_interaction(interaction.id)
+    assert resolved is not None
+    assert (resolved.status, resolved.answer, resolved.resolved_by) == (
+        InteractionStatus.RESOLVED,
+        "allow",
+        "@ada",
+    )
+    assert resolved.chat_message_id == prompt_id
+    assert rig.client.text_of(prompt_id) == (
+        "Permission requested: Run touch ok.txt\nCommand: touch ok.txt\n\n✅ Allow (by @ada)"
+    )
+    assert rig.client.buttons_of(prompt_id) == ()
+    assert rig.client.press_answers() == ["Allow"]
+    assert "Ran it." in "\n".join(rig.client.texts())
+
+
+async def test_a_second_answer_to_a_permission_is_already_answered(
+    autojump_clock: trio.abc.Clock,
+    nursery: trio.Nursery,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    agent = FakeAgent([[asks("0"), TextDelta(text="Thinking it over.")]])
+    rig = await start_session(nursery, store, monkeypatch, agent)
+    prompt_id = await rig.client.wait_for_text("Permission requested")
+    [interaction] = await store.unresolved_interactions(rig.sid)
+    await rig.send(PermissionAnswer(interaction.id, 2, press(prompt_id, f"{interaction.id}:2")))
+    await rig.send(PermissionAnswer(interaction.id, 0, press(prompt_id, f"{interaction.id}:0")))
+    await rig.client.wait_until(lambda: len(rig.client.presses) == 2)
+    assert rig.client.press_answers() == ["Deny", "Already answered."]
+    assert agent.responses == [("0", "reject")]
+    await rig.client.wait_until(lambda: "🚫 Deny (by @ada)" in rig.client.text_of(prompt_id))
+    resolved = await store.get_interaction(interaction.id)
+    assert resolved is not None and resolved.answer == "reject"
+
+
+async def test_cancel_while_running_cancels_the_turn_and_removes_the_sandbox(
+    autojump_clock: trio.abc.Clock,
+    nursery: trio.Nursery,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    agent = FakeAgent([[TextDelta(text="Let me run it."), asks("0")]])
+    rig = await start_session(nursery, store, monkeypatch, agent)
+    prompt_id = await rig.client.wait_for_text("Permission requested")
+    [interaction] = await store.unresolved_interactions(rig.sid)
+    assert rig.provider.alive
+    await rig.send(Cancel("by @ada"))
+    assert await rig.closed() == SessionClosed(rig.sid, "cancelled")
+    # The agent was told (which answers its pending permission "cancelled").
+    assert agent.cancels == 1
+    assert any(isinstance(e, PermissionResolved) and e.by == "cancel" for e in agent.delivered)
+    assert rig.provider.alive == []
+    assert await rig.status() == (SessionStatus.CANCELLED, "by @ada")
+    ended = await store.get_interaction(interaction.id)
+    assert ended is not None and ended.status == InteractionStatus.CANCELLED
+    assert rig.client.buttons_of(prompt_id) == ()
+    assert rig.client.text_of(prompt_id).endswith("⏹ The session ended.")
+    assert rig.client.texts()[-1] == f"Session `{rig.short}` cancelled (by @ada)."
+
+
+async def test_cancel_while_starting_removes_the_sandbox_being_made(
+    autojump_clock: trio.abc.Clock,
+    nursery: trio.Nursery,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    agent = FakeAgent([said("never")])
+    provider = FakeProvider(create_delay=120)
+    rig = await start_session(nursery, store, monkeypatch, agent, provider)
+    await trio.sleep(2)
+    assert await rig.status() == (SessionStatus.STARTING, None)
+    assert len(provider.alive) == 1  # being made
+    await rig.send(Cancel("by @ada"))
+    assert await rig.closed(within=30) == SessionClosed(rig.sid, "cancelled")
+    assert provider.alive == []
+    assert agent.prompts == []
+    assert await rig.status() == (SessionStatus.CANCELLED, "by @ada")
+    assert rig.client.texts() == [f"Session `{rig.short}` cancelled (by @ada)."]
+
+
+async def test_cancel_during_a_create_that_cannot_be_interrupted_still_removes_the_sandbox(
+    autojump_clock: trio.abc.Clock,
+    nursery: trio.Nursery,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Creating a sandbox changes the world and may finish although the session was cancelled.
+    agent = FakeAgent([said("never")])
+    provider = FakeProvider(create_delay=20, uninterruptible_create=True)
+    rig = await start_session(nursery, store, monkeypatch, agent, provider)
+    await trio.sleep(2)
+    await rig.send(Cancel("by @ada"))
+    await rig.closed()
+    assert len(provider.specs) == 1
+    assert provider.alive == []
+    assert agent.prompts == []
+    assert await rig.status() == (SessionStatus.CANCELLED, "by @ada")
+
+
+async def test_a_sandbox_that_cannot_be_created_fails_the_session_with_the_reason(
+    autojump_clock: trio.abc.Clock,
+    nursery: trio.Nursery,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    agent = FakeAgent()
+    provider = FakeProvider(create_error=SandboxError("image anycode-sandbox:latest not found"))
+    rig = await start_session(nursery, store, monkeypatch, agent, provider)
+    assert await rig.closed() == SessionClosed(rig.sid, "failed")
+    reason = "Failed to start: image anycode-sandbox:latest not found"
+    assert await rig.status() == (SessionStatus.FAILED, reason)
+    assert rig.client.texts() == [f"Session `{rig.short}` failed: {reason}"]
+    assert provider.alive == []
+    assert agent.connects == []
+
+
+async def test_an_agent_that_never_comes_up_fails_the_session_and_the_sandbox_goes(
+    autojump_clock: trio.abc.Clock,
+    nursery: trio.Nursery,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    agent = FakeAgent(connect_error=AgentError("sandbox-agent is not healthy"))
+    rig = await start_session(nursery, store, monkeypatch, agent)
+    assert await rig.closed() == SessionClosed(rig.sid, "failed")
+    status, reason = await rig.status()
+    assert status == SessionStatus.FAILED
+    assert reason is not None and "sandbox-agent is not healthy" in reason
+    assert rig.provider.alive == []
+
+
+async def test_a_lost_agent_stream_with_a_dead_sandbox_fails_the_session(
+    autojump_clock: trio.abc.Clock,
+    nursery: trio.Nursery,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    agent = FakeAgent([[TextDelta(text="Working...")]])
+    rig = await start_session(nursery, store, monkeypatch, agent)
+    await rig.client.wait_for_text("Working...")
+    [sandbox] = rig.provider.alive
+    rig.provider.kill(sandbox)
+    agent.end("connection_lost", "the event stream ended")
+    assert await rig.closed() == SessionClosed(rig.sid, "failed")
+    assert await rig.status() == (SessionStatus.FAILED, "the sandbox stopped unexpectedly")
+    assert rig.client.texts()[-1] == (
+        f"Session `{rig.short}` failed: the sandbox stopped unexpectedly"
+    )
+    assert rig.provider.sandboxes == {}  # the stopped sandbox is removed all the same
+
+
+async def test_a_lost_agent_stream_with_a_live_sandbox_fails_with_the_reason(
+    autojump_clock: trio.abc.Clock,
+    nursery: trio.Nursery,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    agent = FakeAgent([[TextDelta(text="Working...")]])
+    rig = await start_session(nursery, store, monkeypatch, agent)
+    await rig.client.wait_for_text("Working...")
+    agent.end("agent_exited", "claude exited with code 1")
+    await rig.closed()
+    assert await rig.status() == (
+        SessionStatus.FAILED,
+        "lost the connection to the agent: claude exited with code 1",
+    )
+    assert rig.provider.alive == []
+
+
+async def test_a_timeout_from_the_watchdog_fails_the_session_and_says_why(
+    autojump_clock: trio.abc.Clock,
+    nursery: trio.Nursery,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    agent = FakeAgent([[TextDelta(text="Thinking...")]])
+    rig = await start_session(nursery, store, monkeypatch, agent, timeout_minutes=30)
+    await rig.client.wait_for_text("Thinking...")
+    # The session registered with the watchdog and told it its sandbox.
+    watch, sandbox_of = rig.watchdog_log[:2]
+    assert isinstance(watch, Watch) and watch.session_id == rig.sid
+    assert watch.timeout_text == "30 min"
+    assert watch.deadline == pytest.approx(trio.current_time() + 30 * 60, abs=5)
+    assert sandbox_of == SandboxOf(rig.sid, rig.provider.alive[0])
+    await watch.inbox.send(Cancel("timed out after 30 min", status="failed"))
+    assert await rig.closed() == SessionClosed(rig.sid, "failed")
+    assert await rig.status() == (SessionStatus.FAILED, "timed out after 30 min")
+    assert rig.client.texts()[-1] == f"Session `{rig.short}` failed: timed out after 30 min"
+    assert rig.watchdog_log[-1] == Unwatch(rig.sid)
+    assert agent.cancels == 1
+    assert rig.provider.alive == []
+
+
+async def test_a_cancelled_session_is_cancelled_once_and_later_messages_change_nothing(
+    autojump_clock: trio.abc.Clock,
+    nursery: trio.Nursery,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    agent = FakeAgent([[TextDelta(text="Working...")]])
+    rig = await start_session(nursery, store, monkeypatch, agent)
+    await rig.client.wait_for_text("Working...")
+    await rig.send(Cancel("by @ada"))
+    await rig.send(Cancel("timed out after 30 min", status="failed"))
+    await rig.closed()
+    assert await rig.status() == (SessionStatus.CANCELLED, "by @ada")
+    notices = [t for t in rig.client.texts() if t.startswith("Session `")]
+    assert notices == [f"Session `{rig.short}` cancelled (by @ada)."]
+
+
+# --- events delivered twice ---------------------------------------------------------------------
+
+
+async def test_an_event_delivered_twice_is_stored_and_shown_once(
+    autojump_clock: trio.abc.Clock,
+    nursery: trio.Nursery,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    agent = FakeAgent([[TextDelta(text="Once.")]])
+    rig = await start_session(nursery, store, monkeypatch, agent)
+    await rig.client.wait_for_text("Once.")
+    agent.redeliver(agent.delivered[-1])  # a reconnecting stream repeats the last event
+    agent.emit(asks("0"))
+    agent.redeliver(agent.delivered[-1])
+    agent.emit(TurnEnded(stop_reason="end_turn"))
+    await rig.closed()
+    assert [e.seq for e in await store.events(rig.sid)] == [1, 2, 3]
+    assert rig.client.texts()[0] == "Once."
+    prompts = [t for t in rig.client.texts() if t.startswith("Permission requested")]
+    assert len(prompts) == 1
+
+
+# --- files --------------------------------------------------------------------------------------
+
+
+async def test_files_in_the_outbox_are_uploaded_once_and_too_big_ones_are_named(
+    autojump_clock: trio.abc.Clock,
+    nursery: trio.Nursery,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    agent = FakeAgent([said("Report written."), said("Nothing new.")])
+    provider = FakeProvider()
+    provider.outbox = {"report.md": b"# Report\n", "dump.bin": b"x" * (2 * MB)}
+    rig = await start_session(
+        nursery, store, monkeypatch, agent, provider, idle_minutes=1, max_upload_mb=1
+    )
+    await agent.wait_until(lambda: len(agent.delivered) == 2)
+    await rig.client.wait_until(lambda: rig.client.uploads)
+    await rig.send(FollowUp("anything else?", ADA))
+    await agent.wait_for_prompts(2)
+    await rig.send(Cancel("by @ada"))
+    await rig.closed()
+    assert provider.reads == 2  # the outbox was read after each turn
+    assert rig.client.uploads == [("report.md", b"# Report\n", "")]
+    too_big = [t for t in rig.client.texts() if "upload limit" in t]
+    assert too_big == ["dump.bin (2.0 MB) is over the 1 MB upload limit; not sent."]
+
+
+# --- recovery -----------------------------------------------------------------------------------
+
+
+async def test_a_recovered_session_adopts_its_message_and_streams_new_output_into_it(
+    autojump_clock: trio.abc.Clock,
+    nursery: trio.Nursery,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # What the previous run left: a running session, two stored deltas, and a chat message
+    # that got only the first of them before the daemon died.
+    session = await store.create_session(
+        platform=CHAT.platform, chat=CHAT.chat_id, user=ADA.id, agent="claude-code", prompt="go"
+    )
+    await store.transition(session.id, SessionStatus.STARTING)
+    await store.transition(session.id, SessionStatus.RUNNING)
+    provider = FakeProvider()
+    handle = provider.add(session.id)
+    await store.set_sandbox(session.id, handle.id, handle.endpoint or "")
+    await store.set_agent_session_id(session.id, "agent-session-1")
+    await store.append_event(session.id, 1, "TextDelta", {"text": "Hello "})
+    await store.append_event(session.id, 2, "TextDelta", {"text": "world"})
+    await store.set_stream_message(session.id, "900", 1, 0)
+    stored = await store.get_session(session.id)
+    assert stored is not None
+    client = RecordingChat()
+    client.seed("900", "Hello")
+    resume = Resume("agent-session-1", last_seq=2, cursor="c-2", turn_running=True)
+    agent = FakeAgent()
+    rig = await start_session(
+        nursery,
+        store,
+        monkeypatch,
+        agent,
+        provider,
+        session=stored,
+        recovered=Recovered(handle, resume),
+        client=client,
+    )
+    await client.wait_until(lambda: client.text_of("900") == "Hello world")
+    assert agent.connects == [resume]
+    assert provider.specs == []  # no new sandbox
+    agent.emit(TextDelta(text=", again."), TurnEnded(stop_reason="end_turn"))
+    await rig.closed()
+    edits = [(c.message_id, c.text) for c in client.calls if c.kind == "edit"]
+    assert edits == [("900", "Hello world"), ("900", "Hello world, again.")]
+    assert client.texts() == ["Hello world, again.", f"Session `{rig.short}` completed."]
+    assert [e.seq for e in await store.events(session.id)] == [1, 2, 3, 4]
+    assert await rig.status() == (SessionStatus.COMPLETED, None)
+    assert provider.alive == []
+
+
+async def test_a_recovered_session_keeps_its_pending_permission_answerable(
+    autojump_clock: trio.abc.Clock,
+    nursery: trio.Nursery,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    session = await store.create_session(
+        platform=CHAT.platform, chat=CHAT.chat_id, user=ADA.id, agent="claude-code", prompt="go"
+    )
+    await store.transition(session.id, SessionStatus.STARTING)
+    await store.transition(session.id, SessionStatus.RUNNING)
+    provider = FakeProvider()
+    handle = provider.add(session.id)
+    request = asks("5")
+    await store.append_event(session.id, 1, "PermissionRequested", {"key": "5"})
+    options = [InteractionOption(o.option_id, o.name, o.kind) for o in request.options]
+    interaction = await store.create_interaction(
+        session.id, "permission", request_id="5", tool_call_id="tool-5", options=options
+    )
+    await store.set_interaction_message(interaction.id, "901")
+    stored = await store.get_session(session.id)
+    assert stored is not None
+    client = RecordingChat()
+    client.seed("901", "Permission requested: Run touch ok.txt\nCommand: touch ok.txt")
+    resume = Resume(
+        "agent-session-1", last_seq=1, cursor=None, turn_running=True, permissions=(request,)
+    )
+    agent = FakeAgent()
+    rig = await start_session(
+        nursery,
+        store,
+        monkeypatch,
+        agent,
+        provider,
+        session=stored,
+        recovered=Recovered(handle, resume),
+        client=client,
+    )
+    await agent.wait_until(lambda: bool(agent.connects))
+    await rig.send(PermissionAnswer(interaction.id, 0, press("901", f"{interaction.id}:0")))
+    await agent.wait_until(lambda: bool(agent.responses))
+    assert agent.responses == [("5", "allow")]
+    agent.emit(TurnEnded(stop_reason="end_turn"))
+    await rig.closed()
+    assert client.text_of("901").endswith("✅ Allow (by @ada)")
