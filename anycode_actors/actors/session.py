@@ -361,6 +361,9 @@ class SessionActor(Actor[SessionInbox]):
             except AnycodeError as exc:
                 await self._outbox.send(_StartFailed(f"Failed to start: {exc}"))
                 return
+            # Owned from this moment, before the next checkpoint: a cancel that comes now ends
+            # the actor without reading `_Started`, and the cleanup must still remove it.
+            self._handle = handle
             await self._outbox.send(_Started(handle))
 
     async def _on_started(self, handle: SandboxHandle, streams: Supervisor) -> None:
@@ -415,10 +418,12 @@ class SessionActor(Actor[SessionInbox]):
     # --- agent events ---------------------------------------------------------------------------
 
     async def _on_event(self, event: AgentEvent) -> None:
-        self._events += 1
         kind, payload = type(event).__name__, _payload(event)
-        # Stored before shown: after a crash, the store is the truth of what happened.
-        await self._store.append_event(self._id, event.seq, kind, payload)
+        # Stored before shown: after a crash, the store is the truth of what happened. A seq
+        # stored already is a repeat (a resumed stream delivering it again): it was handled.
+        if not await self._store.append_event(self._id, event.seq, kind, payload):
+            return
+        self._events += 1
         text = chat_text(kind, payload)
         if text:
             await self._flusher.send(Append(self._id, text, mark=event.seq))
@@ -457,8 +462,9 @@ class SessionActor(Actor[SessionInbox]):
             for index, option in enumerate(options)
         ]
         rows = [buttons[i : i + 3] for i in range(0, len(buttons), 3)]
-        # Text streamed before the request is flushed first (the flusher keeps the order).
-        await self._flusher.send(Flush(self._id))
+        # The stream's message ends here: what the agent says after the decision goes into a
+        # new message below the prompt, where the person who just answered is looking.
+        await self._flusher.send(EndStream(self._id))
         await self._flusher.send(
             Post(text, buttons=rows, tag=interaction.id, reply_to=self._outbox)
         )
@@ -535,9 +541,12 @@ class SessionActor(Actor[SessionInbox]):
         self._start_scope.cancel()
         if self._stream is not None and self._stream_ready:
             # Ends the turn and answers every pending permission "cancelled", so the agent never
-            # waits on a decision that will not come.
+            # waits on a decision that will not come. Waited for: stopping the stream (next,
+            # as the actor ends) would cut it off.
+            told = trio.Event()
             with trio.move_on_after(5):
-                await self._stream.send(CancelTurn())
+                await self._stream.send(CancelTurn(told))
+                await told.wait()
 
     async def _on_permission_answer(self, answer: PermissionAnswer) -> None:
         prompt = self._prompts.get(answer.interaction_id)
