@@ -32,7 +32,7 @@ def test_empty_arguments_get_the_usage() -> None:
 
 
 def test_an_agent_without_a_prompt_is_refused_with_a_clear_message() -> None:
-    with pytest.raises(BadTask, match="Please provide a prompt after the agent name."):
+    with pytest.raises(BadTask, match=r"^Please provide a prompt after the agent name\.$"):
         parse_task("codex", AGENTS, "claude-code")
 
 
