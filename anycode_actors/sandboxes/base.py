@@ -16,10 +16,16 @@ from __future__ import annotations
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Final, Protocol
 
 from anycode_actors.config import AgentProtocol
 from anycode_actors.errors import AnycodeError
+
+# What every provider marks its sandboxes with (Docker labels, ECS tags): never credentials.
+LABEL_SESSION: Final = "anycode.session"
+LABEL_DAEMON: Final = "anycode.daemon"
+LABEL_AGENT: Final = "anycode.agent"
+LABEL_CREATED_AT: Final = "anycode.created-at"
 
 
 class SandboxError(AnycodeError):

@@ -50,6 +50,10 @@ from docker.client import from_env
 from anycode_actors.config import DockerConfig
 from anycode_actors.sandboxes._redaction import redact, secret_values
 from anycode_actors.sandboxes.base import (
+    LABEL_AGENT,
+    LABEL_CREATED_AT,
+    LABEL_DAEMON,
+    LABEL_SESSION,
     AgentProcess,
     OutboxListing,
     SandboxError,
@@ -75,11 +79,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-LABEL_SESSION: Final = "anycode.session"
-LABEL_DAEMON: Final = "anycode.daemon"
-LABEL_AGENT: Final = "anycode.agent"
 LABEL_PROTOCOL: Final = "anycode.protocol"
-LABEL_CREATED_AT: Final = "anycode.created-at"
 
 #: Where sandbox-agent listens inside the container (docker/entrypoint.sh).
 AGENT_PORT: Final = 2468
@@ -244,9 +244,14 @@ class DockerProvider:
 
     async def is_alive(self, sandbox_id: str) -> bool:
         """Whether the container is running. A missing container is not alive."""
+        state = await self._inspect(sandbox_id)
+        return state is not None and bool(state.get("State", {}).get("Running"))
+
+    async def _inspect(self, sandbox_id: str) -> dict[str, Any] | None:
+        """The container's inspect data, or None if it is gone. Read-only: may be abandoned."""
         api = await self._api()
         try:
-            state = await self._run(
+            state: dict[str, Any] = await self._run(
                 api.inspect_container,
                 sandbox_id,
                 abandon=True,
@@ -254,9 +259,9 @@ class DockerProvider:
             )
         except _EngineError as exc:
             if exc.status == 404:
-                return False
+                return None
             raise
-        return bool(state.get("State", {}).get("Running"))
+        return state
 
     async def logs(self, sandbox_id: str, tail: int = 200) -> str:
         """The last `tail` lines of the container's stdout and stderr ("" when it is gone).
@@ -341,18 +346,9 @@ class DockerProvider:
 
         None if the container is gone, not running, or carries another daemon's label.
         """
-        api = await self._api()
-        try:
-            state = await self._run(
-                api.inspect_container,
-                sandbox_id,
-                abandon=True,
-                what=f"inspect sandbox {_short(sandbox_id)}",
-            )
-        except _EngineError as exc:
-            if exc.status == 404:
-                return None
-            raise
+        state = await self._inspect(sandbox_id)
+        if state is None:
+            return None
         config = state.get("Config") or {}
         labels = config.get("Labels") or {}
         if labels.get(LABEL_DAEMON) != self._daemon_id:
@@ -362,7 +358,7 @@ class DockerProvider:
         container_id = str(state["Id"])
         name = str(state.get("Name", "")).lstrip("/") or _short(container_id)
         env = _env_dict(config.get("Env"))
-        image_env = await self._image_env(api, state.get("Image"))
+        image_env = await self._image_env(await self._api(), state.get("Image"))
         token = ""
         endpoint = None
         if labels.get(LABEL_PROTOCOL) == "sandbox-agent":

@@ -55,6 +55,10 @@ from anycode_actors.config import EcsConfig
 from anycode_actors.sandboxes._redaction import redact, secret_values
 from anycode_actors.sandboxes.agent_fs import read_files_via_sandbox_agent
 from anycode_actors.sandboxes.base import (
+    LABEL_AGENT,
+    LABEL_CREATED_AT,
+    LABEL_DAEMON,
+    LABEL_SESSION,
     AgentProcess,
     OutboxListing,
     SandboxError,
@@ -91,11 +95,11 @@ STOP_REASON: Final = "anycode cleanup"
 # ECS allows startedBy up to 36 letters, digits, "-", "/" and "_".
 STARTED_BY_PREFIX: Final = "anycode-"
 STARTED_BY_MAX_LENGTH: Final = 36
-TAG_SESSION: Final = "anycode.session"
-TAG_DAEMON: Final = "anycode.daemon"
-TAG_AGENT: Final = "anycode.agent"
-# When the daemon asked for the task; `list` prefers ECS's own createdAt.
-TAG_CREATED_AT: Final = "anycode.created-at"
+# Tags carry the same names as Docker labels; `list` prefers ECS's own createdAt to TAG_CREATED_AT.
+TAG_SESSION: Final = LABEL_SESSION
+TAG_DAEMON: Final = LABEL_DAEMON
+TAG_AGENT: Final = LABEL_AGENT
+TAG_CREATED_AT: Final = LABEL_CREATED_AT
 # GetLogEvents returns at most 10,000 events per call.
 MAX_LOG_EVENTS: Final = 10_000
 # DescribeTasks takes at most 100 tasks per call.
