@@ -441,6 +441,11 @@ class FakeAgent:
         self._ended = True
         self._send.close()
 
+    def vanish(self) -> None:
+        """The event stream just stops, without a SessionEnded."""
+        self._ended = True
+        self._send.close()
+
     async def wait_until(self, condition: Callable[[], bool], within: float = 600) -> None:
         with trio.fail_after(within):
             while not condition():

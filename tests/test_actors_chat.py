@@ -151,7 +151,9 @@ async def start_chat(
     return rig
 
 
-async def session_in_store(store: Store, chat: ChatRef = CHAT, user: User = ADA, **kw: Any) -> Session:
+async def session_in_store(
+    store: Store, chat: ChatRef = CHAT, user: User = ADA, **kw: Any
+) -> Session:
     return await store.create_session(
         platform=chat.platform,
         chat=chat.chat_id,
@@ -226,7 +228,11 @@ async def test_task_records_a_pending_session_announces_it_and_starts_its_actor(
     replies = await rig.replies()
     [started] = rig.started
     session = started.session
-    assert (session.agent, session.prompt, session.user) == ("codex", "fix the login bug in acme/web", ADA.id)
+    assert (session.agent, session.prompt, session.user) == (
+        "codex",
+        "fix the login bug in acme/web",
+        ADA.id,
+    )
     assert session.repo == "https://github.com/acme/web"
     assert session.status == SessionStatus.PENDING
     assert started.recovered is None
@@ -273,9 +279,7 @@ async def test_task_beyond_max_concurrent_is_refused_and_creates_nothing(
     await session_in_store(store)
     await session_in_store(store, chat=OTHER_CHAT)  # another chat's sessions do not count
     await rig.command("/task one more")
-    assert await rig.replies() == [
-        "Too many active sessions (2). Cancel one first with /cancel."
-    ]
+    assert await rig.replies() == ["Too many active sessions (2). Cancel one first with /cancel."]
     assert rig.started == []
     assert await store.count_active(CHAT.platform, CHAT.chat_id) == 2
 

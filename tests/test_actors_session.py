@@ -30,6 +30,7 @@ from anycode_actors.store import (
     SessionStatus,
     Store,
 )
+from supervisors import Registry, Restart, Supervisor
 from tests.actor_fakes import (
     ADA,
     CHAT,
@@ -83,17 +84,6 @@ class SessionRig:
         stored = await self.store.get_session(self.sid)
         assert stored is not None
         return stored.status, stored.reason
-
-    async def wait_for_status(self, status: SessionStatus, within: float = 600) -> None:
-        with trio.fail_after(within):
-            while (await self.status())[0] != status:
-                await trio.sleep(0.01)
-
-    def prompt_message(self) -> str:
-        """The id of the message that shows a permission prompt."""
-        found = self.client.message_with("Permission requested")
-        assert found is not None
-        return found
 
 
 @pytest.fixture
@@ -150,7 +140,12 @@ async def start_session(
         recovered=recovered,
         watchdog=watchdog_send,
     )
-    await nursery.start(rig.actor.run)
+    # Under a supervisor, as in the daemon: the actor supervises its stream actor.
+    sessions = Supervisor(name="sessions", registry=Registry())
+    await nursery.start(sessions.run)
+    await sessions.start_child(
+        rig.actor.spec(f"session:{session.id[:8]}", restart=Restart.TEMPORARY, shutdown=90)
+    )
     return rig
 
 
@@ -197,7 +192,16 @@ async def test_every_agent_event_is_stored_with_its_seq(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     tool = ToolCall(tool_call_id="t1", phase="started", title="Read login.py")
-    agent = FakeAgent([[TextDelta(text="Reading. "), tool, TextDelta(text="Done."), TurnEnded(stop_reason="end_turn")]])
+    agent = FakeAgent(
+        [
+            [
+                TextDelta(text="Reading. "),
+                tool,
+                TextDelta(text="Done."),
+                TurnEnded(stop_reason="end_turn"),
+            ]
+        ]
+    )
     rig = await start_session(nursery, store, monkeypatch, agent)
     await rig.closed()
     events = await store.events(rig.sid)
@@ -220,17 +224,23 @@ async def test_the_output_streams_into_the_chat_and_the_final_notice_follows_it(
     store: Store,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    tool = ToolCall(tool_call_id="t1", phase="started", title="Run pytest")
-    agent = FakeAgent([[TextDelta(text="Hello "), TextDelta(text="there."), tool, *said("All green.")]])
+    agent = FakeAgent([[TextDelta(text="Hello "), TextDelta(text="there.")]])
     rig = await start_session(nursery, store, monkeypatch, agent)
+    output = await rig.client.wait_for_text("Hello there.")
+    tool = ToolCall(tool_call_id="t1", phase="started", title="Run pytest")
+    agent.emit(tool, *said("All green."))
     await rig.closed()
-    texts = rig.client.texts()
-    assert texts == [
+    assert rig.client.texts() == [
         "Hello there.\n▸ Run pytest\nAll green.",
         f"Session `{rig.short}` completed.",
     ]
-    # Streamed: the first text went out alone, then the message was edited as more came.
-    assert [c.kind for c in rig.client.calls][:1] == ["send"]
+    # One message for the output, sent once and then edited as more came; the notice after it.
+    calls = [(c.kind, c.message_id, c.text) for c in rig.client.calls]
+    assert calls == [
+        ("send", output, "Hello there."),
+        ("edit", output, "Hello there.\n▸ Run pytest\nAll green."),
+        ("send", rig.client.message_with("completed."), f"Session `{rig.short}` completed."),
+    ]
 
 
 async def test_a_follow_up_while_a_turn_runs_is_queued_and_sent_when_the_turn_ends(
@@ -516,6 +526,42 @@ async def test_a_lost_agent_stream_with_a_live_sandbox_fails_with_the_reason(
     assert rig.provider.alive == []
 
 
+async def test_a_lost_agent_stream_while_the_engine_cannot_say_fails_with_the_reason(
+    autojump_clock: trio.abc.Clock,
+    nursery: trio.Nursery,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    agent = FakeAgent([[TextDelta(text="Working...")]])
+    rig = await start_session(nursery, store, monkeypatch, agent)
+    await rig.client.wait_for_text("Working...")
+    rig.provider.is_alive_error = SandboxError("Docker engine not reachable")
+    agent.end("connection_lost", "the event stream broke off")
+    assert await rig.closed() == SessionClosed(rig.sid, "failed")
+    assert await rig.status() == (
+        SessionStatus.FAILED,
+        "lost the connection to the agent: the event stream broke off",
+    )
+
+
+async def test_an_agent_stream_that_stops_without_a_word_fails_with_a_readable_reason(
+    autojump_clock: trio.abc.Clock,
+    nursery: trio.Nursery,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    agent = FakeAgent([[TextDelta(text="Working...")]])
+    rig = await start_session(nursery, store, monkeypatch, agent)
+    await rig.client.wait_for_text("Working...")
+    agent.vanish()
+    assert await rig.closed() == SessionClosed(rig.sid, "failed")
+    status, reason = await rig.status()
+    assert status == SessionStatus.FAILED
+    assert reason is not None and reason.startswith("lost the connection to the agent: ")
+    assert "None" not in reason
+    assert rig.provider.alive == []
+
+
 async def test_a_timeout_from_the_watchdog_fails_the_session_and_says_why(
     autojump_clock: trio.abc.Clock,
     nursery: trio.Nursery,
@@ -598,7 +644,8 @@ async def test_files_in_the_outbox_are_uploaded_once_and_too_big_ones_are_named(
     await agent.wait_until(lambda: len(agent.delivered) == 2)
     await rig.client.wait_until(lambda: rig.client.uploads)
     await rig.send(FollowUp("anything else?", ADA))
-    await agent.wait_for_prompts(2)
+    await rig.client.wait_for_text("Nothing new.")
+    await trio.sleep(1)
     await rig.send(Cancel("by @ada"))
     await rig.closed()
     assert provider.reads == 2  # the outbox was read after each turn
@@ -647,6 +694,7 @@ async def test_a_recovered_session_adopts_its_message_and_streams_new_output_int
         client=client,
     )
     await client.wait_until(lambda: client.text_of("900") == "Hello world")
+    await agent.wait_until(lambda: bool(agent.connects))
     assert agent.connects == [resume]
     assert provider.specs == []  # no new sandbox
     agent.emit(TextDelta(text=", again."), TurnEnded(stop_reason="end_turn"))

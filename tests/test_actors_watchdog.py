@@ -24,13 +24,13 @@ async def start_watchdog(nursery: trio.Nursery, provider: FakeProvider) -> Watch
 
 
 async def watch(
-    watchdog: Watchdog, session_id: str, *, timeout: float = 600.0, size: int = 16
+    watchdog: Watchdog, session_id: str, *, deadline_in: float = 600.0, size: int = 16
 ) -> trio.MemoryReceiveChannel[SessionMessage]:
-    """Register a session whose deadline is `timeout` seconds from now; return its inbox."""
+    """Register a session whose deadline is `deadline_in` seconds from now; return its inbox."""
     send, receive = trio.open_memory_channel[SessionMessage](size)
-    minutes = timeout / 60
+    minutes = deadline_in / 60
     await watchdog.send(
-        Watch(session_id, trio.current_time() + timeout, f"{minutes:g} min", send)
+        Watch(session_id, trio.current_time() + deadline_in, f"{minutes:g} min", send)
     )
     return receive
 
@@ -48,7 +48,7 @@ async def test_a_session_past_its_deadline_is_cancelled_as_failed_once(
     autojump_clock: trio.abc.Clock, nursery: trio.Nursery
 ) -> None:
     watchdog = await start_watchdog(nursery, FakeProvider())
-    inbox = await watch(watchdog, "s-late", timeout=90)
+    inbox = await watch(watchdog, "s-late", deadline_in=90)
     await trio.sleep(80)
     assert received(inbox) == []
     await trio.sleep(20)  # the first check after the deadline (at 90 s) is at 120 s
@@ -62,7 +62,7 @@ async def test_a_session_within_its_deadline_is_left_alone(
 ) -> None:
     provider = FakeProvider()
     watchdog = await start_watchdog(nursery, provider)
-    inbox = await watch(watchdog, "s-ok", timeout=3600)
+    inbox = await watch(watchdog, "s-ok", deadline_in=3600)
     handle = provider.add("s-ok")
     await watchdog.send(SandboxOf("s-ok", handle.id))
     await trio.sleep(3000)
@@ -126,7 +126,7 @@ async def test_an_old_sandbox_of_a_watched_session_is_left_alone(
     provider = FakeProvider()
     owned = provider.add("s-long", created_at=iso_ago(OLD))
     watchdog = await start_watchdog(nursery, provider)
-    await watch(watchdog, "s-long", timeout=7200)
+    await watch(watchdog, "s-long", deadline_in=7200)
     await watchdog.send(SandboxOf("s-long", owned.id))
     await trio.sleep(10 * INTERVAL)
     assert provider.destroyed == []
@@ -154,7 +154,7 @@ async def test_a_slow_engine_never_fails_healthy_sessions(
 ) -> None:
     provider = FakeProvider()
     watchdog = await start_watchdog(nursery, provider)
-    inbox = await watch(watchdog, "s-1", timeout=7200)
+    inbox = await watch(watchdog, "s-1", deadline_in=7200)
     handle = provider.add("s-1")
     await watchdog.send(SandboxOf("s-1", handle.id))
     provider.is_alive_delay = 3600.0  # the engine hangs on every inspection
@@ -169,7 +169,7 @@ async def test_a_failing_engine_never_fails_healthy_sessions_and_the_watchdog_go
 ) -> None:
     provider = FakeProvider()
     watchdog = await start_watchdog(nursery, provider)
-    healthy = await watch(watchdog, "s-1", timeout=7200)
+    healthy = await watch(watchdog, "s-1", deadline_in=7200)
     handle = provider.add("s-1")
     await watchdog.send(SandboxOf("s-1", handle.id))
     provider.is_alive_error = SandboxError("Docker engine not reachable")
@@ -177,7 +177,7 @@ async def test_a_failing_engine_never_fails_healthy_sessions_and_the_watchdog_go
     await trio.sleep(5 * INTERVAL)
     assert received(healthy) == []
     # Still watching: a timeout is noticed although the engine keeps failing.
-    late = await watch(watchdog, "s-2", timeout=30)
+    late = await watch(watchdog, "s-2", deadline_in=30)
     await trio.sleep(2 * INTERVAL)
     assert received(late) == [Cancel("timed out after 0.5 min", status="failed")]
     assert received(healthy) == []
@@ -205,7 +205,7 @@ async def test_a_timeout_for_a_session_too_busy_to_take_it_is_told_again(
 ) -> None:
     watchdog = await start_watchdog(nursery, FakeProvider())
     # An inbox with no room: the session reads it only after a long while.
-    inbox = await watch(watchdog, "s-busy", timeout=30, size=0)
+    inbox = await watch(watchdog, "s-busy", deadline_in=30, size=0)
     await trio.sleep(5 * INTERVAL)
     with trio.fail_after(3 * INTERVAL):
         message = await inbox.receive()
@@ -216,7 +216,7 @@ async def test_an_unwatched_session_is_told_nothing_more(
     autojump_clock: trio.abc.Clock, nursery: trio.Nursery
 ) -> None:
     watchdog = await start_watchdog(nursery, FakeProvider())
-    inbox = await watch(watchdog, "s-done", timeout=40)
+    inbox = await watch(watchdog, "s-done", deadline_in=40)
     await trio.sleep(1)
     await watchdog.send(Unwatch("s-done"))
     await trio.sleep(5 * INTERVAL)

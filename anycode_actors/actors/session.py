@@ -515,14 +515,20 @@ class SessionActor(Actor[SessionInbox]):
         self._nursery.start_soon(expire)
 
     async def _on_stream_lost(self, error: str | None) -> None:
-        alive = False
+        # Not knowing is not dead: an engine that is slow or failing to answer leaves the
+        # reason at what is known, the lost connection.
+        alive = True
         if self._handle is not None:
             with trio.move_on_after(10):
-                alive = await self._provider.is_alive(self._handle.id)
-        if not alive and self._handle is not None:
+                try:
+                    alive = await self._provider.is_alive(self._handle.id)
+                except AnycodeError as exc:
+                    log.warning("session %s: %s", short_id(self._id), exc)
+        if not alive:
             self._finish(SessionStatus.FAILED, "the sandbox stopped unexpectedly")
         else:
-            self._finish(SessionStatus.FAILED, f"lost the connection to the agent: {error}")
+            why = error or "its event stream ended"
+            self._finish(SessionStatus.FAILED, f"lost the connection to the agent: {why}")
 
     # --- the user -------------------------------------------------------------------------------
 

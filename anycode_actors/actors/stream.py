@@ -75,7 +75,9 @@ class Respond:
 
 @dataclass(frozen=True)
 class CancelTurn:
-    pass
+    # Set once the agent has been told (or telling it failed): the session actor waits for it
+    # before it stops the stream, which would otherwise cut the cancel off.
+    done: trio.Event | None = None
 
 
 StreamCommand = Prompt | Respond | CancelTurn
@@ -208,6 +210,9 @@ class StreamActor:
                 except AgentError as exc:
                     # A stale permission answer or a prompt racing a turn end: report, go on.
                     log.warning("session %s: %s", self._session_id[:8], exc)
+                finally:
+                    if isinstance(command, CancelTurn) and command.done is not None:
+                        command.done.set()
                 if context is not None:
                     context.update(turn_running=session.turn_running)
 
