@@ -621,3 +621,20 @@ async def test_a_reattached_session_is_started_again_and_takes_follow_ups(
     assert await rig.replies() == [
         f"The daemon restarted; session `{session.id[:8]}` continues where it was."
     ]
+
+
+async def test_a_session_that_cannot_be_started_is_failed_and_the_user_told(
+    autojump_clock: trio.abc.Clock, nursery: trio.Nursery, store: Store
+) -> None:
+    from supervisors import SupervisorNotRunning
+
+    rig = await start_chat(nursery, store)
+
+    async def refuse(session: Session, recovered: Recovered | None) -> SessionHandle:
+        raise SupervisorNotRunning("the sessions supervisor is not running")
+
+    rig.start_session = refuse  # type: ignore[method-assign]
+    await rig.command("/task fix the build")
+    replies = await rig.replies()
+    assert replies[-1].endswith("could not start: the daemon is stopping. Try again in a moment.")
+    assert await store.active_sessions() == []  # nothing pending to count against the limit

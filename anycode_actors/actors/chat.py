@@ -35,7 +35,7 @@ from anycode_actors.store import (
     SessionStatus,
     Store,
 )
-from supervisors import Actor, current_child
+from supervisors import Actor, SupervisorError, current_child
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,20 @@ class ChatActor(Actor[ChatInbox]):
         if request.repo:
             lines.append(f"Repository: {request.repo}")
         await self._say("\n".join(lines))
-        handle = await self._start_session(session, None)
+        try:
+            handle = await self._start_session(session, None)
+        except SupervisorError as exc:
+            # The daemon is stopping (or its sessions supervisor gave up): the record must not
+            # stay pending and count against the chat's limit.
+            log.warning("session %s could not start: %s", short_id(session.id), exc)
+            await self._store.transition(
+                session.id, SessionStatus.FAILED, reason="the daemon could not start it"
+            )
+            await self._say(
+                f"Session `{short_id(session.id)}` could not start: the daemon is stopping. "
+                "Try again in a moment."
+            )
+            return
         self._sessions[session.id] = handle
 
     async def _reattach(self, reattach: Reattach) -> None:

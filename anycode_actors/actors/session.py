@@ -202,11 +202,13 @@ class SessionActor(Actor[SessionInbox]):
                     self._report()
                 nursery.cancel_scope.cancel()
         finally:
+            # Closed before cleanup (which can take a while): whoever writes to this session now
+            # learns at once that it has ended, instead of talking to an inbox nobody reads.
+            self._inbox.close()
             with trio.CancelScope(shield=True):
                 # Unwatched first: the sandbox is about to go, which is no failure to report.
                 await self._tell_watchdog(Unwatch(self._id))
                 await self._clean_up()
-            self._inbox.close()
 
     def _watch(self) -> Watch:
         timeout = float(self._config.session.timeout_minutes) * 60
@@ -341,6 +343,10 @@ class SessionActor(Actor[SessionInbox]):
             )
             self._prompts[interaction.id] = prompt
             self._by_key[request.key] = interaction.id
+        # A request stored just before the crash, before its prompt was made: make it now.
+        for request in self._recovered.resume.permissions:  # type: ignore[union-attr]
+            if request.key not in self._by_key:
+                await self._on_permission(request)
 
     async def _create_sandbox(self) -> None:
         if not await self._store.transition(
