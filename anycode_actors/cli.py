@@ -262,7 +262,6 @@ def _demo(args: argparse.Namespace, io: CommandIO) -> int:
 
     from anycode_actors.demo import run_demo
 
-    configure_logging(args.log_level)
     options = {"image": args.image} if args.image else {}
     return run_demo(
         io.out,
@@ -270,6 +269,7 @@ def _demo(args: argparse.Namespace, io: CommandIO) -> int:
         files_dir=Path(args.files),
         environ=io.environ,
         show_tree=not args.no_tree,
+        log_level=args.log_level,
         **options,
     )
 

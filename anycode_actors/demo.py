@@ -24,7 +24,8 @@ import logging
 import signal
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
 
@@ -47,6 +48,7 @@ from anycode_actors.config import (
     SessionConfig,
 )
 from anycode_actors.console import TreeView
+from anycode_actors.daemon import Daemon
 from supervisors import ChildEntry
 
 __all__ = [
@@ -58,8 +60,6 @@ __all__ = [
     "real_refusal",
     "run_demo",
 ]
-
-log = logging.getLogger(__name__)
 
 DEMO_AGENT: Final = "demo"
 REAL_AGENT: Final = "claude-code"
@@ -156,6 +156,7 @@ def run_demo(
     environ: Mapping[str, str],
     image: str = DockerConfig().image,
     show_tree: bool = True,
+    log_level: str = "WARNING",
 ) -> int:
     """Run the demo in this terminal until /quit, end of input, SIGINT or SIGTERM; 0 when it
     stopped cleanly, 1 when `--real` cannot run here (the reason printed first)."""
@@ -170,17 +171,22 @@ def run_demo(
             config = real_config(folder, environ["ANTHROPIC_API_KEY"], image)
         else:
             config = demo_config(folder)
+        logging.getLogger().setLevel(log_level)
         return trio.run(_demo, config, console, files_dir, show_tree)
 
 
 async def _demo(config: Config, console: Console, files_dir: Path, show_tree: bool) -> int:
-    from anycode_actors.daemon import Daemon
-
     async def tree(_: str) -> None:
         chat.show(TreeView(daemon.admin.snapshot()))
 
     chat = ConsoleChat(console, files_dir=files_dir, local_commands={"tree": tree})
     daemon = Daemon(config, clients=[chat])
+    with _logs_into(chat):
+        return await _run(daemon, chat, show_tree)
+
+
+async def _run(daemon: Daemon, chat: ConsoleChat, show_tree: bool) -> int:
+    config = daemon.config
     agent = config.agents.default_agent
     where = "the real Docker sandbox" if config.sandbox.provider == "docker" else "a local folder"
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -202,6 +208,39 @@ async def _demo(config: Config, console: Console, files_dir: Path, show_tree: bo
             nursery.cancel_scope.cancel()
     chat.show(Text("Bye.", style="bold"))
     return 0
+
+
+@contextmanager
+def _logs_into(chat: ConsoleChat) -> Iterator[None]:
+    """Log records (warnings and worse, unless --log-level says otherwise) appear in the chat,
+    between the messages, instead of tearing through them on stderr."""
+    handler = _ChatLogHandler(chat, trio.lowlevel.current_trio_token())
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+
+
+class _ChatLogHandler(logging.Handler):
+    def __init__(self, chat: ConsoleChat, token: trio.lowlevel.TrioToken) -> None:
+        super().__init__()
+        self._chat = chat
+        self._token = token
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = Text(f"! {self.format(record)}", style="red" if record.levelno >= 40 else "yellow")
+        try:
+            trio.lowlevel.current_task()
+        except RuntimeError:  # a worker thread: print from the Trio thread, in order
+            try:
+                self._token.run_sync_soon(self._chat.show, line)
+            except trio.RunFinishedError:
+                print(line.plain, file=sys.stderr)
+        else:
+            self._chat.show(line)
 
 
 async def _wait_for_signal(signals: AsyncIterator[int], chat: ConsoleChat) -> None:

@@ -1,21 +1,23 @@
 """`anycode demo`: the scripted ACP agent, the terminal chat, and the whole demo under a pty.
 
 The agent is driven by the daemon's real ACP client over a real subprocess; the terminal chat
-reads a real pipe; the end-to-end test types into the real program through a pseudo-terminal.
+reads a real pipe; the end-to-end tests type into the real program in a terminal (tmux).
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import os
 import re
+import shutil
+import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 
-import pexpect  # type: ignore[import-untyped]
 import pytest
 import trio
 from rich.console import Console
@@ -34,9 +36,9 @@ from anycode_actors.chat.base import Button, ButtonPress, ChatEvent, Command, Me
 from anycode_actors.chat.console import CONSOLE_CHAT, CONSOLE_USER, ConsoleChat
 from anycode_actors.cli import main
 from anycode_actors.config import Config, ConfigError
-from anycode_actors.demo import demo_config, real_config
+from anycode_actors.demo import _logs_into, demo_config, real_config
 from anycode_actors.demo_agent import AGENT_NAME, workspace_of
-from tests.docker_support import docker_client
+from tests.docker_support import docker_client, require_or_skip
 
 AGENT_ARGV = [sys.executable, "-m", "anycode_actors.demo_agent", "--delay", "0.005"]
 EVENT_TIMEOUT = 20.0
@@ -384,6 +386,21 @@ async def test_uploads_are_saved_without_overwriting_and_listed(tmp_path: Path) 
     assert "│ # two" in shown
 
 
+async def test_log_records_appear_in_the_chat_from_any_thread() -> None:
+    console, output = plain_console()
+    chat = ConsoleChat(console)
+    logger = logging.getLogger("anycode_actors.test_demo")
+    with _logs_into(chat):
+        logger.warning("from the trio thread")
+        await trio.to_thread.run_sync(logger.error, "from a worker thread")
+        await trio.sleep(0.05)  # the worker's record is printed by the Trio thread, soon
+    logger.warning("after the demo")
+    assert output.getvalue().splitlines() == [
+        "! WARNING anycode_actors.test_demo: from the trio thread",
+        "! ERROR anycode_actors.test_demo: from a worker thread",
+    ]
+
+
 # --- the configurations -----------------------------------------------------------------------
 
 
@@ -440,72 +457,169 @@ def test_real_without_the_sandbox_image_refuses(capsys: pytest.CaptureFixture[st
     assert f"needs the sandbox image {image}" in capsys.readouterr().out
 
 
-# --- the whole demo in a pseudo-terminal ----------------------------------------------------------
+# --- the whole demo in a terminal ---------------------------------------------------------------
+#
+# tmux is the terminal: the demo runs in a real pty, keys are typed into it, and what is asserted
+# is the screen as a terminal draws it (the console moves the cursor to continue a streamed
+# message, so the raw output bytes are not what a user reads).
 
-ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r")
 STEP_TIMEOUT = 30.0
 
 
-class Screen:
-    """What a program in a pty printed, without colours, searched from where the last match
-    ended."""
+class Terminal:
+    """A program in a detached tmux session of its own (a private tmux server)."""
 
-    def __init__(self, child: pexpect.spawn) -> None:
-        self.child = child
-        self.text = ""
+    def __init__(self, folder: Path) -> None:
+        if shutil.which("tmux") is None:
+            require_or_skip("tmux is not installed; the end-to-end demo test types into it")
+        self.socket = folder / "tmux.sock"
         self.mark = 0
+        self.screen = ""
+
+    def tmux(self, *args: str) -> str:
+        # The terminal's own size must count, not sizes the test run inherited.
+        env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "NO_COLOR")}
+        done = subprocess.run(
+            ["tmux", "-f", os.devnull, "-S", str(self.socket), *args],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            env=env,
+        )
+        return done.stdout
+
+    def start(self, cwd: Path, *argv: str, width: int = 120) -> None:
+        # A small shell runs the demo and writes its exit status to a file: tmux itself may
+        # take a long while to reap a process whose terminal has already closed. The shell
+        # survives Ctrl+C (its trap is a handler, which the demo does not inherit).
+        self.status_file = cwd / "exit-status"
+        script = 'trap : INT TERM; "$@"; echo $? > "$0"'
+        self.tmux(
+            *("new-session", "-d", "-x", str(width), "-y", "50", "-s", "demo", "-c", str(cwd)),
+            *("sh", "-c", script, str(self.status_file), *argv),
+            *(";", "set-option", "-w", "-t", "demo", "remain-on-exit", "on"),
+        )
+
+    def type(self, line: str) -> None:
+        self.tmux("send-keys", "-t", "demo", "-l", line)
+        self.tmux("send-keys", "-t", "demo", "Enter")
+
+    def press(self, key: str) -> None:
+        self.tmux("send-keys", "-t", "demo", key)
+
+    def read(self) -> str:
+        """Everything on the screen and in its scrollback, wrapped lines joined."""
+        self.screen = self.tmux("capture-pane", "-p", "-J", "-S", "-", "-E", "-", "-t", "demo")
+        return self.screen
 
     def expect(self, pattern: str, timeout: float = STEP_TIMEOUT) -> re.Match[str]:
+        """Wait for `pattern` after the end of the previous match."""
         compiled = re.compile(pattern)
         deadline = time.monotonic() + timeout
         while True:
-            found = compiled.search(self.text, self.mark)
+            found = compiled.search(self.read(), self.mark)
             if found is not None:
                 self.mark = found.end()
                 return found
-            left = deadline - time.monotonic()
-            if left <= 0:
+            if time.monotonic() > deadline:
                 raise AssertionError(
                     f"{pattern!r} did not appear within {timeout:g} s; the screen after the last "
-                    f"match:\n{self.text[self.mark :]}"
+                    f"match:\n{self.screen[self.mark :]}"
                 )
-            try:
-                self.text += ANSI.sub("", self.child.read_nonblocking(4096, timeout=min(left, 0.5)))
-            except pexpect.TIMEOUT:
-                pass
-            except pexpect.EOF:
-                raise AssertionError(
-                    f"the demo exited before {pattern!r} appeared:\n{self.text[self.mark :]}"
-                ) from None
+            time.sleep(0.1)
+
+    def pid(self) -> int:
+        """The demo's process id (a child of the shell in the pane)."""
+        shell = int(self.tmux("display", "-p", "-t", "demo", "#{pane_pid}"))
+        (pid,) = children(shell, b"anycode_actors")
+        return pid
 
     def exit_status(self, timeout: float) -> int | None:
+        """The demo's exit status; None if it still runs after `timeout` seconds."""
         deadline = time.monotonic() + timeout
-        while self.child.isalive() and time.monotonic() < deadline:
-            with suppress(pexpect.TIMEOUT, pexpect.EOF):
-                self.text += ANSI.sub("", self.child.read_nonblocking(4096, timeout=0.2))
-        if self.child.isalive():
-            return None
-        self.child.close()
-        status: int | None = self.child.exitstatus
-        return status
+        while not self.status_file.exists():
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.1)
+        time.sleep(0.1)  # the shell may not have finished writing
+        return int(self.status_file.read_text())
+
+    def close(self) -> None:
+        with suppress(subprocess.SubprocessError, OSError):
+            self.tmux("kill-server")
 
 
-def agent_processes(parent: int) -> dict[int, str]:
-    """The demo agents `parent` started: pid → their working folder (the sandbox's workspace)."""
+@pytest.fixture
+def terminal(tmp_path: Path) -> Iterator[Terminal]:
+    terminal = Terminal(tmp_path)
+    terminal.start(tmp_path, sys.executable, "-m", "anycode_actors", "demo")
+    yield terminal
+    terminal.close()
+
+
+STREAM_SCRIPT = """
+import sys, trio
+from rich.console import Console
+from anycode_actors.chat.console import CONSOLE_CHAT, ConsoleChat
+
+async def main(pieces):
+    chat = ConsoleChat(Console(highlight=False))
+    text, message = "", None
+    for piece in pieces:
+        text += piece
+        if message is None:
+            message = await chat.send(CONSOLE_CHAT, text)
+        else:
+            await chat.edit(CONSOLE_CHAT, message, text)
+    chat.show("END")
+
+trio.run(main, sys.argv[1:])
+"""
+
+
+def test_a_streamed_message_reads_as_written_on_a_terminal_even_at_the_edge(
+    tmp_path: Path,
+) -> None:
+    # 40 columns; "bot › " takes 6. The second piece ends exactly at the right edge, the fourth
+    # exactly at the edge of the next row: the text after each must wrap as if printed at once.
+    pieces = ["aaaa", "b" * 30, " and more", "c" * 31, " tail", "\nsecond line", " end"]
+    terminal = Terminal(tmp_path)
+    try:
+        terminal.start(tmp_path, sys.executable, "-c", STREAM_SCRIPT, *pieces, width=40)
+        screen = terminal.expect(r"END").string
+        assert terminal.exit_status(timeout=10) == 0
+    finally:
+        terminal.close()
+    lines = screen[: screen.index("END")].splitlines()
+    assert lines == [
+        "bot › aaaa" + "b" * 30 + " and more" + "c" * 31 + " tail",
+        "      second line end",
+    ]
+
+
+def children(parent: int, marker: bytes) -> dict[int, str]:
+    """The processes `parent` started whose command line mentions `marker`: pid → their
+    working folder."""
     found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            cmdline = (entry / "cmdline").read_bytes()
             cwd = os.readlink(entry / "cwd")
         except OSError:
             continue
         ppid = int(stat.rpartition(")")[2].split()[1])
-        if ppid == parent and b"anycode_actors.demo_agent" in cmdline:
+        if ppid == parent and marker in cmdline:
             found[int(entry.name)] = cwd
     return found
+
+
+def agent_processes(demo: int) -> dict[int, str]:
+    """The demo agents the demo started: pid → their working folder (the sandbox's workspace)."""
+    return children(demo, b"anycode_actors.demo_agent")
 
 
 def gone(pid: int) -> bool:
@@ -516,67 +630,52 @@ def gone(pid: int) -> bool:
     return state == "Z"  # a zombie holds nothing; its parent was the demo, which has exited
 
 
-@pytest.fixture
-def demo(tmp_path: Path) -> pexpect.spawn:
-    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "120", "LINES": "40"}
-    env.pop("NO_COLOR", None)
-    child = pexpect.spawn(
-        sys.executable,
-        ["-m", "anycode_actors", "demo"],
-        cwd=str(tmp_path),
-        env=env,
-        encoding="utf-8",
-        dimensions=(40, 120),
-    )
-    yield child
-    if child.isalive():
-        child.terminate(force=True)
-
-
 def test_the_demo_streams_asks_writes_a_file_and_quits_cleanly(
-    demo: pexpect.spawn, tmp_path: Path
+    terminal: Terminal, tmp_path: Path
 ) -> None:
-    screen = Screen(demo)
-    screen.expect(r"/quit to leave")
-    demo.sendline("/task hello")
-    screen.expect(r"Starting demo session `[0-9a-f]{8}`")
-    screen.expect(r"Hello! I am the anycode demo agent")
-    screen.expect(r"You asked: “hello”")
-    screen.expect(r"\[1\] Allow +\[2\] Allow for this session +\[3\] Deny")
-    agents = agent_processes(demo.pid)
+    terminal.expect(r"/quit to leave")
+    terminal.type("/task hello")
+    terminal.expect(r"Starting demo session `[0-9a-f]{8}`")
+    # The streamed answer reads as one message, however many edits it took.
+    terminal.expect(
+        r"bot › Hello! I am the anycode demo agent, a tiny ACP agent that runs without a "
+        r"model\. You asked: “hello”\. I stream this answer a few words at a time"
+    )
+    terminal.expect(r"\[1\] Allow +\[2\] Allow for this session +\[3\] Deny")
+    agents = agent_processes(terminal.pid())
     assert len(agents) == 1, "one session, one agent process"
     (workspace,) = agents.values()
-    demo.sendline("1")
-    screen.expect(r"✅ Allow \(by you\)")
-    screen.expect(r"outbox/hello\.md is written")
-    screen.expect(r"📎 hello\.md \(\d+ bytes\) → anycode-demo-files/hello\.md")
+    terminal.type("1")
+    terminal.expect(r"✅ Allow \(by you\)")
+    terminal.expect(r"outbox/hello\.md is written")
+    terminal.expect(r"📎 hello\.md \(\d+ bytes\) → anycode-demo-files/hello\.md")
     assert "You asked: hello" in (tmp_path / "anycode-demo-files" / "hello.md").read_text()
-    demo.sendline("/status")
+    terminal.type("/status")
     # The session idles for a follow-up, or has just completed: either is right.
-    screen.expect(r"Active sessions:\s+- `[0-9a-f]{8}` \| demo \| running|No active sessions\.")
-    demo.sendline("/tree")
-    screen.expect(r"chat:console:local +supervisor +running")
-    stream = screen.expect(r"stream:[0-9a-f]{8} [^\n]*\n([^\n]*)\n")
+    terminal.expect(r"Active sessions:\s+- `[0-9a-f]{8}` \| demo \| running|No active sessions\.")
+    terminal.type("/tree")
+    terminal.expect(r"chat:console:local +supervisor +running")
+    stream = terminal.expect(r"stream:[0-9a-f]{8} [^\n]*\n([^\n]*)\n")
     assert "turn_running" not in stream.group(1), "the turn has ended; the tree says so"
-    demo.sendline("/quit")
-    screen.expect(r"Bye\.", timeout=15)
-    assert screen.exit_status(timeout=10) == 0
+    terminal.type("/quit")
+    terminal.expect(r"Bye\.", timeout=15)
+    assert terminal.exit_status(timeout=10) == 0
     assert all(gone(pid) for pid in agents), "the agent processes are stopped"
     assert not Path(workspace).exists(), "the sandbox folder is removed"
+    assert "Traceback" not in terminal.read()
 
 
 def test_ctrl_c_during_a_permission_prompt_cancels_the_session_and_exits(
-    demo: pexpect.spawn,
+    terminal: Terminal,
 ) -> None:
-    screen = Screen(demo)
-    screen.expect(r"/quit to leave")
-    demo.sendline("/task hello")
-    screen.expect(r"\[1\] Allow +\[2\] Allow for this session +\[3\] Deny")
-    agents = agent_processes(demo.pid)
+    terminal.expect(r"/quit to leave")
+    terminal.type("/task hello")
+    terminal.expect(r"\[1\] Allow +\[2\] Allow for this session +\[3\] Deny")
+    agents = agent_processes(terminal.pid())
     assert agents
-    demo.sendintr()
-    screen.expect(r"Session `[0-9a-f]{8}` cancelled \(the daemon is shutting down\)\.", timeout=15)
-    screen.expect(r"Bye\.", timeout=15)
-    assert screen.exit_status(timeout=10) == 0
+    terminal.press("C-c")
+    terminal.expect(r"Session `[0-9a-f]{8}` cancelled \(the daemon is shutting down\)\.", 15)
+    terminal.expect(r"Bye\.", timeout=15)
+    assert terminal.exit_status(timeout=10) == 0
     assert all(gone(pid) for pid in agents)
-    assert "Traceback" not in screen.text
+    assert "Traceback" not in terminal.read()

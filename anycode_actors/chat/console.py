@@ -134,11 +134,13 @@ class ConsoleChat:
         self._buttons: dict[int, tuple[str, Button]] = {}  # number → (message id, button)
         # On a terminal every message ends with a line break, and text added to the last one
         # is printed after moving the cursor back up to its end (`_tail` cells into its last
-        # line), so what the user types always starts on a fresh line. Elsewhere (a pipe, a
+        # line, whose last character is `_last`), so what the user types always starts on a
+        # fresh line. Elsewhere (a pipe, a
         # file) the last line is left open instead (`_line_open`) and the text simply follows.
         self._rewind = self.console.is_terminal
         self._line_open = False
         self._tail = 0
+        self._last = " "
         # The message an edit may extend in place (its text is the last thing printed), and
         # whitespace at its end not printed yet (platforms do not show it either).
         self._open: str | None = None
@@ -329,6 +331,7 @@ class ConsoleChat:
         self._print(head, end="\n" if self._rewind else "")
         self._line_open = not self._rewind
         self._tail = cell_len(head.plain.rpartition("\n")[2])
+        self._last = head.plain[-1]
 
     def _keep_open(self, message_id: str, text: str) -> None:
         """Let edits that extend `message_id` continue it in place; hold back its trailing
@@ -343,16 +346,18 @@ class ConsoleChat:
             return
         piece = _indented(body, INDENT)
         if self._rewind:
-            # Back to the end of the message: up one line, unless its last line filled the
-            # screen's width exactly (then the cursor already sits where the text continues).
+            # Back onto the message's last character, which is printed again: had its line
+            # filled the screen's width exactly, the terminal continues the text by wrapping,
+            # as if it had been printed in one go.
             width = max(1, self.console.width)
-            up = 0 if self._tail and self._tail % width == 0 else 1
-            self.console.control(Control.move_to_column(self._tail % width, -up))
-            self._print(Text(piece))
+            column = (self._tail % width or width) - cell_len(self._last)
+            self.console.control(Control.move_to_column(max(0, column), -1))
+            self._print(Text(self._last + piece))
         else:
             self._print(Text(piece), end="")
         _, newline, last = piece.rpartition("\n")
         self._tail = cell_len(last) if newline else self._tail + cell_len(piece)
+        self._last = piece[-1]
 
     def _show_buttons(self, message_id: str, rows: Sequence[Sequence[Button]]) -> None:
         buttons = [button for row in rows for button in row]
