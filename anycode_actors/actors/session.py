@@ -274,7 +274,7 @@ class SessionActor(Actor[SessionInbox]):
             chat=self._chat.key,
             agent=self.session.agent,
             status=self._status_text(),
-            sandbox=self._handle.id[:12] if self._handle else None,
+            sandbox=_short_sandbox(self._handle.id) if self._handle else None,
             events=self._events,
         )
 
@@ -649,6 +649,13 @@ class SessionActor(Actor[SessionInbox]):
         with trio.move_on_after(5):
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await self._closed.send(SessionClosed(self._id, str(status)))
+
+
+def _short_sandbox(sandbox_id: str) -> str:
+    """A container id's first 12 characters; a local sandbox's folder name; an ARN's task id."""
+    if "/" in sandbox_id:
+        return sandbox_id.rstrip("/").rsplit("/", 1)[-1][:32]
+    return sandbox_id[:12]
 
 
 def _final_notice(session_id: str, status: SessionStatus, reason: str) -> str:
