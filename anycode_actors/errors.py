@@ -5,6 +5,13 @@ AnycodeError                 base of every error this package raises deliberatel
 ├── ConfigError              config.toml or the environment is invalid; carries every problem
 ├── SandboxError             a sandbox could not be created, reached or inspected; the message is
 │                            safe to show a user (no credentials). Defined in sandboxes/base.py
+├── StoreError               the SQLite store refused (closed, schema too new, a forbidden
+│                            status change, unknown ids); the tree is in store/__init__.py
+├── ChatError                a chat platform refused a call; `code` is its own error code
+│   ├── RateLimited          429: nothing may be sent for `retry_after` seconds
+│   └── ChatUnavailable      the platform could not be reached (retry with backoff)
+│                            (defined in chat/base.py)
+├── AdminError               the admin socket cannot serve (actors/admin.py)
 └── AgentError               talking to a coding agent failed (anycode_actors.agents)
     ├── AgentNotReadyError   sandbox-agent did not answer /v1/health within the bound
     ├── AgentAuthError       sandbox-agent refused the token (HTTP 401/403)
