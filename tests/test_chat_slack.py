@@ -165,7 +165,7 @@ async def test_auth_test_is_retried_while_slack_is_unavailable(
 async def test_a_refused_bot_token_is_fatal_and_named_by_its_config_key(
     slack: FakeSlack, http: httpx.AsyncClient
 ) -> None:
-    wrong = "xoxb-not-the-real-bot-token-123"
+    wrong = "xoxb-not_the_real_bot_token_123"
     error = await run_until_error(client_for(slack, http, bot_token=wrong))
     assert error.code == "invalid_auth"
     assert "slack.bot_token" in str(error)
@@ -906,10 +906,10 @@ async def test_tokens_never_appear_in_logs_or_errors(
         with pytest.raises(ChatError) as raised:
             await client.send(ChatRef("slack", general), "x")
         errors.append(raised.value)
-    errors.append(await run_until_error(client_for(slack, http, bot_token="xoxb-wrong-secret")))
+    errors.append(await run_until_error(client_for(slack, http, bot_token="xoxb-wrong_secret")))
     errors.append(await run_until_error(client_for(slack, http, app_token="xapp-wrong-secret")))
 
-    secrets = (slack.bot_token, slack.app_token, "xoxb-wrong-secret", "xapp-wrong-secret")
+    secrets = (slack.bot_token, slack.app_token, "xoxb-wrong_secret", "xapp-wrong-secret")
     assert "Slack" in caplog.text  # the client did log
     texts = [caplog.text, *(repr(e) for e in errors), *(str(e) for e in errors)]
     texts += [str(e.__cause__) for e in errors]

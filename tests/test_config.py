@@ -39,7 +39,7 @@ allowed_users = []
 
 [slack]
 app_token = "xapp-1-A0000-0000-abcdef"
-bot_token = "xoxb-0000-0000-abcdef"
+bot_token = "xoxb-0000_0000_abcdef"
 allowed_users = []
 
 [sandbox]

@@ -9,7 +9,7 @@ from anycode_actors.config import Config, ConfigError, ConfigProblem, parse_conf
 TOKEN = "123456:ABC-DEF1234ghIkl-zyx57W2v1u123ew11"
 TELEGRAM = f'[telegram]\nbot_token = "{TOKEN}"\n'
 SLACK_APP = "xapp-1-A0000-0000-abcdef"
-SLACK_BOT = "xoxb-0000-0000-abcdef"
+SLACK_BOT = "xoxb-0000_0000_abcdef"
 
 
 def parse(text: str) -> Config:

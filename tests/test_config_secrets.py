@@ -18,8 +18,8 @@ from anycode_actors.config import (
 TOKEN = "123456:ABC-DEF1234ghIkl-zyx57W2v1u123ew11"
 TELEGRAM = f'[telegram]\nbot_token = "{TOKEN}"\n'
 SLACK_APP = "xapp-1-A0SECRETAPP-0000-abcdef"
-SLACK_BOT = "xoxb-0000-SECRETBOT-abcdef"
-ANTHROPIC = "sk-ant-api03-SECRETANTHROPIC"
+SLACK_BOT = "xoxb-0000_SECRETBOT_abcdef"
+ANTHROPIC = "sk-ant-api03.SECRETANTHROPIC"
 GITHUB = "ghp_SECRETGITHUB0123456789"
 
 FULL = f"""
@@ -150,7 +150,7 @@ def test_secret_values_are_still_available_on_request() -> None:
 
 
 def test_mask_keeps_only_a_public_prefix() -> None:
-    assert mask_secret("xoxb-123-456-abc") == "xoxb-…(redacted, 16 chars)"
+    assert mask_secret("xoxb-123_456_abc") == "xoxb-…(redacted, 16 chars)"
     assert mask_secret("hunter2hunter2") == "…(redacted, 14 chars)"
     assert mask_secret("") == "(empty)"
 

@@ -414,10 +414,10 @@ def test_the_demo_configs_break_no_rule_but_the_one_about_chat_platforms(
         assert config.local.allow_unsandboxed
         assert config.agent(config.agents.default_agent).acp_command[0] == sys.executable
     else:
-        config = real_config(tmp_path, "sk-ant-placeholder-not-a-key", "some-image:1")
+        config = real_config(tmp_path, "sk-ant-placeholder.not.a.key", "some-image:1")
         assert (config.sandbox.provider, config.sandbox.protocol) == ("docker", "sandbox-agent")
         assert config.sandbox_env("claude-code") == {
-            "ANTHROPIC_API_KEY": "sk-ant-placeholder-not-a-key"
+            "ANTHROPIC_API_KEY": "sk-ant-placeholder.not.a.key"
         }
         assert "placeholder" not in repr(config)
     assert config.database.path.parent == tmp_path
@@ -439,7 +439,7 @@ def test_real_without_a_docker_engine_refuses(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     environ = {
-        "ANTHROPIC_API_KEY": "sk-ant-placeholder-not-a-key",
+        "ANTHROPIC_API_KEY": "sk-ant-placeholder.not.a.key",
         "DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock",
     }
     assert main(["demo", "--real"], environ=environ) == 1
@@ -451,7 +451,7 @@ def test_real_without_a_docker_engine_refuses(
 @pytest.mark.docker
 def test_real_without_the_sandbox_image_refuses(capsys: pytest.CaptureFixture[str]) -> None:
     docker_client()
-    environ = {**os.environ, "ANTHROPIC_API_KEY": "sk-ant-placeholder-not-a-key"}
+    environ = {**os.environ, "ANTHROPIC_API_KEY": "sk-ant-placeholder.not.a.key"}
     image = "anycode-no-such-image:never"
     assert main(["demo", "--real", "--image", image], environ=environ) == 1
     assert f"needs the sandbox image {image}" in capsys.readouterr().out

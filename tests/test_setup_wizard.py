@@ -29,10 +29,10 @@ from anycode_actors.setup_wizard import (
 )
 
 REPO = Path(__file__).resolve().parent.parent
-TELEGRAM_TOKEN = "123456789:AAHsecretTELEGRAMsecret0123456789xyz"
+TELEGRAM_TOKEN = "123456789:ABHsecretTELEGRAMsecret0123456789xyz"
 SLACK_APP = "xapp-1-A0SECRETAPP-0000-abcdef"
-SLACK_BOT = "xoxb-0000-SECRETBOT-abcdef"
-ANTHROPIC = "sk-ant-api03-SECRETANTHROPIC"
+SLACK_BOT = "xoxb-0000_SECRETBOT_abcdef"
+ANTHROPIC = "sk-ant-api03.SECRETANTHROPIC"
 OPENAI = "sk-proj-SECRETOPENAI"
 GITHUB = "ghp_SECRETGITHUB0123456789"
 SECRET_PARTS = (
@@ -257,7 +257,7 @@ def test_wrong_slack_tokens_are_asked_again_with_the_loaders_messages(tmp_path: 
         ("Slack app-level token", "nonsense"),
         ("Slack app-level token", SLACK_APP),
         ("Slack bot token", SLACK_APP),
-        ("Slack bot token", "xoxp-user-token"),
+        ("Slack bot token", "xoxp-user_token"),
         ("Slack bot token", SLACK_BOT),
         ("Allowed Slack member ids", "someone"),
         ("Allowed Slack member ids", "U0123ABCD, W0999XYZ"),
