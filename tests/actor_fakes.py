@@ -186,7 +186,7 @@ class RecordingChat:
     # -- ChatClient
 
     async def run(self, events: object, *, task_status: object = None) -> None:
-        raise NotImplementedError("events are handed to the actors directly in these tests")
+        raise AssertionError("events are handed to the actors directly in these tests")
 
     async def send(
         self,

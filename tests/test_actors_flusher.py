@@ -124,7 +124,7 @@ class RecordingChat:
             raise ChatError("Bad Request: message is too long or empty", code="bad_text")
 
     async def run(self, events: object, *, task_status: object = None) -> None:
-        raise NotImplementedError
+        raise AssertionError("the flusher never receives; it only sends")
 
     async def send(
         self,
@@ -161,7 +161,7 @@ class RecordingChat:
         self.messages[message_id] = (text, rows)
 
     async def answer_press(self, press: object, text: str = "") -> None:
-        raise NotImplementedError
+        raise AssertionError("the flusher never answers button presses")
 
     async def upload(self, chat: ChatRef, filename: str, data: bytes, caption: str = "") -> str:
         message_id = str(next(self._ids))
