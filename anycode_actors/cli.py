@@ -100,11 +100,22 @@ def _add_check_config(subparsers: Subparsers) -> None:
     parser.set_defaults(handler=_check_config)
 
 
-def _check_config(args: argparse.Namespace, io: CommandIO) -> int:
+def _load_runnable(path: str, io: CommandIO) -> Config | None:
+    """The config at `path` if the daemon may run with it; else print every problem, None."""
     try:
-        config = load_config(args.path, environ=io.environ)
+        config = load_config(path, environ=io.environ)
+        problems = config.access_problems()
+        if problems:
+            raise ConfigError(problems, path)
     except ConfigError as exc:
         _print_problems(io.err, exc)
+        return None
+    return config
+
+
+def _check_config(args: argparse.Namespace, io: CommandIO) -> int:
+    config = _load_runnable(args.path, io)
+    if config is None:
         return 1
     _print_summary(io.out, args.path, config, io.environ)
     io.out.print()
@@ -131,12 +142,19 @@ def _print_summary(console: Console, path: str, config: Config, environ: Mapping
     warnings = []
     chats = []
     for platform in config.platforms():
-        users = getattr(config, platform).allowed_users
-        allowed = f"{len(users)} allowed user{'' if len(users) == 1 else 's'}"
-        chats.append(f"{platform} ({allowed if users else 'anyone'})")
-        if not users:
+        section = getattr(config, platform)
+        users, admins = section.allowed_users, section.admins
+        who = (
+            "anyone"
+            if section.allow_everyone
+            else f"{len(users)} allowed user" + ("" if len(users) == 1 else "s")
+        )
+        if admins:
+            who += f", {len(admins)} admin{'' if len(admins) == 1 else 's'}"
+        chats.append(f"{platform} ({who})")
+        if section.allow_everyone:
             warnings.append(
-                f"{platform}.allowed_users is empty: anyone who can message the bot can run "
+                f"{platform}.allow_everyone is true: anyone who can message the bot can run "
                 "agents with your credentials"
             )
     rows.append(("chat", ", ".join(chats)))
@@ -194,10 +212,8 @@ def _add_run(subparsers: Subparsers) -> None:
 
 
 def _run(args: argparse.Namespace, io: CommandIO) -> int:
-    try:
-        config = load_config(args.config, environ=io.environ)
-    except ConfigError as exc:
-        _print_problems(io.err, exc)
+    config = _load_runnable(args.config, io)
+    if config is None:
         return 1
     if args.console:
         from anycode_actors.console import run_with_console

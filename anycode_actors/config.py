@@ -61,6 +61,7 @@ __all__ = [
     "DockerConfig",
     "EcsConfig",
     "GithubConfig",
+    "LimitsConfig",
     "LocalConfig",
     "ProviderName",
     "SandboxConfig",
@@ -374,6 +375,9 @@ class TelegramConfig(_Section):
 
     bot_token: SecretStr
     allowed_users: tuple[TelegramUserId, ...] = ()
+    # An empty allow-list lets nobody in unless this says everyone may use the bot.
+    allow_everyone: StrictBool = False
+    admins: tuple[TelegramUserId, ...] = ()
     api_base_url: str = TELEGRAM_API_BASE_URL
     poll_timeout: StrictInt = 30
 
@@ -420,6 +424,8 @@ class SlackConfig(_Section):
     app_token: SecretStr
     bot_token: SecretStr
     allowed_users: tuple[SlackUserId, ...] = ()
+    allow_everyone: StrictBool = False
+    admins: tuple[SlackUserId, ...] = ()
     api_base_url: str = SLACK_API_BASE_URL
 
     @field_validator("app_token")
@@ -581,7 +587,9 @@ class EcsConfig(_Section):
     task_definition: str = ""
     subnets: tuple[SubnetId, ...] = ()
     security_groups: tuple[SecurityGroupId, ...] = ()
-    assign_public_ip: StrictBool = True
+    # Off by default: the daemon talks to sandbox-agent over plain HTTP, which must stay inside
+    # the VPC; a public IP is for a daemon outside it and is warned about.
+    assign_public_ip: StrictBool = False
     container_port: StrictInt = 2468
     startup_timeout_secs: StrictInt = 120
     poll_interval_ms: StrictInt = 1000
@@ -640,6 +648,17 @@ class DatabaseConfig(_Section):
     """`[database]`: the SQLite file."""
 
     path: DatabasePath = Field(default=Path("anycode.db"), validate_default=True)
+    # Ended sessions' events and interactions are deleted this many days after they ended.
+    retention_days: StrictInt = 30
+
+    @field_validator("retention_days")
+    @classmethod
+    def _check_retention(cls, value: int) -> int:
+        if value < 1:
+            raise _invalid(
+                "must be at least 1 day", "30 keeps a month of audit trail for ended sessions"
+            )
+        return value
 
 
 class AgentConfig(_Section):
@@ -761,6 +780,18 @@ class SessionConfig(_Section):
     debounce_ms: StrictInt = 500
     idle_minutes: StrictFloat | StrictInt = 10
     max_upload_mb: StrictInt = 20
+    # Per turn, besides the per-file limit: how many files and how many MB in all.
+    max_upload_files: StrictInt = 20
+    max_upload_total_mb: StrictInt = 50
+    # Follow-ups waiting for the agent's turn to end; past this the sender is told.
+    max_queued_follow_ups: StrictInt = 10
+
+    @field_validator("max_upload_files", "max_upload_total_mb", "max_queued_follow_ups")
+    @classmethod
+    def _check_at_least_one(cls, value: int) -> int:
+        if value < 1:
+            raise _invalid("must be at least 1")
+        return value
 
     @field_validator("max_concurrent")
     @classmethod
@@ -800,6 +831,37 @@ class SessionConfig(_Section):
             raise _invalid(
                 "must be greater than 0", "500 keeps edits under the chat platforms' rate limits"
             )
+        return value
+
+
+class LimitsConfig(_Section):
+    """`[limits]`: what one person, and the daemon as a whole, may use.
+
+    Counted from the store, so a restart does not reset them. A user is one platform's user id
+    (a person on Telegram and on Slack counts twice).
+    """
+
+    max_sessions_per_user: StrictInt = 3
+    max_sessions_total: StrictInt = 10
+    max_tasks_per_user_per_day: StrictInt = 50
+    # Commands and messages per user: a token bucket of `command_burst` refilled at this rate.
+    commands_per_second: StrictFloat = 1.0
+    command_burst: StrictInt = 5
+
+    @field_validator(
+        "max_sessions_per_user", "max_sessions_total", "max_tasks_per_user_per_day", "command_burst"
+    )
+    @classmethod
+    def _check_positive(cls, value: int) -> int:
+        if value < 1:
+            raise _invalid("must be at least 1")
+        return value
+
+    @field_validator("commands_per_second")
+    @classmethod
+    def _check_rate(cls, value: float) -> float:
+        if value <= 0:
+            raise _invalid("must be greater than 0", "1 command per second is plenty for a person")
         return value
 
 
@@ -861,6 +923,7 @@ class Config(BaseModel):
     agents: AgentsConfig = Field(default_factory=AgentsConfig)
     github: GithubConfig | None = None
     session: SessionConfig = Field(default_factory=SessionConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
 
     @model_validator(mode="after")
@@ -879,6 +942,28 @@ class Config(BaseModel):
     def platforms(self) -> tuple[str, ...]:
         """The configured chat platforms, e.g. `("telegram",)`."""
         return tuple(name for name in ("telegram", "slack") if getattr(self, name) is not None)
+
+    def access_problems(self) -> list[ConfigProblem]:
+        """Why the daemon must not start as configured: a platform that would let anyone in.
+
+        Kept out of validation so that tools (and tests) can still build such a config; `anycode
+        run` and `check-config` refuse it.
+        """
+        problems = []
+        for name in self.platforms():
+            section = getattr(self, name)
+            # Admins are let in too: a bot for its admins alone is not open to strangers.
+            if not (section.allowed_users or section.admins or section.allow_everyone):
+                problems.append(
+                    ConfigProblem(
+                        f"{name}.allowed_users",
+                        "is empty, so anyone who finds the bot could run agents with your "
+                        "credentials; the daemon refuses to start like this",
+                        f"list the user ids that may use the bot in [{name}] allowed_users, or "
+                        f"set allow_everyone = true in [{name}] to let anyone in on purpose",
+                    )
+                )
+        return problems
 
     def known_agents(self) -> tuple[str, ...]:
         """Agent names `/task` accepts: the configured ones, or claude-code, codex, goose."""
@@ -1071,6 +1156,7 @@ _SECTIONS: Final[Mapping[str, type[BaseModel]]] = MappingProxyType(
         "agents": AgentsConfig,
         "github": GithubConfig,
         "session": SessionConfig,
+        "limits": LimitsConfig,
         "admin": AdminConfig,
     }
 )

@@ -5,9 +5,11 @@
     ├── store        the SQLite connection (one worker thread)
     ├── sandboxes    the provider (docker | ecs | local)
     ├── watchdog     timeouts, dead sandboxes, orphans
+    ├── retention    deletes ended sessions' events and interactions after retention_days
+    ├── directory    live sessions by id, so any chat actor reaches any session of its chat
     ├── chats        dynamic: chat:<platform>:<id> → flusher + actor
     ├── sessions     dynamic: session:<id> → streams → stream:<id>
-    ├── router       platform events → chat actors
+    ├── router       platform events → chat actors; paces each user's commands
     ├── recovery     reattaches what a previous run left running, then exits
     ├── telegram     long polling            (when configured)
     └── slack        Socket Mode             (when configured)
@@ -30,8 +32,10 @@ import trio
 from anycode_actors.actors.admin import AdminServer
 from anycode_actors.actors.chat import ChatActor, ChatInbox, Notice, Reattach
 from anycode_actors.actors.commands import short_id
+from anycode_actors.actors.directory import Register, SessionDirectory
 from anycode_actors.actors.flusher import Flusher
-from anycode_actors.actors.router import Deliver, Router
+from anycode_actors.actors.retention import Retention
+from anycode_actors.actors.router import CommandRate, Deliver, Router
 from anycode_actors.actors.session import Recovered, SessionActor
 from anycode_actors.actors.session_api import SessionClosed, SessionHandle
 from anycode_actors.actors.stream import Resume
@@ -109,7 +113,11 @@ class Daemon:
         self._watchdog_interval = watchdog_interval
         self.chats = Supervisor(name="chats")
         self.sessions = Supervisor(name="sessions")
-        self.router = Router(self._start_chat)
+        limits = config.limits
+        self.router = Router(
+            self._start_chat, rate=CommandRate(limits.commands_per_second, limits.command_burst)
+        )
+        self.directory = SessionDirectory()
         self.admin = AdminServer.from_config(config.admin, self.registry, daemon_id=self.daemon_id)
 
     # --- the tree -------------------------------------------------------------------------------
@@ -131,6 +139,8 @@ class Daemon:
             ChildSpec("store", self._run_store, shutdown=10.0, kind="worker"),
             ChildSpec("sandboxes", self._run_sandboxes, shutdown=10.0, kind="worker"),
             ChildSpec("watchdog", self._run_watchdog, kind="actor"),
+            ChildSpec("retention", self._run_retention, kind="worker"),
+            self.directory.spec("directory"),
             self.chats.spec("chats", shutdown=CHAT_SHUTDOWN + 5),
             self.sessions.spec("sessions", shutdown=SESSION_SHUTDOWN + 5),
             self.router.spec("router"),
@@ -176,6 +186,13 @@ class Daemon:
             self.watchdog = Watchdog(self.provider, interval=self._watchdog_interval)
         await self.watchdog.run(task_status=task_status)
 
+    async def _run_retention(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        # Made anew on every start, so a restart picks up a restarted store.
+        retention = Retention(self.store, days=self.config.database.retention_days)
+        await retention.run(task_status=task_status)
+
     def _client_runner(self, client: ChatClient) -> Any:
         async def run(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
             await client.run(self.router.address(), task_status=task_status)
@@ -186,11 +203,6 @@ class Daemon:
 
     async def _start_chat(self, chat: ChatRef) -> trio.MemorySendChannel[ChatInbox]:
         client = self._clients_by_platform[chat.platform]
-        allowed: tuple[str, ...] = ()
-        if chat.platform == "telegram" and self.config.telegram is not None:
-            allowed = tuple(str(u) for u in self.config.telegram.allowed_users)
-        elif chat.platform == "slack" and self.config.slack is not None:
-            allowed = tuple(self.config.slack.allowed_users)
         flusher_holder: list[Flusher] = []
 
         async def start_session(session: Session, recovered: Recovered | None) -> SessionHandle:
@@ -210,7 +222,8 @@ class Daemon:
             store=self.store,
             config=self.config,
             start_session=start_session,
-            allowed_users=allowed,
+            access=client.access,
+            directory=self.directory.address(),
         )
         flusher.set_notify(actor.address())
         unit = Supervisor(
@@ -256,7 +269,9 @@ class Daemon:
             f"session:{short_id(session.id)}", restart=Restart.TEMPORARY, shutdown=SESSION_SHUTDOWN
         )
         await self.sessions.start_child(spec)
-        return SessionHandle(session.id, session.user, actor.address())
+        handle = SessionHandle(session.id, session.user, actor.address())
+        await self.directory.send(Register(handle))
+        return handle
 
     # --- recovery -------------------------------------------------------------------------------
 

@@ -2,10 +2,11 @@
 
 The steps follow the original's ratatui wizard (prerequisites, messaging, sandbox, agents,
 review, write, build) but ask for what it never did: the protocol, the acpx permission policy,
-the local provider's explicit opt-in and the session settings. Every answer is checked by the
-real config loader as it is given (the error shown is the loader's own message), and the whole
-file is loaded once more before it is written, so the wizard cannot write a config that
-`anycode run` would refuse.
+the local provider's explicit opt-in, an explicit opt-in before a bot with no allowed users lets
+everyone in, the admins and the session settings. Every answer is checked by the real config
+loader as it is given (the error shown is the loader's own message), and the whole file is
+loaded once more before it is written, so the wizard cannot write a config that `anycode run`
+would refuse.
 
 All input goes through an `InputBackend` and all output through a rich `Console`, so tests drive
 the wizard with scripted answers. Ctrl+C at any prompt exits with 130 and writes nothing: every
@@ -346,9 +347,10 @@ class SetupWizard:
         if platforms in ("telegram", "both"):
             self._say("Telegram: create a bot with @BotFather (/newbot) and copy its token.")
             self._ask_valid("Telegram bot token", ("telegram", "bot_token"), password=True)
-            self._ask_allowed_users(
+            self._ask_access(
                 "telegram",
                 "Allowed Telegram user ids, comma-separated (@userinfobot tells you yours)",
+                "Telegram admins, comma-separated user ids (optional; Enter for none)",
                 _telegram_ids,
             )
         if platforms in ("slack", "both"):
@@ -358,24 +360,42 @@ class SetupWizard:
             )
             self._ask_valid("Slack app-level token", ("slack", "app_token"), password=True)
             self._ask_valid("Slack bot token", ("slack", "bot_token"), password=True)
-            self._ask_allowed_users(
-                "slack", "Allowed Slack member ids, comma-separated (like U0123ABCD)", _items
+            self._ask_access(
+                "slack",
+                "Allowed Slack member ids, comma-separated (like U0123ABCD)",
+                "Slack admins, comma-separated member ids (optional; Enter for none)",
+                _items,
             )
 
-    def _ask_allowed_users(
-        self, platform: str, label: str, convert: Callable[[str], list[Any]]
+    def _ask_access(
+        self, platform: str, label: str, admins_label: str, convert: Callable[[str], list[Any]]
     ) -> None:
+        """Who may use the bot, then its admins. An empty list needs an explicit yes, which is
+        written as allow_everyone = true: `anycode run` refuses an empty list without it."""
         while True:
             users = self._ask_valid(label, (platform, "allowed_users"), convert=convert)
             if users:
-                return
+                break
             self._say(
                 f"! With no allowed users, anyone who finds the {platform} bot can run agents "
                 "with your credentials and your API keys.",
                 "bold yellow",
             )
-            if self._confirm("Let anyone use the bot?", default=False):
-                return
+            if self._confirm("Let everyone use the bot (allow_everyone = true)?", default=False):
+                self._set((platform, "allow_everyone"), True)
+                break
+            self._say("Then list at least one user who may use it.")
+        self._say(
+            "Admins may use the bot too, and may cancel anyone's session and answer anyone's "
+            "buttons in the chats they can see."
+        )
+        self._ask_valid(
+            admins_label,
+            (platform, "admins"),
+            default="",
+            # Nothing typed writes no admins key at all.
+            convert=lambda answer: convert(answer) or None,
+        )
 
     def _sandbox(self) -> None:
         self._step(3, "Sandbox")
@@ -467,7 +487,11 @@ class SetupWizard:
             default=region,
             convert=_optional_text,
         )
-        public_ip = self._confirm("Give tasks a public IP (needed without a NAT gateway)?", True)
+        # Off by default: the daemon speaks plain HTTP to the task, which must stay in the VPC.
+        public_ip = self._confirm(
+            "Give tasks a public IP (only for a daemon outside the VPC; traffic is unencrypted)?",
+            False,
+        )
         self._set(("ecs", "assign_public_ip"), public_ip)
 
     def _agents(self) -> None:
@@ -586,6 +610,10 @@ class SetupWizard:
                 base_dir=path.absolute().parent,
                 source=str(path),
             )
+            problems = config.access_problems()
+            if problems:
+                # The questions rule this out; checked anyway, as `anycode run` would refuse it.
+                raise ConfigError(problems, str(path))
         except ConfigError as exc:
             self._say(f"✗ the answers do not make a valid config ({len(exc.problems)}):", "red")
             self._show_problems(exc.problems)
@@ -597,8 +625,17 @@ class SetupWizard:
 
     def _review_notes(self, config: Config) -> None:
         for platform in config.platforms():
-            if not getattr(config, platform).allowed_users:
-                self._say(f"! {platform}: anyone who can message the bot can use it", "yellow")
+            section = getattr(config, platform)
+            if section.allow_everyone:
+                self._say(
+                    f"! {platform}: allow_everyone = true, so anyone who can message the bot can "
+                    "run agents with your credentials",
+                    "yellow",
+                )
+            else:
+                self._say(f"{platform}: may be used by {', '.join(section.allowed_users)}")
+            if section.admins:
+                self._say(f"{platform}: admins {', '.join(section.admins)}")
         for variable in self._pass_env_names():
             if not self._environ.get(variable):
                 self._say(

@@ -33,7 +33,8 @@ from anycode_actors.agents import (
     TurnEnded,
 )
 from anycode_actors.agents.acp import Turn
-from anycode_actors.chat.base import Button, ButtonPress, ChatLimits, ChatRef, User
+from anycode_actors.chat.auth import AccessPolicy
+from anycode_actors.chat.base import Button, ButtonPress, ChatEvent, ChatLimits, ChatRef, User
 from anycode_actors.config import Config, config_from_mapping
 from anycode_actors.errors import (
     AgentClosedError,
@@ -118,7 +119,7 @@ async def memory_store() -> AsyncIterator[Store]:
 @dataclass(frozen=True)
 class Call:
     at: float
-    kind: str  # "send" | "edit" | "upload"
+    kind: str  # "send" | "edit" | "upload" | "refuse"
     message_id: str
     text: str
     buttons: Rows = ()
@@ -132,6 +133,7 @@ class RecordingChat:
     """
 
     platform = "telegram"
+    access = AccessPolicy.open()
 
     def __init__(self, limits: ChatLimits = GENEROUS) -> None:
         self.limits = limits
@@ -139,6 +141,7 @@ class RecordingChat:
         self.messages: dict[str, tuple[str, Rows]] = {}
         self.presses: list[tuple[ButtonPress, str]] = []
         self.uploads: list[tuple[str, bytes, str]] = []
+        self.refusals: list[tuple[ChatEvent, str]] = []
         self._ids = itertools.count(1)
         self._changed = trio.Event()
 
@@ -222,6 +225,14 @@ class RecordingChat:
         self._changed.set()
         self._changed = trio.Event()
 
+    async def refuse(self, event: ChatEvent, text: str) -> None:
+        """Only the person behind `event` sees `text`; a refused press counts as answered."""
+        await trio.lowlevel.checkpoint()
+        self.refusals.append((event, text))
+        if isinstance(event, ButtonPress):
+            self.presses.append((event, text))
+        self._record(Call(trio.current_time(), "refuse", "", text))
+
     async def upload(self, chat: ChatRef, filename: str, data: bytes, caption: str = "") -> str:
         await trio.lowlevel.checkpoint()
         message_id = str(next(self._ids))
@@ -242,7 +253,8 @@ class FakeProvider:
     `uninterruptible_create` is set, which models a provider whose create, once begun, always
     finishes and returns its handle. `is_alive_delay`/`is_alive_error` and
     `list_delay`/`list_error` make the engine slow or failing; `kill` makes a sandbox stop.
-    `outbox` is what `read_files` finds in the sandbox's outbox folder.
+    `outbox` is what `read_files` finds in the sandbox's outbox folder; `links` names its hard
+    links (name → the name of the file it links to; both are in `outbox`).
     """
 
     name = "fake"
@@ -267,6 +279,7 @@ class FakeProvider:
         self.specs: list[SandboxSpec] = []
         self.destroyed: list[str] = []
         self.outbox: dict[str, bytes] = {}
+        self.links: dict[str, str] = {}
         self.reads = 0
         self._ids = itertools.count(1)
 
@@ -364,6 +377,7 @@ class FakeProvider:
         return OutboxListing(
             files=tuple(SandboxFile(name, data) for name, data in files if len(data) <= max_bytes),
             too_big=tuple((name, len(data)) for name, data in files if len(data) > max_bytes),
+            links=tuple(sorted(self.links.items())),
         )
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import trio
 
-from anycode_actors.actors.chat import ChatActor, Notice, Reattach
+from anycode_actors.actors.chat import NOT_YOURS_TO_ANSWER, ChatActor, Notice, Reattach
 from anycode_actors.actors.commands import HELP_TEXT
 from anycode_actors.actors.flusher import Flusher, StreamStarted
 from anycode_actors.actors.session import Recovered
@@ -27,6 +27,7 @@ from anycode_actors.actors.session_api import (
     SessionMessage,
 )
 from anycode_actors.actors.stream import Resume
+from anycode_actors.chat.auth import AccessPolicy
 from anycode_actors.chat.base import ButtonPress, ChatRef, Command, Message, User
 from anycode_actors.config import Config
 from anycode_actors.store import InteractionOption, Session, SessionStatus, Store
@@ -125,7 +126,7 @@ async def start_chat(
     store: Store,
     config: Config | None = None,
     *,
-    allowed_users: Sequence[str] = (),
+    admins: Sequence[str] = (),
 ) -> ChatRig:
     config = config or make_config()
     client = RecordingChat()
@@ -142,7 +143,7 @@ async def start_chat(
         store=store,
         config=config,
         start_session=start_session,
-        allowed_users=allowed_users,
+        access=AccessPolicy.of(everyone=True, admins=admins),
     )
     flusher.set_notify(actor.address())
     rig = ChatRig(actor, client, store)
@@ -279,7 +280,11 @@ async def test_task_beyond_max_concurrent_is_refused_and_creates_nothing(
     await session_in_store(store)
     await session_in_store(store, chat=OTHER_CHAT)  # another chat's sessions do not count
     await rig.command("/task one more")
-    assert await rig.replies() == ["Too many active sessions (2). Cancel one first with /cancel."]
+    [reply] = await rig.replies()
+    assert reply.startswith(
+        "Too many active sessions in this chat (2, session.max_concurrent = 2)."
+    )
+    assert "/cancel ends one now." in reply
     assert rig.started == []
     assert await store.count_active(CHAT.platform, CHAT.chat_id) == 2
 
@@ -289,7 +294,10 @@ async def test_status_lists_the_active_sessions_newest_first(
 ) -> None:
     rig = await start_chat(nursery, store)
     await rig.command("/status")
-    assert await rig.replies() == ["No active sessions."]
+    assert await rig.replies() == [
+        "No active sessions.\n"
+        "Your usage: 0 of 3 active sessions, 0 of 50 tasks in the last 24 hours."
+    ]
     older = await session_in_store(store, agent="codex")
     newer = await session_in_store(store)
     await store.transition(newer.id, SessionStatus.STARTING)
@@ -303,7 +311,13 @@ async def test_status_lists_the_active_sessions_newest_first(
         return f"- `{session.id[:8]}` | {session.agent} | {status} | {created}"
 
     assert replies[-1] == "\n".join(
-        ["Active sessions:", line(newer, "starting"), line(older, "pending")]
+        [
+            "Active sessions:",
+            line(newer, "starting"),
+            line(older, "pending"),
+            # The cancelled one still counts for the day, not as active.
+            "Your usage: 2 of 3 active sessions, 3 of 50 tasks in the last 24 hours.",
+        ]
     )
 
 
@@ -556,17 +570,17 @@ async def test_a_press_on_an_interaction_of_another_chat_is_not_yours(
     assert "not yours" in await rig.press(f"{interaction}:0")
 
 
-async def test_a_press_by_someone_else_is_not_theirs_to_answer(
+async def test_a_press_by_someone_else_is_not_theirs_to_answer_but_an_admins(
     autojump_clock: trio.abc.Clock, nursery: trio.Nursery, store: Store
 ) -> None:
-    rig = await start_chat(nursery, store, allowed_users=[CAROL.id])
+    rig = await start_chat(nursery, store, admins=[CAROL.id])
     await rig.command("/task run it")
     await rig.settle()
     interaction = await interaction_for(store, rig.started[0].session)
     answer = await rig.press(f"{interaction}:0", user=BOB)
-    assert answer == "This is not yours to answer: only the person who started the task can."
+    assert answer == NOT_YOURS_TO_ANSWER
     assert rig.nothing_for(0)
-    # Someone on the allow-list may answer for the starter.
+    # An admin may answer for the starter.
     await rig.actor.send(ButtonPress(CHAT, CAROL, "42", f"{interaction}:0"))
     received = await rig.received(0)
     assert isinstance(received, PermissionAnswer) and received.press.user == CAROL

@@ -820,7 +820,9 @@ async def telegram(
     fake.add_chat(ADA.id, "private", user=ADA)
     fake.add_chat(TG_GROUP, "supergroup")
     requests = Requests()
-    config = TelegramConfig.model_validate({"bot_token": fake.token, "api_base_url": fake.base_url})
+    config = TelegramConfig.model_validate(
+        {"bot_token": fake.token, "api_base_url": fake.base_url, "allow_everyone": True}
+    )
     async with (
         httpx.AsyncClient(event_hooks={"request": [requests.hook]}) as http,
         TelegramClient(config, http=http) as client,

@@ -752,3 +752,21 @@ async def test_a_recovered_session_keeps_its_pending_permission_answerable(
     agent.emit(TurnEnded(stop_reason="end_turn"))
     await rig.closed()
     assert client.text_of("901").endswith("✅ Allow (by @ada)")
+
+
+async def test_the_follow_up_queue_is_bounded_and_the_sender_is_told(
+    autojump_clock: trio.abc.Clock,
+    nursery: trio.Nursery,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    agent = FakeAgent([[TextDelta(text="Working...")], said("one"), said("two")])
+    rig = await start_session(nursery, store, monkeypatch, agent, max_queued_follow_ups=2)
+    await agent.wait_for_prompts(1)
+    for text in ("one", "two", "three"):
+        await rig.send(FollowUp(text, ADA))
+    await rig.client.wait_for_text("Not queued: 2 messages already wait for the agent")
+    agent.emit(TurnEnded(stop_reason="end_turn"))
+    await agent.wait_for_prompts(3)
+    await rig.closed()
+    assert agent.prompts == ["fix the login bug", "one", "two"]

@@ -44,7 +44,9 @@ async def test_bench_telegram_100_streamed_edits(
     await fake.start(nursery)
     ada = User(111, "Ada")
     fake.add_chat(ada.id, "private", user=ada)
-    config = TelegramConfig.model_validate({"bot_token": fake.token, "api_base_url": fake.base_url})
+    config = TelegramConfig.model_validate(
+        {"bot_token": fake.token, "api_base_url": fake.base_url, "allow_everyone": True}
+    )
     async with httpx.AsyncClient() as http, TelegramClient(config, http=http) as client:
         await stream(nursery, client, ChatRef("telegram", str(ada.id)))
     calls = [c for c in fake.calls if c.method in ("sendmessage", "editmessagetext")]
@@ -64,7 +66,10 @@ async def test_bench_slack_100_streamed_edits(
     await fake.start(nursery)
     channel = fake.add_channel("general")
     config = SlackConfig(
-        app_token=fake.app_token, bot_token=fake.bot_token, api_base_url=fake.api_url
+        app_token=fake.app_token,
+        bot_token=fake.bot_token,
+        api_base_url=fake.api_url,
+        allow_everyone=True,
     )
     async with httpx.AsyncClient() as http:
         client = SlackClient(config, http=http)

@@ -16,7 +16,7 @@ import pytest
 import trio
 import trio.testing
 
-from anycode_actors.chat.auth import NOT_AUTHORIZED, is_allowed
+from anycode_actors.chat.auth import NOT_AUTHORIZED, AccessPolicy
 from anycode_actors.chat.base import (
     Button,
     ButtonPress,
@@ -71,6 +71,8 @@ def config(slack: FakeSlack, **overrides: Any) -> SlackConfig:
         "app_token": slack.app_token,
         "bot_token": slack.bot_token,
         "api_base_url": slack.api_url,
+        # Most tests are about the protocol, not access: no allow-list lets everyone in.
+        "allow_everyone": not overrides.get("allowed_users"),
         **overrides,
     }
     return SlackConfig(**settings)
@@ -811,10 +813,12 @@ async def test_server_errors_and_no_answer_are_unavailable(
 
 
 # --- allowed users --------------------------------------------------------------------------------
-def test_an_empty_allowed_list_lets_everyone_in() -> None:
-    assert is_allowed((), "U0ANYONE")
-    assert is_allowed([ADA], ADA)
-    assert not is_allowed([ADA], BOB)
+def test_an_empty_allowed_list_lets_nobody_in_unless_everyone_is_allowed() -> None:
+    assert not AccessPolicy.of(()).may_use("U0ANYONE")
+    assert AccessPolicy.of((), everyone=True).may_use("U0ANYONE")
+    assert AccessPolicy.of([ADA]).may_use(ADA)
+    assert not AccessPolicy.of([ADA]).may_use(BOB)
+    assert AccessPolicy.of((), admins=[BOB]).may_use(BOB)
     assert NOT_AUTHORIZED == "You are not authorized to use this bot."
 
 

@@ -92,6 +92,8 @@ def make_config(
             "bot_token": fake.token,
             "api_base_url": base_url or fake.base_url,
             "allowed_users": list(allowed),
+            # Most tests are about the protocol, not access: an empty list lets everyone in.
+            "allow_everyone": not allowed,
             "poll_timeout": 30,
         }
     )
@@ -534,7 +536,7 @@ async def test_people_not_allowed_get_the_reply_and_reach_nobody(
     assert (answer.query_id, answer.text, answer.show_alert) == (query_id, NOT_AUTHORIZED, True)
 
 
-async def test_everyone_is_allowed_when_allowed_users_is_empty(
+async def test_everyone_is_allowed_with_allow_everyone(
     autojump_clock: trio.abc.Clock, fake: FakeTelegram
 ) -> None:
     async with connected(fake) as (_, events):

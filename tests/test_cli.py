@@ -17,6 +17,12 @@ REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "config.example.toml"
 TOKEN = "123456:ABC-DEF1234ghIkl-zyx57W2v1u123ew11"
 SECRET = TOKEN.split(":")[1]
+SLACK_TOKENS = 'app_token = "xapp-1-A0000-0000-abcdef"\nbot_token = "xoxb-0000_0000_abcdef"\n'
+# A platform section with nobody allowed in, which `check-config` and `run` refuse.
+OPEN_SECTIONS = {
+    "telegram": f'[telegram]\nbot_token = "{TOKEN}"\n',
+    "slack": f"[slack]\n{SLACK_TOKENS}",
+}
 
 
 def write_config(tmp_path: Path, text: str) -> str:
@@ -42,20 +48,123 @@ def test_check_config_prints_the_effective_config_with_secrets_masked(
 def test_check_config_output_contains_the_effective_config_as_toml(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = write_config(tmp_path, f'[telegram]\nbot_token = "{TOKEN}"\n')
-    main(["check-config", path], environ={})
+    path = write_config(tmp_path, f'[telegram]\nbot_token = "{TOKEN}"\nallowed_users = [1]\n')
+    assert main(["check-config", path], environ={}) == 0
     out = capsys.readouterr().out
     dumped = tomllib.loads(out[out.index("# Effective configuration") :])
     assert dumped["session"]["debounce_ms"] == 500
     assert dumped["database"]["path"] == str(tmp_path / "anycode.db")
+    assert dumped["telegram"]["allow_everyone"] is False
+    assert dumped["limits"]["max_sessions_per_user"] == 3
 
 
-def test_check_config_warns_when_anyone_may_use_the_bot(
+def assert_refused_for_an_empty_allow_list(err: str, path: str, platform: str) -> None:
+    lines = err.splitlines()
+    assert lines[0] == f"✗ {path} has 1 problem:"
+    assert lines[1].startswith(f"  • {platform}.allowed_users: is empty, so anyone who finds")
+    assert "refuses to start" in lines[1]
+    assert lines[2].startswith("      fix: list the user ids")
+    assert f"[{platform}] allowed_users" in lines[2]
+    assert f"allow_everyone = true in [{platform}]" in lines[2]
+
+
+@pytest.mark.parametrize("platform", ["telegram", "slack"])
+def test_check_config_refuses_an_empty_allow_list_and_names_both_ways_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], platform: str
+) -> None:
+    path = write_config(tmp_path, OPEN_SECTIONS[platform])
+    assert main(["check-config", path], environ={}) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert_refused_for_an_empty_allow_list(err, path, platform)
+    assert SECRET not in err
+
+
+def test_check_config_reports_every_platform_without_an_allow_list(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = write_config(tmp_path, f'[telegram]\nbot_token = "{TOKEN}"\n')
-    main(["check-config", path], environ={})
-    assert "! telegram.allowed_users is empty" in capsys.readouterr().out
+    path = write_config(tmp_path, OPEN_SECTIONS["telegram"] + OPEN_SECTIONS["slack"])
+    assert main(["check-config", path], environ={}) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines()[0] == f"✗ {path} has 2 problems:"
+    assert "  • telegram.allowed_users: is empty" in err
+    assert "  • slack.allowed_users: is empty" in err
+
+
+@pytest.mark.parametrize("platform", ["telegram", "slack"])
+def test_run_refuses_an_empty_allow_list_before_starting_anything(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    platform: str,
+) -> None:
+    import anycode_actors.cli as cli
+    import anycode_actors.daemon as daemon
+
+    def must_not_start(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the daemon was started")
+
+    monkeypatch.setattr(daemon, "run_until_signalled", must_not_start)
+    monkeypatch.setattr(cli, "configure_logging", must_not_start)
+    path = write_config(tmp_path, OPEN_SECTIONS[platform])
+    assert main(["run", "--config", path], environ={}) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert_refused_for_an_empty_allow_list(err, path, platform)
+    # Neither the database nor the admin socket was created next to the config.
+    assert [p.name for p in tmp_path.iterdir()] == ["config.toml"]
+
+
+def test_run_with_console_refuses_an_empty_allow_list_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_config(tmp_path, OPEN_SECTIONS["telegram"])
+    assert main(["run", "--console", "--config", path], environ={}) == 1
+    assert "telegram.allowed_users: is empty" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["config.toml"]
+
+
+@pytest.mark.parametrize("platform", ["telegram", "slack"])
+def test_check_config_with_allow_everyone_passes_with_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], platform: str
+) -> None:
+    path = write_config(tmp_path, OPEN_SECTIONS[platform] + "allow_everyone = true\n")
+    assert main(["check-config", path], environ={}) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert f"chat      {platform} (anyone)" in out
+    assert (
+        f"! {platform}.allow_everyone is true: anyone who can message the bot can run agents "
+        "with your credentials"
+    ) in out
+
+
+def test_check_config_with_an_allow_list_does_not_warn(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_config(tmp_path, OPEN_SECTIONS["telegram"] + "allowed_users = [1, 2]\n")
+    assert main(["check-config", path], environ={}) == 0
+    out = capsys.readouterr().out
+    assert "chat      telegram (2 allowed users)" in out
+    assert "\n! " not in out
+
+
+def test_check_config_shows_the_admins_in_the_summary(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = (
+        OPEN_SECTIONS["telegram"]
+        + "allowed_users = [1, 2]\nadmins = [3]\n"
+        + OPEN_SECTIONS["slack"]
+        + 'allow_everyone = true\nadmins = ["U0123ABCD", "W0999XYZ"]\n'
+    )
+    path = write_config(tmp_path, text)
+    assert main(["check-config", path], environ={}) == 0
+    out = capsys.readouterr().out
+    assert "chat      telegram (2 allowed users, 1 admin), slack (anyone, 2 admins)" in out
+    dumped = tomllib.loads(out[out.index("# Effective configuration") :])
+    assert dumped["telegram"]["admins"] == ["3"]
+    assert dumped["slack"]["admins"] == ["U0123ABCD", "W0999XYZ"]
 
 
 def test_check_config_lists_every_problem_on_stderr_and_exits_1(
@@ -93,7 +202,7 @@ def test_check_config_reports_toml_syntax_errors_with_their_line(
 def test_check_config_shows_which_secrets_came_from_the_environment(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = write_config(tmp_path, "")
+    path = write_config(tmp_path, "[telegram]\nallowed_users = [1]\n")
     assert main(["check-config", path], environ={"ANYCODE_TELEGRAM_BOT_TOKEN": TOKEN}) == 0
     out = capsys.readouterr().out
     assert "from env  ANYCODE_TELEGRAM_BOT_TOKEN" in out
@@ -108,7 +217,7 @@ def test_check_config_accepts_the_example_file(capsys: pytest.CaptureFixture[str
 def test_check_config_defaults_to_config_toml_in_the_working_directory(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    write_config(tmp_path, f'[telegram]\nbot_token = "{TOKEN}"\n')
+    write_config(tmp_path, f'[telegram]\nbot_token = "{TOKEN}"\nallowed_users = [1]\n')
     monkeypatch.chdir(tmp_path)
     assert main(["check-config"], environ={}) == 0
     assert capsys.readouterr().out.startswith("✓ config.toml is valid")
@@ -163,7 +272,8 @@ def test_run_refuses_to_start_beside_another_daemon_with_a_plain_message(tmp_pat
     try:
         path = write_config(
             tmp_path,
-            f'[telegram]\nbot_token = "{TOKEN}"\napi_base_url = "http://127.0.0.1:9"\n'
+            f'[telegram]\nbot_token = "{TOKEN}"\nallowed_users = [1]\n'
+            'api_base_url = "http://127.0.0.1:9"\n'
             f'[database]\npath = "{tmp_path / "anycode.db"}"\n'
             f'[admin]\nsocket = "{sock_path}"\n',
         )

@@ -127,7 +127,8 @@ def test_defaults_equal_the_originals() -> None:
     )
     ecs = config.ecs
     assert (ecs.cluster, ecs.task_definition, ecs.subnets, ecs.security_groups) == ("", "", (), ())
-    assert ecs.assign_public_ip is True
+    # The one default changed on purpose: sandbox-agent speaks plain HTTP, kept inside the VPC.
+    assert ecs.assign_public_ip is False
     assert (ecs.container_port, ecs.startup_timeout_secs, ecs.poll_interval_ms) == (2468, 120, 1000)
     assert (ecs.region, ecs.platform_version, ecs.container_name) == (None, None, None)
     assert (ecs.log_group, ecs.log_stream_prefix) == (None, None)
@@ -148,6 +149,9 @@ def test_defaults_of_the_new_keys() -> None:
     assert "NET_RAW" not in config.docker.cap_add
     assert config.local.workdir == Path("anycode-work")
     assert config.admin.socket == Path("anycode.sock")
+    assert (config.telegram.allow_everyone, config.telegram.admins) == (False, ())
+    assert config.database.retention_days == 30
+    assert config.limits.max_sessions_per_user == 3
 
 
 def test_sections_built_in_code_carry_the_same_defaults() -> None:
@@ -173,6 +177,10 @@ def test_example_file_loads_clean() -> None:
     assert config.platforms() == ("telegram",)
     assert config.known_agents() == ("claude-code", "codex", "goose")
     assert config.ecs.cluster == "anycode-cluster"
+    # The example is one `anycode run` accepts: it lists who may use the bot.
+    assert config.telegram is not None
+    assert config.telegram.allowed_users == ("123456789",)
+    assert config.access_problems() == []
 
 
 def section_models() -> dict[str, type[BaseModel]]:

@@ -406,6 +406,7 @@ async def test_run_console_shows_the_daemon_tree_and_logs_to_a_file(
     config = short_dir / "config.toml"
     await trio.Path(config).write_text(
         f'[telegram]\nbot_token = "{telegram.token}"\napi_base_url = "{url}"\npoll_timeout = 1\n'
+        "allow_everyone = true\n"
         '[sandbox]\nprovider = "local"\nprotocol = "acp"\n'
         "[local]\nallow_unsandboxed = true\n"
         '[admin]\nsocket = "admin.sock"\n'

@@ -903,6 +903,7 @@ async def test_read_files_streams_the_outbox_out_of_a_real_sandbox(
                 SandboxFile("sub/deeper/b.bin", b"\x00\x01binary\xff"),
             ),
             too_big=(("big-hard", 2048), ("report.pdf", 2048)),
+            links=(("hard", "a.txt"), ("report.pdf", "big-hard")),
         )
         for path in ("/workspace/outbox", "/workspace/outbox/", "/workspace/outbox/."):
             assert await provider.read_files(handle, path, max_bytes=1024) == expected, path

@@ -107,7 +107,7 @@ def make_provider(
         "task_definition": world.task_definition,
         "subnets": (world.subnet_id,),
         "security_groups": (world.security_group_id,),
-        "assign_public_ip": False,
+        # assign_public_ip: its default (off), unless a test overrides it.
         "poll_interval_ms": 250,
         "startup_timeout_secs": 10,
         "region": REGION,
@@ -693,6 +693,63 @@ async def test_endpoint_address_follows_assign_public_ip(
         assert warned == (assign_public_ip and not has_public_ip)
     finally:
         await provider.destroy(handle.id)
+
+
+PLAIN_HTTP_WARNING = "unencrypted plain HTTP over the internet"
+
+
+async def test_by_default_the_private_ip_is_used_even_when_the_task_has_a_public_one(
+    moto: MotoServer, world: EcsWorld, logs: pytest.LogCaptureFixture
+) -> None:
+    moto.set_task_transition({"progression": "manual", "times": 1})
+    session = moto.session()
+    public_ips = associate_public_ip_after_run_task(moto, session)
+    sent = record_run_task_params(session)
+    provider = make_provider(moto, world, session=session)
+    with trio.fail_after(WAIT):
+        handle = await provider.create(make_spec())
+    moto.set_task_transition({"progression": "manual", "times": FOREVER})
+    try:
+        vpc = sent[0]["networkConfiguration"]["awsvpcConfiguration"]
+        assert vpc["assignPublicIp"] == "DISABLED"
+        task = await describe(moto, world, handle.id)
+        [private_ip] = [
+            d["value"]
+            for d in task["attachments"][0]["details"]
+            if d["name"] == "privateIPv4Address"
+        ]
+        assert public_ips and public_ips[0] != private_ip
+        assert handle.endpoint == f"http://{private_ip}:2468"
+        assert PLAIN_HTTP_WARNING not in logs.text
+    finally:
+        await provider.destroy(handle.id)
+
+
+async def test_a_public_ip_is_warned_about_once_per_provider_start(
+    moto: MotoServer, world: EcsWorld, logs: pytest.LogCaptureFixture
+) -> None:
+    moto.set_task_transition({"progression": "manual", "times": 1})
+    session = moto.session()
+    public_ips = associate_public_ip_after_run_task(moto, session)
+    provider = make_provider(moto, world, session=session, assign_public_ip=True)
+    warnings = [r for r in logs.records if PLAIN_HTTP_WARNING in r.getMessage()]
+    assert [(r.levelno, r.name) for r in warnings] == [
+        (logging.WARNING, "anycode_actors.sandboxes.ecs")
+    ]
+    assert "assign_public_ip" in warnings[0].getMessage()
+    handles = []
+    try:
+        for _ in range(2):
+            with trio.fail_after(WAIT):
+                handles.append(await provider.create(make_spec()))
+            moto.set_task_transition({"progression": "manual", "times": 1})
+        assert [h.endpoint for h in handles] == [f"http://{ip}:2468" for ip in public_ips]
+        # Two sandboxes later, still the one warning of the provider's start.
+        assert sum(PLAIN_HTTP_WARNING in r.getMessage() for r in logs.records) == 1
+    finally:
+        moto.set_task_transition({"progression": "manual", "times": FOREVER})
+        for handle in handles:
+            await provider.destroy(handle.id)
 
 
 # --- destroy, list, logs and exec edge cases ---------------------------------------------------

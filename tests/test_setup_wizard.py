@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from rich.console import Console
 from rich.text import Text
 
+from anycode_actors.cli import main
 from anycode_actors.config import Config, load_config
 from anycode_actors.setup_wizard import (
     DockerSdkProbe,
@@ -51,6 +52,7 @@ TELEGRAM_DOCKER = [
     ("Chat platforms", "telegram"),
     ("Telegram bot token", TELEGRAM_TOKEN),
     ("Allowed Telegram user ids", "12345, 67890"),
+    ("Telegram admins", ""),
     ("Sandbox provider", ""),
     ("Docker image", ""),
     ("First host port", "13000"),
@@ -189,7 +191,11 @@ def test_telegram_docker_setup_writes_a_private_config_the_loader_accepts(
     raw = tomllib.loads(run.path.read_text())
     assert raw["sandbox"] == {"provider": "docker", "protocol": "sandbox-agent"}
     assert raw["telegram"]["allowed_users"] == [12345, 67890]
+    assert "allow_everyone" not in raw["telegram"]
+    assert "admins" not in raw["telegram"]
     assert "OPENAI" not in raw["agents"]["codex"].get("env", {})
+    assert config.access_problems() == []  # `anycode run` accepts it
+    assert "telegram: may be used by 12345, 67890\n" in run.output
 
 
 def test_secrets_are_asked_masked_and_never_shown(tmp_path: Path) -> None:
@@ -204,6 +210,7 @@ def test_secrets_are_asked_masked_and_never_shown(tmp_path: Path) -> None:
         ("Slack app-level token", SLACK_APP),
         ("Slack bot token", SLACK_BOT),
         ("Allowed Slack member ids", "U0123ABCD"),
+        ("Slack admins", ""),
         ("Sandbox provider", ""),
     )
     dialogue = replace_answer(
@@ -261,6 +268,7 @@ def test_wrong_slack_tokens_are_asked_again_with_the_loaders_messages(tmp_path: 
         ("Slack bot token", SLACK_BOT),
         ("Allowed Slack member ids", "someone"),
         ("Allowed Slack member ids", "U0123ABCD, W0999XYZ"),
+        ("Slack admins", ""),
     )
     dialogue = [step for step in dialogue if not step[0].startswith(("Telegram", "Allowed Tel"))]
     run = run_wizard(tmp_path, dialogue)
@@ -280,29 +288,122 @@ def test_wrong_slack_tokens_are_asked_again_with_the_loaders_messages(tmp_path: 
     assert config.slack.allowed_users == ("U0123ABCD", "W0999XYZ")
 
 
-def test_no_allowed_users_warns_and_needs_a_yes(tmp_path: Path) -> None:
+EMPTY_LIST_WARNING = (
+    "! With no allowed users, anyone who finds the {} bot can run agents with your "
+    "credentials and your API keys."
+)
+
+
+def test_no_allowed_users_warns_and_needs_a_yes_which_writes_allow_everyone(
+    tmp_path: Path,
+) -> None:
     dialogue = replace_answer(
         TELEGRAM_DOCKER,
         "Allowed Telegram user ids",
         ("Allowed Telegram user ids", ""),
-        ("Let anyone use the bot?", ""),
+        ("Let everyone use the bot (allow_everyone = true)? [y/n] (n)", ""),
         ("Allowed Telegram user ids", "@me"),
         ("Allowed Telegram user ids", ""),
-        ("Let anyone use the bot?", "y"),
+        ("Let everyone use the bot", "y"),
     )
     run = run_wizard(tmp_path, dialogue)
     assert run.code == 0
-    warning = (
-        "! With no allowed users, anyone who finds the telegram bot can run agents with your "
-        "credentials and your API keys."
-    )
-    assert run.output.count(warning) == 2
+    assert run.output.count(EMPTY_LIST_WARNING.format("telegram")) == 2
     assert "✗ telegram.allowed_users[0]: must be a numeric Telegram user id, not '@me'" in (
         run.output
     )
+    raw = tomllib.loads(run.path.read_text())
+    assert raw["telegram"]["allowed_users"] == []
+    assert raw["telegram"]["allow_everyone"] is True
     config = loaded(run)
     assert config.telegram is not None
     assert config.telegram.allowed_users == ()
+    assert config.telegram.allow_everyone is True
+    assert config.access_problems() == []  # `anycode run` accepts it
+    assert main(["check-config", str(run.path)], environ={"OPENAI_API_KEY": OPENAI}) == 0
+    assert "! telegram: allow_everyone = true, so anyone who can message the bot" in run.output
+
+
+def test_answering_no_to_everyone_asks_for_users_again(tmp_path: Path) -> None:
+    dialogue = replace_answer(
+        TELEGRAM_DOCKER,
+        "Allowed Telegram user ids",
+        ("Allowed Telegram user ids", ""),
+        ("Let everyone use the bot", "n"),
+        ("Allowed Telegram user ids", ""),
+        ("Let everyone use the bot", "no"),
+        ("Allowed Telegram user ids", "424242"),
+    )
+    run = run_wizard(tmp_path, dialogue)
+    assert run.code == 0
+    assert run.output.count("Then list at least one user who may use it.") == 2
+    raw = tomllib.loads(run.path.read_text())
+    assert raw["telegram"]["allowed_users"] == [424242]
+    assert "allow_everyone" not in raw["telegram"]
+    config = loaded(run)
+    assert config.telegram is not None
+    assert config.telegram.allowed_users == ("424242",)
+    assert config.telegram.allow_everyone is False
+    assert config.access_problems() == []
+    assert main(["check-config", str(run.path)], environ={"OPENAI_API_KEY": OPENAI}) == 0
+
+
+def test_slack_with_no_allowed_users_asks_about_everyone_too(tmp_path: Path) -> None:
+    dialogue = replace_answer(
+        TELEGRAM_DOCKER,
+        "Chat platforms",
+        ("Chat platforms", "slack"),
+        ("Slack app-level token", SLACK_APP),
+        ("Slack bot token", SLACK_BOT),
+        ("Allowed Slack member ids", ""),
+        ("Let everyone use the bot", ""),
+        ("Allowed Slack member ids", ""),
+        ("Let everyone use the bot", "yes"),
+        ("Slack admins", ""),
+    )
+    dialogue = [step for step in dialogue if not step[0].startswith(("Telegram", "Allowed Tel"))]
+    run = run_wizard(tmp_path, dialogue)
+    assert run.code == 0
+    assert run.output.count(EMPTY_LIST_WARNING.format("slack")) == 2
+    config = loaded(run)
+    assert config.slack is not None
+    assert (config.slack.allowed_users, config.slack.allow_everyone) == ((), True)
+    assert config.access_problems() == []
+
+
+def test_admins_are_asked_checked_and_written_for_each_platform(tmp_path: Path) -> None:
+    dialogue = replace_answer(TELEGRAM_DOCKER, "Chat platforms", ("Chat platforms", "both"))
+    dialogue = replace_answer(
+        dialogue,
+        "Telegram admins",
+        ("Telegram admins, comma-separated user ids (optional; Enter for none)", "@boss"),
+        ("Telegram admins", "111, 222"),
+    )
+    dialogue = replace_answer(
+        dialogue,
+        "Sandbox provider",
+        ("Slack app-level token", SLACK_APP),
+        ("Slack bot token", SLACK_BOT),
+        ("Allowed Slack member ids", "U0123ABCD"),
+        ("Slack admins", "boss"),
+        ("Slack admins", "W0999XYZ"),
+        ("Sandbox provider", ""),
+    )
+    run = run_wizard(tmp_path, dialogue)
+    assert run.code == 0
+    assert "✗ telegram.admins[0]: must be a numeric Telegram user id, not '@boss'" in run.output
+    assert "✗ slack.admins[0]: must be a Slack member id like U0123ABCD, not 'boss'" in run.output
+    assert "Admins may use the bot too, and may cancel anyone's session" in run.output
+    raw = tomllib.loads(run.path.read_text())
+    assert raw["telegram"]["admins"] == [111, 222]
+    assert raw["slack"]["admins"] == ["W0999XYZ"]
+    config = loaded(run)
+    assert config.telegram is not None
+    assert config.slack is not None
+    assert config.telegram.admins == ("111", "222")
+    assert config.slack.admins == ("W0999XYZ",)
+    assert "telegram: admins 111, 222\n" in run.output
+    assert "slack: admins W0999XYZ\n" in run.output
 
 
 def test_wrong_numbers_are_asked_again_with_the_loaders_messages(tmp_path: Path) -> None:
@@ -494,7 +595,7 @@ def test_ctrl_c_at_any_prompt_exits_130_and_writes_nothing(tmp_path: Path, stop_
 
 
 def test_end_of_input_exits_1_and_writes_nothing(tmp_path: Path) -> None:
-    run = run_wizard(tmp_path, [*TELEGRAM_DOCKER[:5], ("First host port", EOF)])
+    run = run_wizard(tmp_path, [*TELEGRAM_DOCKER[:6], ("First host port", EOF)])
     assert run.code == 1
     assert "Input ended before setup finished; nothing was written." in run.output
     assert not run.path.exists()
@@ -684,6 +785,7 @@ def test_setup_in_a_real_terminal_writes_the_telegram_config(tmp_path: Path) -> 
         ("Chat platforms", "telegram"),
         ("Telegram bot token", TELEGRAM_TOKEN),
         ("Allowed Telegram user ids", "12345"),
+        ("Telegram admins", ""),
         ("Sandbox provider", ""),
         ("Docker image", ""),
         ("First host port", ""),

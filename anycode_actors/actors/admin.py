@@ -23,6 +23,13 @@ control. Nothing listens on a network address unless `admin.listen` is set, and 
 request must carry `admin.token`; a missing or wrong token gets an error and the connection is
 closed, never a snapshot.
 
+Every request line is untrusted input, parsed strictly before anything else happens: UTF-8, one
+JSON object whose arrays and objects nest at most `MAX_REQUEST_NESTING` deep (counted by a
+linear scan before the JSON parser, which recurses once per level, sees the line); anything else
+gets an error and the connection is closed. Over TCP the token is the first field read, compared
+as bytes in constant time. Whatever a client sends, it gets an answer or a closed connection:
+nothing it sends can take the server down.
+
 Why many refreshing clients never disturb the daemon: a snapshot is a synchronous copy of the
 registry (no awaits, no locks, nothing sent to any actor); each listener serves at most
 `MAX_CONNECTIONS` clients at once while further ones wait in the kernel's backlog; reads are
@@ -77,6 +84,8 @@ CLIENT_TIMEOUT: Final = 3.0
 PROBE_TIMEOUT: Final = 1.0
 """How long the server waits on an existing socket file before it decides who owns it."""
 SOCKET_MODE: Final = 0o600
+MAX_REQUEST_NESTING: Final = 2
+"""How deep arrays and objects may nest in a request (`{"op": "snapshot"}` is 1)."""
 
 # accept() errors that mean "out of resources right now", not "the listener is broken".
 _RESOURCE_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
@@ -226,7 +235,9 @@ class AdminServer:
         self.socket_path = socket_path
         self.daemon_id = daemon_id
         self._listen = listen
-        self._token = token
+        # Bytes, so any str compares (compare_digest refuses a non-ASCII str); surrogatepass
+        # encodes every str, even one with lone surrogates, and two strs alike only if equal.
+        self._token = None if token is None else token.encode("utf-8", "surrogatepass")
         self._started_at = registry.now()
         self._bound: tuple[int, int] | None = None
         self.tcp_addresses: list[tuple[str, int]] = []
@@ -394,6 +405,9 @@ class AdminServer:
                         return
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the client went away mid-request; nothing to tell anyone
+        except Exception:
+            # A bug in answering one client must not stop the listener for everyone else.
+            log.exception("admin socket: could not answer a client; closed its connection")
         finally:
             slots.release()
 
@@ -414,11 +428,8 @@ class AdminServer:
 
     def _respond(self, line: bytes, needs_token: bool) -> tuple[bytes, bool]:
         """The response line to one request, and whether the connection stays open."""
-        try:
-            request = json.loads(line)
-        except ValueError:
-            return _error("a request is one JSON object per line"), False
-        if not isinstance(request, dict):
+        request = _parse_request(line)
+        if request is None:
             return _error("a request is one JSON object per line"), False
         if needs_token and not self._token_matches(request.get("token")):
             return _error("unauthorized: this address needs the admin token"), False
@@ -430,7 +441,53 @@ class AdminServer:
     def _token_matches(self, given: object) -> bool:
         if not isinstance(given, str) or self._token is None:
             return False
-        return hmac.compare_digest(given.encode(), self._token.encode())
+        return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), self._token)
+
+
+def _parse_request(line: bytes) -> dict[str, Any] | None:
+    """The request object on one line, or None if the line is not a request.
+
+    Strict, because the line is untrusted (over TCP it is parsed before its token is checked):
+    its length is bounded by the reader, and its nesting is checked before `json.loads`, which
+    raises RecursionError (not a ValueError) on input like `[` * 4000.
+    """
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if not _nests_within(text, MAX_REQUEST_NESTING):
+        return None
+    try:
+        request = json.loads(text)
+    except (ValueError, RecursionError):  # RecursionError only if the scan ever misjudged
+        return None
+    return request if isinstance(request, dict) else None
+
+
+def _nests_within(text: str, limit: int) -> bool:
+    """Whether the arrays and objects of JSON `text` nest at most `limit` deep and never close
+    more than they opened; brackets inside strings do not count. Linear, without recursion."""
+    depth = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > limit:
+                return False
+        elif char in "]}":
+            depth -= 1
+            if depth < 0:
+                return False
+    return True
 
 
 def _encode(message: Mapping[str, Any]) -> bytes:

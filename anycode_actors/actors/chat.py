@@ -8,14 +8,17 @@ session, and speaks only through its flusher (the one caller of send/edit for th
 from __future__ import annotations
 
 import logging
+import re
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Final
 
 import trio
 
 from anycode_actors.actors.commands import HELP_TEXT, BadTask, parse_task, short_id
+from anycode_actors.actors.directory import DirectoryInbox, Unregister, route
 from anycode_actors.actors.flusher import FlusherMessage, Post, StreamStarted
 from anycode_actors.actors.session import Recovered
 from anycode_actors.actors.session_api import (
@@ -26,11 +29,16 @@ from anycode_actors.actors.session_api import (
     SessionHandle,
     SessionMessage,
 )
+from anycode_actors.chat.auth import AccessPolicy
 from anycode_actors.chat.base import ButtonPress, ChatClient, ChatEvent, ChatRef, Command, Message
 from anycode_actors.config import Config
 from anycode_actors.store import (
+    DAY,
     AmbiguousSessionPrefix,
     InteractionStatus,
+    Quota,
+    QuotaExceeded,
+    QuotaKind,
     Session,
     SessionStatus,
     Store,
@@ -39,8 +47,14 @@ from supervisors import Actor, SupervisorError, current_child
 
 log = logging.getLogger(__name__)
 
-# Button data is "<interaction id>:<option index>"; see `permission_button_data`.
+# Button data is "<interaction id>:<option index>"; see `permission_button_data`. Parsed
+# strictly (ASCII only): the data comes back from the platform and anyone can forge it.
 BUTTON_SEPARATOR: Final = ":"
+_BUTTON_DATA: Final = re.compile(r"([A-Za-z0-9_-]{1,32}):([0-9]{1,3})", re.ASCII)
+SLOW_DOWN: Final = "Slow down: you are sending commands too fast. Wait a few seconds, then retry."
+NOT_YOURS_TO_ANSWER: Final = (
+    "This is not yours to answer: only the person who started the task or an admin can."
+)
 # How many message ids of session output the chat remembers for reply-to routing.
 REPLY_MAP_SIZE: Final = 512
 
@@ -55,6 +69,13 @@ class Notice:
 
 
 @dataclass(frozen=True)
+class Throttled:
+    """The router dropped `event` because its sender is over the command rate: say so, once."""
+
+    event: ChatEvent
+
+
+@dataclass(frozen=True)
 class Reattach:
     """A session a previous run left running: start its actor again, resuming its stream."""
 
@@ -62,7 +83,7 @@ class Reattach:
     recovered: Recovered
 
 
-ChatInbox = ChatEvent | SessionClosed | StreamStarted | Notice | Reattach
+ChatInbox = ChatEvent | SessionClosed | StreamStarted | Notice | Reattach | Throttled
 
 
 def permission_button_data(interaction_id: str, option_index: int) -> str:
@@ -71,10 +92,11 @@ def permission_button_data(interaction_id: str, option_index: int) -> str:
 
 
 def parse_button_data(data: str) -> tuple[str, int] | None:
-    interaction_id, sep, index = data.rpartition(BUTTON_SEPARATOR)
-    if not sep or not interaction_id or not index.isdigit():
+    """(interaction id, option index), or None for anything we did not make ourselves."""
+    match = _BUTTON_DATA.fullmatch(data)
+    if match is None:
         return None
-    return interaction_id, int(index)
+    return match.group(1), int(match.group(2))
 
 
 class ChatActor(Actor[ChatInbox]):
@@ -89,7 +111,8 @@ class ChatActor(Actor[ChatInbox]):
         store: Store,
         config: Config,
         start_session: StartSession,
-        allowed_users: Sequence[str] = (),
+        access: AccessPolicy | None = None,
+        directory: trio.MemorySendChannel[DirectoryInbox] | None = None,
         inbox_size: int | None = None,
     ) -> None:
         super().__init__(inbox_size=inbox_size)
@@ -99,12 +122,28 @@ class ChatActor(Actor[ChatInbox]):
         self._store = store
         self._config = config
         self._start_session = start_session
-        self._allowed = frozenset(allowed_users)
+        self._access = access if access is not None else client.access
+        self._directory = directory
         # Live sessions started from this chat, oldest first: the last is "the most recent".
         self._sessions: OrderedDict[str, SessionHandle] = OrderedDict()
         self._message_session: OrderedDict[str, str] = OrderedDict()
 
     async def handle(self, message: ChatInbox) -> None:
+        try:
+            await self._dispatch(message)
+        except (trio.Cancelled, SupervisorError):
+            raise
+        except Exception:
+            # Whatever a person sends must not take the conversation down with it: the inbox
+            # survives a restart, but the message in hand would be lost without a word.
+            log.exception("chat %s: could not handle %s", self.chat.key, type(message).__name__)
+            if isinstance(message, (Command, Message, ButtonPress)):
+                await self._refuse(message, "Sorry, that could not be handled. Please try again.")
+        context = current_child()
+        if context is not None:
+            context.update(chat=self.chat.key, live_sessions=len(self._sessions))
+
+    async def _dispatch(self, message: ChatInbox) -> None:
         if isinstance(message, Command):
             await self._command(message)
         elif isinstance(message, Message):
@@ -113,6 +152,10 @@ class ChatActor(Actor[ChatInbox]):
             await self._press(message)
         elif isinstance(message, SessionClosed):
             self._sessions.pop(message.session_id, None)
+            if self._directory is not None:
+                await self._directory.send(Unregister(message.session_id))
+        elif isinstance(message, Throttled):
+            await self._refuse(message.event, SLOW_DOWN)
         elif isinstance(message, Notice):
             await self._say(message.text)
         elif isinstance(message, Reattach):
@@ -126,12 +169,13 @@ class ChatActor(Actor[ChatInbox]):
             )
             while len(self._message_session) > REPLY_MAP_SIZE:
                 self._message_session.popitem(last=False)
-        context = current_child()
-        if context is not None:
-            context.update(chat=self.chat.key, live_sessions=len(self._sessions))
 
     async def _say(self, text: str) -> None:
         await self._flusher.send(Post(text))
+
+    async def _refuse(self, event: ChatEvent, text: str) -> None:
+        """Tell only the person behind `event` (a press answer, an ephemeral or a reply)."""
+        await self._client.refuse(event, text)
 
     # --- commands ------------------------------------------------------------------------------
 
@@ -140,7 +184,7 @@ class ChatActor(Actor[ChatInbox]):
         if name in ("task", "start"):
             await self._task(command)
         elif name == "status":
-            await self._status()
+            await self._status(command)
         elif name == "cancel":
             await self._cancel(command)
         elif name == "agents":
@@ -164,19 +208,26 @@ class ChatActor(Actor[ChatInbox]):
                 "Try /agents for the ones that can."
             )
             return
-        active = await self._store.count_active(self.chat.platform, self.chat.chat_id)
-        if active >= self._config.session.max_concurrent:
-            await self._say(f"Too many active sessions ({active}). Cancel one first with /cancel.")
+        limits = self._config.limits
+        try:
+            session = await self._store.create_session(
+                platform=self.chat.platform,
+                chat=self.chat.chat_id,
+                thread=self.chat.thread,
+                user=command.user.id,
+                agent=request.agent,
+                prompt=request.prompt,
+                repo=request.repo,
+                quota=Quota(
+                    per_chat=self._config.session.max_concurrent,
+                    per_user=limits.max_sessions_per_user,
+                    total=limits.max_sessions_total,
+                    per_day=limits.max_tasks_per_user_per_day,
+                ),
+            )
+        except QuotaExceeded as over:
+            await self._say(self._over_quota(over))
             return
-        session = await self._store.create_session(
-            platform=self.chat.platform,
-            chat=self.chat.chat_id,
-            thread=self.chat.thread,
-            user=command.user.id,
-            agent=request.agent,
-            prompt=request.prompt,
-            repo=request.repo,
-        )
         lines = [
             f"Starting {request.agent} session `{short_id(session.id)}`...",
             f"Prompt: {request.prompt}",
@@ -200,6 +251,34 @@ class ChatActor(Actor[ChatInbox]):
             return
         self._sessions[session.id] = handle
 
+    def _over_quota(self, over: QuotaExceeded) -> str:
+        """Which limit, and when a slot frees: sessions end at the latest at their timeout."""
+        timeout = timedelta(minutes=float(self._config.session.timeout_minutes))
+        oldest = over.oldest or datetime.now(UTC)
+        frees = _clock(oldest + (DAY if over.kind == QuotaKind.PER_DAY else timeout))
+        if over.kind == QuotaKind.PER_DAY:
+            return (
+                f"You have started {over.count} tasks in the last 24 hours, the daily limit "
+                f"(limits.max_tasks_per_user_per_day = {over.limit}). "
+                f"Your next task can start at {frees}."
+            )
+        slot = f"A slot frees when one ends, at the latest at {frees} (the session timeout)."
+        if over.kind == QuotaKind.PER_USER:
+            return (
+                f"You have {over.count} active sessions, the limit per person "
+                f"(limits.max_sessions_per_user = {over.limit}). {slot} "
+                "/cancel ends one of yours now."
+            )
+        if over.kind == QuotaKind.TOTAL:
+            return (
+                f"The bot is at capacity: {over.count} active sessions "
+                f"(limits.max_sessions_total = {over.limit}). {slot}"
+            )
+        return (
+            f"Too many active sessions in this chat ({over.count}, "
+            f"session.max_concurrent = {over.limit}). {slot} /cancel ends one now."
+        )
+
     async def _reattach(self, reattach: Reattach) -> None:
         session = reattach.session
         handle = await self._start_session(session, reattach.recovered)
@@ -208,55 +287,74 @@ class ChatActor(Actor[ChatInbox]):
             f"The daemon restarted; session `{short_id(session.id)}` continues where it was."
         )
 
-    async def _status(self) -> None:
+    async def _status(self, command: Command) -> None:
         sessions = await self._store.active_sessions(self.chat.platform, self.chat.chat_id)
-        if not sessions:
-            await self._say("No active sessions.")
-            return
-        lines = ["Active sessions:"]
+        lines = ["Active sessions:"] if sessions else ["No active sessions."]
         for session in sessions:
             created = session.created_at.strftime("%Y-%m-%d %H:%M UTC")
             lines.append(
                 f"- `{short_id(session.id)}` | {session.agent} | {session.status} | {created}"
             )
+        limits = self._config.limits
+        usage = await self._store.usage(self.chat.platform, command.user.id)
+        lines.append(
+            f"Your usage: {usage.active} of {limits.max_sessions_per_user} active sessions, "
+            f"{usage.last_day} of {limits.max_tasks_per_user_per_day} tasks in the last 24 hours."
+        )
         await self._say("\n".join(lines))
 
     async def _cancel(self, command: Command) -> None:
         prefix = command.args.strip()
-        target: str | None
+        user = command.user.id
+        session: Session | None
         if prefix:
             try:
-                found = await self._store.find_session_by_prefix(
+                session = await self._store.find_session_by_prefix(
                     self.chat.platform, self.chat.chat_id, prefix, active_only=True
                 )
             except AmbiguousSessionPrefix as ambiguous:
                 ids = ", ".join(f"`{short_id(c)}`" for c in ambiguous.candidates)
                 await self._say(f"`{prefix}` matches several sessions ({ids}); type more of it.")
                 return
-            target = found.id if found else None
         else:
-            target = next(reversed(self._sessions), None)
-        if target is None:
+            # Your newest session here; an admin with none of their own gets the newest one.
+            mine = [h for h in self._sessions.values() if h.user_id == user]
+            theirs = list(self._sessions.values()) if self._access.is_admin(user) else []
+            candidates = mine or theirs
+            newest = candidates[-1].session_id if candidates else None
+            session = await self._store.get_session(newest) if newest else None
+        if session is None:
             await self._say("No active session to cancel.")
             return
+        if not self._access.may_steer(user, session.user):
+            await self._refuse(
+                command,
+                f"Session `{short_id(session.id)}` is not yours: only the person who started it "
+                "or an admin can cancel it.",
+            )
+            return
         reason = f"by {command.user.mention}"
-        if await self._tell(target, Cancel(reason)):
+        if await self._tell(session.id, Cancel(reason)):
             return
-        # Active in the store but not running here (its actor already ended): settle the record.
-        if not await self._store.transition(target, SessionStatus.CANCELLED, reason=reason):
-            await self._say(f"Session `{short_id(target)}` has already ended.")
+        # Active in the store but no actor runs it (a record a crash left pending): settle it.
+        if not await self._store.transition(session.id, SessionStatus.CANCELLED, reason=reason):
+            await self._say(f"Session `{short_id(session.id)}` has already ended.")
             return
-        await self._say(f"Session `{short_id(target)}` cancelled.")
+        await self._say(f"Session `{short_id(session.id)}` cancelled.")
 
     async def _tell(self, session_id: str, message: SessionMessage) -> bool:
-        """Deliver to a live session; False if it is not live here (any more).
+        """Deliver to a live session; False if it is not live (any more).
 
-        A session closes its inbox when it ends, before its SessionClosed is read here: a
-        message in between finds the inbox closed, and the session is forgotten at once.
+        Sessions started here are reached directly; others of the same conversation (another
+        thread or topic) through the daemon-wide directory. A session closes its inbox when it
+        ends, before its SessionClosed is read here: a message in between finds the inbox
+        closed, and the session is forgotten at once.
         """
         handle = self._sessions.get(session_id)
         if handle is None:
-            return False
+            if self._directory is None:
+                return False
+            return await route(self._directory, session_id, message)
         try:
             await handle.inbox.send(message)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -280,14 +378,23 @@ class ChatActor(Actor[ChatInbox]):
         if not message.text.strip():
             return
         follow_up = FollowUp(message.text, message.user)
+        user = message.user.id
         while True:  # each round either delivers or forgets a session that has ended
             target = None
             if message.reply_to is not None:
                 target = self._message_session.get(message.reply_to)
                 if target not in self._sessions:
                     target = None
+            if target is not None and self._sessions[target].user_id != user:
+                await self._refuse(
+                    message,
+                    f"Session `{short_id(target)}` is not yours: only the person who started it "
+                    "can send it messages. Start your own with /task <prompt>",
+                )
+                return
             if target is None:
-                target = next(reversed(self._sessions), None)
+                mine = [sid for sid, h in self._sessions.items() if h.user_id == user]
+                target = mine[-1] if mine else None
             if target is None:
                 await self._say("No active session. Start one with /task <prompt>")
                 return
@@ -300,7 +407,6 @@ class ChatActor(Actor[ChatInbox]):
         if parsed is None or interaction is None:
             await self._client.answer_press(press, "This button is no longer valid.")
             return
-        handle = self._sessions.get(interaction.session_id)
         session = await self._store.get_session(interaction.session_id)
         if (
             session is None
@@ -309,12 +415,10 @@ class ChatActor(Actor[ChatInbox]):
         ):
             await self._client.answer_press(press, "This is not yours to answer.")
             return
-        if not self._may_answer(press, session):
-            await self._client.answer_press(
-                press, "This is not yours to answer: only the person who started the task can."
-            )
+        if not self._access.may_steer(press.user.id, session.user):
+            await self._refuse(press, NOT_YOURS_TO_ANSWER)
             return
-        if interaction.status != InteractionStatus.PENDING or handle is None:
+        if interaction.status != InteractionStatus.PENDING:
             await self._client.answer_press(press, "Already answered.")
             return
         if parsed[1] >= len(interaction.options):
@@ -325,6 +429,10 @@ class ChatActor(Actor[ChatInbox]):
         ):
             await self._client.answer_press(press, "Already answered.")
 
-    def _may_answer(self, press: ButtonPress, session: Session) -> bool:
-        # The person who started the task may always answer; with an allow-list, anyone on it.
-        return press.user.id == session.user or press.user.id in self._allowed
+
+def _clock(when: datetime) -> str:
+    """A moment as the chat shows it: UTC, to the minute, with the date when it is not today."""
+    when = when.astimezone(UTC)
+    if when.date() == datetime.now(UTC).date():
+        return when.strftime("%H:%M UTC")
+    return when.strftime("%Y-%m-%d %H:%M UTC")

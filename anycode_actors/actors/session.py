@@ -34,6 +34,7 @@ from anycode_actors.actors.flusher import (
     Posted,
     Upload,
 )
+from anycode_actors.actors.redaction import OutputRedactor
 from anycode_actors.actors.session_api import (
     Cancel,
     FollowUp,
@@ -62,9 +63,10 @@ from anycode_actors.agents import (
     TurnEnded,
 )
 from anycode_actors.chat.base import Button, ButtonPress, ChatRef
-from anycode_actors.config import Config
+from anycode_actors.chat.text import clean_display_text
+from anycode_actors.config import Config, SessionConfig
 from anycode_actors.errors import AnycodeError
-from anycode_actors.sandboxes.base import SandboxHandle, SandboxProvider, SandboxSpec
+from anycode_actors.sandboxes.base import OutboxListing, SandboxHandle, SandboxProvider, SandboxSpec
 from anycode_actors.store import InteractionOption, Session, SessionStatus, Store
 from supervisors import Actor, Intensity, Supervisor, current_child
 
@@ -423,27 +425,37 @@ class SessionActor(Actor[SessionInbox]):
 
     # --- agent events ---------------------------------------------------------------------------
 
-    async def _on_event(self, event: AgentEvent) -> None:
-        kind, payload = type(event).__name__, _payload(event)
-        # Stored before shown: after a crash, the store is the truth of what happened. A seq
-        # stored already is a repeat (a resumed stream delivering it again): it was handled.
-        if not await self._store.append_event(self._id, event.seq, kind, payload):
-            return
-        self._events += 1
-        text = chat_text(kind, payload)
-        if text:
-            await self._flusher.send(Append(self._id, text, mark=event.seq))
-        if isinstance(event, PermissionRequested):
-            await self._on_permission(event)
-        elif isinstance(event, PermissionResolved):
-            await self._on_permission_resolved(event)
-        elif isinstance(event, TurnEnded):
-            await self._on_turn_ended(event)
-        elif isinstance(event, ErrorEvent):
-            await self._flusher.send(Flush(self._id))
-            await self._flusher.send(Post(f"Agent error: {event.message}"))
-        elif isinstance(event, SessionEnded) and self._outcome is None:
-            await self._on_stream_lost(event.message or event.reason.replace("_", " "))
+    async def _on_event(self, agent_event: AgentEvent) -> None:
+        # The credentials the sandbox was given never reach the event log or the chat: every
+        # event is redacted first, and a piece of streamed text that may end in the beginning
+        # of one waits for the next event (see OutputRedactor). Made at the first event, when
+        # the sandbox and its token are known.
+        redactor: OutputRedactor | None = getattr(self, "_redactor", None)
+        if redactor is None:
+            redactor = self._redactor = _output_redactor(
+                self._config, self.session.agent, self._handle, self._recovered
+            )
+        for event in redactor.feed(agent_event):
+            kind, payload = type(event).__name__, _payload(event)
+            # Stored before shown: after a crash, the store is the truth of what happened. A
+            # seq stored already is a repeat (a resumed stream delivering it again): handled.
+            if not await self._store.append_event(self._id, event.seq, kind, payload):
+                continue
+            self._events += 1
+            text = chat_text(kind, payload)
+            if text:
+                await self._flusher.send(Append(self._id, text, mark=event.seq))
+            if isinstance(event, PermissionRequested):
+                await self._on_permission(event)
+            elif isinstance(event, PermissionResolved):
+                await self._on_permission_resolved(event)
+            elif isinstance(event, TurnEnded):
+                await self._on_turn_ended(event)
+            elif isinstance(event, ErrorEvent):
+                await self._flusher.send(Flush(self._id))
+                await self._flusher.send(Post(f"Agent error: {event.message}"))
+            elif isinstance(event, SessionEnded) and self._outcome is None:
+                await self._on_stream_lost(event.message or event.reason.replace("_", " "))
 
     async def _on_permission(self, request: PermissionRequested) -> None:
         options = tuple(
@@ -542,6 +554,15 @@ class SessionActor(Actor[SessionInbox]):
         if self._stream_ready and not self._turn_running:
             await self._prompt(follow_up.text)
             return
+        limit = self._config.session.max_queued_follow_ups
+        if len(self._queued) >= limit:
+            await self._flusher.send(
+                Post(
+                    f"Not queued: {limit} messages already wait for the agent "
+                    "(session.max_queued_follow_ups). Send it again when its turn ends."
+                )
+            )
+            return
         self._queued.append(follow_up)
         await self._flusher.send(
             Post("Queued: the agent gets this as soon as it finishes its current step.")
@@ -589,29 +610,21 @@ class SessionActor(Actor[SessionInbox]):
     async def _upload_outbox(self) -> None:
         if self._handle is None:
             return
-        limit = self._config.session.max_upload_mb * 1024 * 1024
+        limits = self._config.session
         try:
             with trio.fail_after(30):
-                listing = await self._provider.read_files(self._handle, OUTBOX, max_bytes=limit)
+                listing = await self._provider.read_files(
+                    self._handle, OUTBOX, max_bytes=limits.max_upload_mb * _MB
+                )
         except (AnycodeError, trio.TooSlowError) as exc:
             log.warning("session %s: could not read the outbox: %s", short_id(self._id), exc)
             return
-        for file in listing.files:
-            key = (file.name, len(file.data))
-            if key in self._uploaded:
-                continue
-            self._uploaded.add(key)
-            await self._flusher.send(Upload(file.name.replace("/", "_"), file.data))
-        for name, size in listing.too_big:
-            if (name, -size) in self._uploaded:
-                continue
-            self._uploaded.add((name, -size))
-            await self._flusher.send(
-                Post(
-                    f"{name} ({size / 1048576:.1f} MB) is over the "
-                    f"{self._config.session.max_upload_mb} MB upload limit; not sent."
-                )
-            )
+        uploads, not_sent = _plan_uploads(listing, limits, self._uploaded)
+        for name, data in uploads:
+            await self._flusher.send(Upload(name, data))
+        if not_sent:
+            # One message for the turn, however many files stayed behind.
+            await self._flusher.send(Post(_not_sent_text(not_sent)))
 
     # --- the end --------------------------------------------------------------------------------
 
@@ -693,6 +706,92 @@ def _payload(event: AgentEvent) -> dict[str, Any]:
     data = dataclasses.asdict(event)
     data.pop("seq", None)
     return {k: v for k, v in data.items() if v is not None and v != "" and v != ()}
+
+
+# --- outbox uploads -----------------------------------------------------------------------------
+
+_MB: Final = 1024 * 1024
+# The message about files not sent names this many; the rest are counted.
+NOT_SENT_LISTED: Final = 10
+# File names longer than this are shortened in that message.
+NOT_SENT_NAME_CHARS: Final = 100
+
+
+def _plan_uploads(
+    listing: OutboxListing, limits: SessionConfig, done: set[tuple[str, int]]
+) -> tuple[list[tuple[str, bytes]], list[str]]:
+    """The files of `listing` to send this turn, as (chat file name, data), and a line for each
+    one that is not sent saying why: over `max_upload_mb` (never read), or past
+    `max_upload_files` or `max_upload_total_mb` for the turn.
+
+    Files are taken in name order; one that would pass the total is left out, a smaller one
+    after it may still fit. A name and size seen in an earlier turn (in `done`, which this adds
+    to) is not considered again, so nothing is sent or reported twice, and every further hard
+    link of a file is merged into it without a word.
+    """
+    merged = dict(listing.links)
+    entries: list[tuple[str, int, bytes | None]] = [
+        *((file.name, file.size, file.data) for file in listing.files),
+        *((name, size, None) for name, size in listing.too_big),
+    ]
+    entries.sort(key=lambda entry: entry[0])
+    uploads: list[tuple[str, bytes]] = []
+    not_sent: list[str] = []
+    total = 0
+    for name, size, data in entries:
+        if name in merged or (name, size) in done:
+            continue
+        done.add((name, size))
+        # A name is the agent's choice: nothing in it may disguise what the file is.
+        shown = (clean_display_text(name) or "file").replace("/", "_")
+        if data is None:
+            why = f"is over the {limits.max_upload_mb} MB upload limit"
+        elif len(uploads) >= limits.max_upload_files:
+            why = f"is over the limit of {_count(limits.max_upload_files, 'file')} per turn"
+        elif total + size > limits.max_upload_total_mb * _MB:
+            why = f"would take this turn's uploads over {limits.max_upload_total_mb} MB"
+        else:
+            uploads.append((shown, data))
+            total += size
+            continue
+        if len(shown) > NOT_SENT_NAME_CHARS:
+            shown = shown[: NOT_SENT_NAME_CHARS - 1] + "…"
+        not_sent.append(f"{shown} ({_size_text(size)}) {why}; not sent.")
+    return uploads, not_sent
+
+
+def _not_sent_text(lines: list[str]) -> str:
+    shown = lines[:NOT_SENT_LISTED]
+    if len(lines) > len(shown):
+        shown.append(f"…and {_count(len(lines) - len(shown), 'more file')} not sent.")
+    return "\n".join(shown)
+
+
+def _size_text(size: int) -> str:
+    if size < 1024:
+        return _count(size, "byte")
+    if size < _MB:
+        return f"{size / 1024:.0f} KB"
+    return f"{size / _MB:.1f} MB"
+
+
+def _count(number: int, thing: str) -> str:
+    return f"{number} {thing}" if number == 1 else f"{number} {thing}s"
+
+
+# --- redaction ----------------------------------------------------------------------------------
+
+
+def _output_redactor(
+    config: Config, agent: str, handle: SandboxHandle | None, recovered: Recovered | None
+) -> OutputRedactor:
+    """What hides the credentials of this session's sandbox in its agent's output: the values
+    `_create_sandbox` injects (`sandbox_env`) and sandbox-agent's token, which sits on a command
+    line inside the sandbox. A recovered session's stored events are not fed again."""
+    secrets = list(config.sandbox_env(agent).values())
+    if handle is not None and handle.token:
+        secrets.append(handle.token)
+    return OutputRedactor(secrets, last_seq=recovered.resume.last_seq if recovered else 0)
 
 
 __all__ = ["Recovered", "SessionActor", "SessionInbox"]

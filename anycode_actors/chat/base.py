@@ -18,6 +18,8 @@ from typing import Protocol
 
 import trio
 
+from anycode_actors.chat.auth import AccessPolicy
+from anycode_actors.chat.text import clean_display_text
 from anycode_actors.errors import AnycodeError
 
 
@@ -48,7 +50,9 @@ class User:
 
     @property
     def mention(self) -> str:
-        return self.name or self.id
+        """The name to show ("answered by …"): without the control and bidi characters that
+        could make it read as someone else's; the id when nothing is left of it."""
+        return clean_display_text(self.name) or self.id
 
 
 @dataclass(frozen=True)
@@ -133,6 +137,7 @@ class ChatClient(Protocol):
 
     platform: str
     limits: ChatLimits
+    access: AccessPolicy
 
     async def run(
         self,
@@ -170,6 +175,14 @@ class ChatClient(Protocol):
 
     async def answer_press(self, press: ButtonPress, text: str = "") -> None:
         """Acknowledge a button press (Telegram shows a progress bar until this is called)."""
+        ...
+
+    async def refuse(self, event: ChatEvent, text: str) -> None:
+        """Tell only the person behind `event` that it was refused (not theirs, over a limit).
+
+        Never raises `ChatError`: a refusal the platform would not deliver is logged, so the
+        actor that refused carries on.
+        """
         ...
 
     async def upload(self, chat: ChatRef, filename: str, data: bytes, caption: str = "") -> str:

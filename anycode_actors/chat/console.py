@@ -45,6 +45,7 @@ from rich.console import Console, RenderableType
 from rich.control import Control
 from rich.text import Text
 
+from anycode_actors.chat.auth import AccessPolicy
 from anycode_actors.chat.base import (
     Button,
     ButtonPress,
@@ -108,6 +109,8 @@ class ConsoleChat:
 
     platform = PLATFORM
     limits = CONSOLE_LIMITS
+    # The one person at the terminal runs the daemon; nobody else can type here.
+    access = AccessPolicy.open()
 
     def __init__(
         self,
@@ -293,6 +296,10 @@ class ConsoleChat:
     async def answer_press(self, press: ButtonPress, text: str = "") -> None:
         if text:
             self._note(f"↳ {text}")
+
+    async def refuse(self, event: ChatEvent, text: str) -> None:
+        """The terminal has one reader, so a refusal is printed like any other message."""
+        await self.send(event.chat, text)
 
     async def upload(self, chat: ChatRef, filename: str, data: bytes, caption: str = "") -> str:
         path = await trio.to_thread.run_sync(_save, self.files_dir, filename, data)

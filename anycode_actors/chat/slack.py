@@ -16,6 +16,10 @@ Slack redelivers events whose ack it did not see, and sends a person's @mention 
 `message` and as `app_mention`, with the same `ts`), so envelopes are de-duplicated by envelope
 id, event id and (channel, ts), in bounded LRU sets.
 
+The bot serves the one workspace its token belongs to (auth.test's `team_id`). An app installed
+in several workspaces gets all their envelopes over the same socket; those from another
+workspace are acked, so Slack does not redeliver them, and otherwise ignored.
+
 Connections: `apps.connections.open` (app token) hands out a one-time URL for every connection.
 A `disconnect` frame (`refresh_requested`, `warning`, …) opens the next connection at once while
 the old one keeps reading until Slack closes it (or `RETIRE_GRACE` passes); `link_disabled`
@@ -45,7 +49,7 @@ import trio
 import trio_websocket
 from wsproto.utilities import LocalProtocolError
 
-from anycode_actors.chat.auth import NOT_AUTHORIZED, is_allowed
+from anycode_actors.chat.auth import NOT_AUTHORIZED, AccessPolicy
 from anycode_actors.chat.base import (
     Button,
     ButtonPress,
@@ -120,6 +124,8 @@ INBOUND_BUFFER: Final = 64
 SEEN_CAPACITY: Final = 4096
 # response_urls of recent button presses, for answer_press (a URL lives 30 minutes).
 RESPONSE_URLS_KEPT: Final = 512
+# Foreign workspaces already logged; beyond this many the oldest may be logged again.
+FOREIGN_TEAMS_KEPT: Final = 256
 BUSY_TEXT: Final = "The bot is busy right now; please try again in a moment."
 # After the immediate first retry, the original's policy: 1 s doubling to 30 s.
 RECONNECT_INITIAL: Final = 1.0
@@ -158,9 +164,9 @@ V = TypeVar("V")
 class SlackClient:
     """The bot in one Slack workspace: a `ChatClient` over Socket Mode and the Web API.
 
-    Use it as ``await nursery.start(client.run, events)``; `send`, `edit`, `answer_press` and
-    `upload` may be called from any task, also while `run` is reconnecting. Call `aclose` at the
-    end if the client made its own HTTP client.
+    Use it as ``await nursery.start(client.run, events)``; `send`, `edit`, `answer_press`,
+    `refuse` and `upload` may be called from any task, also while `run` is reconnecting. Call
+    `aclose` at the end if the client made its own HTTP client.
     """
 
     def __init__(
@@ -177,7 +183,9 @@ class SlackClient:
         self.limits = SLACK_LIMITS
         self._app_token = config.app_token
         self._bot_token = config.bot_token
-        self._allowed = tuple(config.allowed_users)
+        self.access = AccessPolicy.of(
+            config.allowed_users, everyone=config.allow_everyone, admins=config.admins
+        )
         self._api = config.api_base_url.rstrip("/")
         self._owns_http = http is None
         # Tokens go into each request's headers, never into the client's defaults: the upload
@@ -193,6 +201,8 @@ class SlackClient:
         self._inbound_buffer = inbound_buffer
         self._bot_user_id = ""
         self._bot_id = ""
+        self._team_id = ""
+        self._foreign_teams: _Recent[str, None] = _Recent(FOREIGN_TEAMS_KEPT)
         self._seen: _Recent[tuple[str, ...], None] = _Recent(SEEN_CAPACITY)
         self._response_urls: _Recent[str, str] = _Recent(RESPONSE_URLS_KEPT)
         self._links = 0
@@ -238,7 +248,13 @@ class SlackClient:
                 failures += 1
         self._bot_user_id = str(me.get("user_id") or "")
         self._bot_id = str(me.get("bot_id") or "")
-        log.info("Slack: signed in as %s (%s)", me.get("user", "?"), self._bot_user_id)
+        self._team_id = str(me.get("team_id") or "")
+        log.info(
+            "Slack: signed in as %s (%s) in workspace %s",
+            me.get("user", "?"),
+            self._bot_user_id,
+            self._team_id or "?",
+        )
 
     async def _stay_connected(
         self, nursery: trio.Nursery, task_status: trio.TaskStatus[None]
@@ -459,6 +475,10 @@ class SlackClient:
         self, kind: str, payload: dict[str, Any]
     ) -> tuple[_Inbound | None, dict[str, Any] | None]:
         """The item to forward, if any, and the ack payload, if any."""
+        team = _team_of(kind, payload)
+        if team and self._team_id and team != self._team_id:
+            self._ignore_team(team)
+            return None, None
         if kind == "events_api":
             return self._translate_event(payload), None
         if kind == "slash_commands":
@@ -466,6 +486,20 @@ class SlackClient:
         if kind == "interactive":
             return self._translate_interaction(payload), None
         return None, None
+
+    def _ignore_team(self, team: str) -> None:
+        """One Socket Mode connection carries the events of every workspace the app is
+        installed in, but the bot token, the allow-list and the sessions belong to one: the
+        rest are acked (so Slack does not redeliver them) and dropped, logged once per team."""
+        if team in self._foreign_teams:
+            return
+        self._foreign_teams.put(team, None)
+        log.warning(
+            "Slack: ignoring everything from workspace %s; this bot serves workspace %s only "
+            "(is the app installed in another workspace too?)",
+            team,
+            self._team_id,
+        )
 
     def _translate_event(self, payload: dict[str, Any]) -> _Inbound | None:
         event = payload.get("event")
@@ -488,7 +522,7 @@ class SlackClient:
         direct = event.get("channel_type") == "im"
         mention = f"<@{self._bot_user_id}"
         plain = _plain_text(self._strip_mention(text))
-        if not is_allowed(self._allowed, user):
+        if not self.access.may_use(user):
             # Channel chatter is not addressed to the bot and gets no answer.
             if (
                 direct
@@ -505,7 +539,7 @@ class SlackClient:
         self, payload: dict[str, Any]
     ) -> tuple[_Inbound | None, dict[str, Any] | None]:
         user = str(payload["user_id"])
-        if not is_allowed(self._allowed, user):
+        if not self.access.may_use(user):
             # The ack payload is the reply the person sees, only to them.
             return None, {"text": NOT_AUTHORIZED}
         chat = ChatRef(PLATFORM, str(payload["channel_id"]))
@@ -537,7 +571,7 @@ class SlackClient:
         chat = ChatRef(PLATFORM, str(channel), thread)
         response_url = str(payload.get("response_url") or "")
         user_id = str(person["id"])
-        if not is_allowed(self._allowed, user_id):
+        if not self.access.may_use(user_id):
             return _Refusal(chat, response_url) if response_url else _Refusal(chat)
         press_id = str(payload.get("trigger_id") or action.get("action_ts") or "")
         if press_id and response_url:
@@ -598,6 +632,31 @@ class SlackClient:
             log.debug("Slack: no response_url kept for press %s", press.press_id)
             return
         await self._respond(url, text)
+
+    async def refuse(self, event: ChatEvent, text: str) -> None:
+        """chat.postEphemeral: only the person behind `event` sees `text`, in the event's thread
+        if it is in one (a press, a message and a command alike).
+
+        Never raises `ChatError`: a refusal Slack would not deliver (the person left the
+        channel, a 429, Slack down) is logged, and whoever refused goes on as before.
+        """
+        pieces = _split(_escape(text), FALLBACK_TEXT_LIMIT - 1)
+        params = {
+            "channel": event.chat.chat_id,
+            "user": event.user.id,
+            "text": pieces[0] + "…" if len(pieces) > 1 else "".join(pieces),
+        }
+        if event.chat.thread:
+            params["thread_ts"] = event.chat.thread
+        try:
+            await self._call("chat.postEphemeral", self._bot_token.get_secret_value(), params)
+        except ChatError as exc:
+            log.warning(
+                "Slack: could not tell %s in %s that it was refused (%s)",
+                event.user.id,
+                event.chat.key,
+                _describe(exc),
+            )
 
     async def upload(self, chat: ChatRef, filename: str, data: bytes, caption: str = "") -> str:
         """Files upload v2: getUploadURLExternal → POST the bytes → completeUploadExternal.
@@ -791,6 +850,20 @@ def _dedupe_keys(envelope_id: str, kind: str, payload: dict[str, Any]) -> list[t
         if event.get("type") in ("message", "app_mention") and event.get("ts"):
             keys.append(("message", str(event.get("channel")), str(event["ts"])))
     return keys
+
+
+def _team_of(kind: str, payload: dict[str, Any]) -> str:
+    """The workspace an envelope comes from, "" if it names none. Interactions carry `team.id`,
+    "the workspace … the interaction originated from", and `user.team_id`, which is an org id
+    (E…) under Enterprise Grid
+    (https://docs.slack.dev/reference/interaction-payloads/block_actions-payload)."""
+    if kind == "interactive":
+        team = payload.get("team")
+        if isinstance(team, dict) and team.get("id"):
+            return str(team["id"])
+        user = payload.get("user")
+        return str(user.get("team_id") or "") if isinstance(user, dict) else ""
+    return str(payload.get("team_id") or "")
 
 
 def _thread(ts: str, thread_ts: object) -> str | None:

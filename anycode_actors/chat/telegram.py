@@ -4,7 +4,8 @@
 asks getMe who the bot is (its username decides which ``/cmd@bot`` commands are ours), registers
 the command menu with setMyCommands, reports ready, and then long-polls getUpdates forever,
 turning each update into a `Command`, `Message` or `ButtonPress` (chat-platforms.md A2, A3).
-`send`, `edit`, `answer_press`, `upload` and `delete` may be called from any task meanwhile.
+`send`, `edit`, `answer_press`, `refuse`, `upload` and `delete` may be called from any task
+meanwhile.
 
 Errors, as the daemon sees them:
 
@@ -28,8 +29,9 @@ Telegram answer "can't parse entities", is sent again as the plain text it displ
 would change nothing (same text and buttons as this client last set) is skipped, so "message is
 not modified" is never provoked; if Telegram says it anyway, the edit counts as done.
 
-People not in ``telegram.allowed_users`` (empty = everyone) never reach the actors: their
-commands and messages get the reply `NOT_AUTHORIZED`, their button presses an alert with it.
+People the access policy (`allowed_users`, `admins`, `allow_everyone`) does not let in never
+reach the actors: their commands and messages get the reply `NOT_AUTHORIZED`, their button
+presses an alert with it.
 Every button press is answered: refused ones at once, forwarded ones by the consumer through
 `answer_press`, and any press still unanswered after `PRESS_ANSWER_DEADLINE` by the client.
 Non-text messages (photos, stickers, files) are not forwarded; in a private chat the client
@@ -49,7 +51,7 @@ from typing import Any, Final, Generic, TypeVar
 import httpx
 import trio
 
-from anycode_actors.chat.auth import NOT_AUTHORIZED, is_allowed
+from anycode_actors.chat.auth import NOT_AUTHORIZED, AccessPolicy
 from anycode_actors.chat.base import (
     Button,
     ButtonPress,
@@ -180,7 +182,9 @@ class TelegramClient:
         self.limits = TELEGRAM_LIMITS
         self._token = config.bot_token.get_secret_value()
         self._base_url = config.api_base_url.rstrip("/")
-        self._allowed = tuple(config.allowed_users)
+        self.access = AccessPolicy.of(
+            config.allowed_users, everyone=config.allow_everyone, admins=config.admins
+        )
         self._poll_timeout = min(max(config.poll_timeout, 1), LONG_POLL_MAX)
         self._poll_http_timeout = httpx.Timeout(
             HTTP_TIMEOUT.connect or 10.0, read=self._poll_timeout + POLL_READ_MARGIN
@@ -389,14 +393,14 @@ class TelegramClient:
             private = message["chat"].get("type") == "private"
             if not private or not _MEDIA_KEYS & message.keys():
                 return None  # service messages, and pictures posted in groups
-            if not is_allowed(self._allowed, user.id):
+            if not self.access.may_use(user.id):
                 return _Reply(chat, NOT_AUTHORIZED, message_id)
             return _Reply(chat, ONLY_TEXT, message_id)
         command = _parse_command(text, message.get("entities"))
         ours = ("", (self._bot_username or "").lower())
         if command is not None and command[1].lower() not in ours:
             return None  # /cmd@otherbot is for another bot in the group
-        if not is_allowed(self._allowed, user.id):
+        if not self.access.may_use(user.id):
             return _Reply(chat, NOT_AUTHORIZED, message_id)
         if command is not None:
             name, _, args = command
@@ -410,7 +414,7 @@ class TelegramClient:
         data = query.get("data")
         if not isinstance(message, dict) or not isinstance(data, str):
             return _Answer(press_id, "", alert=False)  # inline-mode or game buttons: not ours
-        if not is_allowed(self._allowed, user.id):
+        if not self.access.may_use(user.id):
             return _Answer(press_id, NOT_AUTHORIZED, alert=True)
         return ButtonPress(_chat_ref(message), user, str(message["message_id"]), data, press_id)
 
@@ -512,6 +516,48 @@ class TelegramClient:
             return
         self._unanswered.pop(press.press_id, None)
         await self._answer(press.press_id, text, alert=False)
+
+    async def refuse(self, event: ChatEvent, text: str) -> None:
+        """Tell the person behind `event` that it was refused: a press is answered with `text`
+        (the toast only the presser sees, cut to 200 characters); a command or message gets a
+        reply to it, in its topic. Telegram has nothing private in a group, so the reply is the
+        closest it offers: it names the message it answers.
+
+        Never raises `ChatError`: a refusal Telegram would not deliver (429, blocked, the press
+        too old) is logged, and whoever refused goes on as before.
+        """
+        try:
+            if isinstance(event, ButtonPress):
+                if event.press_id:
+                    await self._answer(event.press_id, text, alert=False)
+                    # Only once it is answered: else the client still stops the progress bar
+                    # itself at PRESS_ANSWER_DEADLINE.
+                    self._unanswered.pop(event.press_id, None)
+            else:
+                await self._reply(event.chat, text, event.message_id)
+        except ChatError as error:
+            log.warning(
+                "Telegram: could not tell user %s in %s that it was refused (%s)",
+                event.user.id,
+                event.chat.key,
+                error,
+            )
+
+    async def _reply(self, chat: ChatRef, text: str, message_id: str) -> None:
+        """sendMessage replying to `message_id`, or plainly if that message is gone."""
+        text = _shorten(text, TELEGRAM_LIMITS.max_text_length)
+        if not message_id:
+            await self.send(chat, text)
+            return
+        try:
+            # send() sets allow_sending_without_reply
+            # (https://core.telegram.org/bots/api#replyparameters); should a server answer
+            # "message to be replied not found" anyway, the refusal still goes out, unquoted.
+            await self.send(chat, text, reply_to=message_id)
+        except _ApiError as error:
+            if "message to be replied not found" not in error.code:
+                raise
+            await self.send(chat, text)
 
     async def upload(self, chat: ChatRef, filename: str, data: bytes, caption: str = "") -> str:
         """sendDocument as multipart; returns the message id. Captions are cut to 1024."""

@@ -28,17 +28,23 @@ boundary (unlike a link on the local provider, which would lead onto the daemon'
 Sizes are checked (`stat`) before a file is asked for, so a file over `max_bytes` is never read,
 not even into the sandbox's memory; a file that grows past `max_bytes` while it is sent is cut
 off and reported as too big.
+
+Nothing in these answers tells hard links apart (no inode, no link count: the fields above are
+all there is, https://sandboxagent.dev/docs/file-system), so files read with identical bytes are
+named in `links` as one file: a hard link is always among them, and a copy sent twice would add
+nothing. Files over `max_bytes` are never read, so their links cannot be told and each is listed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import posixpath
 from dataclasses import dataclass
 from typing import Any, Final
 
 import httpx
 
-from anycode_actors.sandboxes.base import OutboxListing, SandboxError, SandboxFile
+from anycode_actors.sandboxes.base import OutboxListing, SandboxError, SandboxFile, hard_links
 
 __all__ = ["FS_TIMEOUT", "read_files_via_sandbox_agent"]
 
@@ -105,7 +111,9 @@ async def read_files_via_sandbox_agent(
                 listing.append(SandboxFile(relative, data))
     listing.sort(key=lambda file: file.name)
     too_big.sort()
-    return OutboxListing(tuple(listing), tuple(too_big))
+    # By content: the API cannot say which names are one file (see the module docstring).
+    identities = {file.name: hashlib.sha256(file.data).digest() for file in listing}
+    return OutboxListing(tuple(listing), tuple(too_big), hard_links(identities))
 
 
 def _absolute_folder(path: str) -> str:

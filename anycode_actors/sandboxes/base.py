@@ -14,7 +14,7 @@ its outbox folder, for upload to the chat.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
@@ -91,10 +91,28 @@ class SandboxFile:
 class OutboxListing:
     """What `read_files` found in a folder: the files it read, and the regular files it left
     unread because they are larger than `max_bytes`, as (name, size in bytes), so the caller can
-    say which ones did not fit the upload limit."""
+    say which ones did not fit the upload limit.
+
+    `links` says which names are one file: (name, original) for every entry of `files` or
+    `too_big` that is a hard link to the entry `original` (the first of them by name), so the
+    caller sends each file once however many names the agent gave it. Made by `hard_links`.
+    """
 
     files: tuple[SandboxFile, ...] = ()
     too_big: tuple[tuple[str, int], ...] = ()
+    links: tuple[tuple[str, str], ...] = ()
+
+
+def hard_links(identities: Mapping[str, Hashable]) -> tuple[tuple[str, str], ...]:
+    """`OutboxListing.links` from what identifies each listed name's file (an inode, the tar
+    member it links to): every name paired with the first name, in sorted order, of its file."""
+    first: dict[Hashable, str] = {}
+    links = []
+    for name in sorted(identities):
+        original = first.setdefault(identities[name], name)
+        if original != name:
+            links.append((name, original))
+    return tuple(links)
 
 
 @dataclass(frozen=True)
@@ -181,6 +199,6 @@ class SandboxProvider(Protocol):
 
         A missing folder gives an empty listing; so does a `path` that is not a folder.
         Symbolic links (and fifos, devices, sockets) are skipped, never followed. Files are
-        sorted by name.
+        sorted by name. Hard links are listed under each of their names and named in `links`.
         """
         ...

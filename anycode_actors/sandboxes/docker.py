@@ -61,6 +61,7 @@ from anycode_actors.sandboxes.base import (
     SandboxHandle,
     SandboxInfo,
     SandboxSpec,
+    hard_links,
     new_agent_token,
 )
 from anycode_actors.sandboxes.docker_exec import start_exec
@@ -399,7 +400,7 @@ class DockerProvider:
         """The regular files under the folder `path` of the container, from the tar archive of
         `get_archive` (what `docker cp` uses), read as a stream: a member over `max_bytes` is
         listed in `too_big` and skipped unread (never held in memory). Links in the archive are
-        not followed; a hard link to a file read before is that file again.
+        not followed; a hard link to a file read before is that file again, named in `links`.
 
         A missing `path`, or one that is not a folder (a file, a symbolic link), gives an empty
         listing; a missing container is a SandboxError. Read-only, so a cancel abandons the
@@ -803,6 +804,10 @@ def _read_archive(
     too_big: dict[str, int] = {}
     # Member name → its name relative to `path`, for the regular files seen, for hard links.
     seen: dict[str, str] = {}
+    # Listed name → the name of the regular member holding its data: a hard link is a LNKTYPE
+    # member naming the first member of its file, its data not repeated (ustar typeflag '1',
+    # LNKTYPE: https://pubs.opengroup.org/onlinepubs/9699919799/utilities/pax.html).
+    identities: dict[str, str] = {}
     try:
         with tarfile.open(
             fileobj=_ChunkReader(chunks, stop), mode="r|", bufsize=_TAR_BUFFER
@@ -813,6 +818,7 @@ def _read_archive(
                     continue
                 if member.isreg():
                     seen[member.name] = relative
+                    identities[relative] = relative
                     if member.size > max_bytes:
                         too_big[relative] = member.size
                         continue
@@ -821,6 +827,7 @@ def _read_archive(
                         files[relative] = SandboxFile(relative, extracted.read())
                 elif member.islnk() and member.linkname in seen:
                     original = seen[member.linkname]
+                    identities[relative] = original
                     if original in files:
                         files[relative] = SandboxFile(relative, files[original].data)
                     elif original in too_big:
@@ -835,6 +842,7 @@ def _read_archive(
     return OutboxListing(
         tuple(files[name] for name in sorted(files)),
         tuple(sorted(too_big.items())),
+        hard_links({name: identities[name] for name in (*files, *too_big)}),
     )
 
 

@@ -11,8 +11,11 @@ Life of a sandbox:
    container overrides, `startedBy` and tags naming this daemon, and a fresh clientToken. Then
    DescribeTasks every `poll_interval_ms` until the task is RUNNING (STOPPED first: an error with
    ECS's stopped reason; nothing within `startup_timeout_secs`: the task is stopped and an error
-   raised), and the agent's address from the task's network interface. Whatever goes wrong after
-   RunTask, cancellation included, the task is stopped in a shielded, bounded scope.
+   raised), and the agent's address from the task's network interface: its private IP, or its
+   public IP with `ecs.assign_public_ip` (off by default: the daemon speaks plain HTTP to
+   sandbox-agent, so a public IP puts that traffic on the internet unencrypted, which the provider
+   warns about when it starts). Whatever goes wrong after RunTask, cancellation included, the
+   task is stopped in a shielded, bounded scope.
 2. `destroy`: StopTask, unless the task is already STOPPED or gone; shielded and bounded, and
    refused for a task whose `anycode.daemon` tag names another daemon.
 3. `logs`: the tail of the task's CloudWatch stream (the awslogs driver names it
@@ -184,6 +187,14 @@ class EcsProvider:
         self._container_names: dict[str, str] = {}
         # Task ARN → credential values to mask in its logs (tasks created by this instance).
         self._redactions: dict[str, tuple[str, ...]] = {}
+        if config.assign_public_ip:
+            # Once per provider, which the daemon makes once when it starts.
+            logger.warning(
+                "ecs.assign_public_ip is on: the daemon connects to each task's public IP, and "
+                "its traffic to sandbox-agent (the agent token, prompts, code, the agent's "
+                "output) is unencrypted plain HTTP over the internet. Turn it off and run the "
+                "daemon inside the tasks' VPC (or reach the VPC through a VPN)"
+            )
 
     @property
     def daemon_id(self) -> str:
@@ -358,7 +369,8 @@ class EcsProvider:
 
         ECS cannot run a command in a task with piped output, nor copy files out of one, so this
         goes to the sandbox-agent of the handle (its endpoint, its token): see `agent_fs` for
-        the routes and for how symbolic links are told apart without an lstat route.
+        the routes, for how symbolic links are told apart without an lstat route, and why hard
+        links are told by identical content.
         """
         if not handle.endpoint or not handle.token:
             raise SandboxError(

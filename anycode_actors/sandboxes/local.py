@@ -17,22 +17,28 @@ Layout, under `<local.workdir>/<daemon id>/<session>-<random>/` (the sandbox id 
 
 It mirrors docker/entrypoint.sh: a failed clone does not fail the sandbox; it is recorded in the
 markers and in ANYCODE_CLONE_STATUS / ANYCODE_CLONE_ERROR for the agent. For protocol
-sandbox-agent it starts `sandbox-agent server --host 127.0.0.1 --port <free port> --token <token>
---no-telemetry` and returns once `/v1/health` answers with that token; for acp and acpx nothing
-runs until `exec`.
+sandbox-agent it starts the agent gate (`agent_gate`, run by this interpreter) on 127.0.0.1 at a
+free port, with the token in its environment; the gate starts `sandbox-agent server --host
+127.0.0.1 --port <another free port> --no-token --no-telemetry` and lets only requests with the
+token through. `create` returns once `/v1/health` answers through the gate with that token; for
+acp and acpx nothing runs until `exec`.
 
 Processes get a small environment: a few harmless variables of the daemon (PATH, HOME, locale,
 CA bundles; see `BASE_ENV_NAMES`), then the agent's credentials, then the ANYCODE_* variables.
-The daemon's own secrets (chat tokens) are not passed on. The token is on sandbox-agent's command
-line (it has no other way to take it), so other users of this machine can see it in `ps`.
+The daemon's own secrets (chat tokens) are not passed on. The token is on no command line:
+sandbox-agent 0.4.2 takes a token only as an argument, which every user of this machine can read
+(`ps`), hence the gate. sandbox-agent's own port takes requests without a token, from anybody on
+this machine, as the token on its command line allowed before: this provider is no sandbox, and
+no protection from the other users of a shared machine.
 
 Processes are started in their own process group and killed with it. A daemon that dies without
 calling `destroy` leaves its servers running; `list` then reports their folders as not alive.
 A restarted daemon can `reattach` such a sandbox while its server still answers /v1/health with
 the token from sandbox.json, and `destroy` stops a server it did not start itself, once the
 server's command line (`/proc/<pid>/cmdline`, or `ps`) shows that the recorded pid is still that
-server. Stdio sandboxes (acp, acpx) are not reattached: their agent died with the dead daemon's
-pipes, and the agent's credentials, which a new one would need, are stored nowhere.
+server (the gate's port, and the sandbox's folder as the gate's `--label`). Stdio sandboxes (acp,
+acpx) are not reattached: their agent died with the dead daemon's pipes, and the agent's
+credentials, which a new one would need, are stored nowhere.
 
 `read_files` walks the workspace with file descriptors (`openat` with O_NOFOLLOW, one component at
 a time), so no symbolic link, wherever the agent puts one, makes the daemon read a file outside the
@@ -54,6 +60,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -64,6 +71,7 @@ import httpx
 import trio
 
 from anycode_actors.config import LocalConfig
+from anycode_actors.sandboxes import agent_gate
 from anycode_actors.sandboxes._redaction import redact, secret_values
 from anycode_actors.sandboxes.base import (
     AgentProcess,
@@ -73,6 +81,7 @@ from anycode_actors.sandboxes.base import (
     SandboxHandle,
     SandboxInfo,
     SandboxSpec,
+    hard_links,
     new_agent_token,
 )
 from anycode_actors.sandboxes.ports import LOOPBACK, free_ephemeral_port
@@ -483,11 +492,27 @@ class LocalProvider:
                 f"{self._sandbox_agent} is not an executable on the agents' PATH; install "
                 "@sandbox-agent/cli (npm) or give the local provider the binary's path"
             )
-        env = {**sandbox.env, "SANDBOX_AGENT_LOG_STDOUT": "1"}
+        if not sys.executable:
+            raise SandboxError("no Python interpreter to run the agent gate with")
+        # The token goes to the gate in its environment, never as an argument (see the module's
+        # docstring); the gate removes it before it starts sandbox-agent.
+        env = {
+            **sandbox.env,
+            "SANDBOX_AGENT_LOG_STDOUT": "1",
+            agent_gate.TOKEN_VARIABLE: sandbox.token,
+        }
         for attempt in range(1, PORT_ATTEMPTS + 1):
             port = free_ephemeral_port()
-            argv = [binary, "server", "--host", LOOPBACK, "--port", str(port)]
-            argv += ["--token", sandbox.token, "--no-telemetry"]
+            inner = free_ephemeral_port()
+            while inner == port:
+                inner = free_ephemeral_port()
+            # -I: the gate is plain standard library; no PYTHON* variable of the agent's
+            # environment, user site or working folder may change what runs.
+            argv = [sys.executable, "-I", agent_gate.__file__]
+            argv += ["--listen", f"{LOOPBACK}:{port}", "--upstream-port", str(inner)]
+            argv += ["--label", str(sandbox.folder), "--"]
+            argv += [binary, "server", "--host", LOOPBACK, "--port", str(inner)]
+            argv += ["--no-token", "--no-telemetry"]
             log = (sandbox.folder / _SERVER_LOG).open("ab")
             try:
                 sandbox.server = await trio.lowlevel.open_process(
@@ -577,7 +602,7 @@ async def _stop_adopted(sandbox: _Sandbox) -> None:
     pid, sandbox.adopted_pid = sandbox.adopted_pid, None
     if pid is None:
         return
-    check = functools.partial(_is_server, pid, sandbox.endpoint or "", sandbox.token)
+    check = functools.partial(_is_server, pid, sandbox)
     for signum in (signal.SIGTERM, signal.SIGKILL):
         if not await trio.to_thread.run_sync(check):
             return
@@ -592,18 +617,23 @@ async def _stop_adopted(sandbox: _Sandbox) -> None:
 
 def _is_adopted_server_running(sandbox: _Sandbox) -> bool:
     pid = sandbox.adopted_pid
-    return pid is not None and _is_server(pid, sandbox.endpoint or "", sandbox.token)
+    return pid is not None and _is_server(pid, sandbox)
 
 
-def _is_server(pid: int, endpoint: str, token: str) -> bool:
-    """Whether process `pid` runs (not a zombie) and is the sandbox-agent server of `endpoint`
-    with `token`: guards against signalling a process that took over the pid of a dead server.
+def _is_server(pid: int, sandbox: _Sandbox) -> bool:
+    """Whether process `pid` runs (not a zombie) and is the server (the agent gate) of the
+    sandbox: its port and the sandbox's folder as its label. Guards against signalling a process
+    that took over the pid of a dead server.
     """
     command = _command_line(pid)
     if command is None:
         return False
-    port = endpoint.rsplit(":", 1)[-1]
-    return f" --port {port} " in f" {command} " and f" --token {token} " in f" {command} "
+    port = (sandbox.endpoint or "").rsplit(":", 1)[-1]
+    padded = f" {command} "
+    if f" --listen {LOOPBACK}:{port} " in padded and f" --label {sandbox.folder} " in padded:
+        return True
+    # A server that a daemon before the gate started: sandbox-agent with its token as argument.
+    return f" --port {port} " in padded and f" --token {sandbox.token} " in padded
 
 
 def _command_line(pid: int) -> str | None:
@@ -714,6 +744,8 @@ def _read_tree(folder: Path, parts: builtins.list[str], max_bytes: int) -> Outbo
         raise SandboxError(f"could not open local sandbox {folder.name}: {exc.strerror}") from None
     files: builtins.list[SandboxFile] = []
     too_big: builtins.list[tuple[str, int]] = []
+    # Listed name → (st_dev, st_ino) of its file: hard links share both.
+    identities: dict[str, tuple[int, int]] = {}
     try:
         base = _open_folder(root, ["workspace", *parts])
         if base is None:
@@ -740,10 +772,14 @@ def _read_tree(folder: Path, parts: builtins.list[str], max_bytes: int) -> Outbo
                         if is_dir:
                             pending.append(relative)
                         elif is_file:
-                            found = _read_regular(directory, name, max_bytes)
+                            read = _read_regular(directory, name, max_bytes)
+                            if read is None:
+                                continue
+                            found, identity = read
+                            identities["/".join(relative)] = identity
                             if isinstance(found, bytes):
                                 files.append(SandboxFile("/".join(relative), found))
-                            elif found is not None:
+                            else:
                                 too_big.append(("/".join(relative), found))
                 finally:
                     os.close(directory)
@@ -758,12 +794,15 @@ def _read_tree(folder: Path, parts: builtins.list[str], max_bytes: int) -> Outbo
         os.close(root)
     files.sort(key=lambda file: file.name)
     too_big.sort()
-    return OutboxListing(tuple(files), tuple(too_big))
+    return OutboxListing(tuple(files), tuple(too_big), hard_links(identities))
 
 
-def _read_regular(directory: int, name: str, max_bytes: int) -> bytes | int | None:
-    """The bytes of the regular file `name` in `directory`; its size when it is larger than
-    `max_bytes`; None when it is no regular file (any more)."""
+def _read_regular(
+    directory: int, name: str, max_bytes: int
+) -> tuple[bytes | int, tuple[int, int]] | None:
+    """The bytes of the regular file `name` in `directory`, or its size when it is larger than
+    `max_bytes`, with its (st_dev, st_ino) from the same descriptor; None when it is no regular
+    file (any more)."""
     try:
         fd = os.open(name, _FILE_FLAGS, dir_fd=directory)
     except OSError as exc:
@@ -774,15 +813,16 @@ def _read_regular(directory: int, name: str, max_bytes: int) -> bytes | int | No
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             return None
+        identity = (info.st_dev, info.st_ino)
         if info.st_size > max_bytes:
-            return info.st_size
+            return info.st_size, identity
         data = bytearray()
         while len(data) <= max_bytes:
             chunk = os.read(fd, min(_READ_CHUNK, max_bytes + 1 - len(data)))
             if not chunk:
-                return bytes(data)
+                return bytes(data), identity
             data += chunk
-        return os.fstat(fd).st_size  # it grew past the limit while we read it
+        return os.fstat(fd).st_size, identity  # it grew past the limit while we read it
     finally:
         os.close(fd)
 

@@ -21,7 +21,8 @@ Errors (under the package-wide ``anycode_actors.errors.AnycodeError``)::
     ├── InvalidTransition (also ValueError)
     ├── UnknownSession (also LookupError)
     ├── UnknownInteraction (also LookupError)
-    └── AmbiguousSessionPrefix (also LookupError)
+    ├── AmbiguousSessionPrefix (also LookupError)
+    └── QuotaExceeded
 """
 
 from ._errors import (
@@ -33,6 +34,7 @@ from ._errors import (
     UnknownInteraction,
     UnknownSession,
 )
+from ._quota import DAY, Quota, QuotaExceeded, QuotaKind, Usage
 from ._records import (
     ACTIVE_STATUSES,
     ALLOWED_TRANSITIONS,
@@ -46,11 +48,13 @@ from ._records import (
     SessionStatus,
 )
 from ._schema import MIGRATIONS, SCHEMA_VERSION, Migration, migrate
-from ._store import DEFAULT_BUSY_TIMEOUT, INTERACTION_ID_BYTES, Store
+from ._store import DB_FILE_MODE, DEFAULT_BUSY_TIMEOUT, INTERACTION_ID_BYTES, Purged, Store
 
 __all__ = [
     "ACTIVE_STATUSES",
     "ALLOWED_TRANSITIONS",
+    "DAY",
+    "DB_FILE_MODE",
     "DEFAULT_BUSY_TIMEOUT",
     "INTERACTION_ID_BYTES",
     "MIGRATIONS",
@@ -64,6 +68,10 @@ __all__ = [
     "InteractionStatus",
     "InvalidTransition",
     "Migration",
+    "Purged",
+    "Quota",
+    "QuotaExceeded",
+    "QuotaKind",
     "SchemaTooNew",
     "Session",
     "SessionStatus",
@@ -72,5 +80,6 @@ __all__ = [
     "StoreError",
     "UnknownInteraction",
     "UnknownSession",
+    "Usage",
     "migrate",
 ]

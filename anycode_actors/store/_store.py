@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import sqlite3
+import stat
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence, Sized
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, TypeVar, TypeVarTuple
 
@@ -23,9 +27,11 @@ from ._errors import (
     UnknownInteraction,
     UnknownSession,
 )
+from ._quota import DAY, Quota, QuotaExceeded, QuotaKind, Usage
 from ._records import (
     ACTIVE_STATUSES,
     ALLOWED_TRANSITIONS,
+    TERMINAL_STATUSES,
     Event,
     Interaction,
     InteractionKind,
@@ -50,8 +56,20 @@ INTERACTION_ID_BYTES: Final = 8
 """Random bytes in an interaction id: 11 url-safe chars, leaving Telegram's 64-byte
 callback_data plenty of room for a prefix and an option index."""
 
+DB_FILE_MODE: Final = 0o600
+"""The database holds prompts, agent output and chat ids: its files are for their owner only."""
+
+PURGE_BATCH: Final = 5000
+"""Rows one purge transaction deletes at most, so other writers wait milliseconds, not minutes."""
+
 _ID_ATTEMPTS: Final = 5
 _ACTIVE_VALUES: Final = tuple(sorted(s.value for s in ACTIVE_STATUSES))
+_TERMINAL_VALUES: Final = tuple(sorted(s.value for s in TERMINAL_STATUSES))
+# What SQLite keeps beside the database file: the WAL, its shared-memory index, and the rollback
+# journal (used before WAL mode is on).
+_SIDE_FILES: Final = ("-wal", "-shm", "-journal")
+
+log = logging.getLogger(__name__)
 
 
 def _sources(to: SessionStatus, expected_from: SessionStatus | None) -> list[SessionStatus]:
@@ -66,8 +84,23 @@ def _sources(to: SessionStatus, expected_from: SessionStatus | None) -> list[Ses
     return sources
 
 
+def _day_ago() -> str:
+    return (datetime.now(UTC) - DAY).isoformat(timespec="microseconds")
+
+
 def _marks(values: Sized) -> str:
     return ", ".join("?" * len(values))
+
+
+@dataclass(frozen=True, slots=True)
+class Purged:
+    """How many rows a purge deleted (or several purges, added up with ``+``)."""
+
+    events: int = 0
+    interactions: int = 0
+
+    def __add__(self, other: Purged) -> Purged:
+        return Purged(self.events + other.events, self.interactions + other.interactions)
 
 
 class Store:
@@ -143,8 +176,14 @@ class Store:
         prompt: str,
         repo: str | None = None,
         thread: str | None = None,
+        quota: Quota | None = None,
     ) -> Session:
-        """Record a new task as ``pending``; its id is 32 lowercase hex chars."""
+        """Record a new task as ``pending``; its id is 32 lowercase hex chars.
+
+        With a ``quota``, the counts are checked and the row inserted in one write transaction:
+        QuotaExceeded (the first limit hit, per chat, per user, total, per day) and nothing is
+        written, however many creators race, in this process or another.
+        """
 
         def insert() -> Session:
             now, session_id = utc_now(), uuid.uuid4().hex
@@ -161,13 +200,57 @@ class Store:
                 "created_at": now,
                 "updated_at": now,
             }
-            self._sync_db.execute(
-                f"INSERT INTO sessions ({', '.join(row)}) VALUES ({_marks(row)})",
-                list(row.values()),
-            )
+            with write_transaction(self._sync_db):
+                if quota is not None:
+                    self._check_quota(quota, platform, chat, user)
+                self._sync_db.execute(
+                    f"INSERT INTO sessions ({', '.join(row)}) VALUES ({_marks(row)})",
+                    list(row.values()),
+                )
             return self._get_session(session_id)
 
         return await self._call(insert)
+
+    def _check_quota(self, quota: Quota, platform: str, chat: str, user: str) -> None:
+        active = f"status IN ({_marks(_ACTIVE_VALUES)})"
+        checks: list[tuple[QuotaKind, int | None, str, list[Any]]] = [
+            (QuotaKind.PER_CHAT, quota.per_chat, f"platform = ? AND chat = ? AND {active}",
+             [platform, chat, *_ACTIVE_VALUES]),
+            (QuotaKind.PER_USER, quota.per_user, f"platform = ? AND user = ? AND {active}",
+             [platform, user, *_ACTIVE_VALUES]),
+            (QuotaKind.TOTAL, quota.total, active, [*_ACTIVE_VALUES]),
+            (QuotaKind.PER_DAY, quota.per_day, "platform = ? AND user = ? AND created_at >= ?",
+             [platform, user, _day_ago()]),
+        ]  # fmt: skip
+        for kind, limit, where, params in checks:
+            if limit is None:
+                continue
+            row = self._rows(
+                f"SELECT count(*) AS n, min(created_at) AS oldest FROM sessions WHERE {where}",
+                params,
+            )[0]
+            if int(row["n"]) >= limit:
+                oldest = datetime.fromisoformat(row["oldest"]) if row["oldest"] else None
+                raise QuotaExceeded(kind, int(row["n"]), limit, oldest)
+
+    async def usage(self, platform: str, user: str) -> Usage:
+        """The user's active sessions (every chat) and tasks started in the last 24 hours."""
+
+        def read() -> Usage:
+            active = self._rows(
+                "SELECT count(*) AS n FROM sessions WHERE platform = ? AND user = ?"
+                f" AND status IN ({_marks(_ACTIVE_VALUES)})",
+                [platform, user, *_ACTIVE_VALUES],
+            )[0]
+            day = self._rows(
+                "SELECT count(*) AS n, min(created_at) AS oldest FROM sessions"
+                " WHERE platform = ? AND user = ? AND created_at >= ?",
+                [platform, user, _day_ago()],
+            )[0]
+            oldest = datetime.fromisoformat(day["oldest"]) if day["oldest"] else None
+            return Usage(int(active["n"]), int(day["n"]), oldest)
+
+        return await self._call(read)
 
     def _get_session(self, session_id: str) -> Session:
         rows = self._rows("SELECT * FROM sessions WHERE id = ?", (session_id,))
@@ -490,11 +573,57 @@ class Store:
     async def schema_version(self) -> int:
         return await self._call(lambda: max(applied_versions(self._sync_db), default=0))
 
+    # -- retention
+
+    async def purge_ended_before(self, cutoff: datetime, *, batch: int = PURGE_BATCH) -> Purged:
+        """Delete the events and interactions of sessions that ended before ``cutoff``.
+
+        Only sessions in a terminal status (completed, failed, cancelled) whose ``ended_at`` is
+        older than ``cutoff`` lose them; a live session, or one that ended later, keeps every
+        row. The session rows themselves stay: the per-day quotas count them and ``/status``
+        lists them (``last_event_seq`` still says how many events there were).
+
+        Rows go in batches of at most ``batch``, each its own transaction, so other writers and
+        this store's other callers (queued on its one connection) wait between batches rather
+        than behind one long delete. A purge cut short keeps the batches it finished; the next
+        one deletes the rest.
+        """
+        if cutoff.tzinfo is None:
+            raise ValueError("the cutoff must be timezone-aware")
+        if batch < 1:
+            raise ValueError(f"a purge batch holds at least one row, got {batch}")
+        # Same fixed-width UTC text as utc_now(), so comparing text compares time.
+        until = cutoff.astimezone(UTC).isoformat(timespec="microseconds")
+        ended = (
+            f"SELECT id FROM sessions WHERE status IN ({_marks(_TERMINAL_VALUES)})"
+            # ended_at is written with every terminal status; a hand-edited row without one
+            # counts from its last update.
+            " AND coalesce(ended_at, updated_at) < ?"
+        )
+
+        def delete_batch(table: str) -> int:
+            cursor = self._sync_db.execute(
+                f"DELETE FROM {table} WHERE rowid IN"
+                f" (SELECT rowid FROM {table} WHERE session_id IN ({ended}) LIMIT ?)",
+                [*_TERMINAL_VALUES, until, batch],
+            )
+            return cursor.rowcount
+
+        deleted = {"events": 0, "interactions": 0}
+        for table in deleted:
+            while True:
+                count = await self._call(delete_batch, table)
+                deleted[table] += count
+                if count < batch:
+                    break
+        return Purged(**deleted)
+
 
 def _connect(path: str, busy_timeout: float) -> Database:
     """Open and prepare the connection; runs in the store's worker thread."""
     if path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+        _make_private(path)
     # isolation_level=None: no implicit BEGINs, so each write is its own transaction unless we
     # open one. timeout= is SQLite's busy_timeout. check_same_thread=False: trio may run our
     # (strictly serialized) calls on different worker threads.
@@ -513,3 +642,42 @@ def _connect(path: str, busy_timeout: float) -> Database:
         conn.close()
         raise
     return db
+
+
+def _make_private(path: str) -> None:
+    """Make the database file, and the side files a previous run left, owner-only (0600).
+
+    SQLite would create a new database file 0644 (less the umask). Creating it here with
+    ``os.open(..., 0o600)`` needs no change to the process-wide umask, and it is enough for the
+    side files too: SQLite creates -wal, -shm and -journal with the database file's own
+    permissions (``findCreateFileMode`` and ``unixOpenSharedMemory`` in
+    https://github.com/sqlite/sqlite/blob/master/src/os_unix.c; the files are listed at
+    https://www.sqlite.org/tempfiles.html). Files that already exist keep their mode, so a
+    looser one (made by an older version, or -wal and -shm left by a crash) is narrowed here.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, DB_FILE_MODE)
+    try:
+        _narrow(path, fd)
+    finally:
+        os.close(fd)
+    for side in (path + suffix for suffix in _SIDE_FILES):
+        try:
+            # O_NOFOLLOW: narrow the file itself, never what a planted symlink points to.
+            fd = os.open(side, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            continue
+        try:
+            _narrow(side, fd)
+        finally:
+            os.close(fd)
+
+
+def _narrow(name: str, fd: int) -> None:
+    mode = stat.S_IMODE(os.fstat(fd).st_mode)
+    if not mode & 0o077:
+        return
+    try:
+        os.fchmod(fd, DB_FILE_MODE)
+    except PermissionError:
+        # Another user's file, shared on purpose: opening it is still their decision.
+        log.warning("%s is readable by others (mode %o) and not ours to change", name, mode)

@@ -86,7 +86,12 @@ def e2e_config_data(
     tmp: Path, telegram_url: str, token: str, model_url: str, **session: Any
 ) -> dict[str, Any]:
     return {
-        "telegram": {"bot_token": token, "api_base_url": telegram_url, "poll_timeout": 5},
+        "telegram": {
+            "bot_token": token,
+            "api_base_url": telegram_url,
+            "poll_timeout": 5,
+            "allow_everyone": True,
+        },
         **_daemon_config_data(tmp, model_url, **session),
     }
 
@@ -101,6 +106,7 @@ def slack_config_data(
             "bot_token": slack.bot_token,
             "api_base_url": slack.api_url,
             "allowed_users": list(allowed_users),
+            "allow_everyone": not allowed_users,
         },
         **_daemon_config_data(tmp, model_url, **session),
     }

@@ -99,6 +99,7 @@ BOT_TOKEN_METHODS: Final = frozenset(
     {
         "auth.test",
         "chat.postMessage",
+        "chat.postEphemeral",
         "chat.update",
         "files.getUploadURLExternal",
         "files.completeUploadExternal",
@@ -144,6 +145,7 @@ DEFAULT_RATE_LIMITS: Final[Mapping[str, RateLimit | None]] = MappingProxyType(
         "apps.connections.open": TIER_3,
         "auth.test": None,  # "Special rate limits apply"; generous, not modelled
         "chat.postMessage": POST_MESSAGE_PER_CHANNEL,  # keyed by channel
+        "chat.postEphemeral": TIER_4,  # https://api.slack.com/methods/chat.postEphemeral
         "chat.update": TIER_3,
         "files.getUploadURLExternal": TIER_4,
         "files.completeUploadExternal": TIER_4,
@@ -256,6 +258,8 @@ class Channel:
     archived: bool = False
     user: str | None = None  # the other party of an im
     messages: list[Message] = field(default_factory=list)
+    # People in the conversation (the bot is `member`): chat.postEphemeral reaches only them.
+    members: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -426,11 +430,14 @@ class FakeSlack:
     The app only ever sees HTTP (`api_url`) and the WebSocket URLs apps.connections.open hands
     out. Tests use the plain Python side:
 
-    - setup: `add_channel`, `add_user`, `fail_next`, `rate_limits`;
-    - people: `user_message`, `app_mention`, `slash_command`, `press_button`, `deliver_event`;
+    - setup: `add_channel`, `add_user`, `join_channel`, `leave_channel`, `fail_next`,
+      `rate_limits`;
+    - people: `user_message`, `app_mention`, `slash_command`, `press_button`, `deliver_event`
+      (the last three may come from another workspace the app is installed in: `team_id`);
     - Socket Mode: `send_disconnect`, `drop_connection`, `connections`, `open_connections`,
       `deliveries` (with their attempts), `acks`;
-    - what people see: `messages`, `bot_messages`, `message`, `transcript`, `files`;
+    - what people see: `messages`, `bot_messages`, `message`, `transcript`, `files`,
+      `ephemerals` (what only one person was shown);
     - the Web API log: `calls`, `calls_to`;
     - waiting: `wait_for`, `wait_for_message`, `wait_until_connected`.
     """
@@ -568,14 +575,28 @@ class FakeSlack:
         member: bool = True,
         archived: bool = False,
         user: str | None = None,
+        members: Iterable[str] = (),
     ) -> str:
-        """Create a conversation and return its id. For an im, `user` is the person."""
+        """Create a conversation and return its id. For an im, `user` is the person.
+
+        `members` are the people in it; whoever posts, runs a command or presses a button in a
+        conversation is in it too (nobody can act in one they are not in).
+        """
         prefix = {"channel": "C", "group": "G", "im": "D", "mpim": "G"}[kind]
         channel_id = id or f"{prefix}{next(self._ids):09d}"
-        self.channels[channel_id] = Channel(channel_id, name, kind, member, archived, user)
-        if user:
-            self._ensure_user(user)
+        chan = Channel(channel_id, name, kind, member, archived, user)
+        self.channels[channel_id] = chan
+        for person in (*members, *([user] if user else [])):
+            self._ensure_user(person)
+            chan.members.add(person)
         return channel_id
+
+    def join_channel(self, channel: str, user: str) -> None:
+        self._ensure_user(user)
+        self._channel(channel).members.add(user)
+
+    def leave_channel(self, channel: str, user: str) -> None:
+        self._channel(channel).members.discard(user)
 
     def add_user(self, name: str, *, id: str | None = None) -> str:
         user_id = id or f"U{next(self._ids):09d}"
@@ -588,7 +609,7 @@ class FakeSlack:
     ) -> UserPost:
         """A person posts; the app gets `message`, plus `app_mention` if the bot is mentioned."""
         chan = self._channel(channel)
-        self._ensure_user(user)
+        self.join_channel(chan.id, user)
         message = Message(
             channel=chan.id, ts=self._next_ts(), user=user, text=text, thread_ts=thread_ts
         )
@@ -636,19 +657,31 @@ class FakeSlack:
         full = text if mention in text else f"{mention} {text}"
         return await self.user_message(channel, user, full, thread_ts=thread_ts)
 
-    async def deliver_event(self, event: dict[str, Any]) -> Delivery:
-        """Send any Events API `event` (wrapped in an event_callback envelope)."""
-        return await self._deliver_event(dict(event))
+    async def deliver_event(self, event: dict[str, Any], *, team_id: str | None = None) -> Delivery:
+        """Send any Events API `event` (wrapped in an event_callback envelope).
+
+        `team_id` makes it come from another workspace the app is installed in: one Socket Mode
+        app receives the events of all its installations.
+        """
+        return await self._deliver_event(dict(event), team_id=team_id)
 
     async def slash_command(
-        self, channel: str, user: str, command: str, text: str = ""
+        self,
+        channel: str,
+        user: str,
+        command: str,
+        text: str = "",
+        *,
+        team_id: str | None = None,
     ) -> Delivery:
+        """A person runs `command`; `team_id` as in `deliver_event`."""
         chan = self._channel(channel)
-        self._ensure_user(user)
+        team = team_id or self.team_id
+        self._acting(chan, user, team)
         payload = {
             "token": self.verification_token,
-            "team_id": self.team_id,
-            "team_domain": self.team_domain,
+            "team_id": team,
+            "team_domain": self.team_domain if team == self.team_id else team.lower(),
             "channel_id": chan.id,
             "channel_name": chan.name if chan.kind != "im" else "directmessage",
             "user_id": user,
@@ -670,10 +703,15 @@ class FakeSlack:
         *,
         value: str | None = None,
         action_id: str | None = None,
+        team_id: str | None = None,
     ) -> Delivery:
-        """A person clicks a button that is on the message now (it must match value/action_id)."""
+        """A person clicks a button that is on the message now (it must match value/action_id).
+
+        `team_id` as in `deliver_event`: then `team.id` and `user.team_id` name that workspace.
+        """
         chan = self._channel(channel)
-        self._ensure_user(user)
+        team = team_id or self.team_id
+        self._acting(chan, user, team)
         message = self._find(chan, message_ts)
         if message is None or message.deleted:
             raise LookupError(f"no message {message_ts} in {chan.id}")
@@ -711,13 +749,16 @@ class FakeSlack:
                 "id": user,
                 "username": self.users[user],
                 "name": self.users[user],
-                "team_id": self.team_id,
+                "team_id": team,
             },
             "api_app_id": self.app_id,
             "token": self.verification_token,
             "container": container,
             "trigger_id": self._trigger_id(),
-            "team": {"id": self.team_id, "domain": self.team_domain},
+            "team": {
+                "id": team,
+                "domain": self.team_domain if team == self.team_id else team.lower(),
+            },
             "enterprise": None,
             "is_enterprise_install": False,
             "channel": {"id": chan.id, "name": chan.name},
@@ -843,6 +884,13 @@ class FakeSlack:
     def bot_messages(self, channel: str) -> list[Message]:
         return [m for m in self.messages(channel) if m.bot_id]
 
+    def ephemerals(self, user: str, channel: str | None = None) -> list[Message]:
+        """Messages only `user` was shown (chat.postEphemeral, response_url replies, Slackbot),
+        in every conversation or in `channel`, oldest first. Nobody else ever sees these."""
+        chans = [self._channel(channel)] if channel else list(self.channels.values())
+        found = [m for c in chans for m in c.messages if m.ephemeral_to == user and not m.deleted]
+        return sorted(found, key=lambda m: float(m.ts))
+
     @property
     def calls(self) -> list[ApiCall]:
         """Every Web API call, answered or refused, in order."""
@@ -918,6 +966,14 @@ class FakeSlack:
     def _ensure_user(self, user: str) -> None:
         self.users.setdefault(user, user.lower())
 
+    def _acting(self, chan: Channel, user: str, team: str) -> None:
+        """Someone acts in `chan`, so they are in it; the channels of another workspace the app
+        is installed in are not modelled."""
+        if team == self.team_id:
+            self.join_channel(chan.id, user)
+        else:
+            self._ensure_user(user)
+
     def _channel(self, channel: str) -> Channel:
         chan = self._resolve_channel(channel)
         if chan is None:
@@ -941,15 +997,16 @@ class FakeSlack:
         return next((m for m in chan.messages if m.ts == ts), None)
 
     # --- internals: Socket Mode delivery ------------------------------------------------------
-    def _event_payload(self, event: dict[str, Any]) -> dict[str, Any]:
-        event.setdefault("team", self.team_id)
+    def _event_payload(self, event: dict[str, Any], team_id: str | None = None) -> dict[str, Any]:
+        team = team_id or self.team_id
+        event.setdefault("team", team)
         event.setdefault("event_ts", event.get("ts") or self._next_ts())
-        context = {"et": event.get("type"), "tid": self.team_id, "cid": event.get("channel")}
+        context = {"et": event.get("type"), "tid": team, "cid": event.get("channel")}
         encoded = base64.urlsafe_b64encode(json.dumps(context).encode()).decode().rstrip("=")
         return {
             "token": self.verification_token,
-            "team_id": self.team_id,
-            "context_team_id": self.team_id,
+            "team_id": team,
+            "context_team_id": team,
             "api_app_id": self.app_id,
             "event": event,
             "type": "event_callback",
@@ -958,7 +1015,7 @@ class FakeSlack:
             "authorizations": [
                 {
                     "enterprise_id": None,
-                    "team_id": self.team_id,
+                    "team_id": team,
                     "user_id": self.bot_user_id,
                     "is_bot": True,
                     "is_enterprise_install": False,
@@ -968,8 +1025,10 @@ class FakeSlack:
             "event_context": f"4-{encoded}",
         }
 
-    async def _deliver_event(self, event: dict[str, Any]) -> Delivery:
-        return await self._deliver("events_api", self._event_payload(event))
+    async def _deliver_event(
+        self, event: dict[str, Any], *, team_id: str | None = None
+    ) -> Delivery:
+        return await self._deliver("events_api", self._event_payload(event, team_id))
 
     async def _deliver(
         self, kind: Literal["events_api", "slash_commands", "interactive"], payload: dict[str, Any]
@@ -1294,6 +1353,7 @@ class FakeSlack:
             "apps.connections.open": self._apps_connections_open,
             "auth.test": self._auth_test,
             "chat.postMessage": self._chat_post_message,
+            "chat.postEphemeral": self._chat_post_ephemeral,
             "chat.update": self._chat_update,
             "files.getUploadURLExternal": self._files_get_upload_url_external,
             "files.completeUploadExternal": self._files_complete_upload_external,
@@ -1449,6 +1509,49 @@ class FakeSlack:
         api = message.to_api(self)
         self._echo(chan, {**api, "event_ts": message.ts})
         return {"ok": True, "channel": chan.id, "ts": message.ts, "message": api}
+
+    def _chat_post_ephemeral(self, params: dict[str, Any], is_json: bool) -> dict[str, Any]:
+        """chat.postEphemeral (https://api.slack.com/methods/chat.postEphemeral): a message in
+        `channel` that only `user` sees, answered `{"ok":true,"message_ts":…}`.
+
+        No event reports it (an ephemeral message is not in the channel's history), and it
+        cannot be edited with chat.update. "Ephemeral messages in threads are only shown if
+        there is already an active thread": with a `thread_ts` that has no replies the call
+        succeeds but nobody is shown anything.
+        """
+        chan = self._writable_channel(params.get("channel"))
+        text = str(params.get("text") or "")
+        blocks = _parse_blocks(params.get("blocks"))
+        attachments = _parse_attachments(params.get("attachments"))
+        if not text and not blocks and not attachments:
+            raise _ApiError("no_text")
+        self._check_text(text)
+        # "The user should be in the channel specified by the channel argument";
+        # user_not_in_channel: "Intended recipient is not in the specified channel". Undocumented:
+        # a missing or unknown user is answered the same way (they are in no channel).
+        user = str(params.get("user") or "")
+        if user not in chan.members:
+            raise _ApiError("user_not_in_channel")
+        thread_ts = str(params["thread_ts"]) if params.get("thread_ts") else None
+        message = Message(
+            channel=chan.id,
+            ts=self._next_ts(),
+            user=self.bot_user_id,
+            text=text,
+            blocks=blocks,
+            attachments=attachments,
+            bot_id=self.bot_id,
+            thread_ts=thread_ts,
+            ephemeral_to=user,
+        )
+        message.history.append(Version(self._now(), text, blocks))
+        active = thread_ts is None or any(
+            m.thread_ts == thread_ts and m.ts != thread_ts and not m.deleted for m in chan.messages
+        )
+        if active:
+            chan.messages.append(message)
+        self._notify()
+        return {"ok": True, "message_ts": message.ts}
 
     def _chat_update(self, params: dict[str, Any], is_json: bool) -> dict[str, Any]:
         chan = self._resolve_channel(str(params.get("channel") or ""))
