@@ -380,6 +380,16 @@ class TelegramConfig(_Section):
     admins: tuple[TelegramUserId, ...] = ()
     api_base_url: str = TELEGRAM_API_BASE_URL
     poll_timeout: StrictInt = 30
+    # Calls the whole bot makes per second, across all chats: the Bot FAQ asks bots to stay
+    # around 30 (https://core.telegram.org/bots/faq#my-bot-is-hitting-limits-how-do-i-avoid-this).
+    bot_requests_per_second: StrictFloat | StrictInt = 30
+
+    @field_validator("bot_requests_per_second")
+    @classmethod
+    def _check_bot_rate(cls, value: float) -> float:
+        if value <= 0:
+            raise _invalid("must be greater than 0", "30 is what Telegram allows a bot")
+        return value
 
     @field_validator("bot_token")
     @classmethod
@@ -785,6 +795,8 @@ class SessionConfig(_Section):
     max_upload_total_mb: StrictInt = 50
     # Follow-ups waiting for the agent's turn to end; past this the sender is told.
     max_queued_follow_ups: StrictInt = 10
+    # A chat with no live session is forgotten (its actors stopped) after this long.
+    chat_idle_minutes: StrictFloat | StrictInt = 10
 
     @field_validator("max_upload_files", "max_upload_total_mb", "max_queued_follow_ups")
     @classmethod
@@ -798,6 +810,13 @@ class SessionConfig(_Section):
     def _check_max_concurrent(cls, value: int) -> int:
         if value < 1:
             raise _invalid("must be at least 1", "it is the number of active sessions per chat")
+        return value
+
+    @field_validator("chat_idle_minutes")
+    @classmethod
+    def _check_chat_idle(cls, value: float) -> float:
+        if value <= 0:
+            raise _invalid("must be greater than 0 minutes", "10 keeps a quiet chat for a while")
         return value
 
     @field_validator("timeout_minutes")

@@ -7,6 +7,7 @@
     ├── watchdog     timeouts, dead sandboxes, orphans
     ├── retention    deletes ended sessions' events and interactions after retention_days
     ├── directory    live sessions by id, so any chat actor reaches any session of its chat
+    ├── budget:<p>   the bot-wide rate budget of each platform, drawn from by every flusher
     ├── chats        dynamic: chat:<platform>:<id> → flusher + actor
     ├── sessions     dynamic: session:<id> → streams → stream:<id>
     ├── router       platform events → chat actors; paces each user's commands
@@ -21,27 +22,30 @@ while the chats' flushers still run, and the store closes last.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import signal
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any, Final
 
 import trio
 
 from anycode_actors.actors.admin import AdminServer
+from anycode_actors.actors.budget import Budget, Lane
 from anycode_actors.actors.chat import ChatActor, ChatInbox, Notice, Reattach
 from anycode_actors.actors.commands import short_id
 from anycode_actors.actors.directory import Register, SessionDirectory
 from anycode_actors.actors.flusher import Flusher
 from anycode_actors.actors.retention import Retention
-from anycode_actors.actors.router import CommandRate, Deliver, Router
+from anycode_actors.actors.router import ChatStopped, CommandRate, Deliver, Router
 from anycode_actors.actors.session import Recovered, SessionActor
 from anycode_actors.actors.session_api import SessionClosed, SessionHandle
 from anycode_actors.actors.stream import Resume
 from anycode_actors.actors.watchdog import Watchdog
 from anycode_actors.agents import PermissionOption, PermissionRequested
-from anycode_actors.chat.base import ButtonPress, ChatClient, ChatRef
+from anycode_actors.chat.base import ButtonPress, ChatClient, ChatEvent, ChatRef
 from anycode_actors.config import Config
 from anycode_actors.errors import AnycodeError
 from anycode_actors.sandboxes.base import SandboxProvider
@@ -108,6 +112,7 @@ class Daemon:
         self._provider = provider
         self._clients = list(clients) if clients is not None else None
         self._clients_by_platform: dict[str, ChatClient] = {}
+        self._budgets: dict[str, Budget] = {}
         self._store: Store | None = None
         self.watchdog: Watchdog | None = None
         self._watchdog_interval = watchdog_interval
@@ -115,7 +120,9 @@ class Daemon:
         self.sessions = Supervisor(name="sessions")
         limits = config.limits
         self.router = Router(
-            self._start_chat, rate=CommandRate(limits.commands_per_second, limits.command_burst)
+            self._start_chat,
+            rate=CommandRate(limits.commands_per_second, limits.command_burst),
+            refuse=self._refuse,
         )
         self.directory = SessionDirectory()
         self.admin = AdminServer.from_config(config.admin, self.registry, daemon_id=self.daemon_id)
@@ -133,6 +140,7 @@ class Daemon:
         return self._provider
 
     def _root(self) -> Supervisor:
+        chats_spec = self.chats.spec("chats", shutdown=CHAT_SHUTDOWN + 5)
         children: list[ChildSpec] = [
             # First up and last down, so `anycode tree` can watch start-up and shutdown too.
             ChildSpec("admin", self.admin.run, kind="worker"),
@@ -141,14 +149,24 @@ class Daemon:
             ChildSpec("watchdog", self._run_watchdog, kind="actor"),
             ChildSpec("retention", self._run_retention, kind="worker"),
             self.directory.spec("directory"),
-            self.chats.spec("chats", shutdown=CHAT_SHUTDOWN + 5),
+            chats_spec,
             self.sessions.spec("sessions", shutdown=SESSION_SHUTDOWN + 5),
             self.router.spec("router"),
             ChildSpec("recovery", self._run_recovery, restart=Restart.TEMPORARY, kind="worker"),
         ]
         clients = self._clients if self._clients is not None else make_clients(self.config)
+        budgets = []
         for client in clients:
             self._clients_by_platform[client.platform] = client
+            lanes = getattr(client, "rate_lanes", {})
+            budget = Budget(
+                {lane.name: Lane(lane.per_second, lane.burst) for lane in lanes.values()}
+            )
+            self._budgets[client.platform] = budget
+            budgets.append(budget.spec(f"budget:{client.platform}"))
+        # Before the chats, whose flushers draw from them, and stopped after them.
+        children[children.index(chats_spec) : children.index(chats_spec)] = budgets
+        for client in clients:
             children.append(ChildSpec(client.platform, self._client_runner(client), kind="worker"))
         return Supervisor(
             children,
@@ -183,7 +201,13 @@ class Daemon:
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         if self.watchdog is None:
-            self.watchdog = Watchdog(self.provider, interval=self._watchdog_interval)
+            self.watchdog = Watchdog(
+                self.provider,
+                self.store,
+                self.directory.address(),
+                timeout=timedelta(minutes=float(self.config.session.timeout_minutes)),
+                interval=self._watchdog_interval,
+            )
         await self.watchdog.run(task_status=task_status)
 
     async def _run_retention(
@@ -199,6 +223,11 @@ class Daemon:
 
         return run
 
+    async def _refuse(self, event: ChatEvent, text: str) -> None:
+        client = self._clients_by_platform.get(event.chat.platform)
+        if client is not None:
+            await client.refuse(event, text)
+
     # --- dynamic children -----------------------------------------------------------------------
 
     async def _start_chat(self, chat: ChatRef) -> trio.MemorySendChannel[ChatInbox]:
@@ -211,8 +240,13 @@ class Daemon:
             )
 
         actor: ChatActor
+        budget = self._budgets.get(chat.platform)
         flusher = Flusher(
-            client, chat, debounce=self.config.session.debounce_ms / 1000, notify=None
+            client,
+            chat,
+            debounce=self.config.session.debounce_ms / 1000,
+            notify=None,
+            budget=budget.address() if budget is not None else None,
         )
         flusher_holder.append(flusher)
         actor = ChatActor(
@@ -224,17 +258,44 @@ class Daemon:
             start_session=start_session,
             access=client.access,
             directory=self.directory.address(),
+            idle_after=float(self.config.session.chat_idle_minutes) * 60,
         )
         flusher.set_notify(actor.address())
         unit = Supervisor(
             [
                 flusher.spec("flusher", shutdown=CHAT_SHUTDOWN),
-                actor.spec("actor"),
+                # Transient: an actor that stopped itself (the chat went idle) is done.
+                actor.spec("actor", restart=Restart.TRANSIENT),
             ],
             name=f"chat:{chat.key}",
         )
-        await self.chats.start_child(unit.spec(f"chat:{chat.key}", shutdown=CHAT_SHUTDOWN + 2))
-        return actor.address()
+        address = actor.address()
+
+        async def run_unit(
+            *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        ) -> None:
+            try:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(unit.run)
+                    task_status.started()
+                    await actor.stopped.wait()
+                    nursery.cancel_scope.cancel()
+            finally:
+                # However the unit ends (idle, given up, the chats supervisor restarting), its
+                # inbox closes, so the router sees at once that it must start a fresh one.
+                actor.close()
+                with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
+                    self.router.address().send_nowait(ChatStopped(chat, address))
+
+        spec = ChildSpec(
+            f"chat:{chat.key}",
+            run_unit,
+            restart=Restart.TEMPORARY,
+            shutdown=CHAT_SHUTDOWN + 2,
+            kind="supervisor",
+        )
+        await self.chats.start_child(spec)
+        return address
 
     async def _start_session(
         self,
@@ -252,7 +313,6 @@ class Daemon:
                 log.warning("could not answer a button press: %s", exc)
 
         closed: trio.MemorySendChannel[SessionClosed] = chat_actor.address()
-        assert self.watchdog is not None
         actor = SessionActor(
             session,
             chat=chat,
@@ -263,7 +323,6 @@ class Daemon:
             config=self.config,
             answer_press=answer_press,
             recovered=recovered,
-            watchdog=self.watchdog.address(),
         )
         spec = actor.spec(
             f"session:{short_id(session.id)}", restart=Restart.TEMPORARY, shutdown=SESSION_SHUTDOWN

@@ -63,6 +63,13 @@ class Actor(ABC, Generic[MessageT]):
         """Finish `run` after the message being handled; call it from `handle`."""
         self._stopping = True
 
+    def close(self) -> None:
+        """Close the inbox for good, from outside: whoever supervises the actor calls it when
+        the actor will not run again (its supervisor gave up, or was stopped), so senders get
+        `trio.BrokenResourceError` at once instead of filling an inbox nobody reads."""
+        self._stopping = True
+        self._inbox.close()
+
     async def setup(self) -> None:
         """Runs before the actor reports ready; raise here to fail the start. Default: nothing."""
 

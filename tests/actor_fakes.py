@@ -34,7 +34,15 @@ from anycode_actors.agents import (
 )
 from anycode_actors.agents.acp import Turn
 from anycode_actors.chat.auth import AccessPolicy
-from anycode_actors.chat.base import Button, ButtonPress, ChatEvent, ChatLimits, ChatRef, User
+from anycode_actors.chat.base import (
+    Button,
+    ButtonPress,
+    ChatEvent,
+    ChatLimits,
+    ChatRef,
+    RateLane,
+    User,
+)
 from anycode_actors.config import Config, config_from_mapping
 from anycode_actors.errors import (
     AgentClosedError,
@@ -134,6 +142,7 @@ class RecordingChat:
 
     platform = "telegram"
     access = AccessPolicy.open()
+    rate_lanes: Mapping[str, RateLane] = {}
 
     def __init__(self, limits: ChatLimits = GENEROUS) -> None:
         self.limits = limits

@@ -17,7 +17,6 @@ import trio
 
 from anycode_actors.actors.chat import (
     NOT_YOURS_TO_ANSWER,
-    SLOW_DOWN,
     ChatActor,
     ChatInbox,
     Notice,
@@ -25,7 +24,7 @@ from anycode_actors.actors.chat import (
 )
 from anycode_actors.actors.directory import Register, SessionDirectory
 from anycode_actors.actors.flusher import Flusher
-from anycode_actors.actors.router import CommandRate, Router
+from anycode_actors.actors.router import SLOW_DOWN, CommandRate, Router
 from anycode_actors.actors.session import Recovered
 from anycode_actors.actors.session_api import (
     Cancel,
@@ -35,7 +34,7 @@ from anycode_actors.actors.session_api import (
     SessionMessage,
 )
 from anycode_actors.chat.auth import AccessPolicy
-from anycode_actors.chat.base import ButtonPress, ChatRef, Command, Message, User
+from anycode_actors.chat.base import ButtonPress, ChatEvent, ChatRef, Command, Message, User
 from anycode_actors.config import Config, config_from_mapping
 from anycode_actors.store import (
     InteractionOption,
@@ -404,12 +403,16 @@ async def test_a_flooding_user_is_told_once_to_slow_down_and_others_are_not_slow
     autojump_clock: trio.abc.Clock, nursery: trio.Nursery
 ) -> None:
     inboxes: dict[str, trio.MemoryReceiveChannel[ChatInbox]] = {}
+    told: list[tuple[ChatEvent, str]] = []
 
     async def start_chat(chat: ChatRef) -> trio.MemorySendChannel[ChatInbox]:
         send, inboxes[chat.key] = trio.open_memory_channel[ChatInbox](1000)
         return send
 
-    router = Router(start_chat, rate=CommandRate(per_second=1.0, burst=5))
+    async def refuse(event: ChatEvent, text: str) -> None:
+        told.append((event, text))
+
+    router = Router(start_chat, rate=CommandRate(per_second=1.0, burst=5), refuse=refuse)
     await nursery.start(router.run)
     for _ in range(50):
         await router.send(Command(CHAT, ADA, "help", ""))
@@ -426,32 +429,19 @@ async def test_a_flooding_user_is_told_once_to_slow_down_and_others_are_not_slow
                 return got
 
     got = drain()
-    from anycode_actors.actors.chat import Throttled
-
     assert sum(isinstance(m, Command) and m.user == ADA for m in got) == 5
-    assert sum(isinstance(m, Throttled) for m in got) == 1
     assert sum(isinstance(m, Command) and m.user == BOB for m in got) == 1
     assert sum(isinstance(m, ButtonPress) for m in got) == 1
+    assert told == [(Command(CHAT, ADA, "help", ""), SLOW_DOWN)]
     # Still flooding at 2 a second: dropped without another word.
     for _ in range(20):
         await trio.sleep(0.5)
         await router.send(Command(CHAT, ADA, "help", ""))
     await trio.testing.wait_all_tasks_blocked()
     assert drain() == []
+    assert len(told) == 1
     # Once they stop, they are welcome again.
     await trio.sleep(15)
     await router.send(Command(CHAT, ADA, "status", ""))
     await trio.testing.wait_all_tasks_blocked()
     assert [m for m in drain() if isinstance(m, Command)] == [Command(CHAT, ADA, "status", "")]
-
-
-async def test_the_slow_down_answer_goes_only_to_the_flooder(
-    autojump_clock: trio.abc.Clock, nursery: trio.Nursery, store: Store
-) -> None:
-    from anycode_actors.actors.chat import Throttled
-
-    rig = await start_rig(nursery, store, config())
-    await rig.actor.send(Throttled(Command(GROUP, ADA, "help", "")))
-    await rig.settle()
-    assert rig.refusals_to(ADA) == [SLOW_DOWN]
-    assert await rig.replies() == []

@@ -9,7 +9,7 @@ records and what the sandbox and the agent are told.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pytest
 import trio
@@ -18,7 +18,6 @@ from anycode_actors.actors.flusher import Flusher
 from anycode_actors.actors.session import Recovered, SessionActor
 from anycode_actors.actors.session_api import Cancel, FollowUp, PermissionAnswer, SessionClosed
 from anycode_actors.actors.stream import Resume
-from anycode_actors.actors.watchdog import SandboxOf, Unwatch, Watch, WatchdogInbox
 from anycode_actors.agents import ErrorEvent, PermissionResolved, TextDelta, ToolCall, TurnEnded
 from anycode_actors.chat.base import ButtonPress, User
 from anycode_actors.errors import AgentError
@@ -59,7 +58,6 @@ class SessionRig:
     agent: FakeAgent
     session: Session
     actor: SessionActor | None = None
-    watchdog_log: list[WatchdogInbox] = field(default_factory=list)
     _closed: trio.MemoryReceiveChannel[SessionClosed] | None = None
 
     @property
@@ -121,13 +119,6 @@ async def start_session(
     provider = provider or FakeProvider()
     rig = SessionRig(nursery, store, client, flusher, provider, agent, session)
     closed_send, rig._closed = trio.open_memory_channel[SessionClosed](4)
-    watchdog_send, watchdog_receive = trio.open_memory_channel[WatchdogInbox](64)
-
-    async def watchdog() -> None:
-        async for message in watchdog_receive:
-            rig.watchdog_log.append(message)
-
-    nursery.start_soon(watchdog)
     rig.actor = SessionActor(
         session,
         chat=CHAT,
@@ -138,7 +129,6 @@ async def start_session(
         config=config,
         answer_press=client.answer_press,
         recovered=recovered,
-        watchdog=watchdog_send,
     )
     # Under a supervisor, as in the daemon: the actor supervises its stream actor.
     sessions = Supervisor(name="sessions", registry=Registry())
@@ -571,17 +561,11 @@ async def test_a_timeout_from_the_watchdog_fails_the_session_and_says_why(
     agent = FakeAgent([[TextDelta(text="Thinking...")]])
     rig = await start_session(nursery, store, monkeypatch, agent, timeout_minutes=30)
     await rig.client.wait_for_text("Thinking...")
-    # The session registered with the watchdog and told it its sandbox.
-    watch, sandbox_of = rig.watchdog_log[:2]
-    assert isinstance(watch, Watch) and watch.session_id == rig.sid
-    assert watch.timeout_text == "30 min"
-    assert watch.deadline == pytest.approx(trio.current_time() + 30 * 60, abs=5)
-    assert sandbox_of == SandboxOf(rig.sid, rig.provider.alive[0])
-    await watch.inbox.send(Cancel("timed out after 30 min", status="failed"))
+    # What the watchdog sends, through the session directory, when the session is too old.
+    await rig.send(Cancel("timed out after 30 min", status="failed"))
     assert await rig.closed() == SessionClosed(rig.sid, "failed")
     assert await rig.status() == (SessionStatus.FAILED, "timed out after 30 min")
     assert rig.client.texts()[-1] == f"Session `{rig.short}` failed: timed out after 30 min"
-    assert rig.watchdog_log[-1] == Unwatch(rig.sid)
     assert agent.cancels == 1
     assert rig.provider.alive == []
 
@@ -770,3 +754,49 @@ async def test_the_follow_up_queue_is_bounded_and_the_sender_is_told(
     await agent.wait_for_prompts(3)
     await rig.closed()
     assert agent.prompts == ["fix the login bug", "one", "two"]
+
+
+async def test_follow_ups_a_session_never_got_to_are_answered_when_it_ends(
+    autojump_clock: trio.abc.Clock,
+    nursery: trio.Nursery,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A message that reaches a session while it is ending is never dropped in silence."""
+    agent = FakeAgent([[TextDelta(text="Working...")]])
+    rig = await start_session(nursery, store, monkeypatch, agent)
+    await rig.client.wait_for_text("Working...")
+    await rig.send(FollowUp("and add a test", ADA))  # queued behind the running turn
+    await rig.client.wait_for_text("Queued:")
+    [sandbox] = rig.provider.alive
+    rig.provider.kill(sandbox)  # `docker rm -f`: the stream ends, the session fails
+    agent.end("connection_lost", "the event stream ended")
+    await rig.send(FollowUp("are you there?", ADA))  # arrives while it is ending
+    await rig.closed()
+    texts = rig.client.texts()
+    failed = texts.index(f"Session `{rig.short}` failed: the sandbox stopped unexpectedly")
+    late = [t for t in texts[failed:] if t.startswith("Not delivered to the agent")]
+    assert late == [
+        f"Not delivered to the agent: “and add a test” (from @ada): session `{rig.short}` "
+        "ended. Start a new one with /task <prompt>.",
+        f"Not delivered to the agent: “are you there?” (from @ada): session `{rig.short}` "
+        "ended. Start a new one with /task <prompt>.",
+    ]
+
+
+async def test_a_follow_up_the_agent_never_answered_is_reported_when_the_stream_is_lost(
+    autojump_clock: trio.abc.Clock,
+    nursery: trio.Nursery,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    agent = FakeAgent([said("Done."), []])
+    rig = await start_session(nursery, store, monkeypatch, agent, idle_minutes=10)
+    await rig.client.wait_for_text("Done.")
+    await rig.send(FollowUp("now deploy it", ADA))
+    await agent.wait_for_prompts(2)
+    agent.end("connection_lost", "the event stream ended")
+    await rig.closed()
+    assert any(
+        t.startswith("Not delivered to the agent: “now deploy it”") for t in rig.client.texts()
+    )

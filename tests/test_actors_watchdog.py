@@ -1,38 +1,89 @@
-"""The watchdog: timeouts, dead sandboxes and sandboxes nobody owns, on the autojump clock.
+"""The watchdog: timeouts, dead sandboxes and sandboxes nobody owns, decided from the store, on
+the autojump clock.
 
-Sessions are stood in for by memory channels that receive what the watchdog tells them; the
-sandboxes live in the fake provider, whose engine can be made slow or failing.
+Sessions are records in a real (in-memory) store and inboxes registered with a real session
+directory; the sandboxes live in the fake provider, whose engine can be made slow or failing.
+The watchdog's wall clock follows the autojump clock, so "30 minutes later" takes no real time.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import pytest
 import trio
 
-from anycode_actors.actors.session_api import Cancel, SessionMessage
-from anycode_actors.actors.watchdog import ORPHAN_AGE, SandboxOf, Unwatch, Watch, Watchdog
+from anycode_actors.actors.directory import Register, SessionDirectory
+from anycode_actors.actors.session_api import Cancel, SessionHandle, SessionMessage
+from anycode_actors.actors.watchdog import ORPHAN_AGE, Watchdog
 from anycode_actors.sandboxes.base import SandboxError
-from tests.actor_fakes import FakeProvider, iso_ago
+from anycode_actors.store import SessionStatus, Store
+from tests.actor_fakes import FakeProvider, iso_ago, memory_store
 
 INTERVAL = 30.0
+TIMEOUT = timedelta(minutes=30)
 OLD = ORPHAN_AGE + 600  # seconds: well past the age at which an unowned sandbox is removed
 
 
-async def start_watchdog(nursery: trio.Nursery, provider: FakeProvider) -> Watchdog:
-    watchdog = Watchdog(provider, interval=INTERVAL)
-    await nursery.start(watchdog.run)
-    return watchdog
+@pytest.fixture
+async def store() -> AsyncIterator[Store]:
+    async with memory_store() as store:
+        yield store
 
 
-async def watch(
-    watchdog: Watchdog, session_id: str, *, deadline_in: float = 600.0, size: int = 16
-) -> trio.MemoryReceiveChannel[SessionMessage]:
-    """Register a session whose deadline is `deadline_in` seconds from now; return its inbox."""
-    send, receive = trio.open_memory_channel[SessionMessage](size)
-    minutes = deadline_in / 60
-    await watchdog.send(
-        Watch(session_id, trio.current_time() + deadline_in, f"{minutes:g} min", send)
+@dataclass
+class World:
+    provider: FakeProvider
+    store: Store
+    directory: SessionDirectory
+    watchdog: Watchdog
+
+    async def session(
+        self, *, age: float = 0.0, sandbox: bool = True, registered: bool = True, size: int = 16
+    ) -> tuple[str, trio.MemoryReceiveChannel[SessionMessage], str | None]:
+        """A running session `age` seconds old: (id, its inbox, its sandbox id)."""
+        session = await self.store.create_session(
+            platform="telegram", chat="1", user="1", agent="claude-code", prompt="x"
+        )
+        created = (datetime.now(UTC) - timedelta(seconds=age)).isoformat(timespec="microseconds")
+        self.store._sync_db.execute(
+            "UPDATE sessions SET created_at = ? WHERE id = ?", [created, session.id]
+        )
+        sandbox_id = None
+        await self.store.transition(session.id, SessionStatus.STARTING)
+        if sandbox:
+            sandbox_id = self.provider.add(session.id, created_at=created).id
+            await self.store.set_sandbox(session.id, sandbox_id, "http://sandbox.invalid")
+            await self.store.transition(session.id, SessionStatus.RUNNING)
+        send, receive = trio.open_memory_channel[SessionMessage](size)
+        if registered:
+            await self.directory.send(Register(SessionHandle(session.id, "1", send)))
+        return session.id, receive, sandbox_id
+
+
+async def start_world(
+    nursery: trio.Nursery, store: Store, provider: FakeProvider | None = None
+) -> World:
+    provider = provider or FakeProvider()
+    directory = SessionDirectory()
+    await nursery.start(directory.run)
+    start, started = datetime.now(UTC), trio.current_time()
+
+    def wall_clock() -> datetime:
+        return start + timedelta(seconds=trio.current_time() - started)
+
+    watchdog = Watchdog(
+        provider,
+        store,
+        directory.address(),
+        timeout=TIMEOUT,
+        interval=INTERVAL,
+        wall_clock=wall_clock,
     )
-    return receive
+    await nursery.start(watchdog.run)
+    return World(provider, store, directory, watchdog)
 
 
 def received(inbox: trio.MemoryReceiveChannel[SessionMessage]) -> list[SessionMessage]:
@@ -44,180 +95,174 @@ def received(inbox: trio.MemoryReceiveChannel[SessionMessage]) -> list[SessionMe
             return messages
 
 
-async def test_a_session_past_its_deadline_is_cancelled_as_failed_once(
-    autojump_clock: trio.abc.Clock, nursery: trio.Nursery
+TIMED_OUT = Cancel("timed out after 30 min", status="failed")
+DIED = Cancel("the sandbox stopped unexpectedly", status="failed")
+
+
+async def test_a_session_past_its_timeout_is_cancelled_as_failed_once(
+    autojump_clock: trio.abc.Clock, nursery: trio.Nursery, store: Store
 ) -> None:
-    watchdog = await start_watchdog(nursery, FakeProvider())
-    inbox = await watch(watchdog, "s-late", deadline_in=90)
-    await trio.sleep(80)
+    world = await start_world(nursery, store)
+    _, inbox, _ = await world.session(age=29 * 60)
+    await trio.sleep(INTERVAL + 1)
     assert received(inbox) == []
-    await trio.sleep(20)  # the first check after the deadline (at 90 s) is at 120 s
-    assert received(inbox) == [Cancel("timed out after 1.5 min", status="failed")]
-    await trio.sleep(10 * INTERVAL)
+    await trio.sleep(2 * INTERVAL)
+    assert received(inbox) == [TIMED_OUT]
+    await trio.sleep(5 * INTERVAL)  # still active in the store while it ends: told once
     assert received(inbox) == []
 
 
-async def test_a_session_within_its_deadline_is_left_alone(
-    autojump_clock: trio.abc.Clock, nursery: trio.Nursery
+async def test_a_session_within_its_timeout_is_left_alone(
+    autojump_clock: trio.abc.Clock, nursery: trio.Nursery, store: Store
 ) -> None:
-    provider = FakeProvider()
-    watchdog = await start_watchdog(nursery, provider)
-    inbox = await watch(watchdog, "s-ok", deadline_in=3600)
-    handle = provider.add("s-ok")
-    await watchdog.send(SandboxOf("s-ok", handle.id))
-    await trio.sleep(3000)
+    world = await start_world(nursery, store)
+    _, inbox, _ = await world.session(age=60)
+    await trio.sleep(20 * INTERVAL)
     assert received(inbox) == []
-    assert provider.alive == [handle.id]
+
+
+async def test_the_timeout_counts_from_creation_even_across_a_daemon_restart(
+    autojump_clock: trio.abc.Clock, nursery: trio.Nursery, store: Store
+) -> None:
+    # No message ever told this watchdog about the session: the store is enough.
+    world = await start_world(nursery, store)
+    _, inbox, _ = await world.session(age=31 * 60)
+    await trio.sleep(INTERVAL + 1)
+    assert received(inbox) == [TIMED_OUT]
 
 
 async def test_a_session_whose_sandbox_died_is_cancelled_as_failed_once(
-    autojump_clock: trio.abc.Clock, nursery: trio.Nursery
+    autojump_clock: trio.abc.Clock, nursery: trio.Nursery, store: Store
 ) -> None:
-    provider = FakeProvider()
-    watchdog = await start_watchdog(nursery, provider)
-    inbox = await watch(watchdog, "s-dead")
-    handle = provider.add("s-dead")
-    await watchdog.send(SandboxOf("s-dead", handle.id))
+    world = await start_world(nursery, store)
+    _, inbox, sandbox = await world.session()
+    _, healthy, _ = await world.session()
     await trio.sleep(INTERVAL + 1)
     assert received(inbox) == []
-    provider.kill(handle.id)
+    assert sandbox is not None
+    world.provider.kill(sandbox)
     await trio.sleep(INTERVAL)
-    assert received(inbox) == [Cancel("the sandbox stopped unexpectedly", status="failed")]
-    await trio.sleep(5 * INTERVAL)
+    assert received(inbox) == [DIED]
+    await trio.sleep(3 * INTERVAL)
     assert received(inbox) == []
+    assert received(healthy) == []
 
 
 async def test_a_session_without_a_sandbox_yet_is_not_taken_for_dead(
-    autojump_clock: trio.abc.Clock, nursery: trio.Nursery
+    autojump_clock: trio.abc.Clock, nursery: trio.Nursery, store: Store
 ) -> None:
-    watchdog = await start_watchdog(nursery, FakeProvider())
-    inbox = await watch(watchdog, "s-starting")
+    world = await start_world(nursery, store)
+    _, inbox, _ = await world.session(sandbox=False)
     await trio.sleep(5 * INTERVAL)
     assert received(inbox) == []
 
 
-async def test_an_old_labelled_sandbox_of_no_watched_session_is_destroyed(
-    autojump_clock: trio.abc.Clock, nursery: trio.Nursery
+async def test_an_old_labelled_sandbox_of_no_live_session_is_destroyed(
+    autojump_clock: trio.abc.Clock, nursery: trio.Nursery, store: Store
 ) -> None:
     provider = FakeProvider()
     orphan = provider.add("s-gone", created_at=iso_ago(OLD))
-    watchdog = await start_watchdog(nursery, provider)
+    world = await start_world(nursery, store, provider)
     await trio.sleep(INTERVAL + 1)
     assert provider.destroyed == [orphan.id]
-    assert watchdog.reaped == [orphan.id]
-    assert provider.alive == []
+    assert world.watchdog.reaped == [orphan.id]
 
 
-async def test_a_young_sandbox_of_no_watched_session_is_left_alone(
-    autojump_clock: trio.abc.Clock, nursery: trio.Nursery
+async def test_a_young_sandbox_of_no_live_session_is_left_alone(
+    autojump_clock: trio.abc.Clock, nursery: trio.Nursery, store: Store
 ) -> None:
-    # Just created: its session may not have registered yet.
     provider = FakeProvider()
     young = provider.add("s-new", created_at=iso_ago(5))
-    await start_watchdog(nursery, provider)
-    await trio.sleep(3 * INTERVAL)
+    await start_world(nursery, store, provider)
+    await trio.sleep(3)
+    await trio.sleep(INTERVAL)
     assert provider.destroyed == []
     assert provider.alive == [young.id]
 
 
-async def test_an_old_sandbox_of_a_watched_session_is_left_alone(
-    autojump_clock: trio.abc.Clock, nursery: trio.Nursery
+async def test_an_old_sandbox_of_a_live_session_is_never_reaped_even_if_nobody_told_us(
+    autojump_clock: trio.abc.Clock, nursery: trio.Nursery, store: Store
 ) -> None:
-    provider = FakeProvider()
-    owned = provider.add("s-long", created_at=iso_ago(OLD))
-    watchdog = await start_watchdog(nursery, provider)
-    await watch(watchdog, "s-long", deadline_in=7200)
-    await watchdog.send(SandboxOf("s-long", owned.id))
+    """The review's bug: a lost `Watch` message got a live session's sandbox reaped."""
+    world = await start_world(nursery, store)
+    _, _, sandbox = await world.session(age=OLD, registered=False)
     await trio.sleep(10 * INTERVAL)
-    assert provider.destroyed == []
+    assert world.provider.destroyed == []
+    assert world.provider.alive == [sandbox]
 
 
-async def test_the_sandbox_of_a_session_that_just_ended_is_left_for_the_session_to_remove(
-    autojump_clock: trio.abc.Clock, nursery: trio.Nursery
+async def test_the_sandbox_of_an_ended_session_that_could_not_remove_it_is_reaped(
+    autojump_clock: trio.abc.Clock, nursery: trio.Nursery, store: Store
 ) -> None:
-    provider = FakeProvider()
-    sandbox = provider.add("s-ending", created_at=iso_ago(OLD))
-    watchdog = await start_watchdog(nursery, provider)
-    await watch(watchdog, "s-ending")
-    await watchdog.send(SandboxOf("s-ending", sandbox.id))
-    await trio.sleep(1)
-    await watchdog.send(Unwatch("s-ending"))  # the session is removing it right now
-    await trio.sleep(ORPHAN_AGE - 2 * INTERVAL)
-    assert provider.destroyed == []
-    # A session that never managed to remove it: after a while it is an orphan like any other.
-    await trio.sleep(ORPHAN_AGE + 2 * INTERVAL)
-    assert provider.destroyed == [sandbox.id]
+    world = await start_world(nursery, store)
+    session_id, _, sandbox = await world.session(age=OLD)
+    await store.transition(session_id, SessionStatus.FAILED)
+    await trio.sleep(INTERVAL + 1)
+    assert world.provider.destroyed == [sandbox]
 
 
-async def test_a_slow_engine_never_fails_healthy_sessions(
-    autojump_clock: trio.abc.Clock, nursery: trio.Nursery
+async def test_a_hung_engine_delays_no_timeout_by_more_than_one_sweep(
+    autojump_clock: trio.abc.Clock, nursery: trio.Nursery, store: Store
 ) -> None:
-    provider = FakeProvider()
-    watchdog = await start_watchdog(nursery, provider)
-    inbox = await watch(watchdog, "s-1", deadline_in=7200)
-    handle = provider.add("s-1")
-    await watchdog.send(SandboxOf("s-1", handle.id))
-    provider.is_alive_delay = 3600.0  # the engine hangs on every inspection
-    provider.list_delay = 3600.0
-    await trio.sleep(20 * INTERVAL)
-    assert received(inbox) == []
-    assert provider.destroyed == []
+    world = await start_world(nursery, store)
+    for _ in range(20):
+        await world.session()
+    world.provider.is_alive_delay = 3600.0  # every inspection hangs
+    world.provider.list_delay = 3600.0
+    _, late, _ = await world.session(age=TIMEOUT.total_seconds() - INTERVAL / 2)
+    await trio.sleep(2 * INTERVAL + 1)
+    assert received(late) == [TIMED_OUT]
 
 
-async def test_a_failing_engine_never_fails_healthy_sessions_and_the_watchdog_goes_on(
-    autojump_clock: trio.abc.Clock, nursery: trio.Nursery
+async def test_a_slow_or_failing_engine_never_fails_healthy_sessions(
+    autojump_clock: trio.abc.Clock, nursery: trio.Nursery, store: Store
 ) -> None:
-    provider = FakeProvider()
-    watchdog = await start_watchdog(nursery, provider)
-    healthy = await watch(watchdog, "s-1", deadline_in=7200)
-    handle = provider.add("s-1")
-    await watchdog.send(SandboxOf("s-1", handle.id))
-    provider.is_alive_error = SandboxError("Docker engine not reachable")
-    provider.list_error = SandboxError("Docker engine not reachable")
-    await trio.sleep(5 * INTERVAL)
-    assert received(healthy) == []
-    # Still watching: a timeout is noticed although the engine keeps failing.
-    late = await watch(watchdog, "s-2", deadline_in=30)
-    await trio.sleep(2 * INTERVAL)
-    assert received(late) == [Cancel("timed out after 0.5 min", status="failed")]
-    assert received(healthy) == []
+    world = await start_world(nursery, store)
+    _, slow, _ = await world.session()
+    world.provider.is_alive_delay = 3600.0
+    world.provider.list_delay = 3600.0
+    await trio.sleep(10 * INTERVAL)
+    assert received(slow) == []
+    world.provider.is_alive_delay = world.provider.list_delay = 0.0
+    world.provider.is_alive_error = SandboxError("Docker engine not reachable")
+    world.provider.list_error = SandboxError("Docker engine not reachable")
+    await trio.sleep(10 * INTERVAL)
+    assert received(slow) == []
+    assert world.provider.destroyed == []
 
 
 async def test_an_orphan_that_cannot_be_removed_does_not_stop_the_others(
-    autojump_clock: trio.abc.Clock, nursery: trio.Nursery
+    autojump_clock: trio.abc.Clock, nursery: trio.Nursery, store: Store
 ) -> None:
     provider = FakeProvider()
     first = provider.add("s-a", created_at=iso_ago(OLD))
     provider.add("s-b", created_at=iso_ago(OLD))
     provider.destroy_error = SandboxError("device busy")
-    watchdog = await start_watchdog(nursery, provider)
+    world = await start_world(nursery, store, provider)
     await trio.sleep(INTERVAL + 1)
-    assert watchdog.reaped == []
+    assert world.watchdog.reaped == []
     provider.destroy_error = None
     await trio.sleep(INTERVAL)
-    assert sorted(watchdog.reaped) == sorted(provider.destroyed)
+    assert sorted(world.watchdog.reaped) == sorted(provider.destroyed)
     assert len(provider.destroyed) == 2 and first.id in provider.destroyed
-    assert provider.alive == []
 
 
-async def test_a_timeout_for_a_session_too_busy_to_take_it_is_told_again(
-    autojump_clock: trio.abc.Clock, nursery: trio.Nursery
+async def test_a_session_too_busy_to_take_its_timeout_at_once_still_gets_it(
+    autojump_clock: trio.abc.Clock, nursery: trio.Nursery, store: Store
 ) -> None:
-    watchdog = await start_watchdog(nursery, FakeProvider())
-    # An inbox with no room: the session reads it only after a long while.
-    inbox = await watch(watchdog, "s-busy", deadline_in=30, size=0)
-    await trio.sleep(5 * INTERVAL)
-    with trio.fail_after(3 * INTERVAL):
-        message = await inbox.receive()
-    assert message == Cancel("timed out after 0.5 min", status="failed")
+    world = await start_world(nursery, store)
+    # An inbox with no room: the session reads it only after a few seconds.
+    _, inbox, _ = await world.session(age=TIMEOUT.total_seconds() + 1, size=0)
+    await trio.sleep(INTERVAL + 5)
+    with trio.fail_after(1):
+        assert await inbox.receive() == TIMED_OUT
 
 
-async def test_an_unwatched_session_is_told_nothing_more(
-    autojump_clock: trio.abc.Clock, nursery: trio.Nursery
+async def test_a_session_that_ended_is_told_nothing_more(
+    autojump_clock: trio.abc.Clock, nursery: trio.Nursery, store: Store
 ) -> None:
-    watchdog = await start_watchdog(nursery, FakeProvider())
-    inbox = await watch(watchdog, "s-done", deadline_in=40)
-    await trio.sleep(1)
-    await watchdog.send(Unwatch("s-done"))
+    world = await start_world(nursery, store)
+    session_id, inbox, _ = await world.session(age=TIMEOUT.total_seconds() - 10)
+    await store.transition(session_id, SessionStatus.COMPLETED)
     await trio.sleep(5 * INTERVAL)
     assert received(inbox) == []

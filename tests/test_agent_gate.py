@@ -10,6 +10,7 @@ test_sandboxes_docker.py (the image's entrypoint).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -112,7 +114,12 @@ class Gate:
 
 
 def start_gate(
-    tmp_path: Path, command: list[str], *, token: str | None = TOKEN, upstream: int | None = None
+    tmp_path: Path,
+    command: list[str],
+    *,
+    token: str | None = TOKEN,
+    upstream: int | None = None,
+    options: tuple[str, ...] = (),
 ) -> Gate:
     port = free_ephemeral_port()
     upstream = upstream if upstream is not None else free_ephemeral_port()
@@ -121,7 +128,7 @@ def start_gate(
         env[agent_gate.TOKEN_VARIABLE] = token
     log = tmp_path / "gate.log"
     argv = [sys.executable, "-I", agent_gate.__file__, "--listen", f"127.0.0.1:{port}"]
-    argv += ["--upstream-port", str(upstream), "--label", str(tmp_path), "--", *command]
+    argv += ["--upstream-port", str(upstream), "--label", str(tmp_path), *options, "--", *command]
     with log.open("wb") as output:
         process = subprocess.Popen(argv, env=env, stdout=output, stderr=subprocess.STDOUT)
     return Gate(process, f"http://127.0.0.1:{port}", port, log)
@@ -170,20 +177,24 @@ def bearer(token: str = TOKEN) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-async def report(gate: Gate) -> dict[str, object]:
+async def report(gate: Gate) -> dict[str, Any]:
     async with httpx.AsyncClient(trust_env=False) as http:
         answer = await http.get(gate.url + "/report", headers=bearer())
     assert answer.status_code == 200
     return dict(answer.json())
 
 
-def raw_exchange(port: int, data: bytes, timeout: float = 10.0) -> bytes:
-    """Send `data` on one connection and read everything until the gate closes it."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as connection:
+def raw_exchange(port: int, data: bytes, settle: float = 1.0) -> bytes:
+    """Send `data` on one connection and read what comes back: until the gate closes the
+    connection, or nothing more came for `settle` seconds after the first bytes (the gate waits
+    for the client to close first)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
         connection.sendall(data)
         received = b""
-        while chunk := connection.recv(65536):
-            received += chunk
+        with contextlib.suppress(TimeoutError):
+            while chunk := connection.recv(65536):
+                received += chunk
+                connection.settimeout(settle)
     return received
 
 
@@ -222,9 +233,9 @@ async def test_the_token_is_on_no_command_line_and_sandbox_agent_never_sees_it(
 ) -> None:
     [child] = gate.child_pids()
     for pid in (gate.process.pid, child):
-        assert TOKEN.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
+        assert TOKEN.encode() not in await trio.Path(f"/proc/{pid}/cmdline").read_bytes()
     # The command's environment is without it; so are the requests that reach it.
-    assert TOKEN.encode() not in Path(f"/proc/{child}/environ").read_bytes()
+    assert TOKEN.encode() not in await trio.Path(f"/proc/{child}/environ").read_bytes()
     seen = await report(gate)
     assert seen["env"] is False
     assert isinstance(seen["headers"], dict)
@@ -232,7 +243,7 @@ async def test_the_token_is_on_no_command_line_and_sandbox_agent_never_sees_it(
     assert "authorization" not in headers
     assert headers["connection"] == "close"
     assert TOKEN not in json.dumps(seen)
-    assert TOKEN not in gate.log.read_text()
+    assert TOKEN not in await trio.Path(gate.log).read_text()
 
 
 # --- relaying ---------------------------------------------------------------------------------
@@ -250,6 +261,9 @@ async def test_a_stream_passes_through_as_it_is_written(gate: Gate) -> None:
             # The first event arrives while the second is not even written yet.
             assert [await anext(lines) for _ in range(3)] == ["id: 1", "data: first", ""]
             assert (await http.post("/go", content=b"")).status_code == 200
+        # The stand-in ends its stream by closing (no length, no chunks): the gate closes at
+        # once too, without waiting for the client to close first.
+        with trio.fail_after(3):
             assert [line async for line in lines] == ["id: 2", "data: second", ""]
 
 
@@ -275,7 +289,8 @@ async def test_nothing_rides_on_a_checked_connection(gate: Gate) -> None:
     # One answer, and the connection closed: the requests after the checked one went nowhere.
     assert received.count(b"HTTP/1.1 ") == 1
     assert received.startswith(b"HTTP/1.1 200 ")
-    assert b"connection: close" in received.lower()
+    # The stand-in does not say so itself; the gate adds it.
+    assert b"\r\nConnection: close\r\n" in received
     assert (await report(gate))["requests"] == before + 2
 
 
@@ -290,7 +305,8 @@ def _auth() -> str:
         f"GET /v1/health HTTP/1.1\r\nHost: x\r\n{_auth()}X: a\r\n folded\r\n\r\n",
         f"POST /echo HTTP/1.1\r\nHost: x\r\n{_auth()}Content-Length: 3\r\n"
         "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-        f"POST /echo HTTP/1.1\r\nHost: x\r\n{_auth()}Content-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        f"POST /echo HTTP/1.1\r\nHost: x\r\n{_auth()}Content-Length: 1\r\n"
+        "Content-Length: 2\r\n\r\n",
         f"POST /echo HTTP/1.1\r\nHost: x\r\n{_auth()}Content-Length: -1\r\n\r\n",
         f"GET /v1/health\r\nHost: x\r\n{_auth()}\r\n",
     ],
@@ -311,12 +327,29 @@ def test_a_huge_head_is_refused(gate: Gate) -> None:
 # --- the gate's life ----------------------------------------------------------------------------
 
 
-def test_until_sandbox_agent_listens_the_gate_answers_503(tmp_path: Path) -> None:
-    gate = start_gate(tmp_path, ["sleep", "60"])
+def test_a_request_waits_while_sandbox_agent_starts(tmp_path: Path) -> None:
+    script = tmp_path / "stand_in.py"
+    script.write_text(STAND_IN)
+    upstream = free_ephemeral_port()
+    late = f'sleep 1; exec "{sys.executable}" "{script}" {upstream}'
+    gate = start_gate(tmp_path, ["sh", "-c", late], upstream=upstream)
+    try:
+        assert wait_for(gate, token=None).status_code == 401
+        started = time.monotonic()
+        answer = httpx.get(gate.url + "/v1/health", headers=bearer(), trust_env=False, timeout=10)
+        assert (answer.status_code, answer.json()) == (200, {"status": "ok"})
+        assert time.monotonic() - started < 5
+    finally:
+        stop(gate)
+
+
+def test_a_sandbox_agent_that_does_not_listen_gets_a_503(tmp_path: Path) -> None:
+    gate = start_gate(tmp_path, ["sleep", "60"], options=("--upstream-wait", "0.3"))
     try:
         assert wait_for(gate, token=None).status_code == 401
         answer = httpx.get(gate.url + "/v1/health", headers=bearer(), trust_env=False)
         assert answer.status_code == 503
+        assert answer.json()["detail"] == "sandbox-agent is not listening (yet)"
     finally:
         stop(gate)
 

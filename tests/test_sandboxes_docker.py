@@ -9,6 +9,7 @@ that sandbox-agent answers on the published port with its token, and by the benc
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import socket
@@ -131,7 +132,8 @@ def wrapping_client(method: str, around: Callable[[Callable[..., Any]], Callable
 
 
 async def wait_healthy(endpoint: str, token: str | None) -> int:
-    """Poll /v1/health until it answers (any HTTP status); return that status."""
+    """Poll /v1/health until it answers (any HTTP status but the agent gate's 503, "not
+    listening yet"); return that status."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     async with httpx.AsyncClient(timeout=5.0, trust_env=False) as http:
         with trio.fail_after(HEALTH_TIMEOUT):
@@ -140,6 +142,9 @@ async def wait_healthy(endpoint: str, token: str | None) -> int:
                     answer = await http.get(f"{endpoint}/v1/health", headers=headers)
                 except httpx.TransportError:
                     # docker-proxy accepts and then drops connections until the server listens.
+                    await trio.sleep(0.02)
+                    continue
+                if answer.status_code == 503:
                     await trio.sleep(0.02)
                     continue
                 return answer.status_code
@@ -800,6 +805,68 @@ async def test_the_real_sandbox_answers_health_with_its_token_and_refuses_withou
         logs = await provider.logs(handle.id)
         assert "starting sandbox-agent" in logs
         assert handle.token not in logs and SECRET not in logs
+    finally:
+        await provider.destroy(handle.id)
+        await provider.aclose()
+    assert ours(client, daemon_id) == []
+
+
+def exchange(port: int, data: bytes, settle: float = 1.0) -> bytes:
+    """Send `data` on one connection to the host's loopback `port`; read what comes back until
+    the connection closes or nothing more came for `settle` seconds after the first bytes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        connection.sendall(data)
+        received = b""
+        with contextlib.suppress(TimeoutError):
+            while chunk := connection.recv(65536):
+                received += chunk
+                connection.settimeout(settle)
+    return received
+
+
+async def test_the_token_is_on_no_command_line_and_sandbox_agent_still_requires_it(
+    client: Any, sandbox_image: str, daemon_id: str
+) -> None:
+    provider = DockerProvider(real_config(sandbox_image), daemon_id)
+    handle = await provider.create(spec())
+    try:
+        assert handle.endpoint is not None and handle.token
+        assert await wait_healthy(handle.endpoint, handle.token) == 200
+        assert await wait_healthy(handle.endpoint, None) == 401
+        assert await wait_healthy(handle.endpoint, handle.token[:-1]) == 401
+
+        # What every user of the host sees: `docker top` runs ps there.
+        container = client.containers.get(handle.id)
+        top = await trio.to_thread.run_sync(lambda: container.top(ps_args="-ww -eo pid,args"))
+        commands = [str(row[-1]) for row in top["Processes"]]
+        assert any("sandbox-agent server" in c and "--no-token" in c for c in commands), commands
+        assert any("--listen 0.0.0.0:2468" in c for c in commands), commands
+        assert not [c for c in commands if handle.token in c]
+        assert not [c for c in commands if "--token" in c.split()]
+
+        # Neither sandbox-agent nor what it starts (the agents) has it in its environment.
+        script = "tr '\\0' '\\n' < /proc/$(pgrep -f '^sandbox-agent server')/environ"
+        process = await provider.exec(handle, ["sh", "-c", script])
+        await process.close_stdin()
+        environ = b""
+        with trio.fail_after(30):
+            while chunk := await process.receive_some():
+                environ += chunk
+        assert await process.wait() == 0, process.stderr_tail()
+        await process.aclose()
+        assert b"ANYCODE_AGENT=" in environ
+        assert b"ANYCODE_AGENT_TOKEN" not in environ and handle.token.encode() not in environ
+
+        # One checked request per connection: a request behind it gets no answer.
+        first = "GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n"
+        first += f"Authorization: Bearer {handle.token}\r\n\r\n"
+        second = "GET /v1/agents HTTP/1.1\r\nHost: x\r\n\r\n"
+        received = await trio.to_thread.run_sync(
+            exchange, host_port(handle), (first + second).encode()
+        )
+        assert received.startswith(b"HTTP/1.1 200 ")
+        assert received.count(b"HTTP/1.1 ") == 1
+        assert b'"agents"' not in received
     finally:
         await provider.destroy(handle.id)
         await provider.aclose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -437,6 +438,58 @@ async def test_sandbox_agent_runs_on_loopback_with_its_own_token(
             await http.get(f"{handle.endpoint}/v1/health")
 
 
+def command_lines_holding(secret: str) -> list[str]:
+    """The command line of every process on this machine that shows `secret` (what `ps` tells
+    every user)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            if secret.encode() in (raw := cmdline.read_bytes()):
+                found.append(raw.replace(b"\0", b" ").decode(errors="replace"))
+    return found
+
+
+def server_processes(pid: int) -> dict[int, tuple[bytes, bytes]]:
+    """Process `pid` and its descendants: pid → (command line, environment)."""
+    found = {}
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        proc = Path(f"/proc/{current}")
+        found[current] = ((proc / "cmdline").read_bytes(), (proc / "environ").read_bytes())
+        pending += map(int, (proc / "task" / str(current) / "children").read_text().split())
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads /proc")
+async def test_the_token_is_on_no_command_line_and_sandbox_agent_still_requires_it(
+    stack_provider: LocalProvider,
+) -> None:
+    handle = await stack_provider.create(spec("sandbox-agent"))
+    try:
+        assert handle.endpoint is not None and handle.token
+        metadata = json.loads(await trio.Path(handle.id, "sandbox.json").read_text())
+        assert await trio.to_thread.run_sync(command_lines_holding, handle.token) == []
+        # The gate that holds the token, and sandbox-agent behind it, which does not.
+        processes = await trio.to_thread.run_sync(server_processes, metadata["server_pid"])
+        gate_command, _ = processes.pop(metadata["server_pid"])
+        assert b"agent_gate.py\0" in gate_command
+        [(command, environ)] = processes.values()
+        assert command.split(b"\0")[1:3] == [b"server", b"--host"]
+        assert b"\0--no-token\0" in command
+        assert b"ANYCODE_AGENT_TOKEN" not in environ and handle.token.encode() not in environ
+
+        async with httpx.AsyncClient(trust_env=False) as http:
+            url = f"{handle.endpoint}/v1/health"
+            with_token = await http.get(url, headers={"Authorization": f"Bearer {handle.token}"})
+            without = await http.get(url)
+            wrong = await http.get(url, headers={"Authorization": f"Bearer {handle.token}x"})
+        assert (with_token.status_code, with_token.json()) == (200, {"status": "ok"})
+        assert (without.status_code, wrong.status_code) == (401, 401)
+    finally:
+        await stack_provider.destroy(handle.id)
+
+
 async def health(endpoint: str | None, token: str) -> int:
     async with httpx.AsyncClient(trust_env=False) as http:
         answer = await http.get(
@@ -529,10 +582,12 @@ def fake_server(tmp_path: Path, script: str) -> Path:
     return path
 
 
-async def test_a_server_that_exits_is_reported_with_its_output_minus_the_token(
+async def test_a_server_that_exits_is_reported_with_its_output_and_never_got_the_token(
     tmp_path: Path,
 ) -> None:
-    server = fake_server(tmp_path, 'echo "cannot start: $*"\nexit 3\n')
+    server = fake_server(
+        tmp_path, 'echo "cannot start: $* (token: ${ANYCODE_AGENT_TOKEN:-none})"\nexit 3\n'
+    )
     provider = LocalProvider(
         allowed(tmp_path / "work"), "d", sandbox_agent=server, base_env=plain_env(tmp_path)
     )
@@ -540,7 +595,7 @@ async def test_a_server_that_exits_is_reported_with_its_output_minus_the_token(
         await provider.create(spec("sandbox-agent"))
     message = str(caught.value)
     assert message.startswith("sandbox-agent exited with code 3; its last output:\n")
-    assert "--token *** --no-telemetry" in message
+    assert "--no-token --no-telemetry (token: none)" in message
     assert not any(provider.root.iterdir())
 
 

@@ -7,6 +7,7 @@ session, and speaks only through its flusher (the one caller of send/edit for th
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from collections import OrderedDict
@@ -51,7 +52,6 @@ log = logging.getLogger(__name__)
 # strictly (ASCII only): the data comes back from the platform and anyone can forge it.
 BUTTON_SEPARATOR: Final = ":"
 _BUTTON_DATA: Final = re.compile(r"([A-Za-z0-9_-]{1,32}):([0-9]{1,3})", re.ASCII)
-SLOW_DOWN: Final = "Slow down: you are sending commands too fast. Wait a few seconds, then retry."
 NOT_YOURS_TO_ANSWER: Final = (
     "This is not yours to answer: only the person who started the task or an admin can."
 )
@@ -69,10 +69,8 @@ class Notice:
 
 
 @dataclass(frozen=True)
-class Throttled:
-    """The router dropped `event` because its sender is over the command rate: say so, once."""
-
-    event: ChatEvent
+class _IdleCheck:
+    """Time to see whether this chat unit has been idle long enough to stop."""
 
 
 @dataclass(frozen=True)
@@ -83,7 +81,7 @@ class Reattach:
     recovered: Recovered
 
 
-ChatInbox = ChatEvent | SessionClosed | StreamStarted | Notice | Reattach | Throttled
+ChatInbox = ChatEvent | SessionClosed | StreamStarted | Notice | Reattach | _IdleCheck
 
 
 def permission_button_data(interaction_id: str, option_index: int) -> str:
@@ -113,6 +111,7 @@ class ChatActor(Actor[ChatInbox]):
         start_session: StartSession,
         access: AccessPolicy | None = None,
         directory: trio.MemorySendChannel[DirectoryInbox] | None = None,
+        idle_after: float | None = None,
         inbox_size: int | None = None,
     ) -> None:
         super().__init__(inbox_size=inbox_size)
@@ -127,8 +126,45 @@ class ChatActor(Actor[ChatInbox]):
         # Live sessions started from this chat, oldest first: the last is "the most recent".
         self._sessions: OrderedDict[str, SessionHandle] = OrderedDict()
         self._message_session: OrderedDict[str, str] = OrderedDict()
+        self._idle_after = idle_after
+        self._last_active = 0.0
+        self.stopped = trio.Event()
+        """Set when the actor stopped itself because the chat was idle."""
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self._last_active = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            if self._idle_after is not None:
+                nursery.start_soon(self._idle_timer, self._idle_after)
+            await super().run(task_status=task_status)
+            nursery.cancel_scope.cancel()
+        self.stopped.set()
+
+    async def _idle_timer(self, idle_after: float) -> None:
+        while True:
+            await trio.sleep_until(self._last_active + idle_after)
+            if trio.current_time() >= self._last_active + idle_after:
+                # Skipped when the inbox is full: the chat is anything but idle then.
+                with contextlib.suppress(trio.WouldBlock):
+                    self._outbox.send_nowait(_IdleCheck())
+                await trio.sleep(idle_after)
+
+    def _stop_if_idle(self) -> None:
+        """Stop when nothing happened for `idle_after` and no session of ours is live.
+
+        No await between the checks and the stop: the run loop closes the inbox right after
+        this returns, so a message cannot slip in between and be lost; a sender then finds the
+        inbox closed and the router starts a fresh chat unit.
+        """
+        assert self._idle_after is not None
+        quiet = trio.current_time() - self._last_active >= self._idle_after
+        if quiet and not self._sessions and self._inbox.statistics().current_buffer_used == 0:
+            log.debug("chat %s: idle, stopping", self.chat.key)
+            self.stop()
 
     async def handle(self, message: ChatInbox) -> None:
+        if not isinstance(message, _IdleCheck):
+            self._last_active = trio.current_time()
         try:
             await self._dispatch(message)
         except (trio.Cancelled, SupervisorError):
@@ -154,8 +190,8 @@ class ChatActor(Actor[ChatInbox]):
             self._sessions.pop(message.session_id, None)
             if self._directory is not None:
                 await self._directory.send(Unregister(message.session_id))
-        elif isinstance(message, Throttled):
-            await self._refuse(message.event, SLOW_DOWN)
+        elif isinstance(message, _IdleCheck):
+            self._stop_if_idle()
         elif isinstance(message, Notice):
             await self._say(message.text)
         elif isinstance(message, Reattach):

@@ -71,6 +71,7 @@ queue is still there (only the call in flight is lost). Cancellation drops what 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
@@ -82,6 +83,7 @@ from typing import ClassVar, Final, TypeAlias, TypeVar
 
 import trio
 
+from anycode_actors.actors.budget import ROUTINE, URGENT, BudgetInbox, Pause, draw
 from anycode_actors.chat.base import (
     Button,
     ChatClient,
@@ -484,6 +486,7 @@ class Flusher(Actor[FlusherMessage]):
         inbox_size: int | None = None,
         notify: trio.MemorySendChannel[StreamStarted] | None = None,
         max_pending: int = MAX_PENDING,
+        budget: trio.MemorySendChannel[BudgetInbox] | None = None,
     ) -> None:
         super().__init__(inbox_size=inbox_size)
         limits = limits or client.limits
@@ -502,6 +505,7 @@ class Flusher(Actor[FlusherMessage]):
             raise ValueError("max_text_length is too small")
         self.stats = FlusherStats()
         self._notify = notify
+        self._budget = budget
         self._max_pending = max_pending
         self._seq = 0
         self._uids = itertools.count()
@@ -704,6 +708,16 @@ class Flusher(Actor[FlusherMessage]):
                 with trio.move_on_at(wake):
                     await self._changed.wait()
                 continue
+            if self._budget is not None:
+                lane = self.client.rate_lanes.get(_call_kind(op))
+                if lane is not None:
+                    # Waits while the bot's budget is short; meanwhile the reader goes on
+                    # coalescing, so the call made after the grant carries the newest text.
+                    await draw(self._budget, lane.name, self._priority(op))
+                    newest = self._ops.get(op.key)
+                    if newest is None or self._paused_until > trio.current_time():
+                        continue
+                    op = newest
             await self._execute(op)
 
     def _absorb_the_rest(self, now: float) -> None:
@@ -741,7 +755,15 @@ class Flusher(Actor[FlusherMessage]):
                 await self._run_upload(op)
         except RateLimited as error:
             self.stats.rate_limited_count += 1
-            self._pause(max(0.0, error.retry_after))
+            lane = None
+            if error.scope == "bot" and self._budget is not None:
+                lane = self.client.rate_lanes.get(_call_kind(op))
+            if lane is not None and self._budget is not None:
+                # Every chat must wait, not only this one: the budget pauses the lane.
+                with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
+                    self._budget.send_nowait(Pause(lane.name, max(0.0, error.retry_after)))
+            else:
+                self._pause(max(0.0, error.retry_after))
             self._requeue(op)
         except ChatUnavailable as error:
             op.attempts += 1
@@ -762,6 +784,15 @@ class Flusher(Actor[FlusherMessage]):
             self._room.set()
             self._settle_drains()
             self._report()
+
+    def _priority(self, op: _Op) -> int:
+        """Intermediate edits of a live stream can wait; everything else the user is waiting
+        for (a first message, a prompt, a decision, a stream's final text) goes first."""
+        if isinstance(op, _StreamOp):
+            live = self._streams.get(op.stream.name) is op.stream
+            if live and op.stream.message_id is not None:
+                return ROUTINE
+        return URGENT
 
     def _spend(self) -> None:
         """Take a token for the call about to be made."""
@@ -984,3 +1015,12 @@ class Flusher(Actor[FlusherMessage]):
             dropped=stats.dropped,
             paused=self._paused_until > trio.current_time(),
         )
+
+
+def _call_kind(op: _Op) -> str:
+    """Which of the client's rate lanes a call draws from."""
+    if isinstance(op, _UploadOp):
+        return "upload"
+    if isinstance(op, _EditOp) or (isinstance(op, _StreamOp) and op.stream.message_id):
+        return "edit"
+    return "send"

@@ -13,6 +13,11 @@ secret came (it is then redacted whole, in the later piece) or not. Text only ev
 piece to the one after it, and a piece is released only with or before every later one, so the
 stored events stay a prefix of what the agent sent: a restarted daemon resumes after the last
 stored one and is sent the held piece again.
+
+What this costs: the held piece shows one event late. If the daemon dies while holding text that
+moved out of an earlier, stored piece (less than the longest secret), that text is never shown;
+nor is a held piece when the event stream stops without a last event (no TurnEnded, no
+SessionEnded). Text is lost then, never a secret shown.
 """
 
 from __future__ import annotations

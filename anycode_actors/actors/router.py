@@ -1,8 +1,23 @@
 """The router: every chat platform client feeds it; it hands each event to that chat's actor.
 
-A chat actor (with its flusher) is started on demand the first time a conversation speaks, as a
-small supervisor `chat:<platform>:<id>` under the dynamic `chats` supervisor. The router owns the
-map from conversation to chat actor; nobody else touches it.
+A chat unit (chat actor + flusher) is started on demand the first time a conversation speaks,
+as `chat:<platform>:<id>` under the dynamic `chats` supervisor. The router owns the map from
+conversation to chat inbox; nobody else touches it.
+
+The router never waits on one chat. An event goes into the chat's inbox at once if there is
+room; a chat whose inbox is full is handled by policy:
+- a button press, a plain message (a follow-up), `/cancel`, `/task` and what the daemon itself
+  has to say are never dropped: they wait in that chat's backlog, in order, and a helper task
+  feeds the backlog into the inbox as the chat actor makes room;
+- a command identical to one already waiting (same person, same text) is coalesced into it;
+- chatter (`/help`, `/status`, `/agents`, unknown commands) is shed, with one "busy" answer to
+  the chat per backlog;
+- a full backlog refuses what it cannot hold, telling the sender.
+So a flooded chat costs the others nothing, presses included.
+
+A chat unit that stopped (idle, crashed for good, or its supervisor restarted) has closed its
+inbox: a send to it fails at once, the router forgets it and starts a fresh unit. A unit that
+stops on its own also says so (`ChatStopped`), so the map holds only live chats.
 
 It also paces people: each user's commands and messages draw from a token bucket
 (`limits.command_burst` deep, refilled at `limits.commands_per_second`), across every chat.
@@ -14,22 +29,36 @@ presses are never paced: they answer the agent and are rare by nature.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 import trio
 
-from anycode_actors.actors.chat import ChatInbox, Throttled
-from anycode_actors.chat.base import ButtonPress, ChatEvent, ChatRef
-from supervisors import Actor, current_child
+from anycode_actors.actors.chat import ChatInbox
+from anycode_actors.chat.base import ButtonPress, ChatEvent, ChatRef, Command, Message
+from supervisors import Actor, SupervisorError, current_child
 
 log = logging.getLogger(__name__)
 
-# Starts the chat actor (and its flusher) for a conversation; returns the chat actor's inbox.
+# Starts the chat unit for a conversation; returns the chat actor's inbox.
 StartChat = Callable[[ChatRef], Awaitable[trio.MemorySendChannel[ChatInbox]]]
+# Tells only the sender of an event something (a private refusal); never raises.
+Refuse = Callable[[ChatEvent, str], Awaitable[None]]
+
 # Buckets of people who went quiet are forgotten once there are this many.
 _BUCKETS_KEPT: Final = 4096
+BACKLOG: Final = 100
+"""Events a backed-up chat may have waiting beyond its inbox before the router refuses more."""
+CHATTER: Final = frozenset({"help", "status", "agents"})
+"""Commands that only ask something: shed, not queued, when their chat is backed up."""
+SLOW_DOWN: Final = "Slow down: you are sending commands too fast. Wait a few seconds, then retry."
+BUSY: Final = "This chat is busy catching up; /help and /status were skipped. Try again shortly."
+FULL: Final = (
+    "This chat is too busy: your message was not delivered. Send it again in a minute."
+)
+RESTARTING: Final = "The bot is restarting; your message was not delivered. Try again shortly."
 
 
 @dataclass(frozen=True)
@@ -40,7 +69,15 @@ class Deliver:
     message: ChatInbox
 
 
-RouterInbox = ChatEvent | Deliver
+@dataclass(frozen=True)
+class ChatStopped:
+    """A chat unit has stopped and closed `inbox`; the router forgets it (if still current)."""
+
+    chat: ChatRef
+    inbox: trio.MemorySendChannel[ChatInbox]
+
+
+RouterInbox = ChatEvent | Deliver | ChatStopped
 
 
 @dataclass
@@ -92,35 +129,193 @@ class CommandRate:
             del self._buckets[key]
 
 
+@dataclass
+class _Line:
+    """The router's side of one chat: its inbox, and what waits for room in it."""
+
+    inbox: trio.MemorySendChannel[ChatInbox]
+    backlog: deque[ChatInbox] = field(default_factory=deque)
+    feeding: bool = False
+    told_busy: bool = False
+
+
+async def _nobody(event: ChatEvent, text: str) -> None:
+    log.info("%s: %s (no way to tell the sender)", event.chat.key, text)
+
+
 class Router(Actor[RouterInbox]):
     inbox_size = 256
 
-    def __init__(self, start_chat: StartChat, *, rate: CommandRate | None = None) -> None:
+    def __init__(
+        self,
+        start_chat: StartChat,
+        *,
+        rate: CommandRate | None = None,
+        refuse: Refuse = _nobody,
+        backlog: int = BACKLOG,
+    ) -> None:
         super().__init__()
         self._start_chat = start_chat
-        self._chats: dict[str, trio.MemorySendChannel[ChatInbox]] = {}
         self._rate = rate
+        self._refuse = refuse
+        self._backlog_size = backlog
+        self._lines: dict[str, _Line] = {}
+        self._nursery: trio.Nursery | None = None
+        self.shed = 0
+        self.coalesced = 0
+        self.refused = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await super().run(task_status=task_status)
+            nursery.cancel_scope.cancel()
 
     async def handle(self, message: RouterInbox) -> None:
-        payload: ChatInbox
-        if isinstance(message, Deliver):
-            chat, payload = message.chat, message.message
-        else:
-            chat, payload = message.chat, message
-            if self._rate is not None and not isinstance(message, ButtonPress):
-                admitted, warn = self._rate.admit(f"{chat.platform}:{message.user.id}")
-                if not admitted:
-                    if not warn:
-                        return
-                    log.info("%s:%s is over the command rate", chat.platform, message.user.id)
-                    payload = Throttled(message)
-                context = current_child()
-                if context is not None:
-                    context.update(throttled=self._rate.dropped)
-        inbox = self._chats.get(chat.key)
-        if inbox is None:
+        if isinstance(message, ChatStopped):
+            line = self._lines.get(message.chat.key)
+            if line is not None and line.inbox is message.inbox and not line.backlog:
+                del self._lines[message.chat.key]
+        elif isinstance(message, Deliver):
+            await self._hand_over(message.chat, message.message, None)
+        elif self._admitted(message):
+            await self._hand_over(message.chat, message, message)
+        self._report()
+
+    def _admitted(self, event: ChatEvent) -> bool:
+        if self._rate is None or isinstance(event, ButtonPress):
+            return True
+        admitted, warn = self._rate.admit(f"{event.chat.platform}:{event.user.id}")
+        if not admitted and warn:
+            log.info("%s:%s is over the command rate", event.chat.platform, event.user.id)
+            self._tell(event, SLOW_DOWN)
+        return admitted
+
+    async def _hand_over(self, chat: ChatRef, payload: ChatInbox, event: ChatEvent | None) -> None:
+        line = await self._line(chat, event)
+        if line is None:
+            return
+        if not line.backlog:
+            try:
+                line.inbox.send_nowait(payload)
+                return
+            except trio.WouldBlock:
+                pass
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                # The unit stopped since we last sent: forget it and start a fresh one.
+                self._lines.pop(chat.key, None)
+                line = await self._line(chat, event)
+                if line is None:
+                    return
+                line.inbox.send_nowait(payload)  # a fresh inbox has room
+                return
+        self._queue(line, chat, payload, event)
+
+    async def _line(self, chat: ChatRef, event: ChatEvent | None) -> _Line | None:
+        line = self._lines.get(chat.key)
+        if line is not None:
+            return line
+        try:
             inbox = await self._start_chat(chat)
-            self._chats[chat.key] = inbox
-        # A chat actor's inbox is bounded: a chat that cannot keep up slows the router down
-        # (backpressure up to the platform client), it never grows a queue without end.
-        await inbox.send(payload)
+        except SupervisorError as exc:
+            # The chats supervisor is restarting or gave up: the next event tries again.
+            log.warning("%s: could not start its chat unit: %s", chat.key, exc)
+            if event is not None:
+                self._tell(event, RESTARTING)
+            return None
+        line = self._lines[chat.key] = _Line(inbox)
+        return line
+
+    def _queue(
+        self, line: _Line, chat: ChatRef, payload: ChatInbox, event: ChatEvent | None
+    ) -> None:
+        if isinstance(event, Command):
+            if any(_same_command(event, waiting) for waiting in line.backlog):
+                self.coalesced += 1
+                return
+            if event.name.lower() in CHATTER or not _known(event.name):
+                self.shed += 1
+                if not line.told_busy:
+                    line.told_busy = True
+                    self._tell(event, BUSY)
+                return
+        if len(line.backlog) >= self._backlog_size:
+            self.refused += 1
+            if event is not None:
+                self._tell(event, FULL)
+            else:
+                log.warning("%s: backlog full, dropped %s", chat.key, type(payload).__name__)
+            return
+        line.backlog.append(payload)
+        if not line.feeding:
+            line.feeding = True
+            assert self._nursery is not None
+            self._nursery.start_soon(self._feed, chat, line)
+
+    async def _feed(self, chat: ChatRef, line: _Line) -> None:
+        """Move a backed-up chat's backlog into its inbox, in order, as room appears."""
+        try:
+            while line.backlog:
+                try:
+                    await line.inbox.send(line.backlog[0])
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    # The unit stopped with work waiting: a fresh one takes the backlog over.
+                    try:
+                        line.inbox = await self._start_chat(chat)
+                    except SupervisorError as exc:
+                        lost = len(line.backlog)
+                        log.warning("%s: %d waiting events lost: %s", chat.key, lost, exc)
+                        line.backlog.clear()
+                        return
+                    if self._lines.get(chat.key) is not line:
+                        self._lines[chat.key] = line
+                    continue
+                line.backlog.popleft()
+        finally:
+            line.feeding = False
+            line.told_busy = False
+            self._report()
+
+    def _tell(self, event: ChatEvent, text: str) -> None:
+        """Answer the sender in the background: the router never waits on a platform."""
+        assert self._nursery is not None
+        self._nursery.start_soon(self._refuse, event, text)
+
+    def _report(self) -> None:
+        context = current_child()
+        if context is None:
+            return
+        context.update(
+            chats=len(self._lines),
+            backlog=sum(len(line.backlog) for line in self._lines.values()),
+            shed=self.shed,
+            coalesced=self.coalesced,
+            refused=self.refused,
+            throttled=self._rate.dropped if self._rate is not None else 0,
+        )
+
+
+def _same_command(event: Command, waiting: ChatInbox) -> bool:
+    return (
+        isinstance(waiting, Command)
+        and waiting.user == event.user
+        and waiting.name.lower() == event.name.lower()
+        and waiting.args == event.args
+    )
+
+
+def _known(name: str) -> bool:
+    return name.lower() in {"task", "start", "cancel", *CHATTER}
+
+
+__all__ = [
+    "BUSY",
+    "FULL",
+    "SLOW_DOWN",
+    "ChatStopped",
+    "CommandRate",
+    "Deliver",
+    "Message",
+    "Router",
+    "RouterInbox",
+]

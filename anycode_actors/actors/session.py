@@ -14,9 +14,8 @@ import contextlib
 import dataclasses
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Final
 
 import trio
@@ -53,7 +52,6 @@ from anycode_actors.actors.stream import (
     StreamReady,
     StreamReport,
 )
-from anycode_actors.actors.watchdog import SandboxOf, Unwatch, Watch, WatchdogInbox
 from anycode_actors.agents import (
     AgentEvent,
     ErrorEvent,
@@ -145,7 +143,6 @@ class SessionActor(Actor[SessionInbox]):
         config: Config,
         answer_press: AnswerPress,
         recovered: Recovered | None = None,
-        watchdog: trio.MemorySendChannel[WatchdogInbox] | None = None,
     ) -> None:
         super().__init__()
         self.session = session
@@ -158,7 +155,6 @@ class SessionActor(Actor[SessionInbox]):
         self._config = config
         self._answer_press = answer_press
         self._recovered = recovered
-        self._watchdog = watchdog
         self._handle: SandboxHandle | None = recovered.handle if recovered else None
         self._stream: StreamActor | None = None
         self._stream_ready = False
@@ -172,6 +168,8 @@ class SessionActor(Actor[SessionInbox]):
         self._nursery: trio.Nursery | None = None
         self._events = 0
         self._uploaded: set[tuple[str, int]] = set()
+        self._redactor: OutputRedactor | None = None
+        self._unanswered: FollowUp | None = None
 
     # --- life -----------------------------------------------------------------------------------
 
@@ -183,9 +181,6 @@ class SessionActor(Actor[SessionInbox]):
         # Ready at once: the sessions supervisor serves one start at a time, and creating a
         # sandbox takes seconds.
         task_status.started()
-        await self._tell_watchdog(self._watch())
-        if self._handle is not None:
-            await self._tell_watchdog(SandboxOf(self._id, self._handle.id))
         streams = Supervisor(name="streams", intensity=Intensity(max_restarts=0, period=1.0))
         try:
             async with trio.open_nursery() as nursery:
@@ -206,29 +201,11 @@ class SessionActor(Actor[SessionInbox]):
         finally:
             # Closed before cleanup (which can take a while): whoever writes to this session now
             # learns at once that it has ended, instead of talking to an inbox nobody reads.
+            # What is already in it was sent to a live session: it gets an answer, not silence.
+            late = self._take_the_rest()
             self._inbox.close()
             with trio.CancelScope(shield=True):
-                # Unwatched first: the sandbox is about to go, which is no failure to report.
-                await self._tell_watchdog(Unwatch(self._id))
-                await self._clean_up()
-
-    def _watch(self) -> Watch:
-        timeout = float(self._config.session.timeout_minutes) * 60
-        age = (datetime.now(UTC) - self.session.created_at).total_seconds()
-        minutes = self._config.session.timeout_minutes
-        return Watch(
-            session_id=self._id,
-            deadline=trio.current_time() + max(0.0, timeout - age),
-            timeout_text=f"{minutes:g} min",
-            inbox=self._outbox,
-        )
-
-    async def _tell_watchdog(self, message: WatchdogInbox) -> None:
-        if self._watchdog is None:
-            return
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            with trio.move_on_after(5):
-                await self._watchdog.send(message)
+                await self._clean_up(late)
 
     async def handle(self, message: SessionInbox) -> None:  # pragma: no cover - run() dispatches
         raise RuntimeError("SessionActor.run dispatches messages itself")
@@ -241,6 +218,8 @@ class SessionActor(Actor[SessionInbox]):
         elif isinstance(message, StreamReady):
             await self._on_stream_ready(message)
         elif isinstance(message, AgentEventArrived):
+            if not isinstance(message.event, SessionEnded):
+                self._unanswered = None  # the agent took it up
             await self._on_event(message.event)
         elif isinstance(message, StreamEnded):
             if self._outcome is None:
@@ -377,7 +356,6 @@ class SessionActor(Actor[SessionInbox]):
     async def _on_started(self, handle: SandboxHandle, streams: Supervisor) -> None:
         self._handle = handle
         await self._store.set_sandbox(self._id, handle.id, handle.endpoint or "")
-        await self._tell_watchdog(SandboxOf(self._id, handle.id))
         if self._outcome is not None:
             return  # cancelled while the sandbox was being made; cleanup removes it
         await self._start_stream(streams, handle, None)
@@ -430,12 +408,11 @@ class SessionActor(Actor[SessionInbox]):
         # event is redacted first, and a piece of streamed text that may end in the beginning
         # of one waits for the next event (see OutputRedactor). Made at the first event, when
         # the sandbox and its token are known.
-        redactor: OutputRedactor | None = getattr(self, "_redactor", None)
-        if redactor is None:
-            redactor = self._redactor = _output_redactor(
+        if self._redactor is None:
+            self._redactor = _output_redactor(
                 self._config, self.session.agent, self._handle, self._recovered
             )
-        for event in redactor.feed(agent_event):
+        for event in self._redactor.feed(agent_event):
             kind, payload = type(event).__name__, _payload(event)
             # Stored before shown: after a crash, the store is the truth of what happened. A
             # seq stored already is a repeat (a resumed stream delivering it again): handled.
@@ -553,6 +530,9 @@ class SessionActor(Actor[SessionInbox]):
     async def _on_follow_up(self, follow_up: FollowUp) -> None:
         if self._stream_ready and not self._turn_running:
             await self._prompt(follow_up.text)
+            # Not yet answered: if the session ends before the agent says a word, the sender
+            # is told that this message went nowhere.
+            self._unanswered = follow_up
             return
         limit = self._config.session.max_queued_follow_ups
         if len(self._queued) >= limit:
@@ -628,7 +608,36 @@ class SessionActor(Actor[SessionInbox]):
 
     # --- the end --------------------------------------------------------------------------------
 
-    async def _clean_up(self) -> None:
+    def _take_the_rest(self) -> list[SessionInbox]:
+        rest = []
+        while True:
+            try:
+                rest.append(self._inbox.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                return rest
+
+    async def _answer_late(self, late: Sequence[SessionInbox]) -> None:
+        """Tell the senders of what the session never got to: follow-ups it had queued or was
+        given just before it ended, and presses that arrived too late."""
+        undelivered = list(self._queued)
+        if self._unanswered is not None:
+            undelivered.insert(0, self._unanswered)
+        for message in late:
+            if isinstance(message, FollowUp):
+                undelivered.append(message)
+            elif isinstance(message, PermissionAnswer):
+                await self._answer_press(message.press, "The session has ended.")
+        self._queued.clear()
+        for follow_up in undelivered:
+            await self._flusher.send(
+                Post(
+                    f"Not delivered to the agent: “{_excerpt(follow_up.text)}” "
+                    f"(from {follow_up.user.mention}): session `{short_id(self._id)}` ended. "
+                    "Start a new one with /task <prompt>."
+                )
+            )
+
+    async def _clean_up(self, late: Sequence[SessionInbox] = ()) -> None:
         # No outcome yet means the actor was stopped from outside: the daemon is shutting down.
         status, reason = self._outcome or (SessionStatus.CANCELLED, "the daemon is shutting down")
         for interaction in await self._store.cancel_pending_interactions(self._id):
@@ -655,6 +664,7 @@ class SessionActor(Actor[SessionInbox]):
         await self._flusher.send(EndStream(self._id))
         if won:
             await self._flusher.send(Post(_final_notice(self._id, status, reason)))
+        await self._answer_late(late)
         drained = trio.Event()
         await self._flusher.send(Drain(drained))
         with trio.move_on_after(DRAIN_GRACE):
@@ -662,6 +672,11 @@ class SessionActor(Actor[SessionInbox]):
         with trio.move_on_after(5):
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await self._closed.send(SessionClosed(self._id, str(status)))
+
+
+def _excerpt(text: str, limit: int = 80) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def _short_sandbox(sandbox_id: str) -> str:
@@ -786,8 +801,8 @@ def _output_redactor(
     config: Config, agent: str, handle: SandboxHandle | None, recovered: Recovered | None
 ) -> OutputRedactor:
     """What hides the credentials of this session's sandbox in its agent's output: the values
-    `_create_sandbox` injects (`sandbox_env`) and sandbox-agent's token, which sits on a command
-    line inside the sandbox. A recovered session's stored events are not fed again."""
+    `_create_sandbox` injects (`sandbox_env`) and sandbox-agent's token, which the sandbox holds
+    too. A recovered session's stored events are not fed to it again."""
     secrets = list(config.sandbox_env(agent).values())
     if handle is not None and handle.token:
         secrets.append(handle.token)

@@ -1,53 +1,46 @@
 """The watchdog: session timeouts, dead sandboxes, and sandboxes nobody owns.
 
-Session actors register when they start (`Watch`) and leave when they end (`Unwatch`); the
-watchdog owns that table. Every `interval` it cancels sessions past their deadline (the chat is
-told why), fails sessions whose sandbox died, and removes labelled sandboxes that belong to no
-watched session (a crash between create and register, or a daemon killed mid-session whose
-session could not be reattached).
+Everything it decides comes from the store, the one record that cannot be lost on the way: every
+`interval` it reads the sessions that are not over, and
+- cancels (as failed) those past `session.timeout_minutes`, counted from when they were created;
+- fails those whose sandbox died, checking every sandbox at once, with one deadline for the
+  whole sweep, so a hung engine delays no timeout by more than one sweep;
+- removes labelled sandboxes whose session is not live in the store (a crash between create and
+  record, a daemon killed mid-session whose session could not be reattached, a sandbox whose
+  removal failed), once they are older than `ORPHAN_AGE`.
+
+A session is told through the session directory; only its own actor ends it. A session the
+directory does not know (the moment after a restart, before recovery reattached it) is left to
+recovery.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Final
 
 import trio
 
-from anycode_actors.actors.session_api import Cancel, SessionMessage
+from anycode_actors.actors.directory import DirectoryInbox, route
+from anycode_actors.actors.session_api import Cancel
 from anycode_actors.errors import AnycodeError
 from anycode_actors.sandboxes.base import SandboxProvider
+from anycode_actors.store import Session, SessionStatus, Store
 from supervisors import Actor, current_child
 
 log = logging.getLogger(__name__)
 
 CHECK_INTERVAL: Final = 30.0
-# A sandbox must be this old before an unowned one is removed: a session actor registers before
-# it creates its sandbox, so this is only a margin for clocks and slow listings.
+# A sandbox must be this old before an unowned one is removed: a session records its sandbox
+# a moment after creating it, and a session that just ended is still removing its own.
 ORPHAN_AGE: Final = 120.0
+# The most one sweep's liveness checks may take, whatever the interval.
+SWEEP_DEADLINE: Final = 30.0
 
-
-@dataclass(frozen=True)
-class Watch:
-    session_id: str
-    deadline: float  # trio.current_time() after which the session is timed out
-    timeout_text: str  # "30 min"
-    inbox: trio.MemorySendChannel[SessionMessage]
-
-
-@dataclass(frozen=True)
-class Unwatch:
-    session_id: str
-
-
-@dataclass(frozen=True)
-class SandboxOf:
-    """A session tells which sandbox it owns, so liveness can be checked."""
-
-    session_id: str
-    sandbox_id: str
+WallClock = Callable[[], datetime]
 
 
 @dataclass(frozen=True)
@@ -55,27 +48,37 @@ class _Tick:
     pass
 
 
-WatchdogInbox = Watch | Unwatch | SandboxOf | _Tick
+WatchdogInbox = _Tick
 
 
-@dataclass
-class _Watched:
-    watch: Watch
-    sandbox_id: str | None = None
-    notified: bool = False
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 class Watchdog(Actor[WatchdogInbox]):
-    inbox_size = 256
+    inbox_size = 4
 
-    def __init__(self, provider: SandboxProvider, *, interval: float = CHECK_INTERVAL) -> None:
+    def __init__(
+        self,
+        provider: SandboxProvider,
+        store: Store,
+        directory: trio.MemorySendChannel[DirectoryInbox],
+        *,
+        timeout: timedelta,
+        interval: float = CHECK_INTERVAL,
+        wall_clock: WallClock = _utc_now,
+    ) -> None:
         super().__init__()
         self._provider = provider
+        self._store = store
+        self._directory = directory
+        self._timeout = timeout
         self._interval = interval
-        self._watched: dict[str, _Watched] = {}
-        # Sessions that ended recently remove their own sandbox; the reaper leaves those alone.
-        self._ended: dict[str, float] = {}
+        self._now = wall_clock
+        # Sessions already told, so a session busy ending is not told again every sweep.
+        self._told: set[str] = set()
         self.reaped: list[str] = []
+        self.sweeps = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -89,57 +92,61 @@ class Watchdog(Actor[WatchdogInbox]):
             await self.send(_Tick())
 
     async def handle(self, message: WatchdogInbox) -> None:
-        if isinstance(message, Watch):
-            self._watched[message.session_id] = _Watched(message)
-        elif isinstance(message, Unwatch):
-            self._watched.pop(message.session_id, None)
-            self._ended[message.session_id] = trio.current_time()
-        elif isinstance(message, SandboxOf):
-            watched = self._watched.get(message.session_id)
-            if watched is not None:
-                watched.sandbox_id = message.sandbox_id
-        else:
-            await self._check()
+        await self.sweep()
         context = current_child()
         if context is not None:
-            context.update(watched=len(self._watched), reaped=len(self.reaped))
+            context.update(sweeps=self.sweeps, told=len(self._told), reaped=len(self.reaped))
 
-    async def _check(self) -> None:
-        now = trio.current_time()
-        for session_id, watched in list(self._watched.items()):
-            if watched.notified:
+    async def sweep(self) -> None:
+        """One look at every live session and every sandbox."""
+        self.sweeps += 1
+        sessions = await self._store.active_sessions()
+        self._told &= {s.id for s in sessions}
+        now = self._now()
+        checks: list[Session] = []
+        for session in sessions:
+            if session.id in self._told:
                 continue
-            if now >= watched.watch.deadline:
-                reason = f"timed out after {watched.watch.timeout_text}"
-                watched.notified = await _tell(watched.watch.inbox, Cancel(reason, status="failed"))
-                continue
-            if watched.sandbox_id is not None and not await self._alive(watched.sandbox_id):
-                reason = "the sandbox stopped unexpectedly"
-                watched.notified = await _tell(watched.watch.inbox, Cancel(reason, status="failed"))
-                log.warning("session %s: %s", session_id[:8], reason)
-        await self._reap()
+            if now - session.created_at >= self._timeout:
+                minutes = self._timeout.total_seconds() / 60
+                await self._fail(session, f"timed out after {minutes:g} min")
+            elif session.status == SessionStatus.RUNNING and session.sandbox_id:
+                checks.append(session)
+        dead: list[Session] = []
+        with trio.move_on_after(min(self._interval, SWEEP_DEADLINE)) as scope:
+            async with trio.open_nursery() as nursery:
+                for session in checks:
+                    nursery.start_soon(self._check_alive, session, dead)
+        if scope.cancelled_caught:
+            # Not knowing is not dead: unanswered checks count as alive until the next sweep.
+            log.warning("sandbox liveness checks did not all answer within the sweep")
+        for session in dead:
+            log.warning("session %s: its sandbox stopped unexpectedly", session.id[:8])
+            await self._fail(session, "the sandbox stopped unexpectedly")
+        await self._reap({s.id for s in sessions})
 
-    async def _alive(self, sandbox_id: str) -> bool:
+    async def _check_alive(self, session: Session, dead: list[Session]) -> None:
+        assert session.sandbox_id is not None
         try:
-            with trio.fail_after(30):
-                return await self._provider.is_alive(sandbox_id)
-        except (AnycodeError, trio.TooSlowError) as exc:
-            # Not knowing is not dead: a slow engine must not fail healthy sessions.
-            log.warning("could not check sandbox %s: %s", sandbox_id[:12], exc)
-            return True
+            if not await self._provider.is_alive(session.sandbox_id):
+                dead.append(session)
+        except AnycodeError as exc:
+            log.warning("could not check sandbox %s: %s", session.sandbox_id[:12], exc)
 
-    async def _reap(self) -> None:
+    async def _fail(self, session: Session, reason: str) -> None:
+        if await route(self._directory, session.id, Cancel(reason, status="failed")):
+            self._told.add(session.id)
+
+    async def _reap(self, live: set[str]) -> None:
         try:
             with trio.fail_after(60):
                 sandboxes = await self._provider.list()
         except (AnycodeError, trio.TooSlowError) as exc:
             log.warning("could not list sandboxes: %s", exc)
             return
-        now = trio.current_time()
-        self._ended = {s: t for s, t in self._ended.items() if now - t < ORPHAN_AGE}
-        owned = set(self._watched) | set(self._ended)
+        now = self._now()
         for sandbox in sandboxes:
-            if sandbox.session_id in owned or _age(sandbox.created_at) < ORPHAN_AGE:
+            if sandbox.session_id in live or _age(sandbox.created_at, now) < ORPHAN_AGE:
                 continue
             log.warning(
                 "removing sandbox %s: it belongs to no live session (%s)",
@@ -153,25 +160,11 @@ class Watchdog(Actor[WatchdogInbox]):
                 log.error("could not remove orphan sandbox %s: %s", sandbox.id[:12], exc)
 
 
-async def _tell(inbox: trio.MemorySendChannel[SessionMessage], message: SessionMessage) -> bool:
-    """Whether the session was told; False if its inbox stayed full (tell it at the next check).
-
-    A session that ended meanwhile has nobody left to tell: that counts as told.
-    """
-    try:
-        with trio.move_on_after(10):
-            await inbox.send(message)
-            return True
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        return True
-    return False
-
-
-def _age(created_at: str) -> float:
+def _age(created_at: str, now: datetime) -> float:
     try:
         created = datetime.fromisoformat(created_at)
     except ValueError:
         return float("inf")
     if created.tzinfo is None:
         created = created.replace(tzinfo=UTC)
-    return (datetime.now(UTC) - created).total_seconds()
+    return (now - created).total_seconds()

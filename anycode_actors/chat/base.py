@@ -12,7 +12,7 @@ what piles up meanwhile (latest edit wins) rather than block on an old payload.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -111,6 +111,18 @@ class ChatLimits:
     group_per_minute: float | None = None
 
 
+@dataclass(frozen=True)
+class RateLane:
+    """A bot-wide limit that calls of some kinds share: `burst` calls, refilled at `per_second`.
+
+    A client maps each kind of call ("send", "edit", "upload") to its lane; calls in lanes of
+    the same `name` draw from one bucket, whichever chat they are for."""
+
+    name: str
+    per_second: float
+    burst: int
+
+
 class ChatError(AnycodeError):
     """A chat platform refused a call. `code` is the platform's own error (e.g. a Slack error
     code or a Telegram description); messages never contain tokens."""
@@ -121,11 +133,17 @@ class ChatError(AnycodeError):
 
 
 class RateLimited(ChatError):
-    """429: nothing may be sent to this chat (or by this method) for `retry_after` seconds."""
+    """429: nothing may be sent to this chat (or by this method) for `retry_after` seconds.
 
-    def __init__(self, retry_after: float, *, code: str = "rate_limited") -> None:
+    `scope` says who must wait: "chat" (this conversation only) or "bot" (every call in the
+    same rate lane, e.g. a Slack method's per-workspace tier)."""
+
+    def __init__(
+        self, retry_after: float, *, code: str = "rate_limited", scope: str = "chat"
+    ) -> None:
         super().__init__(f"rate limited: retry after {retry_after:g} s", code=code)
         self.retry_after = retry_after
+        self.scope = scope
 
 
 class ChatUnavailable(ChatError):
@@ -138,6 +156,8 @@ class ChatClient(Protocol):
     platform: str
     limits: ChatLimits
     access: AccessPolicy
+    # Bot-wide lanes by kind of call ("send", "edit", "upload"); a kind not listed is unpaced.
+    rate_lanes: Mapping[str, RateLane]
 
     async def run(
         self,

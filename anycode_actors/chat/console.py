@@ -54,6 +54,7 @@ from anycode_actors.chat.base import (
     ChatRef,
     Command,
     Message,
+    RateLane,
     User,
 )
 
@@ -111,6 +112,7 @@ class ConsoleChat:
     limits = CONSOLE_LIMITS
     # The one person at the terminal runs the daemon; nobody else can type here.
     access = AccessPolicy.open()
+    rate_lanes: Mapping[str, RateLane] = {}  # a terminal has no rate limit
 
     def __init__(
         self,

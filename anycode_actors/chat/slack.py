@@ -40,8 +40,9 @@ import json
 import logging
 import re
 from collections import OrderedDict
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Final, Generic, TypeVar
 
 import httpx
@@ -60,6 +61,7 @@ from anycode_actors.chat.base import (
     ChatUnavailable,
     Command,
     Message,
+    RateLane,
     RateLimited,
     User,
 )
@@ -89,6 +91,17 @@ MAX_BLOCKS: Final = 50
 # `text` "limit … to 4,000 characters"; with blocks it is only the notification fallback.
 FALLBACK_TEXT_LIMIT: Final = 4000
 BUTTON_LABEL_LIMIT: Final = 75
+# Bot-wide lanes: Web API tiers count per method per workspace
+# (https://api.slack.com/docs/rate-limits): chat.update is Tier 3 (50+ a minute), the file upload
+# methods Tier 4 (100+). chat.postMessage is limited per channel (the flusher's own pacing) plus
+# an undocumented workspace-wide limit; 300 a minute stands in for it.
+SLACK_LANES: Final[Mapping[str, RateLane]] = MappingProxyType(
+    {
+        "send": RateLane("chat.postMessage", 5.0, 60),
+        "edit": RateLane("chat.update", 50 / 60, 20),
+        "upload": RateLane("files", 100 / 60, 20),
+    }
+)
 SLACK_LIMITS: Final = ChatLimits(
     max_text_length=SECTION_TEXT_LIMIT,
     max_button_data_bytes=2000,  # a button's `value`: 2000 characters
@@ -186,6 +199,7 @@ class SlackClient:
         self.access = AccessPolicy.of(
             config.allowed_users, everyone=config.allow_everyone, admins=config.admins
         )
+        self.rate_lanes: Mapping[str, RateLane] = SLACK_LANES
         self._api = config.api_base_url.rstrip("/")
         self._owns_http = http is None
         # Tokens go into each request's headers, never into the client's defaults: the upload
@@ -713,7 +727,10 @@ class SlackClient:
         if body.get("ok") is not True:
             code = str(body.get("error") or "unknown_error")
             if code == "ratelimited":
-                raise RateLimited(_retry_after(response), code=code)
+                # Tiers count per method per workspace: all chats wait. chat.postMessage is
+                # limited per channel (https://api.slack.com/docs/rate-limits).
+                scope = "chat" if method == "chat.postMessage" else "bot"
+                raise RateLimited(_retry_after(response), code=code, scope=scope)
             needed = f" (needs the scope {body['needed']})" if body.get("needed") else ""
             raise ChatError(f"Slack {method} failed: {code}{needed}", code=code)
         return body

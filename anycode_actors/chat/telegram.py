@@ -44,7 +44,7 @@ import json
 import logging
 import mimetypes
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Generic, TypeVar
 
@@ -62,6 +62,7 @@ from anycode_actors.chat.base import (
     ChatUnavailable,
     Command,
     Message,
+    RateLane,
     RateLimited,
     User,
 )
@@ -96,6 +97,8 @@ TELEGRAM_LIMITS: Final = ChatLimits(
     burst=3,
     group_per_minute=20,
 )
+#: How many calls the bot may make at once before its per-second rate applies.
+BOT_BURST: Final = 10
 #: A document's caption, and the text of an answer to a button press, in code points (A4).
 CAPTION_MAX: Final = 1024
 PRESS_ANSWER_MAX: Final = 200
@@ -185,6 +188,9 @@ class TelegramClient:
         self.access = AccessPolicy.of(
             config.allowed_users, everyone=config.allow_everyone, admins=config.admins
         )
+        # One bucket for every call of the bot, whatever the chat (sends and edits share it).
+        lane = RateLane("bot", float(config.bot_requests_per_second), BOT_BURST)
+        self.rate_lanes: Mapping[str, RateLane] = {"send": lane, "edit": lane, "upload": lane}
         self._poll_timeout = min(max(config.poll_timeout, 1), LONG_POLL_MAX)
         self._poll_http_timeout = httpx.Timeout(
             HTTP_TIMEOUT.connect or 10.0, read=self._poll_timeout + POLL_READ_MARGIN

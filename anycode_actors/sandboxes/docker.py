@@ -93,6 +93,12 @@ API_TIMEOUT: Final = 60.0
 #: Seconds a cleanup may wait for a worker thread before it gives up and leaves the container to
 #: `reap_orphans`.
 CLEANUP_TIMEOUT: Final = 30.0
+#: While the engine cannot be reached, `destroy` tries again after this wait, doubling up to
+#: `REMOVE_RETRY_MAX`, until `cleanup_timeout` has passed: an engine that is back within it
+#: removes the container at once, instead of leaving it to the reaper (which waits until an
+#: orphan is `ORPHAN_AGE` old and the next sweep).
+REMOVE_RETRY_FIRST: Final = 0.5
+REMOVE_RETRY_MAX: Final = 4.0
 #: Attempts at publishing the agent port when somebody else keeps taking the chosen one.
 PORT_ATTEMPTS: Final = 5
 _PORT_TAKEN_MARKERS: Final = ("port is already allocated", "address already in use")
@@ -115,7 +121,8 @@ def default_client(max_pool_size: int = DEFAULT_MAX_CONCURRENT_CALLS) -> Any:
 
 class _EngineError(SandboxError):
     """An Engine API call failed. `status` is the HTTP status (None when the engine was not
-    reached); `explanation` is the engine's message with credentials redacted."""
+    reached); `explanation` is the engine's message with credentials redacted; `unreachable`
+    says that no connection to the engine could be made (it is down or restarting)."""
 
     def __init__(
         self,
@@ -124,11 +131,13 @@ class _EngineError(SandboxError):
         explanation: str = "",
         *,
         image_missing: bool = False,
+        unreachable: bool = False,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.explanation = explanation
         self.image_missing = image_missing
+        self.unreachable = unreachable
 
 
 class _PortTakenError(SandboxError):
@@ -230,16 +239,36 @@ class DockerProvider:
         Idempotent: a container that is already gone (or being removed) is not an error.
         Shielded, so it completes inside a cancelled caller; bounded by `cleanup_timeout` while
         waiting for a worker thread and by the engine's API timeout once the call has started.
-        A container without this daemon's label is refused, whatever id a caller passes.
+        An engine that cannot be reached is tried again within the same bound (see
+        `REMOVE_RETRY_FIRST`). A container without this daemon's label is refused, whatever id a
+        caller passes.
         """
+        unreachable: _EngineError | None = None
         with trio.move_on_after(self._cleanup_timeout, shield=True) as scope:
-            container_id = await self._owned_container(sandbox_id)
-            if container_id is not None:
-                await self._remove(container_id)
+            wait = REMOVE_RETRY_FIRST
+            while True:
+                try:
+                    container_id = await self._owned_container(sandbox_id)
+                    if container_id is not None:
+                        await self._remove(container_id)
+                    return
+                except _EngineError as exc:
+                    if not exc.unreachable:
+                        raise
+                    if unreachable is None:
+                        logger.warning("%s; trying again until it answers", exc)
+                    unreachable = exc
+                await trio.sleep(wait)
+                wait = min(wait * 2, REMOVE_RETRY_MAX)
         if scope.cancelled_caught:
+            why = (
+                "the Docker engine could not be reached"
+                if unreachable
+                else "the Docker engine is busy"
+            )
             raise SandboxError(
                 f"could not remove sandbox {_short(sandbox_id)} within "
-                f"{self._cleanup_timeout:g} s (the Docker engine is busy); "
+                f"{self._cleanup_timeout:g} s ({why}); "
                 "it keeps its labels, so the reaper removes it later"
             )
 
@@ -690,13 +719,14 @@ class DockerProvider:
                 f"could not {what}: the Docker engine did not answer within {API_TIMEOUT:g} s"
             )
         except requests.exceptions.ConnectionError:
-            error = _EngineError(
-                f"could not {what}: cannot reach the Docker engine "
-                "(is dockerd running, and may this user use its socket?)"
-            )
+            error = _unreachable(what)
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            detail = redact(str(exc), hidden)[:500]
-            error = _EngineError(f"could not {what}: {type(exc).__name__}: {detail}")
+            if isinstance(exc.__cause__, requests.exceptions.ConnectionError):
+                # The client's first call (the API version) found no engine.
+                error = _unreachable(what)
+            else:
+                detail = redact(str(exc), hidden)[:500]
+                error = _EngineError(f"could not {what}: {type(exc).__name__}: {detail}")
         raise error
 
     async def _exists(self, container_id: str) -> bool:
@@ -736,6 +766,14 @@ class DockerProvider:
         if ports is not None and container_id not in self._container_ports and port in ports:
             ports.adopt(port)
             self._container_ports[container_id] = port
+
+
+def _unreachable(what: str) -> _EngineError:
+    return _EngineError(
+        f"could not {what}: cannot reach the Docker engine "
+        "(is dockerd running, and may this user use its socket?)",
+        unreachable=True,
+    )
 
 
 def _environment(spec: SandboxSpec, token: str) -> dict[str, str]:

@@ -7,8 +7,9 @@ user's files, keys and network, so the provider refuses to exist unless the conf
 Layout, under `<local.workdir>/<daemon id>/<session>-<random>/` (the sandbox id is that path):
 
     sandbox.json            session, agent, protocol, created_at and workdir, for `list`; for
-                            sandbox-agent also its endpoint, pid and token, for `reattach` (mode
-                            0600: the token is this sandbox's own secret; no credentials)
+                            sandbox-agent also its endpoint, pid and token, for `reattach`; the
+                            pid and start time of every process `exec` started, for `destroy`
+                            (mode 0600: the token is this sandbox's own secret; no credentials)
     server.log              sandbox-agent's stdout and stderr (what `logs` shows)
     workspace/              the agent's working folder, like /workspace in the image
     workspace/repo/         the clone of `spec.repo`, when there is one
@@ -32,7 +33,15 @@ this machine, as the token on its command line allowed before: this provider is 
 no protection from the other users of a shared machine.
 
 Processes are started in their own process group and killed with it. A daemon that dies without
-calling `destroy` leaves its servers running; `list` then reports their folders as not alive.
+calling `destroy` (SIGKILL, a crash) leaves its servers and agents running: nothing ends a process
+when its parent dies, and claude-agent-acp (with the claude it started) does not even exit when its
+stdin closes. `list` then reports their folders as not alive, and `destroy` in the restarted daemon
+(recovery calls it for every session it cannot reattach, the reaper for every folder nobody owns)
+ends them: the process groups of the processes `exec` started, recorded in sandbox.json with each
+leader's start time, are signalled (SIGTERM, then SIGKILL) unless the recorded pid now belongs to
+another process. The agents are not tied to the daemon's life instead (PR_SET_PDEATHSIG through
+`preexec_fn`): the signal follows the death of the *thread* that forked the child, and Trio forks
+in a worker thread that its thread cache retires after a few idle seconds.
 A restarted daemon can `reattach` such a sandbox while its server still answers /v1/health with
 the token from sandbox.json, and `destroy` stops a server it did not start itself, once the
 server's command line (`/proc/<pid>/cmdline`, or `ps`) shows that the recorded pid is still that
@@ -113,6 +122,8 @@ PORT_ATTEMPTS: Final = 3
 REATTACH_HEALTH_TIMEOUT: Final = 5.0
 _HEALTH_POLL_INTERVAL: Final = 0.05
 _KEEP_FINISHED: Final = 4
+#: Process groups recorded in sandbox.json at most (the most recent; acpx starts many).
+_KEEP_RECORDED: Final = 64
 _NAME_UNSAFE: Final = re.compile(r"[^a-zA-Z0-9_.-]")
 _METADATA: Final = "sandbox.json"
 _METADATA_TEMP: Final = ".sandbox.json.tmp"
@@ -143,6 +154,8 @@ class _Sandbox:
     # The pid of a server that an earlier daemon started (reattached); never our child.
     adopted_pid: int | None = None
     processes: list[LocalProcess] = field(default_factory=list)
+    # Taken while sandbox.json is rewritten: processes may be started concurrently (acpx).
+    metadata_lock: trio.Lock = field(default_factory=trio.Lock, repr=False)
 
     def handle(self, provider: str) -> SandboxHandle:
         return SandboxHandle(
@@ -259,7 +272,9 @@ class LocalProvider:
         """Stop the sandbox's processes and remove its folder. Idempotent; shielded, bounded.
 
         The server of a sandbox this daemon does not hold (an earlier daemon's) is stopped too,
-        when sandbox.json names it and its command line shows it is still that server.
+        when sandbox.json names it and its command line shows it is still that server; so are
+        the process groups of the agents an earlier daemon started with `exec`, recorded in
+        sandbox.json, while each recorded pid is still the process that was started.
         """
         folder = self._folder(sandbox_id)
         with trio.move_on_after(CLEANUP_TIMEOUT, shield=True) as scope:
@@ -268,6 +283,9 @@ class LocalProvider:
                 sandbox = await trio.to_thread.run_sync(self._orphan, folder)
             if sandbox is not None:
                 await _stop(sandbox)
+            # What an earlier daemon started here and nobody ended (see the module's docstring),
+            # and what outlived the leader of its group here (aclose signals only a live one).
+            await _stop_recorded(folder)
             await trio.to_thread.run_sync(_remove_folder, folder)
         if scope.cancelled_caught:
             raise SandboxError(
@@ -316,7 +334,11 @@ class LocalProvider:
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
     ) -> AgentProcess:
-        """Start `argv` in the sandbox's folder with the sandbox's environment (plus `env`)."""
+        """Start `argv` in the sandbox's folder with the sandbox's environment (plus `env`).
+
+        Its pid and start time go into sandbox.json before it is returned, so that a restarted
+        daemon can end its process group if this one dies without `destroy`.
+        """
         sandbox = self._sandboxes.get(str(self._folder(handle.id)))
         if sandbox is None:
             raise SandboxError(f"local sandbox {Path(handle.id).name} does not exist (any more)")
@@ -337,6 +359,7 @@ class LocalProvider:
             p for p in sandbox.processes if p.returncode is None or p in finished[-_KEEP_FINISHED:]
         ]
         sandbox.processes.append(process)
+        await _record_process(sandbox, process.pid)
         return process
 
     async def reattach(self, sandbox_id: str) -> SandboxHandle | None:
@@ -613,6 +636,124 @@ async def _stop_adopted(sandbox: _Sandbox) -> None:
                 await trio.sleep(_HEALTH_POLL_INTERVAL)
             return
     logger.warning("sandbox-agent (pid %d) of %s survived SIGKILL", pid, sandbox.folder.name)
+
+
+async def _record_process(sandbox: _Sandbox, pid: int) -> None:
+    """Add process `pid` (the leader of its own group) to sandbox.json, with its start time."""
+    started = await trio.to_thread.run_sync(_process_start, pid)
+    async with sandbox.metadata_lock:
+        recorded = sandbox.metadata.get("processes")
+        records = list(recorded) if isinstance(recorded, builtins.list) else []
+        records.append({"pid": pid, "started": started})
+        sandbox.metadata["processes"] = records[-_KEEP_RECORDED:]
+        try:
+            await trio.to_thread.run_sync(_write_metadata, sandbox.folder, dict(sandbox.metadata))
+        except OSError as exc:
+            # The agent runs all the same; only a restarted daemon would not find it.
+            logger.warning(
+                "could not record process %d in %s: %s", pid, sandbox.folder.name, exc.strerror
+            )
+
+
+async def _stop_recorded(folder: Path) -> None:
+    """End the process groups recorded in the folder's sandbox.json that still have a member:
+    SIGTERM, then SIGKILL after `TERMINATE_GRACE`. A group whose leader's pid now belongs to a
+    process started later (the pid was reused) is another program's and is left alone."""
+    metadata = await trio.to_thread.run_sync(_read_metadata, folder)
+    records = (metadata or {}).get("processes")
+    if not isinstance(records, builtins.list):
+        return
+    wanted = [
+        (record["pid"], record.get("started"))
+        for record in records
+        if isinstance(record, dict) and isinstance(record.get("pid"), int) and record["pid"] > 1
+    ]
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        groups = await trio.to_thread.run_sync(_live_recorded_groups, wanted)
+        if not groups:
+            return
+        logger.info(
+            "%s: sending %s to %d process group(s) an earlier daemon left running",
+            folder.name,
+            signal.Signals(signum).name,
+            len(groups),
+        )
+        for pgid in groups:
+            _signal_group(pgid, signum)
+        with trio.move_on_after(TERMINATE_GRACE):
+            # Not our children: there is nothing to wait on but the process table.
+            while await trio.to_thread.run_sync(_live_recorded_groups, wanted):  # noqa: ASYNC110
+                await trio.sleep(_HEALTH_POLL_INTERVAL)
+            return
+    logger.warning("%s: processes an earlier daemon started survived SIGKILL", folder.name)
+
+
+def _live_recorded_groups(records: Iterable[tuple[int, object]]) -> builtins.list[int]:
+    """The recorded process groups that still have a running (not zombie) member and whose
+    leader, if its pid is taken, is still the recorded process (same start time)."""
+    running = _running_groups()
+    live = []
+    for pgid, started in records:
+        now = _process_start(pgid)
+        if now is not None and now != started:
+            continue  # the pid belongs to another process now (or the start was not known)
+        if pgid in running if running is not None else _group_exists(pgid):
+            live.append(pgid)
+    return live
+
+
+def _running_groups() -> set[int] | None:
+    """The process group of every running process of this machine (from /proc); None without
+    /proc. Zombies do not count: they have ended, and signals cannot reach them."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return None
+    groups = set()
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[-1].split()
+        except OSError:
+            continue
+        # fields[0] is the state (the stat file's 3rd field), fields[2] the group (5th).
+        if len(fields) > 2 and fields[0] not in ("Z", "X"):
+            groups.add(int(fields[2]))
+    return groups
+
+
+def _group_exists(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False  # another user's group: never ours
+    return True
+
+
+def _process_start(pid: int) -> str | None:
+    """When process `pid` started, as text that differs between two processes given the same
+    pid; None when no process has it. From /proc (clock ticks after boot), else from `ps`."""
+    proc = Path("/proc")
+    if proc.is_dir():
+        try:
+            fields = (proc / str(pid) / "stat").read_text().rsplit(")", 1)[-1].split()
+        except OSError:
+            return None
+        # The stat file's 22nd field, starttime; fields[0] is its 3rd.
+        return f"ticks:{fields[19]}" if len(fields) > 19 else None
+    try:
+        done = subprocess.run(
+            ["ps", "-o", "lstart=", "-p", str(pid)],
+            capture_output=True,
+            check=False,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    started = done.stdout.decode("utf-8", errors="replace").strip()
+    return f"lstart:{started}" if done.returncode == 0 and started else None
 
 
 def _is_adopted_server_running(sandbox: _Sandbox) -> bool:

@@ -17,6 +17,9 @@ Errors (under the package-wide ``anycode_actors.errors.AnycodeError``)::
 
     StoreError
     ├── StoreClosed
+    ├── StoreUnavailable (the file is locked, full, or failing: outside the daemon's control)
+    │   ├── DatabaseLocked (another process held the write lock past the busy timeout)
+    │   └── DiskFull
     ├── SchemaTooNew
     ├── InvalidTransition (also ValueError)
     ├── UnknownSession (also LookupError)
@@ -27,10 +30,13 @@ Errors (under the package-wide ``anycode_actors.errors.AnycodeError``)::
 
 from ._errors import (
     AmbiguousSessionPrefix,
+    DatabaseLocked,
+    DiskFull,
     InvalidTransition,
     SchemaTooNew,
     StoreClosed,
     StoreError,
+    StoreUnavailable,
     UnknownInteraction,
     UnknownSession,
 )
@@ -61,6 +67,8 @@ __all__ = [
     "SCHEMA_VERSION",
     "TERMINAL_STATUSES",
     "AmbiguousSessionPrefix",
+    "DatabaseLocked",
+    "DiskFull",
     "Event",
     "Interaction",
     "InteractionKind",
@@ -78,6 +86,7 @@ __all__ = [
     "Store",
     "StoreClosed",
     "StoreError",
+    "StoreUnavailable",
     "UnknownInteraction",
     "UnknownSession",
     "Usage",

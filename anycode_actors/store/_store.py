@@ -21,9 +21,12 @@ from sqlite_utils import Database
 
 from ._errors import (
     AmbiguousSessionPrefix,
+    DatabaseLocked,
+    DiskFull,
     InvalidTransition,
     StoreClosed,
     StoreError,
+    StoreUnavailable,
     UnknownInteraction,
     UnknownSession,
 )
@@ -114,9 +117,15 @@ class Store:
     and ``busy_timeout`` makes writers queue instead of failing.
     """
 
-    def __init__(self, db: Database, limiter: trio.CapacityLimiter) -> None:
+    def __init__(
+        self,
+        db: Database,
+        limiter: trio.CapacityLimiter,
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+    ) -> None:
         self._db: Database | None = db
         self._limiter = limiter
+        self._busy_timeout = busy_timeout
 
     @classmethod
     @asynccontextmanager
@@ -132,7 +141,7 @@ class Store:
         """
         limiter = trio.CapacityLimiter(1)
         db = await trio.to_thread.run_sync(_connect, os.fspath(path), busy_timeout, limiter=limiter)
-        store = cls(db, limiter)
+        store = cls(db, limiter, busy_timeout)
         try:
             yield store
         finally:
@@ -148,7 +157,13 @@ class Store:
         # Checked in the worker, so a call queued behind close() fails cleanly.
         if self._db is None:
             raise StoreClosed("the store is closed")
-        return fn(*args)
+        try:
+            return fn(*args)
+        except sqlite3.OperationalError as exc:
+            unavailable = _unavailable(exc, self._busy_timeout)
+            if unavailable is None:
+                raise
+            raise unavailable from exc
 
     @property
     def _sync_db(self) -> Database:
@@ -617,6 +632,32 @@ class Store:
                 if count < batch:
                     break
         return Purged(**deleted)
+
+
+# Primary result codes (https://www.sqlite.org/rescode.html) of failures that come from the
+# file and its surroundings, not from the SQL: the sqlite3 error carries the extended code.
+_SQLITE_BUSY: Final = 5
+_SQLITE_LOCKED: Final = 6
+_SQLITE_READONLY: Final = 8
+_SQLITE_IOERR: Final = 10
+_SQLITE_FULL: Final = 13
+_SQLITE_CANTOPEN: Final = 14
+
+
+def _unavailable(exc: sqlite3.OperationalError, busy_timeout: float) -> StoreError | None:
+    """The StoreUnavailable that says what stopped SQLite, or None for an error of the SQL
+    itself (a bug: it is raised as it is)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    if primary in (_SQLITE_BUSY, _SQLITE_LOCKED):
+        return DatabaseLocked(
+            f"the database is locked by another program (waited {busy_timeout:g} s)"
+        )
+    if primary == _SQLITE_FULL:
+        return DiskFull("the disk that holds the database is full")
+    if primary in (_SQLITE_READONLY, _SQLITE_IOERR, _SQLITE_CANTOPEN):
+        return StoreUnavailable(f"the database cannot be written: {exc}")
+    return None
 
 
 def _connect(path: str, busy_timeout: float) -> Database:

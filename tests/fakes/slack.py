@@ -312,6 +312,7 @@ class Ack:
     on_time: bool
     connection_id: int
     known: bool  # False: no envelope with this id was ever sent
+    lost: bool = False  # dropped on Slack's side (`lose_acks`): it settled nothing
 
 
 @dataclass
@@ -434,8 +435,8 @@ class FakeSlack:
       `rate_limits`;
     - people: `user_message`, `app_mention`, `slash_command`, `press_button`, `deliver_event`
       (the last three may come from another workspace the app is installed in: `team_id`);
-    - Socket Mode: `send_disconnect`, `drop_connection`, `connections`, `open_connections`,
-      `deliveries` (with their attempts), `acks`;
+    - Socket Mode: `send_disconnect`, `drop_connection`, `lose_acks`, `connections`,
+      `open_connections`, `deliveries` (with their attempts), `acks`;
     - what people see: `messages`, `bot_messages`, `message`, `transcript`, `files`,
       `ephemerals` (what only one person was shown);
     - the Web API log: `calls`, `calls_to`;
@@ -521,6 +522,7 @@ class FakeSlack:
         self._response_urls: dict[str, _ResponseUrl] = {}
         self._buckets: dict[tuple[str, str], tuple[float, float]] = {}  # key → (tokens, at)
         self._injected: dict[str, list[_Injected]] = {}
+        self._acks_to_lose = 0
         self._round_robin = itertools.count()
         self._changed = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -805,6 +807,16 @@ class FakeSlack:
             else:
                 await conn.stream.reset()
         self._notify()
+
+    def lose_acks(self, times: int = 1) -> None:
+        """Lose the next `times` acks of known envelopes on Slack's side.
+
+        The app acked, but Slack never registers it (the frame was lost between its edge and
+        the event router), so the envelope counts as unacknowledged: an event is redelivered
+        after the deadline with a new envelope_id and `retry_attempt` + 1 (B2), a slash command
+        or button press times out. Such acks are in `acks` with `lost=True`.
+        """
+        self._acks_to_lose += times
 
     @property
     def open_connections(self) -> list[Connection]:
@@ -1118,7 +1130,12 @@ class FakeSlack:
         now = self._now()
         found = self._attempts.get(envelope_id)
         on_time = False
-        if found is not None:
+        lost = found is not None and self._acks_to_lose > 0
+        if lost:
+            self._acks_to_lose -= 1
+            assert found is not None
+            on_time = now <= found[1].deadline
+        elif found is not None:
             delivery, attempt = found
             if attempt.acked_at is None:
                 attempt.acked_at = now
@@ -1128,7 +1145,9 @@ class FakeSlack:
                     attempt.acked.set()
                     if delivery.kind == "slash_commands" and attempt.ack_payload:
                         self._show_command_response(delivery.payload, attempt.ack_payload)
-        self.acks.append(Ack(envelope_id, payload, now, on_time, conn.id, found is not None))
+        self.acks.append(
+            Ack(envelope_id, payload, now, on_time, conn.id, found is not None, lost=lost)
+        )
         self._notify()
 
     def _show_command_response(self, command: dict[str, Any], response: dict[str, Any]) -> None:

@@ -1448,6 +1448,8 @@ class ApiCall:
     files: dict[str, str]  # field -> filename
     status: int
     description: str | None
+    at: float = 0.0  # trio time the request arrived
+    stalled: bool = False  # carried out, but the answer was never sent (`stall_next`)
 
 
 @dataclass
@@ -1531,6 +1533,17 @@ class _InjectedFailure:
     method: str
     remaining: int
     error: BotApiError
+    after: bool = False  # the call takes effect, then the error is the answer
+
+
+@dataclass
+class _FloodStorm:
+    """`FakeTelegram.flood_storm` on one chat: the waits still to come, the current one's end."""
+
+    waits: list[int]
+    passes: int
+    until: float = -math.inf
+    passed: int = 0
 
 
 @dataclass
@@ -1628,6 +1641,8 @@ class FakeTelegram:
         self._commands: dict[tuple[str, str], list[dict[str, str]]] = {}
         self._calls: list[ApiCall] = []
         self._failures: list[_InjectedFailure] = []
+        self._storms: dict[int, _FloodStorm] = {}
+        self._stalls: dict[str, int] = {}
         self._chat_buckets: dict[int, TokenBucket] = {}
         self._global_bucket: TokenBucket | None = None
         self._changed = trio.Event()
@@ -1797,12 +1812,17 @@ class FakeTelegram:
         error_code: int = 429,
         retry_after: int | None = None,
         description: str | None = None,
+        after: bool = False,
     ) -> None:
         """Make the next ``times`` calls of ``method`` ("*" for any) fail with ``error_code``.
 
         Defaults: 429 needs ``retry_after`` and says "Too Many Requests: retry after N"; 401
         "Unauthorized"; 403 "Forbidden: bot was blocked by the user"; 409 the getUpdates
-        conflict; 500 "Internal Server Error"; 502 "Bad Gateway". Other codes need a description.
+        conflict; 500 "Internal Server Error"; 502 "Bad Gateway"; 504 "Gateway Timeout". Other
+        codes need a description.
+
+        With ``after`` the call is carried out first and the error is only its answer: a
+        gateway that gave up (502/504) on a Bot API server that did finish the work.
         """
         defaults = {
             401: "Unauthorized",
@@ -1810,6 +1830,7 @@ class FakeTelegram:
             409: CONFLICT_OTHER_GET_UPDATES,
             500: "Internal Server Error",
             502: "Bad Gateway",
+            504: "Gateway Timeout",
         }
         if error_code == 429:
             if retry_after is None:
@@ -1822,7 +1843,33 @@ class FakeTelegram:
             if text is None:
                 raise ValueError(f"give a description for error_code {error_code}")
             error = BotApiError(error_code, text)
-        self._failures.append(_InjectedFailure(method.lower(), times, error))
+        self._failures.append(_InjectedFailure(method.lower(), times, error, after))
+
+    def flood_storm(self, chat_id: int, retry_afters: list[int], *, passes: int = 0) -> None:
+        """A 429 storm on one chat, harsher than the fake's token buckets (A5, A6).
+
+        The next send or edit for the chat is refused with ``retry_after`` =
+        ``retry_afters[0]`` and the chat is under flood wait that long: every request for it
+        meanwhile is refused again with the seconds still left ("Too Many Requests: retry after
+        N", N rounded up), as Telegram answers a bot that does not wait. Once a wait is over,
+        ``passes`` requests go through before the next ``retry_after`` hits; after the last
+        wait only the ordinary buckets apply. Each refusal is in ``calls`` with its ``at``, so a
+        test can check that nothing was sent to the chat before ``retry_after`` had passed.
+        """
+        if any(wait < 1 for wait in retry_afters):
+            raise ValueError("retry_after is at least 1 second")
+        self._storms[chat_id] = _FloodStorm(list(retry_afters), passes)
+
+    def stall_next(self, method: str, *, times: int = 1) -> None:
+        """Carry out the next ``times`` calls of ``method`` but never answer them.
+
+        The call takes effect (a sent message is in the chat, updates returned by getUpdates
+        count as sent but stay unconfirmed) and the HTTP answer is withheld until the client
+        hangs up: the network broke after Telegram acted and before the bot heard. The client
+        sees its read timeout, or a reset if the connection runs through a ``TcpProxy`` that is
+        cut. Stalled calls are in ``calls`` with ``stalled=True``.
+        """
+        self._stalls[method.lower()] = self._stalls.get(method.lower(), 0) + times
 
     # ---- test API: what the user sees ---------------------------------------------------------
 
@@ -2185,6 +2232,7 @@ class FakeTelegram:
     def _check_flood(self, chat: _Chat) -> None:
         """Sends and edits share one bucket per chat, plus a global one (A5, D1)."""
         now = trio.current_time()
+        self._check_storm(chat, now)
         limits = self.flood_limits
         bucket = self._chat_buckets.get(chat.id)
         if bucket is None:
@@ -2200,6 +2248,23 @@ class FakeTelegram:
             raise _too_many_requests(retry_after_seconds(wait))
         bucket.take(now)
         self._global_bucket.take(now)
+
+    def _check_storm(self, chat: _Chat, now: float) -> None:
+        """``flood_storm``: refuse while a wait lasts; start the next wait when one is due."""
+        storm = self._storms.get(chat.id)
+        if storm is None:
+            return
+        if now < storm.until:
+            raise _too_many_requests(retry_after_seconds(storm.until - now))
+        if storm.until > -math.inf and storm.passed < storm.passes:
+            storm.passed += 1
+            return
+        if not storm.waits:
+            del self._storms[chat.id]
+            return
+        wait = storm.waits.pop(0)
+        storm.until, storm.passed = now + wait, 0
+        raise _too_many_requests(wait)
 
     def _check_blocked(self, chat: _Chat) -> None:
         if chat.blocked:
@@ -2654,14 +2719,21 @@ class FakeTelegram:
         if not request.method:
             request.method = request.arg("method")
         request.method = request.method.lower()
-        for failure in self._failures:
-            if failure.remaining > 0 and failure.method in ("*", request.method):
-                failure.remaining -= 1
+        failure = next(
+            (f for f in self._failures if f.remaining > 0 and f.method in ("*", request.method)),
+            None,
+        )
+        if failure is not None:
+            failure.remaining -= 1
+            if not failure.after:
                 raise failure.error
         handler = self._methods.get(request.method)
         if handler is None:
             raise BotApiError(404, "Not Found: method not found")
-        return await handler(request)
+        result = await handler(request)
+        if failure is not None:
+            raise failure.error
+        return result
 
     async def asgi(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """The ASGI application; give it to ``serve_asgi``."""
@@ -2683,6 +2755,7 @@ class FakeTelegram:
             body.extend(event.get("body", b""))
             if not event.get("more_body"):
                 break
+        arrived = trio.current_time()
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         method_name = scope["path"].rpartition("/")[2].lower()
         args: list[tuple[str, str]] = []
@@ -2702,6 +2775,9 @@ class FakeTelegram:
                 error.retry_after,
                 error.description,
             )
+        stalled = self._stalls.get(method_name, 0) > 0
+        if stalled:
+            self._stalls[method_name] -= 1
         self._calls.append(
             ApiCall(
                 method_name,
@@ -2709,9 +2785,15 @@ class FakeTelegram:
                 {name: part[0] for name, part in files.items()},
                 status,
                 description,
+                at=arrived,
+                stalled=stalled,
             )
         )
         self._notify()
+        if stalled:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            return
         encoded = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
         response_headers = [
             (b"content-type", b"application/json"),
