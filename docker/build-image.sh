@@ -185,9 +185,12 @@ for name in "${PASSTHROUGH_ARGS[@]}"; do
     fi
 done
 base_id="$(docker image inspect -f '{{.Id}}' "$base" 2>/dev/null || echo "$base")"
+# The token gate in front of sandbox-agent is the daemon's own module (the local provider runs
+# it too): one source, copied into the build context.
+cp "$here/../anycode_actors/sandboxes/agent_gate.py" "$scratch/agent_gate.py"
 hash="$(
     {
-        for f in Dockerfile.agent entrypoint.sh .dockerignore; do
+        for f in Dockerfile.agent entrypoint.sh .dockerignore .build/agent_gate.py; do
             echo "== $f"
             cat "$here/$f"
         done

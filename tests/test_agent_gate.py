@@ -403,11 +403,14 @@ def test_a_listen_port_in_use_is_reported(tmp_path: Path) -> None:
 # --- the image's copy -------------------------------------------------------------------------
 
 
-def test_the_image_entrypoint_runs_this_very_gate() -> None:
-    """docker/entrypoint.sh feeds a verbatim copy of agent_gate.py to python3 (the image's build
-    context is docker/ alone); the two must never drift apart."""
+def test_the_image_runs_the_gate_from_its_one_source() -> None:
+    """The image gets anycode_actors/sandboxes/agent_gate.py itself, copied into its build
+    context by docker/build-image.sh (and counted in the build hash), so the two cannot drift."""
+    build = (REPO / "docker" / "build-image.sh").read_text()
+    assert 'cp "$here/../anycode_actors/sandboxes/agent_gate.py" "$scratch/agent_gate.py"' in build
+    assert ".build/agent_gate.py; do" in build
+    dockerfile = (REPO / "docker" / "Dockerfile.agent").read_text()
+    assert "COPY .build/agent_gate.py /usr/local/lib/anycode/agent_gate.py" in dockerfile
     entrypoint = (REPO / "docker" / "entrypoint.sh").read_text()
-    start = "<<'ANYCODE_AGENT_GATE'\n"
-    assert entrypoint.count(start) == 1
-    embedded = entrypoint.split(start, 1)[1].split("\nANYCODE_AGENT_GATE\n", 1)[0] + "\n"
-    assert embedded == Path(agent_gate.__file__).read_text()
+    assert "exec python3 /usr/local/lib/anycode/agent_gate.py" in entrypoint
+    assert Path(agent_gate.__file__).read_text().startswith('"""The agent gate')

@@ -319,6 +319,32 @@ async def test_an_out_of_memory_sandbox_ends_the_session_clearly_and_leaves_no_c
     )
 
 
+async def test_a_sandbox_too_small_for_the_agent_fails_each_session_at_once(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """`docker.memory = "64m"`, the brief's tiny limit: sandbox-agent and the gate start (about
+    35 MB), then the kernel kills the agent (Claude Code and its ACP adapter need about 400 MB)
+    as soon as the first prompt starts it. The container lives on.
+
+    Measured: the user sees "Session `…` failed: lost the connection to the agent: the agent
+    process exited: exit code None" about 2 s after /task (true, but it says nothing about
+    memory; see the report); a second /task fails the same way at once, it does not hang.
+    Sessions lost 0, sandboxes leaked 0.
+    """
+    seen: list[str] = []
+    async with fault_world_for(nursery, tmp_path, docker={"memory": "64m"}) as world:
+        for _ in range(2):
+            before = last_message_id(world, CHAT)
+            sid = await start_task(world, CHAT, ADA, "/task [[hello]] are you there?")
+            notice = await ends_with_notice(
+                world, sid, "failed: lost the connection to the agent", after=before
+            )
+            seen.append(notice.text)
+            assert "Hello there." not in "\n".join(said_after(world, CHAT, before))
+            await assert_settled(world)
+    summary("OOM (memory = 64m)", runs=2, sessions_lost=0, leaked=0, user_saw=seen[-1])
+
+
 # --- 4. the container removed by hand -----------------------------------------------------------
 
 

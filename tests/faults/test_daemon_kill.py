@@ -30,7 +30,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, closing, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -258,11 +258,29 @@ def words_shown(world: World) -> list[str]:
     return re.findall(r"\bw\d\d\b", " ".join(world.shown()))
 
 
+Scenario = Callable[[trio.Nursery, Path], Awaitable[list[str]]]
+
+
+def expect_known_gaps(scenario: Scenario, tmp: Path) -> None:
+    """Run `scenario` (given a nursery for the stand-ins) and report what it found missing as
+    an expected failure, or pass when nothing is. A plain test calling `trio.run`: pytest-trio
+    drops the reason of an xfail raised in an async test, and here the reason is the finding."""
+
+    async def main() -> list[str]:
+        async with trio.open_nursery() as nursery:
+            gaps = await scenario(nursery, tmp)
+            nursery.cancel_scope.cancel()
+        return gaps
+
+    if gaps := trio.run(main):
+        pytest.xfail("; ".join(gaps))
+
+
 # --- Docker: one kill per state --------------------------------------------------------------
 
 
 @pytest.mark.docker
-async def test_killed_while_creating_the_sandbox(nursery: trio.Nursery, tmp_path: Path) -> None:
+def test_killed_while_creating_the_sandbox(tmp_path: Path) -> None:
     """Killed after the container started, before `create` returned (so before the session
     recorded its sandbox).
 
@@ -273,6 +291,10 @@ async def test_killed_while_creating_the_sandbox(nursery: trio.Nursery, tmp_path
     labelled with the session but recorded nowhere, so only the watchdog's reaper removes it,
     once it is older than ORPHAN_AGE (120 s), at its next sweep (every 30 s in `anycode run`).
     """
+    expect_known_gaps(killed_while_creating_the_sandbox, tmp_path)
+
+
+async def killed_while_creating_the_sandbox(nursery: trio.Nursery, tmp_path: Path) -> list[str]:
     async with docker_world(nursery, tmp_path) as world:
         mark = tmp_path / "created"
         await world.daemon.start(hold="create", mark=mark)
@@ -287,12 +309,14 @@ async def test_killed_while_creating_the_sandbox(nursery: trio.Nursery, tmp_path
         assert "its sandbox was gone after the daemon restarted" in notice.text
         assert "Hello there." not in " ".join(world.shown())
         left = await world.containers_after(LEAK_CHECK)
-        if left:
-            pytest.xfail(
-                f"the container made before the kill ({left[0][:12]}) is still there "
-                f"{LEAK_CHECK:g} s after the restart: recovery only destroys a recorded sandbox, "
-                "and the reaper waits for ORPHAN_AGE"
-            )
+        assert await world.daemon.stop() == 0
+    if left:
+        return [
+            f"the container made before the kill ({left[0][:12]}) was still there "
+            f"{LEAK_CHECK:g} s after the restart: recovery destroys only a recorded sandbox, "
+            "and the reaper waits for ORPHAN_AGE"
+        ]
+    return []
 
 
 @pytest.mark.docker
@@ -397,9 +421,7 @@ def hold_uploads(telegram: FakeTelegram) -> trio.Event:
 
 
 @pytest.mark.docker
-async def test_killed_while_uploading_an_outbox_file_of_a_session_that_goes_on(
-    nursery: trio.Nursery, tmp_path: Path
-) -> None:
+def test_killed_while_uploading_an_outbox_file_of_a_session_that_goes_on(tmp_path: Path) -> None:
     """Killed while the upload of a file from the outbox was under way, the session waiting
     for a follow-up (idle 10 min, the default); Telegram never got the file.
 
@@ -408,6 +430,10 @@ async def test_killed_while_uploading_an_outbox_file_of_a_session_that_goes_on(
     "continues where it was", and no file: the outbox is read only when a TurnEnded event is
     handled live, and the restarted session finds the turn already ended in the event log.
     """
+    expect_known_gaps(killed_while_uploading_an_outbox_file, tmp_path)
+
+
+async def killed_while_uploading_an_outbox_file(nursery: trio.Nursery, tmp_path: Path) -> list[str]:
     async with docker_world(nursery, tmp_path, idle_minutes=10) as world:
         uploading = hold_uploads(world.telegram)
         await world.daemon.start()
@@ -427,17 +453,17 @@ async def test_killed_while_uploading_an_outbox_file_of_a_session_that_goes_on(
         assert text.count("The report is in the outbox.") == 1
         assert await world.containers_after(CLEANUP) == []
         assert await world.daemon.stop() == 0
-        if not world.telegram.documents(ADA.id):
-            pytest.xfail(
-                "report.md was never delivered: a restarted session does not upload the outbox "
-                "of a turn that ended before the kill"
-            )
+        delivered = bool(world.telegram.documents(ADA.id))
+    if not delivered:
+        return [
+            "report.md never reached the chat: a restarted session does not upload the outbox "
+            "of a turn that ended before the kill"
+        ]
+    return []
 
 
 @pytest.mark.docker
-async def test_killed_while_the_last_upload_and_notice_wait_in_the_chat_queue(
-    nursery: trio.Nursery, tmp_path: Path
-) -> None:
+def test_killed_while_the_last_upload_and_notice_wait_in_the_chat_queue(tmp_path: Path) -> None:
     """Killed while a file upload was under way and the session, idle 0, had already completed
     (sandbox removed, status written) with its final notice queued behind the upload.
 
@@ -447,6 +473,12 @@ async def test_killed_while_the_last_upload_and_notice_wait_in_the_chat_queue(
     not look at sessions that are already over. What Ada saw: the prompt she allowed, "The
     report is in the outbox." and then nothing.
     """
+    expect_known_gaps(killed_while_the_chat_queue_holds_the_end, tmp_path)
+
+
+async def killed_while_the_chat_queue_holds_the_end(
+    nursery: trio.Nursery, tmp_path: Path
+) -> list[str]:
     async with docker_world(nursery, tmp_path) as world:
         uploading = hold_uploads(world.telegram)
         await world.daemon.start()
@@ -476,11 +508,12 @@ async def test_killed_while_the_last_upload_and_notice_wait_in_the_chat_queue(
             )
             if not there
         ]
-        if lost:
-            pytest.xfail(
-                f"{' and '.join(lost)} never reached the chat: what the flusher still had queued "
-                "died with the daemon, and the session was already over in the store"
-            )
+    if lost:
+        return [
+            f"{' and '.join(lost)} never reached the chat: what the chat's flusher still had "
+            "queued died with the daemon, and the session was already over in the store"
+        ]
+    return []
 
 
 async def session_statuses(tmp: Path) -> list[str]:
