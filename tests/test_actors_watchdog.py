@@ -266,3 +266,22 @@ async def test_a_session_that_ended_is_told_nothing_more(
     await store.transition(session_id, SessionStatus.COMPLETED)
     await trio.sleep(5 * INTERVAL)
     assert received(inbox) == []
+
+
+async def test_a_record_left_active_by_an_actor_that_could_not_write_its_end_is_settled(
+    autojump_clock: trio.abc.Clock, nursery: trio.Nursery, store: Store
+) -> None:
+    """A session actor that ended on a full disk could not record its outcome: without an actor
+    and without a sandbox, the record is failed after a grace, so it stops counting."""
+    world = await start_world(nursery, store)
+    session_id, _, _ = await world.session(sandbox=False, registered=False)
+    with_sandbox, _, _ = await world.session(registered=False)  # recovery's business, not ours
+    await trio.sleep(ORPHAN_AGE - INTERVAL)
+    settled = await store.get_session(session_id)
+    assert settled is not None and not settled.status.is_terminal
+    await trio.sleep(3 * INTERVAL)
+    settled = await store.get_session(session_id)
+    assert settled is not None and settled.status == SessionStatus.FAILED
+    assert settled.reason == "its session ended without recording its outcome"
+    kept = await store.get_session(with_sandbox)
+    assert kept is not None and kept.status == SessionStatus.RUNNING

@@ -13,10 +13,12 @@ figure says "real": they count the waits the daemon imposes (pacing, budget, deb
 from __future__ import annotations
 
 import gc
-import sys
 import math
+import os
 import re
 import statistics
+import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -165,7 +167,7 @@ async def test_bench_a_flooded_chat_does_not_delay_another(
     default pacing the router would drop 395 of them before any chat saw them, which is another
     protection and would not test isolation. Target: B's p99 ≤ 1 s.
 
-        python -m pytest -m bench -s tests/test_bench_isolation.py::test_bench_a_flooded_chat_does_not_delay_another
+        python -m pytest -m bench -s tests/test_bench_isolation.py -k flooded_chat
     """
     telegram = FakeTelegram(flood_limits=TELEGRAM_FLOOD)
     await telegram.start(nursery)
@@ -295,7 +297,7 @@ async def test_bench_200_streams_share_the_bot_budget(
     /task to then): sendMessage + editMessageText requests, wall time on the mock clock, and
     requests / 30 per s, the least the bot's limit allows for them (target ratio ≤ 1.3).
 
-        python -m pytest -m bench -s tests/test_bench_isolation.py::test_bench_200_streams_share_the_bot_budget
+        python -m pytest -m bench -s tests/test_bench_isolation.py -k bot_budget
     """
     telegram = FakeTelegram(flood_limits=TELEGRAM_FLOOD)
     await telegram.start(nursery)
@@ -317,11 +319,13 @@ async def test_bench_200_streams_share_the_bot_budget(
             telegram.inject_message(person.id, person, "/task stream your words")
         with trio.fail_after(WAIT):
             await telegram.wait_for(
-                lambda: sum(
-                    c.status == 200 and c.params.get("text", "").startswith("Starting ")
-                    for c in paced_calls(telegram, chats, -math.inf)
+                lambda: (
+                    sum(
+                        c.status == 200 and c.params.get("text", "").startswith("Starting ")
+                        for c in paced_calls(telegram, chats, -math.inf)
+                    )
+                    >= SESSIONS
                 )
-                >= SESSIONS
             )
         streaming = trio.current_time()
         go.set()
@@ -344,11 +348,12 @@ async def test_bench_200_streams_share_the_bot_budget(
     expected = Counter(word(n) for n in range(WORDS))
     wrong = [p.id for p in people if shown_words(telegram, p.id) != expected]
 
-    def figures(since: float) -> str:
-        """The requests after `since` until the last word showed, against the bot's limit."""
-        calls = paced_calls(telegram, chats, since, finished)
+    def figures(began: float, after: float) -> str:
+        """The requests after `after` until the last word showed, and the time from `began`
+        until then, against the least the bot's limit allows for them."""
+        calls = paced_calls(telegram, chats, after, finished)
         edits = sum(1 for c in calls if c.method == "editmessagetext")
-        wall, least = finished - since, len(calls) / BOT_RATE
+        wall, least = finished - began, len(calls) / BOT_RATE
         return (
             f"{len(calls)} requests ({edits} edits), wall {wall:.1f} s vs least {least:.1f} s: "
             f"ratio {wall / least:.2f}"
@@ -357,8 +362,8 @@ async def test_bench_200_streams_share_the_bot_budget(
     print(
         f"\nbudget: {SESSIONS} sessions x {WORDS} words at {BOT_RATE:g}/s per bot: "
         f"429s {describe(rate_limited(telegram))}; every word exactly once in "
-        f"{SESSIONS - len(wrong)}/{SESSIONS} chats; streaming: {figures(streaming)}; "
-        f"whole run: {figures(start - 1e-9)} (real time {real:.0f} s, {len(agents)} agents)"
+        f"{SESSIONS - len(wrong)}/{SESSIONS} chats; streaming: {figures(streaming, streaming)}; "
+        f"whole run: {figures(start, -math.inf)} (real time {real:.0f} s, {len(agents)} agents)"
     )
     assert wrong == [], f"chats whose text lost or repeated words: {wrong[:10]}"
 
@@ -367,6 +372,7 @@ async def test_bench_200_streams_share_the_bot_budget(
 
 CHATS: Final = 10_000
 WARM_UP: Final = 100
+MIB: Final = 1 << 20
 
 
 def vm_rss_kib() -> int:
@@ -390,6 +396,28 @@ def forget_stand_in_records(telegram: FakeTelegram, chat_ids: Iterable[int]) -> 
         telegram._chats.pop(chat_id, None)
         telegram._users.pop(chat_id, None)
         telegram._chat_buckets.pop(chat_id, None)
+
+
+def pymalloc_arenas() -> tuple[int, int]:
+    """(bytes in pymalloc's arenas, bytes in their live blocks), from `sys._debugmallocstats`,
+    which writes to the C-level stderr: read through a temporary file."""
+    with tempfile.TemporaryFile(mode="w+") as out:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            os.dup2(out.fileno(), 2)
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        out.seek(0)
+        text = out.read()
+    arenas = re.search(r"# arenas allocated current\s*=\s*([\d,]+)", text)
+    live = re.search(r"# bytes in allocated blocks\s*=\s*([\d,]+)", text)
+    assert arenas is not None and live is not None, "no arena figures from _debugmallocstats"
+    arena_size = re.search(r"arenas \* ([\d,]+) bytes/arena", text)
+    size = int(arena_size.group(1).replace(",", "")) if arena_size else 1 << 20
+    return int(arenas.group(1).replace(",", "")) * size, int(live.group(1).replace(",", ""))
 
 
 def settled_rss() -> tuple[int, int, Counter[str]]:
@@ -435,7 +463,7 @@ async def test_bench_10000_quiet_chats_leave_nothing_behind(
     idle period the stand-in's records of the 10,000 chats (chats, messages, transcripts, users,
     flood buckets, recorded calls) are dropped the same way before the final reading.
 
-        python -m pytest -m bench -s tests/test_bench_isolation.py::test_bench_10000_quiet_chats_leave_nothing_behind
+        python -m pytest -m bench -s tests/test_bench_isolation.py -k quiet_chats
     """
     telegram = FakeTelegram(flood_limits=TELEGRAM_FLOOD)
     await telegram.start(nursery)
@@ -455,23 +483,30 @@ async def test_bench_10000_quiet_chats_leave_nothing_behind(
         await say_help_and_wait(telegram, people)
         all_answered_after = trio.current_time() - began
         units_busy = chat_units(daemon.registry.snapshot())
-        rss_busy = vm_rss_kib()
+        rss_busy, blocks_busy, _ = settled_rss()
 
         await trio.sleep(idle + 60)
         units_after = chat_units(daemon.registry.snapshot())
         router = daemon.registry.get("root/router")
         lines_after = router.info.get("chats") if router is not None else None
+        _, blocks_with_stand_in, _ = settled_rss()
         forget_stand_in_records(telegram, [p.id for p in people])
         rss_end, blocks_end, kinds_end = settled_rss()
+        arenas, live = pymalloc_arenas()
     real = time.perf_counter() - real_start
-    grown = (kinds_end - kinds_start).most_common(6)
+    stand_in_blocks = blocks_with_stand_in - blocks_end
+    per_unit_blocks = (blocks_busy - blocks_start - stand_in_blocks) / CHATS
+    grown = (kinds_end - kinds_start).most_common(4)
     print(
         f"\nmemory: {CHATS} chats answered in {all_answered_after:.0f} s (mock); chat units "
         f"{units_start} before, {units_busy} when all answered, {units_after} after "
         f"{idle / 60:g} min idle (router lines {lines_after}); VmRSS start "
-        f"{rss_start / 1024:.1f} MiB, busy {rss_busy / 1024:.1f} MiB (stand-in records "
-        f"included), end {rss_end / 1024:.1f} MiB: growth {(rss_end - rss_start) / 1024:+.1f} MiB; "
-        f"allocated blocks {blocks_end - blocks_start:+d}; objects grown by type {grown} "
-        f"(real time {real:.0f} s)"
+        f"{rss_start / 1024:.1f} MiB, all answered {rss_busy / 1024:.1f} MiB (stand-in "
+        f"included), end {rss_end / 1024:.1f} MiB: growth {(rss_end - rss_start) / 1024:+.1f} "
+        f"MiB, of which pymalloc arenas {arenas / MIB:.1f} MiB hold {live / MIB:.1f} MiB of "
+        f"live blocks; allocated blocks: {per_unit_blocks:.0f} per live chat unit, "
+        f"{blocks_end - blocks_start:+d} at the end (stand-in's {stand_in_blocks} dropped); "
+        f"objects grown by type {grown} (real time {real:.0f} s)"
     )
     assert units_after == 0
+    assert lines_after == 0

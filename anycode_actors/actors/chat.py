@@ -43,6 +43,7 @@ from anycode_actors.store import (
     Session,
     SessionStatus,
     Store,
+    StoreUnavailable,
 )
 from supervisors import Actor, SupervisorError, current_child
 
@@ -169,6 +170,10 @@ class ChatActor(Actor[ChatInbox]):
             await self._dispatch(message)
         except (trio.Cancelled, SupervisorError):
             raise
+        except StoreUnavailable as exc:
+            log.error("chat %s: %s", self.chat.key, exc)
+            if isinstance(message, (Command, Message, ButtonPress)):
+                await self._refuse(message, f"Sorry, that cannot be done right now: {exc}.")
         except Exception:
             # Whatever a person sends must not take the conversation down with it: the inbox
             # survives a restart, but the message in hand would be lost without a word.

@@ -46,7 +46,14 @@ class Route:
     reply: trio.MemorySendChannel[bool]
 
 
-DirectoryInbox = Register | Unregister | Route
+@dataclass(frozen=True)
+class Live:
+    """Which sessions are live: `reply` gets the ids the directory knows."""
+
+    reply: trio.MemorySendChannel[frozenset[str]]
+
+
+DirectoryInbox = Register | Unregister | Route | Live
 
 
 class SessionDirectory(Actor[DirectoryInbox]):
@@ -68,6 +75,9 @@ class SessionDirectory(Actor[DirectoryInbox]):
             self._live[message.handle.session_id] = message.handle
         elif isinstance(message, Unregister):
             self._live.pop(message.session_id, None)
+        elif isinstance(message, Live):
+            with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
+                message.reply.send_nowait(frozenset(self._live))
         else:
             self._reply(message.reply, self._route(message))
         context = current_child()
@@ -124,3 +134,15 @@ async def route(
     with trio.move_on_after(HANDOVER_TIMEOUT):
         return await receive.receive()
     return False
+
+
+async def live_sessions(directory: trio.MemorySendChannel[DirectoryInbox]) -> frozenset[str] | None:
+    """The ids of every live session; None if the directory did not answer."""
+    send, receive = trio.open_memory_channel[frozenset[str]](1)
+    try:
+        await directory.send(Live(send))
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        return None
+    with trio.move_on_after(HANDOVER_TIMEOUT):
+        return await receive.receive()
+    return None

@@ -37,7 +37,7 @@ from typing import Final
 import trio
 
 from anycode_actors.actors.chat import ChatInbox
-from anycode_actors.chat.base import ButtonPress, ChatEvent, ChatRef, Command, Message
+from anycode_actors.chat.base import ButtonPress, ChatEvent, ChatRef, Command
 from supervisors import Actor, SupervisorError, current_child
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,8 @@ FULL: Final = (
     "This chat is too busy: your message was not delivered. Send it again in a minute."
 )
 RESTARTING: Final = "The bot is restarting; your message was not delivered. Try again shortly."
+SWEEP_EVERY: Final = 60.0
+"""Seconds between looks for chat units that stopped without their `ChatStopped` reaching us."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,7 @@ class CommandRate:
         self._rate = per_second
         self._burst = float(burst)
         self._buckets: dict[str, _Bucket] = {}
+        self._forget_at = _BUCKETS_KEPT
         self.dropped = 0
 
     def admit(self, user_key: str) -> tuple[bool, bool]:
@@ -102,8 +105,11 @@ class CommandRate:
         now = trio.current_time()
         bucket = self._buckets.get(user_key)
         if bucket is None:
-            if len(self._buckets) >= _BUCKETS_KEPT:
+            if len(self._buckets) >= self._forget_at:
                 self._forget_full(now)
+                # Not again before the map has doubled: while thousands of people are active
+                # a scan frees little, and one per newcomer made each admit O(people).
+                self._forget_at = max(_BUCKETS_KEPT, 2 * len(self._buckets))
             bucket = self._buckets[user_key] = _Bucket(self._burst, now)
         bucket.tokens = min(self._burst, bucket.tokens + (now - bucket.at) * self._rate)
         bucket.at = now
@@ -168,8 +174,25 @@ class Router(Actor[RouterInbox]):
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            nursery.start_soon(self._sweep)
             await super().run(task_status=task_status)
             nursery.cancel_scope.cancel()
+
+    async def _sweep(self) -> None:
+        """Forget chats whose unit has stopped (its inbox has no reader left) though no
+        `ChatStopped` came: a stopping unit does not wait for room in this inbox, so thousands
+        of chats going idle at once overflow it and most of their `ChatStopped` are lost."""
+        while True:
+            await trio.sleep(SWEEP_EVERY)
+            stopped = [
+                key
+                for key, line in self._lines.items()
+                if not line.backlog and line.inbox.statistics().open_receive_channels == 0
+            ]
+            for key in stopped:
+                del self._lines[key]
+            if stopped:
+                self._report()
 
     async def handle(self, message: RouterInbox) -> None:
         if isinstance(message, ChatStopped):
@@ -315,7 +338,6 @@ __all__ = [
     "ChatStopped",
     "CommandRate",
     "Deliver",
-    "Message",
     "Router",
     "RouterInbox",
 ]

@@ -65,7 +65,13 @@ from anycode_actors.chat.text import clean_display_text
 from anycode_actors.config import Config, SessionConfig
 from anycode_actors.errors import AnycodeError
 from anycode_actors.sandboxes.base import OutboxListing, SandboxHandle, SandboxProvider, SandboxSpec
-from anycode_actors.store import InteractionOption, Session, SessionStatus, Store
+from anycode_actors.store import (
+    InteractionOption,
+    Session,
+    SessionStatus,
+    Store,
+    StoreUnavailable,
+)
 from supervisors import Actor, Intensity, Supervisor, current_child
 
 log = logging.getLogger(__name__)
@@ -195,7 +201,14 @@ class SessionActor(Actor[SessionInbox]):
                     nursery.start_soon(self._create_sandbox)
                 while self._outcome is None:
                     message = await self._inbox.receive()
-                    await self._handle_message(message, streams)
+                    try:
+                        await self._handle_message(message, streams)
+                    except StoreUnavailable as exc:
+                        # The database cannot be written (locked past the busy timeout, the
+                        # disk full): what happens next could not be recorded, so the session
+                        # ends, says why, and removes its sandbox.
+                        log.error("session %s: %s", short_id(self._id), exc)
+                        self._finish(SessionStatus.FAILED, f"the database failed: {exc}")
                     self._report()
                 nursery.cancel_scope.cancel()
         finally:
@@ -330,9 +343,14 @@ class SessionActor(Actor[SessionInbox]):
                 await self._on_permission(request)
 
     async def _create_sandbox(self) -> None:
-        if not await self._store.transition(
-            self._id, SessionStatus.STARTING, SessionStatus.PENDING
-        ):
+        try:
+            started = await self._store.transition(
+                self._id, SessionStatus.STARTING, SessionStatus.PENDING
+            )
+        except StoreUnavailable as exc:
+            await self._outbox.send(_StartFailed(f"the database failed: {exc}"))
+            return
+        if not started:
             await self._outbox.send(_StartFailed("the session was no longer pending"))
             return
         spec = SandboxSpec(
@@ -640,7 +658,13 @@ class SessionActor(Actor[SessionInbox]):
     async def _clean_up(self, late: Sequence[SessionInbox] = ()) -> None:
         # No outcome yet means the actor was stopped from outside: the daemon is shutting down.
         status, reason = self._outcome or (SessionStatus.CANCELLED, "the daemon is shutting down")
-        for interaction in await self._store.cancel_pending_interactions(self._id):
+        try:
+            pending = await self._store.cancel_pending_interactions(self._id)
+        except StoreUnavailable as exc:
+            # A failing database must not keep the sandbox alive or the chat uninformed.
+            log.error("session %s: %s", short_id(self._id), exc)
+            pending = []
+        for interaction in pending:
             prompt = self._prompts.pop(interaction.id, None)
             message_id = (prompt.message_id if prompt else None) or interaction.chat_message_id
             if message_id:
@@ -659,7 +683,12 @@ class SessionActor(Actor[SessionInbox]):
                     self._handle.id[:12],
                     DESTROY_GRACE,
                 )
-        won = await self._store.transition(self._id, status, reason=reason or None)
+        try:
+            won = await self._store.transition(self._id, status, reason=reason or None)
+        except StoreUnavailable as exc:
+            # Not recorded: the chat is told all the same; recovery settles the record later.
+            log.error("session %s: final status not recorded: %s", short_id(self._id), exc)
+            won = True
         self._report()
         await self._flusher.send(EndStream(self._id))
         if won:

@@ -24,10 +24,10 @@ from typing import Final
 
 import trio
 
-from anycode_actors.actors.directory import DirectoryInbox, route
+from anycode_actors.actors.directory import DirectoryInbox, live_sessions, route
 from anycode_actors.actors.session_api import Cancel
 from anycode_actors.errors import AnycodeError
-from anycode_actors.sandboxes.base import SandboxProvider
+from anycode_actors.sandboxes.base import SandboxInfo, SandboxProvider
 from anycode_actors.store import Session, SessionStatus, Store
 from supervisors import Actor, current_child
 
@@ -77,6 +77,8 @@ class Watchdog(Actor[WatchdogInbox]):
         self._now = wall_clock
         # Sessions already told, so a session busy ending is not told again every sweep.
         self._told: set[str] = set()
+        # Active in the store but with no live actor, and since when (trio time).
+        self._actorless: dict[str, float] = {}
         self.reaped: list[str] = []
         self.sweeps = 0
 
@@ -123,7 +125,40 @@ class Watchdog(Actor[WatchdogInbox]):
         for session in dead:
             log.warning("session %s: its sandbox stopped unexpectedly", session.id[:8])
             await self._fail(session, "the sandbox stopped unexpectedly")
-        await self._reap({s.id for s in sessions})
+        try:
+            with trio.fail_after(60):
+                sandboxes = await self._provider.list()
+        except (AnycodeError, trio.TooSlowError) as exc:
+            log.warning("could not list sandboxes: %s", exc)
+            return
+        await self._settle_actorless(sessions, {s.session_id for s in sandboxes})
+        await self._reap({s.id for s in sessions}, sandboxes)
+
+    async def _settle_actorless(self, sessions: list[Session], with_sandbox: set[str]) -> None:
+        """A record that stays active with no actor behind it (its actor ended without being able
+        to write its outcome, say on a full disk) would count against quotas forever: once it has
+        had no actor for `ORPHAN_AGE`, it is failed. Recovery reattaches sessions long before."""
+        live = await live_sessions(self._directory)
+        if live is None:
+            return
+        now = trio.current_time()
+        # A session whose sandbox still exists is left alone: recovery or the operator decides.
+        self._actorless = {
+            s.id: self._actorless.get(s.id, now)
+            for s in sessions
+            if s.id not in live and s.id not in with_sandbox
+        }
+        for session_id, since in list(self._actorless.items()):
+            if now - since < ORPHAN_AGE:
+                continue
+            reason = "its session ended without recording its outcome"
+            try:
+                if await self._store.transition(session_id, SessionStatus.FAILED, reason=reason):
+                    log.warning("session %s: %s; marked failed", session_id[:8], reason)
+            except AnycodeError as exc:
+                log.warning("session %s: could not be settled: %s", session_id[:8], exc)
+                continue
+            del self._actorless[session_id]
 
     async def _check_alive(self, session: Session, dead: list[Session]) -> None:
         assert session.sandbox_id is not None
@@ -137,13 +172,7 @@ class Watchdog(Actor[WatchdogInbox]):
         if await route(self._directory, session.id, Cancel(reason, status="failed")):
             self._told.add(session.id)
 
-    async def _reap(self, live: set[str]) -> None:
-        try:
-            with trio.fail_after(60):
-                sandboxes = await self._provider.list()
-        except (AnycodeError, trio.TooSlowError) as exc:
-            log.warning("could not list sandboxes: %s", exc)
-            return
+    async def _reap(self, live: set[str], sandboxes: list[SandboxInfo]) -> None:
         now = self._now()
         for sandbox in sandboxes:
             if sandbox.session_id in live or _age(sandbox.created_at, now) < ORPHAN_AGE:

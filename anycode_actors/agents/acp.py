@@ -584,7 +584,9 @@ class AcpClient:
             await self._agent_request(message, cursor)
         elif isinstance(message, Notification) and message.method == _EXITED_METHOD:
             code = message.params.get("code")
-            self._lose_connection(AgentClosedError("the agent process exited", f"exit code {code}"))
+            # No code means a signal ended it (the OOM killer, a kill by hand).
+            how = f"exit code {code}" if code is not None else "killed by a signal"
+            self._lose_connection(AgentClosedError("the agent process exited", how))
         elif isinstance(message, Notification) and message.method == _EVENTS_LOST_METHOD:
             for session in self._sessions_for(message.params):
                 count = message.params.get("count")

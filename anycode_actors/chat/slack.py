@@ -6,6 +6,8 @@ buffer of its own and acks, with no checkpoint in between. A separate forwarder 
 buffer into the actors' `events` channel and may block there as long as it likes. A reader that
 blocked on a full `events` channel would stop reading the socket, and trio-websocket, whose queue
 would then fill, would stop answering Slack's pings: Slack would drop the socket and redeliver.
+The buffer belongs to the client, not to one `run`: Slack never sends an acked envelope again,
+so what a run that ended (`link_disabled`) had not handed on yet goes first in the next run.
 
 If even the client's own buffer is full, the actors are far behind and the envelope is shed:
 events and button presses are left unacknowledged, so Slack delivers the event again a few
@@ -212,7 +214,6 @@ class SlackClient:
             jitter=RECONNECT_JITTER,
             reset_after=RECONNECT_HEALTHY_AFTER,
         )
-        self._inbound_buffer = inbound_buffer
         self._bot_user_id = ""
         self._bot_id = ""
         self._team_id = ""
@@ -220,7 +221,9 @@ class SlackClient:
         self._seen: _Recent[tuple[str, ...], None] = _Recent(SEEN_CAPACITY)
         self._response_urls: _Recent[str, str] = _Recent(RESPONSE_URLS_KEPT)
         self._links = 0
-        self._inbox: trio.MemorySendChannel[_Inbound] | None = None
+        # Acked envelopes on their way to the actors, and the one being handed on right now.
+        self._inbox, self._inbox_out = trio.open_memory_channel[_Inbound](inbound_buffer)
+        self._handing_on: _Inbound | None = None
 
     async def aclose(self) -> None:
         """Close the HTTP client if this client made it."""
@@ -240,10 +243,8 @@ class SlackClient:
         config key, never the token) or Socket Mode switched off (`link_disabled`).
         """
         await self._identify()
-        inbox_send, inbox_recv = trio.open_memory_channel[_Inbound](self._inbound_buffer)
-        self._inbox = inbox_send
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._forward, inbox_recv, events)
+            nursery.start_soon(self._forward, events)
             fatal = await self._stay_connected(nursery, task_status)
             nursery.cancel_scope.cancel()
         raise fatal
@@ -437,7 +438,6 @@ class SlackClient:
             await _ack(ws, envelope_id)
             return
         inbox = self._inbox
-        assert inbox is not None
         room = inbox.statistics()
         if room.current_buffer_used >= room.max_buffer_size:
             if kind == "slash_commands":
@@ -463,20 +463,24 @@ class SlackClient:
             inbox.send_nowait(inbound)
         await _ack(ws, envelope_id, reply)
 
-    async def _forward(
-        self,
-        inbox: trio.MemoryReceiveChannel[_Inbound],
-        events: trio.MemorySendChannel[ChatEvent],
-    ) -> None:
-        """Hand events to the actors (this may wait) and answer people who may not use the bot."""
-        async for item in inbox:
+    async def _forward(self, events: trio.MemorySendChannel[ChatEvent]) -> None:
+        """Hand events to the actors (this may wait) and answer people who may not use the bot.
+
+        An event leaves `_handing_on` only once the actors have it, so one that a run ended
+        (cancelled) in the middle of handing on is handed on first by the next run."""
+        while True:
+            if self._handing_on is None:
+                self._handing_on = await self._inbox_out.receive()
+            item = self._handing_on
             if isinstance(item, _Refusal):
+                self._handing_on = None  # said at most once
                 try:
                     await self._refuse(item)
                 except ChatError as exc:
                     log.warning("Slack: could not tell a user they are not authorized: %s", exc)
             else:
                 await events.send(item)
+                self._handing_on = None
 
     async def _refuse(self, refusal: _Refusal) -> None:
         if refusal.response_url:

@@ -38,14 +38,12 @@ from anycode_actors.config import Config, config_from_mapping
 from anycode_actors.daemon import Daemon
 from supervisors import Backoff
 from tests.actor_fakes import FakeAgent, FakeProvider, InlineStore, use_agent
-from tests.fakes.slack import FakeSlack
+from tests.fakes.slack import ACK_DEADLINE, FakeSlack
 from tests.fakes.telegram import ApiCall, FakeTelegram
 from tests.fakes.telegram import User as TgUser
 
 ADA: Final = TgUser(111, "Ada", username="ada")
 SLACK_ADA: Final = "U0ADA"
-#: How many follow-ups a test may send; the agent has a scripted turn for each.
-MAX_NOTES: Final = 40
 #: Seconds between the words of an answer: a 13-word answer takes about 4 s to stream.
 WORD_PACE: Final = 0.3
 #: Generous bounds on the mock clock: waits end long before, or the test has failed.
@@ -136,8 +134,14 @@ class Conversation:
         counts = self.answers_shown()
         assert counts == dict.fromkeys(counts, 1), f"answers shown {counts}:\n{self.shown()}"
 
-    def assert_every_note_asked_once(self) -> None:
-        assert self.prompts_seen == ["start", *self.notes_sent]
+    def assert_every_note_asked_once(self, *, in_order: bool = True) -> None:
+        """The agent got the start prompt and every note exactly once (in the order sent,
+        unless `in_order` is false: Slack's redeliveries come after newer events)."""
+        expected = ["start", *self.notes_sent]
+        if in_order:
+            assert self.prompts_seen == expected
+        else:
+            assert sorted(self.prompts_seen) == sorted(expected), self.prompts_seen
 
 
 @contextmanager
@@ -321,7 +325,31 @@ async def start_slack_task(talk: SlackConversation) -> None:
     await talk.wait_for_shown(answer_for("start"))
 
 
-def warnings_from(caplog: pytest.LogCaptureFixture, logger: str) -> list[str]:
-    return [
-        r.getMessage() for r in caplog.records if r.name == logger and r.levelno >= logging.WARNING
+async def assert_acked_in_time(slack: FakeSlack) -> None:
+    """Every envelope the app received was acked within Slack's 3 s, and every event was
+    settled in the end (acked, possibly on a redelivery): none was given up on.
+
+    Waits until Slack has settled every delivery (at most 3 retries of 3 s each)."""
+    with trio.fail_after(WAIT):
+        await slack.wait_for(lambda: all(d.state != "pending" for d in slack.deliveries))
+    assert [a for a in slack.acks if not a.on_time] == []
+    for delivery in slack.deliveries:
+        for attempt in delivery.attempts:
+            if attempt.acked_at is not None:
+                assert attempt.acked_at - attempt.sent_at <= ACK_DEADLINE
+    assert {d.state for d in slack.deliveries if d.kind == "events_api"} == {"acked"}
+
+
+def redelivered(slack: FakeSlack, text: str) -> list[int]:
+    """The retry_attempt of every send of the person's message `text`."""
+    [delivery] = [
+        d
+        for d in slack.deliveries
+        if d.kind == "events_api" and d.payload["event"].get("text") == text
     ]
+    return [attempt.retry_attempt for attempt in delivery.attempts]
+
+
+def warnings_from(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """What the operator saw in the log: every warning and error, any logger."""
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]

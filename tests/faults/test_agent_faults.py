@@ -263,9 +263,9 @@ async def test_sandbox_agent_or_its_gate_killed_in_the_container_ends_the_sessio
 async def test_an_out_of_memory_sandbox_ends_the_session_clearly_and_leaves_no_container(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
-    """A real OOM kill by the kernel, not `docker kill`: `docker.memory = "1g"` (64m cannot even
-    start Claude Code, about 300 MB) and a scripted turn in which the agent runs a command that
-    fills 1.5 GB.
+    """A real OOM kill by the kernel, not `docker kill`: `docker.memory = "1g"` (with 64m the
+    agent itself cannot run: the next test) and a scripted turn in which the agent runs a
+    command that fills 1.5 GB.
 
     Measured, first session: the kernel kills the command itself; the agent gets the failed
     tool result, the user sees "✗ … failed", the agent's next words and "completed": an OOM
@@ -327,7 +327,7 @@ async def test_a_sandbox_too_small_for_the_agent_fails_each_session_at_once(
     as soon as the first prompt starts it. The container lives on.
 
     Measured: the user sees "Session `…` failed: lost the connection to the agent: the agent
-    process exited: exit code None" about 2 s after /task (true, but it says nothing about
+    process exited: killed by a signal" about 2 s after /task (true, but it says nothing about
     memory; see the report); a second /task fails the same way at once, it does not hang.
     Sessions lost 0, sandboxes leaked 0.
     """

@@ -43,6 +43,7 @@ from anycode_actors.store import (
     Store,
     StoreUnavailable,
 )
+from supervisors import ChildEntry
 from tests.docker_support import require_or_skip
 from tests.fakes.telegram import FakeTelegram, MessageView, User
 
@@ -55,7 +56,7 @@ CHUNK_DELAY: Final = 0.2
 #: the lock was taken fails for certain (with exactly 10 s it may or may not).
 LOCK_MARGIN: Final = 2.0
 STEP: Final = 60.0
-FINAL_NOTICE: Final = re.compile(r"Session `[0-9a-f]{8}` (completed|failed|cancelled)")
+FINAL_NOTICE: Final = re.compile(r"Session `[0-9a-f]{8}` (?:completed|failed|cancelled)[^\n]*")
 #: The other process: takes the write lock, says so, holds it, lets go.
 LOCKER: Final = """
 import sqlite3, sys, time
@@ -173,8 +174,26 @@ def expect_known_gaps(scenario: Scenario, tmp: Path) -> None:
             nursery.cancel_scope.cancel()
         return gaps
 
-    if gaps := trio.run(main):
+    try:
+        gaps = trio.run(main)
+    except BaseExceptionGroup as group:
+        # A skip (or CI's failure for what it must have) comes out of the nursery wrapped.
+        leaves = list(_leaves(group))
+        if len(leaves) == 1 and isinstance(
+            leaves[0], pytest.skip.Exception | pytest.fail.Exception
+        ):
+            raise leaves[0] from None
+        raise
+    if gaps:
         pytest.xfail("; ".join(gaps))
+
+
+def _leaves(error: BaseException) -> Iterator[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield error
 
 
 async def streaming(world: World, user: User) -> None:
@@ -295,7 +314,9 @@ def test_the_disk_holding_the_database_fills_up_while_a_session_streams(tmp_path
     stopped unexpectedly") and cannot end it: the directory still lists the dead actor. After
     space is freed nothing repairs it until a restart, whose recovery fails it. Sessions lost:
     1 (Ada's, never ended). Words: those shown before the disk filled stay, the rest is never
-    shown, none repeated. Leaked: no process, no folder; the session record. What Ada saw:
+    shown, none repeated. Leaked: no process, no folder; the session record. Her chat actor
+    also logged "could not handle StreamStarted": the id of the message her output streamed
+    into was not stored, so a restarted daemon could not continue in it. What Ada saw:
     "Hello! I am" and nothing after it. Bob got "Sorry, that could not be handled. Please try
     again." (the chat actor caught the failed insert), nothing about the disk. Carol's task,
     after space was freed, ran normally. The daemon's tree: no restarts.
@@ -311,7 +332,7 @@ async def disk_full_while_a_session_streams(nursery: trio.Nursery, tmp_path: Pat
             filler = mount / "filler"
             assert await trio.to_thread.run_sync(fill, filler) > 0
             await world.task(BOB, "hello")
-            await world.wait_for(BOB, "could not be handled")
+            await world.wait_for(BOB, "cannot be done right now")
             with trio.fail_after(STEP):
                 # Ada's session actor has ended, one way or another.
                 while any(e.path.startswith("root/sessions/session:") for e in live(world)):  # noqa: ASYNC110
@@ -339,7 +360,7 @@ async def disk_full_while_a_session_streams(nursery: trio.Nursery, tmp_path: Pat
     return gaps
 
 
-def live(world: World) -> list[object]:
+def live(world: World) -> list[ChildEntry]:
     return [e for e in world.daemon.registry.snapshot() if str(e.state) == "running"]
 
 
