@@ -353,19 +353,36 @@ class Daemon:
             except AnycodeError as exc:
                 log.warning("session %s: cannot reattach: %s", short_id(session.id), exc)
         if handle is None or not session.agent_session_id:
-            reason = "its sandbox was gone after the daemon restarted"
+            if session.status != SessionStatus.RUNNING:
+                reason = f"the daemon restarted while the session was {session.status}"
+            elif not session.sandbox_id or handle is None:
+                reason = "its sandbox was gone after the daemon restarted"
+            else:
+                reason = "the daemon restarted before the agent was connected"
             if await self.store.transition(session.id, SessionStatus.FAILED, reason=reason):
                 await self.router.send(
                     Deliver(chat, Notice(f"Session `{short_id(session.id)}` failed: {reason}."))
                 )
-            if session.sandbox_id:
-                try:
-                    await self.provider.destroy(session.sandbox_id)
-                except AnycodeError as exc:
-                    log.warning("session %s: %s", short_id(session.id), exc)
+            # Its buttons answer "already answered" from now on, not a session nobody runs.
+            await self.store.cancel_pending_interactions(session.id)
+            await self._remove_sandboxes_of(session)
             return
         resume = await self._resume_point(session)
         await self.router.send(Deliver(chat, Reattach(session, Recovered(handle, resume))))
+
+    async def _remove_sandboxes_of(self, session: Session) -> None:
+        """Every sandbox labelled with the session, recorded or not: a daemon killed inside
+        `create` never recorded the one it was making."""
+        ids = {session.sandbox_id} if session.sandbox_id else set()
+        try:
+            ids |= {s.id for s in await self.provider.list() if s.session_id == session.id}
+        except AnycodeError as exc:
+            log.warning("session %s: could not list sandboxes: %s", short_id(session.id), exc)
+        for sandbox_id in ids:
+            try:
+                await self.provider.destroy(sandbox_id)
+            except AnycodeError as exc:
+                log.warning("session %s: %s", short_id(session.id), exc)
 
     async def _resume_point(self, session: Session) -> Resume:
         events = await self.store.events(session.id)

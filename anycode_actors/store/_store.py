@@ -8,6 +8,7 @@ import os
 import secrets
 import sqlite3
 import stat
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence, Sized
 from contextlib import asynccontextmanager
@@ -675,7 +676,7 @@ def _connect(path: str, busy_timeout: float) -> Database:
         db = Database(conn, execute_plugins=False)
         db.execute("PRAGMA foreign_keys = ON")
         if path != ":memory:":
-            db.execute("PRAGMA journal_mode = WAL")
+            _switch_to_wal(db, busy_timeout)
             # In WAL, NORMAL is still corruption-safe; a power cut may lose the last commits.
             db.execute("PRAGMA synchronous = NORMAL")
         migrate(db)
@@ -722,3 +723,19 @@ def _narrow(name: str, fd: int) -> None:
     except PermissionError:
         # Another user's file, shared on purpose: opening it is still their decision.
         log.warning("%s is readable by others (mode %o) and not ours to change", name, mode)
+
+
+def _switch_to_wal(db: Database, busy_timeout: float) -> None:
+    """`PRAGMA journal_mode = WAL`, retried: two connections opening a new file at once can
+    each hold a shared lock while asking for the exclusive one, and SQLite then answers one of
+    them SQLITE_BUSY at once, without waiting, to avoid a deadlock
+    (https://www.sqlite.org/c3ref/busy_handler.html)."""
+    deadline = time.monotonic() + busy_timeout
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
