@@ -55,9 +55,7 @@ CHATTER: Final = frozenset({"help", "status", "agents"})
 """Commands that only ask something: shed, not queued, when their chat is backed up."""
 SLOW_DOWN: Final = "Slow down: you are sending commands too fast. Wait a few seconds, then retry."
 BUSY: Final = "This chat is busy catching up; /help and /status were skipped. Try again shortly."
-FULL: Final = (
-    "This chat is too busy: your message was not delivered. Send it again in a minute."
-)
+FULL: Final = "This chat is too busy: your message was not delivered. Send it again in a minute."
 RESTARTING: Final = "The bot is restarting; your message was not delivered. Try again shortly."
 SWEEP_EVERY: Final = 60.0
 """Seconds between looks for chat units that stopped without their `ChatStopped` reaching us."""
