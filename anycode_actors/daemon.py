@@ -50,13 +50,22 @@ from anycode_actors.config import Config
 from anycode_actors.errors import AnycodeError
 from anycode_actors.sandboxes.base import SandboxProvider
 from anycode_actors.store import Session, SessionStatus, Store
-from supervisors import ChildSpec, ChildStartFailed, Intensity, Registry, Restart, Supervisor
+from supervisors import (
+    ChildSpec,
+    ChildStartFailed,
+    DuplicateChild,
+    Intensity,
+    Registry,
+    Restart,
+    Supervisor,
+)
 
 log = logging.getLogger(__name__)
 
 # A session needs time to remove its sandbox and post its last words when the daemon stops.
 SESSION_SHUTDOWN: Final = 90.0
 CHAT_SHUTDOWN: Final = 15.0
+CHAT_RESTART_WAIT: Final = 5.0
 
 
 def daemon_id_for(config: Config) -> str:
@@ -294,8 +303,16 @@ class Daemon:
             shutdown=CHAT_SHUTDOWN + 2,
             kind="supervisor",
         )
-        await self.chats.start_child(spec)
-        return address
+        # A unit that just stopped (idle) may still be leaving its supervisor for a moment; its
+        # successor waits for the name to be free rather than failing the event it carries.
+        with trio.move_on_after(CHAT_RESTART_WAIT):
+            while True:
+                try:
+                    await self.chats.start_child(spec)
+                    return address
+                except DuplicateChild:
+                    await trio.sleep(0.01)
+        raise DuplicateChild(spec.id)
 
     async def _start_session(
         self,

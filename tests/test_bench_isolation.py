@@ -453,9 +453,12 @@ async def test_bench_10000_quiet_chats_leave_nothing_behind(
 ) -> None:
     """10,000 distinct private chats send /help once each; then session.chat_idle_minutes (10)
     pass. Reported: chat units in the actor tree (`registry.snapshot()`) when all are answered
-    and after the idle period (target 0), and the growth of the process's VmRSS over the run
-    (target ≤ 20 MiB), with the allocator's live blocks and object counts as a cross-check (RSS
-    rarely shrinks once freed memory is fragmented).
+    and after the idle period (target 0), the router's map of chats after it (0), and the growth
+    of the process's VmRSS over the run (target ≤ 20 MiB). As a cross-check, the allocator's
+    view: pymalloc's arenas and the bytes of live blocks in them (an arena goes back to the
+    system only when every block in it is free, so RSS keeps the peak of many live chat units
+    while a few survivors are spread over the arenas), allocated blocks per live chat unit and
+    at the end, and live objects by type.
 
     How the stand-in (same process) is kept out: a warm-up of 100 chats runs first, so one-time
     allocations (connections, code paths, caches) are in the baseline; then the stand-in's
@@ -477,6 +480,7 @@ async def test_bench_10000_quiet_chats_leave_nothing_behind(
         await trio.sleep(idle + 60)
         forget_stand_in_records(telegram, [p.id for p in warm])
         rss_start, blocks_start, kinds_start = settled_rss()
+        arenas_start, live_start = pymalloc_arenas()
         units_start = chat_units(daemon.registry.snapshot())
 
         began = trio.current_time()
@@ -503,8 +507,10 @@ async def test_bench_10000_quiet_chats_leave_nothing_behind(
         f"{idle / 60:g} min idle (router lines {lines_after}); VmRSS start "
         f"{rss_start / 1024:.1f} MiB, all answered {rss_busy / 1024:.1f} MiB (stand-in "
         f"included), end {rss_end / 1024:.1f} MiB: growth {(rss_end - rss_start) / 1024:+.1f} "
-        f"MiB, of which pymalloc arenas {arenas / MIB:.1f} MiB hold {live / MIB:.1f} MiB of "
-        f"live blocks; allocated blocks: {per_unit_blocks:.0f} per live chat unit, "
+        f"MiB; pymalloc arenas {arenas_start / MIB:.1f} -> {arenas / MIB:.1f} MiB holding "
+        f"live blocks of {live_start / MIB:.1f} -> {live / MIB:.1f} MiB "
+        f"({(live - live_start) / MIB:+.1f} MiB); allocated blocks: {per_unit_blocks:.0f} per "
+        f"live chat unit, "
         f"{blocks_end - blocks_start:+d} at the end (stand-in's {stand_in_blocks} dropped); "
         f"objects grown by type {grown} (real time {real:.0f} s)"
     )
