@@ -43,7 +43,7 @@ from anycode_actors.actors.router import ChatStopped, CommandRate, Deliver, Rout
 from anycode_actors.actors.session import Recovered, SessionActor
 from anycode_actors.actors.session_api import SessionClosed, SessionHandle
 from anycode_actors.actors.stream import Resume
-from anycode_actors.actors.watchdog import Watchdog
+from anycode_actors.actors.watchdog import ORPHAN_AGE, Watchdog
 from anycode_actors.agents import PermissionOption, PermissionRequested
 from anycode_actors.chat.base import ButtonPress, ChatClient, ChatEvent, ChatRef
 from anycode_actors.config import Config
@@ -114,6 +114,7 @@ class Daemon:
         clients: Sequence[ChatClient] | None = None,
         registry: Registry | None = None,
         watchdog_interval: float = 30.0,
+        orphan_age: float = ORPHAN_AGE,
     ) -> None:
         self.config = config
         self.daemon_id = daemon_id_for(config)
@@ -125,6 +126,7 @@ class Daemon:
         self._store: Store | None = None
         self.watchdog: Watchdog | None = None
         self._watchdog_interval = watchdog_interval
+        self._orphan_age = orphan_age
         self.chats = Supervisor(name="chats")
         self.sessions = Supervisor(name="sessions")
         limits = config.limits
@@ -216,6 +218,7 @@ class Daemon:
                 self.directory.address(),
                 timeout=timedelta(minutes=float(self.config.session.timeout_minutes)),
                 interval=self._watchdog_interval,
+                orphan_age=self._orphan_age,
             )
         await self.watchdog.run(task_status=task_status)
 

@@ -66,6 +66,7 @@ class Watchdog(Actor[WatchdogInbox]):
         *,
         timeout: timedelta,
         interval: float = CHECK_INTERVAL,
+        orphan_age: float = ORPHAN_AGE,
         wall_clock: WallClock = _utc_now,
     ) -> None:
         super().__init__()
@@ -74,6 +75,7 @@ class Watchdog(Actor[WatchdogInbox]):
         self._directory = directory
         self._timeout = timeout
         self._interval = interval
+        self._orphan_age = orphan_age
         self._now = wall_clock
         # Sessions already told, so a session busy ending is not told again every sweep.
         self._told: set[str] = set()
@@ -149,7 +151,7 @@ class Watchdog(Actor[WatchdogInbox]):
             if s.id not in live and s.id not in with_sandbox
         }
         for session_id, since in list(self._actorless.items()):
-            if now - since < ORPHAN_AGE:
+            if now - since < self._orphan_age:
                 continue
             reason = "its session ended without recording its outcome"
             try:
@@ -175,7 +177,7 @@ class Watchdog(Actor[WatchdogInbox]):
     async def _reap(self, live: set[str], sandboxes: list[SandboxInfo]) -> None:
         now = self._now()
         for sandbox in sandboxes:
-            if sandbox.session_id in live or _age(sandbox.created_at, now) < ORPHAN_AGE:
+            if sandbox.session_id in live or _age(sandbox.created_at, now) < self._orphan_age:
                 continue
             log.warning(
                 "removing sandbox %s: it belongs to no live session (%s)",

@@ -149,7 +149,8 @@ async def store_world(nursery: trio.Nursery, tmp: Path, database: Path) -> Async
         environ={},
         base_dir=tmp,
     )
-    daemon = Daemon(config, watchdog_interval=2.0)
+    # A short grace, so the watchdog settles a record its actor could not end within the test.
+    daemon = Daemon(config, watchdog_interval=2.0, orphan_age=4.0)
     async with trio.open_nursery() as inner:
         await inner.start(daemon.run)
         try:
@@ -212,15 +213,15 @@ def test_the_database_locked_by_another_process_while_a_session_streams(tmp_path
     """Another process holds the write lock for 12 s (the busy timeout, 10 s, plus 2) while
     Ada's session streams; Bob starts a task during the lock, Carol after it.
 
-    What happened: Ada's session actor crashed ("root/sessions/session:… crashed:
-    DatabaseLocked", temporary, not restarted): its first event write waited the 10 s busy
-    timeout and raised. Its cleanup ran once the lock was gone: agent stopped, folder removed,
-    status written. Sessions lost: 1 (Ada's, ended). Words: those shown before the lock stay;
-    the rest of the answer (all but the first few words) is never shown, none repeated.
-    Leaked: nothing. What Ada saw: "Hello! I am", then "Session `…` cancelled (the daemon is
-    shutting down)." — a crashed session actor has no outcome, and its cleanup takes that for a
-    daemon shutdown. Bob's /task waited for the lock (every store call queues behind the one
-    blocked write), then ran normally; so did Carol's. The daemon's tree: no restarts.
+    What happens: Ada's first event write waits the 10 s busy timeout and raises
+    DatabaseLocked; her session fails with "the database failed: the database is locked by
+    another program (waited 10 s)", stops the agent, removes its folder and writes its status
+    once the lock is gone. Sessions lost: 1 (Ada's, ended with a message). Words: those shown
+    before the lock stay; the rest of the answer is never shown, none repeated. Leaked:
+    nothing. Bob's /task waits for the lock (every store call queues behind the one blocked
+    write), then runs normally; so does Carol's. The daemon's tree: no restarts. (Before the
+    fix: the session actor crashed, and its cleanup said "cancelled (the daemon is shutting
+    down)".)
     """
     expect_known_gaps(locked_while_a_session_streams, tmp_path)
 
@@ -306,20 +307,16 @@ def test_the_disk_holding_the_database_fills_up_while_a_session_streams(tmp_path
     """The database's filesystem (a 1 MiB tmpfs) fills up while Ada's session streams; Bob
     starts a task while it is full, Carol after space was freed.
 
-    What happened: Ada's session actor crashed on its next event write (DiskFull), and its
-    cleanup stopped the agent and removed the sandbox, then crashed too, on writing the final
-    status: no notice was posted, the session row stays "running" (it still counts against
-    the per-chat and per-user limits), and the chat actor never hears that the session closed.
-    The watchdog then finds the running session's sandbox gone at every sweep ("its sandbox
-    stopped unexpectedly") and cannot end it: the directory still lists the dead actor. After
-    space is freed nothing repairs it until a restart, whose recovery fails it. Sessions lost:
-    1 (Ada's, never ended). Words: those shown before the disk filled stay, the rest is never
-    shown, none repeated. Leaked: no process, no folder; the session record. Her chat actor
-    also logged "could not handle StreamStarted": the id of the message her output streamed
-    into was not stored, so a restarted daemon could not continue in it. What Ada saw:
-    "Hello! I am" and nothing after it. Bob got "Sorry, that could not be handled. Please try
-    again." (the chat actor caught the failed insert), nothing about the disk. Carol's task,
-    after space was freed, ran normally. The daemon's tree: no restarts.
+    What happens: Ada's next event write raises DiskFull; her session fails, says why ("the
+    database failed: the disk that holds the database is full"), stops the agent and removes
+    the sandbox. Its final status cannot be written on the full disk, so the record stays
+    active until the watchdog finds it without an actor (and without a sandbox) for its grace
+    and fails it. Sessions lost: 1 (Ada's, ended with a message). Words: those shown before the
+    disk filled stay, the rest is never shown, none repeated. Leaked: nothing. Bob's /task is
+    answered "Sorry, that cannot be done right now: the disk that holds the database is full."
+    Carol's task, after space was freed, runs normally. The daemon's tree: no restarts. (Before
+    the fix: Ada's actor crashed, no notice, the record stayed "running" for good, Bob got
+    "could not be handled".)
     """
     expect_known_gaps(disk_full_while_a_session_streams, tmp_path)
 
@@ -341,6 +338,11 @@ async def disk_full_while_a_session_streams(nursery: trio.Nursery, tmp_path: Pat
             await trio.to_thread.run_sync(filler.unlink)
             await world.task(CAROL, "hello")
             await works(world, CAROL)
+            # Her actor could not write its end on the full disk: the watchdog settles the
+            # record once it has had no actor for the grace (orphan_age).
+            with trio.move_on_after(STEP):
+                while not SessionStatus((await world.sessions())[str(ADA.id)][0]).is_terminal:
+                    await trio.sleep(0.5)
 
             sessions = await world.sessions()
             status, _, sandbox = sessions[str(ADA.id)]
