@@ -341,7 +341,7 @@ async def disk_full_while_a_session_streams(nursery: trio.Nursery, tmp_path: Pat
             # Her actor could not write its end on the full disk: the watchdog settles the
             # record once it has had no actor for the grace (orphan_age).
             with trio.move_on_after(STEP):
-                while not SessionStatus((await world.sessions())[str(ADA.id)][0]).is_terminal:
+                while not SessionStatus((await world.sessions())[str(ADA.id)][0]).is_terminal:  # noqa: ASYNC110 - polls another connection
                     await trio.sleep(0.5)
 
             sessions = await world.sessions()
