@@ -800,3 +800,48 @@ async def test_a_follow_up_the_agent_never_answered_is_reported_when_the_stream_
     assert any(
         t.startswith("Not delivered to the agent: “now deploy it”") for t in rig.client.texts()
     )
+
+
+async def test_a_recovered_session_whose_turn_had_ended_sends_the_files_not_yet_delivered(
+    autojump_clock: trio.abc.Clock,
+    nursery: trio.Nursery,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Killed while its outbox uploads were queued: after the restart the files the chat never
+    got are sent, and the one it did get is not sent again."""
+    session = await store.create_session(
+        platform=CHAT.platform, chat=CHAT.chat_id, user=ADA.id, agent="claude-code", prompt="go"
+    )
+    await store.transition(session.id, SessionStatus.STARTING)
+    await store.transition(session.id, SessionStatus.RUNNING)
+    provider = FakeProvider()
+    provider.outbox = {"sent.txt": b"already there", "report.md": b"# the report"}
+    handle = provider.add(session.id)
+    await store.set_sandbox(session.id, handle.id, handle.endpoint or "")
+    await store.set_agent_session_id(session.id, "agent-session-1")
+    await store.append_event(session.id, 1, "TextDelta", {"text": "Done."})
+    await store.append_event(session.id, 2, "TurnEnded", {"stop_reason": "end_turn"})
+    await store.record_upload(session.id, "sent.txt", len(b"already there"))
+    stored = await store.get_session(session.id)
+    assert stored is not None
+    resume = Resume("agent-session-1", last_seq=2, cursor="c-2", turn_running=False)
+    rig = await start_session(
+        nursery,
+        store,
+        monkeypatch,
+        FakeAgent(),
+        provider,
+        session=stored,
+        recovered=Recovered(handle, resume),
+        idle_minutes=10,
+    )
+    await rig.client.wait_until(lambda: rig.client.uploads)
+    await trio.sleep(1)  # the flusher's answer reaches the session, which records it
+    await rig.send(Cancel("by @ada"))
+    await rig.closed()
+    assert [name for name, _, _ in rig.client.uploads] == ["report.md"]
+    assert await store.uploads(session.id) == {
+        ("sent.txt", len(b"already there")),
+        ("report.md", len(b"# the report")),
+    }

@@ -83,6 +83,8 @@ DRAIN_GRACE: Final = 10.0
 # Where agents leave files for the user (documented in the README and the agent's prompt).
 OUTBOX: Final = "/workspace/outbox"
 SESSION_INBOX: Final = 64
+# Tags of uploads in flight, answered by the flusher's `Posted`: "upload:<n>".
+UPLOAD_TAG: Final = "upload:"
 
 OPTION_LABELS: Final = {
     "allow_once": "Allow",
@@ -174,6 +176,7 @@ class SessionActor(Actor[SessionInbox]):
         self._nursery: trio.Nursery | None = None
         self._events = 0
         self._uploaded: set[tuple[str, int]] = set()
+        self._upload_keys: list[tuple[str, int]] = []  # by upload tag number
         self._redactor: OutputRedactor | None = None
         self._unanswered: FollowUp | None = None
 
@@ -243,6 +246,10 @@ class SessionActor(Actor[SessionInbox]):
             await self._on_cancel(message)
         elif isinstance(message, PermissionAnswer):
             await self._on_permission_answer(message)
+        elif isinstance(message, Posted) and message.tag.startswith(UPLOAD_TAG):
+            if message.message_id is not None:
+                name, size = self._upload_keys[int(message.tag.removeprefix(UPLOAD_TAG))]
+                await self._store.record_upload(self._id, name, size)
         elif isinstance(message, Posted):
             prompt = self._prompts.get(message.tag)
             if prompt is not None and message.message_id is not None:
@@ -399,6 +406,10 @@ class SessionActor(Actor[SessionInbox]):
         if self._recovered is not None:
             self._turn_running = self._recovered.resume.turn_running
             if not self._turn_running:
+                # The turn ended before the daemon was killed, maybe before its files were
+                # sent: send what the chat has not had yet.
+                self._uploaded |= await self._store.uploads(self._id)
+                await self._upload_outbox()
                 self._arm_idle_timer()
             return
         if not await self._store.transition(
@@ -618,8 +629,12 @@ class SessionActor(Actor[SessionInbox]):
             log.warning("session %s: could not read the outbox: %s", short_id(self._id), exc)
             return
         uploads, not_sent = _plan_uploads(listing, limits, self._uploaded)
-        for name, data in uploads:
-            await self._flusher.send(Upload(name, data))
+        for key, name, data in uploads:
+            # Recorded once delivered (the flusher answers with Posted): a daemon killed before
+            # that uploads it again after its restart, one killed after it does not.
+            tag = f"{UPLOAD_TAG}{len(self._upload_keys)}"
+            self._upload_keys.append(key)
+            await self._flusher.send(Upload(name, data, tag=tag, reply_to=self._outbox))
         if not_sent:
             # One message for the turn, however many files stayed behind.
             await self._flusher.send(Post(_not_sent_text(not_sent)))
@@ -763,9 +778,9 @@ NOT_SENT_NAME_CHARS: Final = 100
 
 def _plan_uploads(
     listing: OutboxListing, limits: SessionConfig, done: set[tuple[str, int]]
-) -> tuple[list[tuple[str, bytes]], list[str]]:
-    """The files of `listing` to send this turn, as (chat file name, data), and a line for each
-    one that is not sent saying why: over `max_upload_mb` (never read), or past
+) -> tuple[list[tuple[tuple[str, int], str, bytes]], list[str]]:
+    """The files of `listing` to send this turn, as ((name, size), chat file name, data), and a
+    line for each one that is not sent saying why: over `max_upload_mb` (never read), or past
     `max_upload_files` or `max_upload_total_mb` for the turn.
 
     Files are taken in name order; one that would pass the total is left out, a smaller one
@@ -779,7 +794,7 @@ def _plan_uploads(
         *((name, size, None) for name, size in listing.too_big),
     ]
     entries.sort(key=lambda entry: entry[0])
-    uploads: list[tuple[str, bytes]] = []
+    uploads: list[tuple[tuple[str, int], str, bytes]] = []
     not_sent: list[str] = []
     total = 0
     for name, size, data in entries:
@@ -795,7 +810,7 @@ def _plan_uploads(
         elif total + size > limits.max_upload_total_mb * _MB:
             why = f"would take this turn's uploads over {limits.max_upload_total_mb} MB"
         else:
-            uploads.append((shown, data))
+            uploads.append(((name, size), shown, data))
             total += size
             continue
         if len(shown) > NOT_SENT_NAME_CHARS:

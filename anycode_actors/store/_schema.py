@@ -118,10 +118,25 @@ _V3_STREAM_MESSAGE: Final = (
     "ALTER TABLE sessions ADD COLUMN stream_offset INTEGER NOT NULL DEFAULT 0",
 )
 
+# The outbox files a session has delivered to its chat (name and size, as the sandbox listed
+# them): a restarted daemon uploads what a turn left behind without sending anything twice.
+_V4_UPLOADS: Final = (
+    """
+    CREATE TABLE uploads (
+        session_id TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        uploaded_at TEXT NOT NULL,
+        PRIMARY KEY (session_id, name, size)
+    )
+    """,
+)
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "core tables", _V1_CORE_TABLES),
     Migration(2, "indexes for the actors' queries", _V2_QUERY_INDEXES),
     Migration(3, "the message a session streams into", _V3_STREAM_MESSAGE),
+    Migration(4, "outbox files delivered", _V4_UPLOADS),
 )
 SCHEMA_VERSION: Final = MIGRATIONS[-1].version
 

@@ -586,6 +586,25 @@ class Store:
 
     # -- schema
 
+    async def record_upload(self, session_id: str, name: str, size: int) -> None:
+        """Outbox file `name` (`size` bytes) of the session has reached its chat."""
+
+        def insert() -> None:
+            self._sync_db.execute(
+                "INSERT OR IGNORE INTO uploads (session_id, name, size, uploaded_at)"
+                " VALUES (?, ?, ?, ?)",
+                [session_id, name, size, utc_now()],
+            )
+
+        await self._call(insert)
+
+    async def uploads(self, session_id: str) -> set[tuple[str, int]]:
+        """(name, size) of every outbox file the session has delivered."""
+        rows = await self._call(
+            self._rows, "SELECT name, size FROM uploads WHERE session_id = ?", [session_id]
+        )
+        return {(row["name"], int(row["size"])) for row in rows}
+
     async def schema_version(self) -> int:
         return await self._call(lambda: max(applied_versions(self._sync_db), default=0))
 

@@ -443,9 +443,10 @@ def test_killed_while_uploading_an_outbox_file_of_a_session_that_goes_on(tmp_pat
     for a follow-up (idle 10 min, the default); Telegram never got the file.
 
     Sessions lost: 0 (reattached; Ada cancels it). Words lost/repeated: 0/0. Leaked: nothing.
-    Files lost: 1. What Ada saw: the prompt she allowed, "The report is in the outbox.",
-    "continues where it was", and no file: the outbox is read only when a TurnEnded event is
-    handled live, and the restarted session finds the turn already ended in the event log.
+    Files lost: 0, repeated: 0. What Ada saw: the prompt she allowed, "The report is in the
+    outbox.", "continues where it was", then report.md: a reattached session whose turn had
+    ended sends the outbox files the store has no delivery record of. (Before: the file was
+    lost, as the outbox was read only when a TurnEnded was handled live.)
     """
     expect_known_gaps(killed_while_uploading_an_outbox_file, tmp_path)
 
