@@ -1,4 +1,4 @@
-"""The supervisor process: the whole actor tree of DESIGN.md, assembled from the configuration.
+"""The supervisor process: the whole actor tree, assembled from the configuration.
 
     root (one_for_one)
     ├── admin        the local socket `anycode tree` reads
@@ -169,7 +169,7 @@ class Daemon:
         budgets = []
         for client in clients:
             self._clients_by_platform[client.platform] = client
-            lanes = getattr(client, "rate_lanes", {})
+            lanes = client.rate_lanes
             budget = Budget(
                 {lane.name: Lane(lane.per_second, lane.burst) for lane in lanes.values()}
             )

@@ -30,8 +30,8 @@ EXAMPLE = REPO / "config.example.toml"
 TOKEN = "123456:ABC-DEF1234ghIkl-zyx57W2v1u123ew11"
 TELEGRAM = f'[telegram]\nbot_token = "{TOKEN}"\n'
 
-# The configuration block of the original README (seeds/001), with well-formed tokens in place of
-# its "YOUR_BOT_TOKEN" placeholder, which the token format check rightly rejects.
+# The configuration block of the README of the daemon this project replaces, with well-formed
+# tokens in place of its "YOUR_BOT_TOKEN" placeholder, which the token format check rejects.
 ORIGINAL_EXAMPLE = f"""
 [telegram]
 bot_token = "{TOKEN}"

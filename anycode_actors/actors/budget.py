@@ -99,9 +99,9 @@ class Budget(Actor[BudgetInbox]):
 
     def __init__(self, lanes: Mapping[str, Lane]) -> None:
         super().__init__()
-        now = trio.current_time() if _in_trio() else 0.0
+        # Stamped when the budget starts running (`run`), on the clock of that Trio run.
         self._lanes = {
-            name: _LaneState(lane, float(lane.burst), now) for name, lane in lanes.items()
+            name: _LaneState(lane, float(lane.burst), 0.0) for name, lane in lanes.items()
         }
         self._order = itertools.count()
         self._changed = trio.Event()
@@ -173,11 +173,3 @@ async def draw(budget: trio.MemorySendChannel[BudgetInbox], lane: str, priority:
     except BaseException:
         ticket.withdrawn = True
         raise
-
-
-def _in_trio() -> bool:
-    try:
-        trio.lowlevel.current_task()
-    except RuntimeError:
-        return False
-    return True

@@ -325,8 +325,11 @@ def _same_command(event: Command, waiting: ChatInbox) -> bool:
     )
 
 
+_KNOWN: Final = frozenset({"task", "start", "cancel", *CHATTER})
+
+
 def _known(name: str) -> bool:
-    return name.lower() in {"task", "start", "cancel", *CHATTER}
+    return name.lower() in _KNOWN
 
 
 __all__ = [

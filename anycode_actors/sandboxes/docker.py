@@ -7,7 +7,7 @@ so the id of a container that was just created is never lost, and `create` remov
 re-raising whatever stopped it (a cancel, a port conflict, an engine error). Read-only calls
 (`is_alive`, `logs`, `list`) may be abandoned.
 
-What the original got wrong and this does instead (see the seed report, §7):
+What the daemon this project replaces got wrong, and what this does instead:
 
 - Ports: host ports come from `PortAllocator`, which never hands out a port that we or anybody
   else holds, and gets them back on `destroy`; a port taken between the check and Docker's bind

@@ -20,6 +20,7 @@ prompt with words that name it (`answer_for`), so at the end:
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
@@ -107,7 +108,7 @@ def fault_config(tmp: Path, platform: dict[str, Any]) -> Config:
 
 
 @dataclass
-class Conversation:
+class Conversation(ABC):
     """What the agent was asked and what the person sees; the same for both platforms."""
 
     agent: EchoAgent
@@ -119,8 +120,9 @@ class Conversation:
     def prompts_seen(self) -> list[str]:
         return list(self.agent.prompts)
 
-    def shown(self) -> str:  # pragma: no cover - each platform's rig says what is shown
-        raise NotImplementedError
+    @abstractmethod
+    def shown(self) -> str:
+        """Everything the person sees in the chat, as one text (each platform's rig says)."""
 
     async def wait_for_prompts(self, count: int) -> None:
         await self.agent.wait_for_prompts(count, within=WAIT)

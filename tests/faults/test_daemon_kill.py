@@ -30,7 +30,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, closing, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +59,7 @@ from tests.fakes.model import (
     docker_bridge_gateway,
 )
 from tests.fakes.telegram import FakeTelegram, MessageView, User
+from tests.faults.gaps import expect_known_gaps
 
 REPO_ROOT: Final = Path(__file__).resolve().parents[2]
 ADA: Final = User(111, "Ada", username="ada")
@@ -257,42 +258,6 @@ async def docker_world(nursery: trio.Nursery, tmp: Path, **session: Any) -> Asyn
 
 def words_shown(world: World) -> list[str]:
     return re.findall(r"\bw\d\d\b", " ".join(world.shown()))
-
-
-Scenario = Callable[[trio.Nursery, Path], Awaitable[list[str]]]
-
-
-def expect_known_gaps(scenario: Scenario, tmp: Path) -> None:
-    """Run `scenario` (given a nursery for the stand-ins) and report what it found missing as
-    an expected failure, or pass when nothing is. A plain test calling `trio.run`: pytest-trio
-    drops the reason of an xfail raised in an async test, and here the reason is the finding."""
-
-    async def main() -> list[str]:
-        async with trio.open_nursery() as nursery:
-            gaps = await scenario(nursery, tmp)
-            nursery.cancel_scope.cancel()
-        return gaps
-
-    try:
-        gaps = trio.run(main)
-    except BaseExceptionGroup as group:
-        # A skip (or CI's failure for what it must have) comes out of the nursery wrapped.
-        leaves = list(_leaves(group))
-        if len(leaves) == 1 and isinstance(
-            leaves[0], pytest.skip.Exception | pytest.fail.Exception
-        ):
-            raise leaves[0] from None
-        raise
-    if gaps:
-        pytest.xfail("; ".join(gaps))
-
-
-def _leaves(error: BaseException) -> Iterator[BaseException]:
-    if isinstance(error, BaseExceptionGroup):
-        for inner in error.exceptions:
-            yield from _leaves(inner)
-    else:
-        yield error
 
 
 # --- Docker: one kill per state --------------------------------------------------------------

@@ -24,7 +24,7 @@ import re
 import sqlite3
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +46,7 @@ from anycode_actors.store import (
 from supervisors import ChildEntry
 from tests.docker_support import require_or_skip
 from tests.fakes.telegram import FakeTelegram, MessageView, User
+from tests.faults.gaps import expect_known_gaps
 
 ADA: Final = User(111, "Ada", username="ada")
 BOB: Final = User(222, "Bob", username="bob")
@@ -159,42 +160,6 @@ async def store_world(nursery: trio.Nursery, tmp: Path, database: Path) -> Async
             yield World(telegram, daemon, database, sandboxes)
         finally:
             inner.cancel_scope.cancel()
-
-
-Scenario = Callable[[trio.Nursery, Path], Awaitable[list[str]]]
-
-
-def expect_known_gaps(scenario: Scenario, tmp: Path) -> None:
-    """Run `scenario` (given a nursery for the stand-in) and report what it found missing as an
-    expected failure, or pass when nothing is. A plain test calling `trio.run`: pytest-trio
-    drops the reason of an xfail raised in an async test, and here the reason is the finding."""
-
-    async def main() -> list[str]:
-        async with trio.open_nursery() as nursery:
-            gaps = await scenario(nursery, tmp)
-            nursery.cancel_scope.cancel()
-        return gaps
-
-    try:
-        gaps = trio.run(main)
-    except BaseExceptionGroup as group:
-        # A skip (or CI's failure for what it must have) comes out of the nursery wrapped.
-        leaves = list(_leaves(group))
-        if len(leaves) == 1 and isinstance(
-            leaves[0], pytest.skip.Exception | pytest.fail.Exception
-        ):
-            raise leaves[0] from None
-        raise
-    if gaps:
-        pytest.xfail("; ".join(gaps))
-
-
-def _leaves(error: BaseException) -> Iterator[BaseException]:
-    if isinstance(error, BaseExceptionGroup):
-        for inner in error.exceptions:
-            yield from _leaves(inner)
-    else:
-        yield error
 
 
 async def streaming(world: World, user: User) -> None:
