@@ -27,13 +27,14 @@ from anycode_actors.chat.base import (
     User,
 )
 from anycode_actors.chat.console import CONSOLE_CHAT, CONSOLE_USER, ConsoleChat
-from anycode_actors.chat.slack import SlackClient
 from anycode_actors.chat.telegram import PRESS_ANSWER_DEADLINE, PRESS_ANSWER_MAX, TelegramClient
-from anycode_actors.config import SlackConfig, TelegramConfig
+from anycode_actors.config import TelegramConfig
 from supervisors import Backoff
 from tests.fakes.slack import FakeSlack
 from tests.fakes.telegram import FakeTelegram
 from tests.fakes.telegram import User as TgUser
+from tests.slack_rig import ADA, BOB, http, slack  # noqa: F401 - fixtures
+from tests.slack_rig import connected as slack_connected
 
 WAIT = 30.0  # virtual seconds under the autojump clock
 STEADY = Backoff(initial=1.0, factor=2.0, cap=30.0, jitter=0.0, reset_after=30.0)
@@ -225,48 +226,13 @@ async def test_telegram_a_press_whose_refusal_failed_still_stops_its_progress_ba
 
 
 # --- Slack ----------------------------------------------------------------------------------------
-ADA = "U0ADA"
-BOB = "U0BOB"
-
-
-@pytest.fixture
-async def slack(nursery: trio.Nursery) -> FakeSlack:
-    fake = FakeSlack()
-    await fake.start(nursery)
-    fake.add_user("ada", id=ADA)
-    fake.add_user("bob", id=BOB)
-    return fake
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as client:
-        yield client
-
-
-async def slack_client(
-    nursery: trio.Nursery, slack: FakeSlack, http: httpx.AsyncClient
-) -> tuple[SlackClient, trio.MemoryReceiveChannel[ChatEvent]]:
-    config = SlackConfig.model_validate(
-        {
-            "app_token": slack.app_token,
-            "bot_token": slack.bot_token,
-            "api_base_url": slack.api_url,
-            "allow_everyone": True,
-        }
-    )
-    client = SlackClient(config, http=http, backoff=STEADY)
-    send, events = trio.open_memory_channel[ChatEvent](16)
-    with trio.fail_after(WAIT):
-        await nursery.start(client.run, send)
-    return client, events
 
 
 async def test_slack_a_refused_message_is_shown_only_to_its_author(
     autojump_clock: trio.abc.Clock, nursery: trio.Nursery, slack: FakeSlack, http: httpx.AsyncClient
 ) -> None:
     general = slack.add_channel("general", members=[ADA, BOB])
-    client, events = await slack_client(nursery, slack, http)
+    client, events = await slack_connected(nursery, slack, http)
     await slack.user_message(general, BOB, "/task one more")
     command = await receive(events)
     assert isinstance(command, Command)
@@ -286,7 +252,7 @@ async def test_slack_a_refused_press_is_answered_only_to_the_presser(
     autojump_clock: trio.abc.Clock, nursery: trio.Nursery, slack: FakeSlack, http: httpx.AsyncClient
 ) -> None:
     general = slack.add_channel("general", members=[ADA, BOB])
-    client, events = await slack_client(nursery, slack, http)
+    client, events = await slack_connected(nursery, slack, http)
     ts = await client.send(ChatRef("slack", general), "Allow?", buttons=[[Button("Allow", "a:1")]])
     await slack.press_button(general, BOB, ts, value="a:1")
     press = await receive(events)
@@ -304,7 +270,7 @@ async def test_slack_a_refusal_in_a_thread_stays_in_the_thread(
     autojump_clock: trio.abc.Clock, nursery: trio.Nursery, slack: FakeSlack, http: httpx.AsyncClient
 ) -> None:
     general = slack.add_channel("general", members=[ADA, BOB])
-    client, events = await slack_client(nursery, slack, http)
+    client, events = await slack_connected(nursery, slack, http)
     parent = await slack.user_message(general, ADA, "the session's thread")
     await receive(events)
     await slack.user_message(general, BOB, "/cancel", thread_ts=parent.ts)
@@ -321,7 +287,7 @@ async def test_slack_a_refused_slash_command_is_answered_ephemerally(
     autojump_clock: trio.abc.Clock, nursery: trio.Nursery, slack: FakeSlack, http: httpx.AsyncClient
 ) -> None:
     general = slack.add_channel("general")
-    client, events = await slack_client(nursery, slack, http)
+    client, events = await slack_connected(nursery, slack, http)
     await slack.slash_command(general, BOB, "/task", "again")
     command = await receive(events)
     await client.refuse(command, "Too many sessions <@U0ADA> & co.")
@@ -339,7 +305,7 @@ async def test_slack_undeliverable_refusals_are_logged_not_raised(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     general = slack.add_channel("general")
-    client, events = await slack_client(nursery, slack, http)
+    client, events = await slack_connected(nursery, slack, http)
     await slack.user_message(general, BOB, "/task x")
     command = await receive(events)
 

@@ -6,7 +6,6 @@ Against the Slack stand-in, whose `team_id` arguments make an envelope come from
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -14,50 +13,11 @@ import pytest
 import trio
 
 from anycode_actors.chat.base import Button, ButtonPress, ChatEvent, ChatRef, Command, Message
-from anycode_actors.chat.slack import SlackClient
-from anycode_actors.config import SlackConfig
-from supervisors import Backoff
 from tests.fakes.slack import Delivery, FakeSlack
+from tests.slack_rig import ADA, BOB, WAIT, connected, http, slack  # noqa: F401 - fixtures
 
-ADA = "U0ADA"
-BOB = "U0BOB"
 OTHER_TEAM = "T0OTHER"
 THIRD_TEAM = "T0THIRD"
-BACKOFF = Backoff(initial=1.0, factor=2.0, cap=30.0, jitter=0.0, reset_after=30.0)
-WAIT = 30.0  # virtual seconds under the autojump clock
-
-
-@pytest.fixture
-async def slack(nursery: trio.Nursery) -> FakeSlack:
-    fake = FakeSlack()
-    await fake.start(nursery)
-    fake.add_user("ada", id=ADA)
-    fake.add_user("bob", id=BOB)
-    return fake
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as client:
-        yield client
-
-
-async def connected(
-    nursery: trio.Nursery, slack: FakeSlack, http: httpx.AsyncClient
-) -> tuple[SlackClient, trio.MemoryReceiveChannel[ChatEvent]]:
-    config = SlackConfig.model_validate(
-        {
-            "app_token": slack.app_token,
-            "bot_token": slack.bot_token,
-            "api_base_url": slack.api_url,
-            "allow_everyone": True,
-        }
-    )
-    client = SlackClient(config, http=http, backoff=BACKOFF)
-    send, receive = trio.open_memory_channel[ChatEvent](16)
-    with trio.fail_after(WAIT):
-        await nursery.start(client.run, send)
-    return client, receive
 
 
 def message_event(channel: str, user: str, text: str, ts: str) -> dict[str, Any]:
