@@ -38,6 +38,7 @@ from anycode_actors.actors.chat import ChatActor, ChatInbox, Notice, Reattach
 from anycode_actors.actors.commands import short_id
 from anycode_actors.actors.directory import Register, SessionDirectory
 from anycode_actors.actors.flusher import Flusher
+from anycode_actors.actors.lobby import Lobby
 from anycode_actors.actors.retention import Retention
 from anycode_actors.actors.router import ChatStopped, CommandRate, Deliver, Router
 from anycode_actors.actors.session import Recovered, SessionActor
@@ -45,7 +46,7 @@ from anycode_actors.actors.session_api import SessionClosed, SessionHandle
 from anycode_actors.actors.stream import Resume
 from anycode_actors.actors.watchdog import ORPHAN_AGE, Watchdog
 from anycode_actors.agents import PermissionOption, PermissionRequested
-from anycode_actors.chat.base import ButtonPress, ChatClient, ChatEvent, ChatRef
+from anycode_actors.chat.base import ButtonPress, ChatClient, ChatRef
 from anycode_actors.config import Config
 from anycode_actors.errors import AnycodeError
 from anycode_actors.sandboxes.base import SandboxProvider
@@ -103,6 +104,11 @@ def make_clients(config: Config) -> list[ChatClient]:
     return clients
 
 
+def _budget_for(client: ChatClient) -> Budget:
+    lanes = client.rate_lanes.values()
+    return Budget({lane.name: Lane(lane.per_second, lane.burst) for lane in lanes})
+
+
 class Daemon:
     """Builds and runs the tree. `provider` and `clients` may be given (tests, the demo)."""
 
@@ -120,9 +126,17 @@ class Daemon:
         self.daemon_id = daemon_id_for(config)
         self.registry = registry or Registry()
         self._provider = provider
-        self._clients = list(clients) if clients is not None else None
-        self._clients_by_platform: dict[str, ChatClient] = {}
-        self._budgets: dict[str, Budget] = {}
+        self._clients = list(clients) if clients is not None else make_clients(config)
+        self._clients_by_platform = {client.platform: client for client in self._clients}
+        self._budgets = {
+            client.platform: Budget(
+                {
+                    lane.name: Lane(lane.per_second, lane.burst)
+                    for lane in client.rate_lanes.values()
+                }
+            )
+            for client in self._clients
+        }
         self._store: Store | None = None
         self.watchdog: Watchdog | None = None
         self._watchdog_interval = watchdog_interval
@@ -130,10 +144,15 @@ class Daemon:
         self.chats = Supervisor(name="chats")
         self.sessions = Supervisor(name="sessions")
         limits = config.limits
+        self.lobby = Lobby(
+            config,
+            self._clients_by_platform,
+            {platform: budget.address() for platform, budget in self._budgets.items()},
+        )
         self.router = Router(
             self._start_chat,
             rate=CommandRate(limits.commands_per_second, limits.command_burst),
-            refuse=self._refuse,
+            lobby=self.lobby.address(),
         )
         self.directory = SessionDirectory()
         self.admin = AdminServer.from_config(config.admin, self.registry, daemon_id=self.daemon_id)
@@ -165,19 +184,13 @@ class Daemon:
             self.router.spec("router"),
             ChildSpec("recovery", self._run_recovery, restart=Restart.TEMPORARY, kind="worker"),
         ]
-        clients = self._clients if self._clients is not None else make_clients(self.config)
-        budgets = []
-        for client in clients:
-            self._clients_by_platform[client.platform] = client
-            lanes = client.rate_lanes
-            budget = Budget(
-                {lane.name: Lane(lane.per_second, lane.burst) for lane in lanes.values()}
-            )
-            self._budgets[client.platform] = budget
-            budgets.append(budget.spec(f"budget:{client.platform}"))
-        # Before the chats, whose flushers draw from them, and stopped after them.
-        children[children.index(chats_spec) : children.index(chats_spec)] = budgets
-        for client in clients:
+        budgets = [budget.spec(f"budget:{platform}") for platform, budget in self._budgets.items()]
+        # Before the chats and the lobby, who draw from them, and stopped after them.
+        children[children.index(chats_spec) : children.index(chats_spec)] = [
+            *budgets,
+            self.lobby.spec("lobby"),
+        ]
+        for client in self._clients:
             children.append(ChildSpec(client.platform, self._client_runner(client), kind="worker"))
         return Supervisor(
             children,
@@ -234,11 +247,6 @@ class Daemon:
             await client.run(self.router.address(), task_status=task_status)
 
         return run
-
-    async def _refuse(self, event: ChatEvent, text: str) -> None:
-        client = self._clients_by_platform.get(event.chat.platform)
-        if client is not None:
-            await client.refuse(event, text)
 
     # --- dynamic children -----------------------------------------------------------------------
 

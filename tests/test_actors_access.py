@@ -24,6 +24,7 @@ from anycode_actors.actors.chat import (
 )
 from anycode_actors.actors.directory import Register, SessionDirectory
 from anycode_actors.actors.flusher import Flusher
+from anycode_actors.actors.lobby import LobbyInbox, Tell
 from anycode_actors.actors.router import SLOW_DOWN, CommandRate, Router
 from anycode_actors.actors.session import Recovered
 from anycode_actors.actors.session_api import (
@@ -409,14 +410,19 @@ async def test_a_flooding_user_is_told_once_to_slow_down_and_others_are_not_slow
         send, inboxes[chat.key] = trio.open_memory_channel[ChatInbox](1000)
         return send
 
-    async def refuse(event: ChatEvent, text: str) -> None:
-        told.append((event, text))
+    lobby, lobby_inbox = trio.open_memory_channel[LobbyInbox](100)
 
-    router = Router(start_chat, rate=CommandRate(per_second=1.0, burst=5), refuse=refuse)
+    async def read_lobby() -> None:
+        async for message in lobby_inbox:
+            assert isinstance(message, Tell)
+            told.append((message.event, message.text))
+
+    nursery.start_soon(read_lobby)
+    router = Router(start_chat, rate=CommandRate(per_second=1.0, burst=5), lobby=lobby)
     await nursery.start(router.run)
     for _ in range(50):
-        await router.send(Command(CHAT, ADA, "help", ""))
-    await router.send(Command(CHAT, BOB, "help", ""))
+        await router.send(Command(CHAT, ADA, "status", ""))
+    await router.send(Command(CHAT, BOB, "status", ""))
     await router.send(ButtonPress(CHAT, ADA, "1", "x:0"))  # presses are never paced
     await trio.testing.wait_all_tasks_blocked()
 
@@ -432,11 +438,11 @@ async def test_a_flooding_user_is_told_once_to_slow_down_and_others_are_not_slow
     assert sum(isinstance(m, Command) and m.user == ADA for m in got) == 5
     assert sum(isinstance(m, Command) and m.user == BOB for m in got) == 1
     assert sum(isinstance(m, ButtonPress) for m in got) == 1
-    assert told == [(Command(CHAT, ADA, "help", ""), SLOW_DOWN)]
+    assert told == [(Command(CHAT, ADA, "status", ""), SLOW_DOWN)]
     # Still flooding at 2 a second: dropped without another word.
     for _ in range(20):
         await trio.sleep(0.5)
-        await router.send(Command(CHAT, ADA, "help", ""))
+        await router.send(Command(CHAT, ADA, "status", ""))
     await trio.testing.wait_all_tasks_blocked()
     assert drain() == []
     assert len(told) == 1

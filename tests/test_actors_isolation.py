@@ -8,7 +8,8 @@ import trio.testing
 
 from anycode_actors.actors.chat import ChatActor, ChatInbox, Notice
 from anycode_actors.actors.flusher import Flusher
-from anycode_actors.actors.router import BUSY, FULL, ChatStopped, Deliver, Router
+from anycode_actors.actors.lobby import Answer, LobbyInbox, Tell
+from anycode_actors.actors.router import BUSY, FULL, LOBBY_SPACING, ChatStopped, Deliver, Router
 from anycode_actors.actors.session import Recovered
 from anycode_actors.actors.session_api import SessionClosed, SessionHandle, SessionMessage
 from anycode_actors.chat.base import ButtonPress, ChatEvent, ChatRef, Command, Message
@@ -25,15 +26,22 @@ class Chats:
         self.sends: dict[str, trio.MemorySendChannel[ChatInbox]] = {}
         self.started: list[str] = []
         self.told: list[tuple[ChatEvent, str]] = []
+        self.answered: list[Command] = []
+        self.lobby, self._lobby_inbox = trio.open_memory_channel[LobbyInbox](1000)
+
+    async def read_lobby(self) -> None:
+        async for message in self._lobby_inbox:
+            if isinstance(message, Tell):
+                self.told.append((message.event, message.text))
+            else:
+                assert isinstance(message, Answer)
+                self.answered.append(message.command)
 
     async def start(self, chat: ChatRef) -> trio.MemorySendChannel[ChatInbox]:
         send, self.inboxes[chat.key] = trio.open_memory_channel[ChatInbox](self.size)
         self.sends[chat.key] = send
         self.started.append(chat.key)
         return send
-
-    async def refuse(self, event: ChatEvent, text: str) -> None:
-        self.told.append((event, text))
 
     def drain(self, chat: ChatRef) -> list[ChatInbox]:
         got = []
@@ -45,7 +53,8 @@ class Chats:
 
 
 async def start_router(nursery: trio.Nursery, chats: Chats, backlog: int = 10) -> Router:
-    router = Router(chats.start, refuse=chats.refuse, backlog=backlog)
+    router = Router(chats.start, lobby=chats.lobby, backlog=backlog)
+    nursery.start_soon(chats.read_lobby)
     await nursery.start(router.run)
     return router
 
@@ -57,9 +66,9 @@ async def test_a_flooded_chat_never_delays_another_chat(
     router = await start_router(nursery, chats, backlog=1000)
     for n in range(400):  # nobody reads chat A's inbox
         await router.send(Command(CHAT, ADA, "task", f"job {n}"))
-    await router.send(Command(OTHER_CHAT, BOB, "help", ""))
+    await router.send(Command(OTHER_CHAT, BOB, "status", ""))
     await trio.testing.wait_all_tasks_blocked()
-    assert chats.drain(OTHER_CHAT) == [Command(OTHER_CHAT, BOB, "help", "")]
+    assert chats.drain(OTHER_CHAT) == [Command(OTHER_CHAT, BOB, "status", "")]
 
 
 async def test_presses_follow_ups_and_cancels_wait_in_order_and_chatter_is_shed_once(
@@ -113,13 +122,13 @@ async def test_a_chat_unit_that_stopped_is_replaced_by_a_fresh_one(
 ) -> None:
     chats = Chats()
     router = await start_router(nursery, chats)
-    await router.send(Command(CHAT, ADA, "help", ""))
-    await trio.testing.wait_all_tasks_blocked()
-    chats.inboxes[CHAT.key].close()  # the unit crashed for good, or its supervisor restarted
     await router.send(Command(CHAT, ADA, "status", ""))
     await trio.testing.wait_all_tasks_blocked()
+    chats.inboxes[CHAT.key].close()  # the unit crashed for good, or its supervisor restarted
+    await router.send(Command(CHAT, ADA, "task", "x"))
+    await trio.testing.wait_all_tasks_blocked()
     assert chats.started == [CHAT.key, CHAT.key]
-    assert chats.drain(CHAT) == [Command(CHAT, ADA, "status", "")]
+    assert chats.drain(CHAT) == [Command(CHAT, ADA, "task", "x")]
 
 
 async def test_a_stopped_unit_is_forgotten_so_the_map_holds_only_live_chats(
@@ -127,7 +136,7 @@ async def test_a_stopped_unit_is_forgotten_so_the_map_holds_only_live_chats(
 ) -> None:
     chats = Chats()
     router = await start_router(nursery, chats)
-    await router.send(Command(CHAT, ADA, "help", ""))
+    await router.send(Command(CHAT, ADA, "status", ""))
     await trio.testing.wait_all_tasks_blocked()
     await router.send(ChatStopped(CHAT, chats.sends[CHAT.key]))
     await trio.testing.wait_all_tasks_blocked()
@@ -197,3 +206,41 @@ async def test_a_quiet_chat_actor_stops_but_not_while_a_session_is_live(
             pass
         else:
             raise AssertionError("the stopped actor's inbox still takes messages")
+
+
+async def test_a_stateless_command_from_a_chat_without_a_unit_is_answered_by_the_lobby(
+    autojump_clock: trio.abc.Clock, nursery: trio.Nursery
+) -> None:
+    chats = Chats()
+    router = await start_router(nursery, chats)
+    questions = [Command(CHAT, ADA, "help", ""), Command(OTHER_CHAT, BOB, "hepl", "")]
+    for question in questions:
+        await router.send(question)
+    await trio.testing.wait_all_tasks_blocked()
+    # No chat unit for a question whose answer needs no conversation.
+    assert chats.started == []
+    assert chats.answered == questions
+    assert router._lines == {}
+    # A second question within the spacing goes to a unit, whose flusher paces the chat.
+    await router.send(Command(CHAT, ADA, "agents", ""))
+    await trio.testing.wait_all_tasks_blocked()
+    assert chats.started == [CHAT.key]
+    assert chats.drain(CHAT) == [Command(CHAT, ADA, "agents", "")]
+    # After the spacing, a chat without a unit is the lobby's again.
+    await trio.sleep(LOBBY_SPACING)
+    await router.send(Command(OTHER_CHAT, BOB, "help", ""))
+    await trio.testing.wait_all_tasks_blocked()
+    assert chats.answered[-1] == Command(OTHER_CHAT, BOB, "help", "")
+    assert chats.started == [CHAT.key]
+
+
+async def test_a_stateless_command_in_a_chat_with_a_unit_goes_to_the_unit(
+    autojump_clock: trio.abc.Clock, nursery: trio.Nursery
+) -> None:
+    chats = Chats()
+    router = await start_router(nursery, chats)
+    await router.send(Command(CHAT, ADA, "task", "go"))
+    await router.send(Command(CHAT, ADA, "help", ""))
+    await trio.testing.wait_all_tasks_blocked()
+    assert chats.answered == []
+    assert chats.drain(CHAT) == [Command(CHAT, ADA, "task", "go"), Command(CHAT, ADA, "help", "")]

@@ -18,7 +18,7 @@ from typing import Final
 
 import trio
 
-from anycode_actors.actors.commands import HELP_TEXT, BadTask, parse_task, short_id
+from anycode_actors.actors.commands import BadTask, parse_task, short_id, stateless_answer
 from anycode_actors.actors.directory import DirectoryInbox, Unregister, route
 from anycode_actors.actors.flusher import FlusherMessage, Post, StreamStarted
 from anycode_actors.actors.session import Recovered
@@ -228,12 +228,8 @@ class ChatActor(Actor[ChatInbox]):
             await self._status(command)
         elif name == "cancel":
             await self._cancel(command)
-        elif name == "agents":
-            await self._agents()
-        elif name == "help":
-            await self._say(HELP_TEXT)
         else:
-            await self._say("Unknown command. Try /help.")
+            await self._say(stateless_answer(name, self._config))
 
     async def _task(self, command: Command) -> None:
         agents = self._config.known_agents()
@@ -402,16 +398,6 @@ class ChatActor(Actor[ChatInbox]):
             self._sessions.pop(session_id, None)
             return False
         return True
-
-    async def _agents(self) -> None:
-        default = self._config.agents.default_agent
-        protocol = self._config.sandbox.protocol
-        lines = ["Available agents:"]
-        for name in self._config.known_agents():
-            if not self._config.agent(name).supports(protocol):
-                continue
-            lines.append(f"- {name}" + (" (default)" if name == default else ""))
-        await self._say("\n".join(lines))
 
     # --- plain messages and buttons ------------------------------------------------------------
 

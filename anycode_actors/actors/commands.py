@@ -8,7 +8,10 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from anycode_actors.config import Config
 
 HELP_TEXT: Final = (
     "Anycode Bot - Run coding agents from chat\n\n"
@@ -22,6 +25,34 @@ HELP_TEXT: Final = (
     "Button presses answer agent questions/permissions."
 )
 TASK_USAGE: Final = "Usage: /task [agent] <prompt>"
+UNKNOWN_COMMAND: Final = "Unknown command. Try /help."
+STATELESS: Final = frozenset({"help", "agents"})
+"""Commands whose answer depends on nothing but the configuration (and unknown commands)."""
+KNOWN: Final = frozenset({"task", "start", "status", "cancel", *STATELESS})
+
+
+def is_stateless(name: str) -> bool:
+    """Whether the answer to `/name` needs no conversation state: /help, /agents, a typo."""
+    name = name.lower()
+    return name in STATELESS or name not in KNOWN
+
+
+def stateless_answer(name: str, config: Config) -> str:
+    """The answer to a stateless command (see `is_stateless`)."""
+    name = name.lower()
+    if name == "help":
+        return HELP_TEXT
+    if name == "agents":
+        default = config.agents.default_agent
+        protocol = config.sandbox.protocol
+        lines = ["Available agents:"]
+        lines += [
+            f"- {agent}" + (" (default)" if agent == default else "")
+            for agent in config.known_agents()
+            if config.agent(agent).supports(protocol)
+        ]
+        return "\n".join(lines)
+    return UNKNOWN_COMMAND
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,12 @@ room; a chat whose inbox is full is handled by policy:
 - a full backlog refuses what it cannot hold, telling the sender.
 So a flooded chat costs the others nothing, presses included.
 
+A stateless command (`/help`, `/agents`, a typo) from a chat that has no unit does not start
+one: the lobby answers it (see actors/lobby.py), so memory follows the chats that hold a
+conversation, not every chat that ever asked for help. A chat the lobby answered less than
+`LOBBY_SPACING` ago gets a unit instead, whose flusher paces it. Whatever the router itself has
+to tell someone also goes through the lobby, which draws from the bot-wide budget.
+
 A chat unit that stopped (idle, crashed for good, or its supervisor restarted) has closed its
 inbox: a send to it fails at once, the router forgets it and starts a fresh unit. A unit that
 stops on its own also says so (`ChatStopped`), so the map holds only live chats.
@@ -37,6 +43,8 @@ from typing import Final
 import trio
 
 from anycode_actors.actors.chat import ChatInbox
+from anycode_actors.actors.commands import KNOWN, is_stateless
+from anycode_actors.actors.lobby import Answer, LobbyInbox, Tell
 from anycode_actors.chat.base import ButtonPress, ChatEvent, ChatRef, Command
 from supervisors import Actor, SupervisorError, current_child
 
@@ -44,8 +52,6 @@ log = logging.getLogger(__name__)
 
 # Starts the chat unit for a conversation; returns the chat actor's inbox.
 StartChat = Callable[[ChatRef], Awaitable[trio.MemorySendChannel[ChatInbox]]]
-# Tells only the sender of an event something (a private refusal); never raises.
-Refuse = Callable[[ChatEvent, str], Awaitable[None]]
 
 # Buckets of people who went quiet are forgotten once there are this many.
 _BUCKETS_KEPT: Final = 4096
@@ -58,6 +64,8 @@ BUSY: Final = "This chat is busy catching up; /help and /status were skipped. Tr
 FULL: Final = "This chat is too busy: your message was not delivered. Send it again in a minute."
 RESTARTING: Final = "The bot is restarting; your message was not delivered. Try again shortly."
 SWEEP_EVERY: Final = 60.0
+LOBBY_SPACING: Final = 2.0
+"""Seconds after a lobby answer before the same chat may have another one from the lobby."""
 """Seconds between looks for chat units that stopped without their `ChatStopped` reaching us."""
 
 
@@ -143,10 +151,6 @@ class _Line:
     told_busy: bool = False
 
 
-async def _nobody(event: ChatEvent, text: str) -> None:
-    log.info("%s: %s (no way to tell the sender)", event.chat.key, text)
-
-
 class Router(Actor[RouterInbox]):
     inbox_size = 256
 
@@ -155,19 +159,22 @@ class Router(Actor[RouterInbox]):
         start_chat: StartChat,
         *,
         rate: CommandRate | None = None,
-        refuse: Refuse = _nobody,
+        lobby: trio.MemorySendChannel[LobbyInbox] | None = None,
         backlog: int = BACKLOG,
     ) -> None:
         super().__init__()
         self._start_chat = start_chat
         self._rate = rate
-        self._refuse = refuse
+        self._lobby = lobby
+        # When the lobby last answered each chat; forgotten after LOBBY_SPACING.
+        self._lobby_answered: dict[str, float] = {}
         self._backlog_size = backlog
         self._lines: dict[str, _Line] = {}
         self._nursery: trio.Nursery | None = None
         self.shed = 0
         self.coalesced = 0
         self.refused = 0
+        self.untold = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -189,8 +196,14 @@ class Router(Actor[RouterInbox]):
             ]
             for key in stopped:
                 del self._lines[key]
+            self._forget_lobby_answers()
             if stopped:
                 self._report()
+
+    def _forget_lobby_answers(self) -> None:
+        horizon = trio.current_time() - LOBBY_SPACING
+        for key in [k for k, at in self._lobby_answered.items() if at <= horizon]:
+            del self._lobby_answered[key]
 
     async def handle(self, message: RouterInbox) -> None:
         if isinstance(message, ChatStopped):
@@ -199,7 +212,7 @@ class Router(Actor[RouterInbox]):
                 del self._lines[message.chat.key]
         elif isinstance(message, Deliver):
             await self._hand_over(message.chat, message.message, None)
-        elif self._admitted(message):
+        elif self._admitted(message) and not self._answered_in_lobby(message):
             await self._hand_over(message.chat, message, message)
         self._report()
 
@@ -211,6 +224,28 @@ class Router(Actor[RouterInbox]):
             log.info("%s:%s is over the command rate", event.chat.platform, event.user.id)
             self._tell(event, SLOW_DOWN)
         return admitted
+
+    def _answered_in_lobby(self, event: ChatEvent) -> bool:
+        """Hand a stateless command from a chat without a unit to the lobby, if it has room
+        and has not answered that chat in the last `LOBBY_SPACING` seconds."""
+        if (
+            self._lobby is None
+            or not isinstance(event, Command)
+            or not is_stateless(event.name)
+            or event.chat.key in self._lines
+        ):
+            return False
+        now = trio.current_time()
+        if now - self._lobby_answered.get(event.chat.key, -LOBBY_SPACING) < LOBBY_SPACING:
+            return False
+        try:
+            self._lobby.send_nowait(Answer(event))
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        if len(self._lobby_answered) >= _BUCKETS_KEPT:
+            self._forget_lobby_answers()
+        self._lobby_answered[event.chat.key] = now
+        return True
 
     async def _hand_over(self, chat: ChatRef, payload: ChatInbox, event: ChatEvent | None) -> None:
         line = await self._line(chat, event)
@@ -254,7 +289,7 @@ class Router(Actor[RouterInbox]):
             if any(_same_command(event, waiting) for waiting in line.backlog):
                 self.coalesced += 1
                 return
-            if event.name.lower() in CHATTER or not _known(event.name):
+            if event.name.lower() in CHATTER or event.name.lower() not in KNOWN:
                 self.shed += 1
                 if not line.told_busy:
                     line.told_busy = True
@@ -298,9 +333,14 @@ class Router(Actor[RouterInbox]):
             self._report()
 
     def _tell(self, event: ChatEvent, text: str) -> None:
-        """Answer the sender in the background: the router never waits on a platform."""
-        assert self._nursery is not None
-        self._nursery.start_soon(self._refuse, event, text)
+        """Have the lobby tell the sender: the router never waits on a platform."""
+        try:
+            if self._lobby is None:
+                raise trio.BrokenResourceError
+            self._lobby.send_nowait(Tell(event, text))
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            self.untold += 1
+            log.info("%s: could not tell %s: %s", event.chat.key, event.user.id, text)
 
     def _report(self) -> None:
         context = current_child()
@@ -313,6 +353,7 @@ class Router(Actor[RouterInbox]):
             coalesced=self.coalesced,
             refused=self.refused,
             throttled=self._rate.dropped if self._rate is not None else 0,
+            untold=self.untold,
         )
 
 
@@ -325,16 +366,10 @@ def _same_command(event: Command, waiting: ChatInbox) -> bool:
     )
 
 
-_KNOWN: Final = frozenset({"task", "start", "cancel", *CHATTER})
-
-
-def _known(name: str) -> bool:
-    return name.lower() in _KNOWN
-
-
 __all__ = [
     "BUSY",
     "FULL",
+    "LOBBY_SPACING",
     "SLOW_DOWN",
     "ChatStopped",
     "CommandRate",

@@ -80,6 +80,8 @@ log = logging.getLogger(__name__)
 DESTROY_GRACE: Final = 60.0
 # Time for the last output and the final notice to reach the chat before the actor ends.
 DRAIN_GRACE: Final = 10.0
+UPLOADS_IN_FLIGHT: Final = 64
+"""Room for upload confirmations; a task of the session records them as they come."""
 # Where agents leave files for the user (documented in the README and the agent's prompt).
 OUTBOX: Final = "/workspace/outbox"
 SESSION_INBOX: Final = 64
@@ -177,6 +179,10 @@ class SessionActor(Actor[SessionInbox]):
         self._events = 0
         self._uploaded: set[tuple[str, int]] = set()
         self._upload_keys: list[tuple[str, int]] = []  # by upload tag number
+        # The flusher confirms each upload here (not in the inbox, which closes when the
+        # session ends): the session waits for its last files before removing the sandbox.
+        self._confirms, self._confirmed = trio.open_memory_channel[Posted](UPLOADS_IN_FLIGHT)
+        self._unconfirmed: set[int] = set()
         self._redactor: OutputRedactor | None = None
         self._unanswered: FollowUp | None = None
 
@@ -195,6 +201,7 @@ class SessionActor(Actor[SessionInbox]):
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 await nursery.start(streams.run)
+                nursery.start_soon(self._record_uploads)
                 if self._recovered is not None:
                     await self._resume_output()
                     await self._start_stream(
@@ -246,10 +253,6 @@ class SessionActor(Actor[SessionInbox]):
             await self._on_cancel(message)
         elif isinstance(message, PermissionAnswer):
             await self._on_permission_answer(message)
-        elif isinstance(message, Posted) and message.tag.startswith(UPLOAD_TAG):
-            if message.message_id is not None:
-                name, size = self._upload_keys[int(message.tag.removeprefix(UPLOAD_TAG))]
-                await self._store.record_upload(self._id, name, size)
         elif isinstance(message, Posted):
             prompt = self._prompts.get(message.tag)
             if prompt is not None and message.message_id is not None:
@@ -632,12 +635,34 @@ class SessionActor(Actor[SessionInbox]):
         for key, name, data in uploads:
             # Recorded once delivered (the flusher answers with Posted): a daemon killed before
             # that uploads it again after its restart, one killed after it does not.
-            tag = f"{UPLOAD_TAG}{len(self._upload_keys)}"
+            number = len(self._upload_keys)
             self._upload_keys.append(key)
-            await self._flusher.send(Upload(name, data, tag=tag, reply_to=self._outbox))
+            self._unconfirmed.add(number)
+            tag = f"{UPLOAD_TAG}{number}"
+            await self._flusher.send(Upload(name, data, tag=tag, reply_to=self._confirms))
         if not_sent:
             # One message for the turn, however many files stayed behind.
             await self._flusher.send(Post(_not_sent_text(not_sent)))
+
+    async def _record_uploads(self) -> None:
+        async for posted in self._confirmed:
+            await self._record_upload(posted)
+
+    async def _record_upload(self, posted: Posted) -> None:
+        number = int(posted.tag.removeprefix(UPLOAD_TAG))
+        self._unconfirmed.discard(number)
+        if posted.message_id is not None:
+            name, size = self._upload_keys[number]
+            await self._store.record_upload(self._id, name, size)
+
+    async def _settle_uploads(self) -> None:
+        """Wait (up to DRAIN_GRACE) for the files still on their way to the chat. Until they
+        are delivered the sandbox, which holds them, stays and the session stays live in the
+        store: a daemon killed meanwhile reattaches the session after its restart and sends
+        the files again, where removing the sandbox first would lose them for good."""
+        with trio.move_on_after(DRAIN_GRACE):
+            while self._unconfirmed:
+                await self._record_upload(await self._confirmed.receive())
 
     # --- the end --------------------------------------------------------------------------------
 
@@ -679,6 +704,10 @@ class SessionActor(Actor[SessionInbox]):
             # A failing database must not keep the sandbox alive or the chat uninformed.
             log.error("session %s: %s", short_id(self._id), exc)
             pending = []
+        try:
+            await self._settle_uploads()
+        except StoreUnavailable as exc:
+            log.error("session %s: delivered files not recorded: %s", short_id(self._id), exc)
         for interaction in pending:
             prompt = self._prompts.pop(interaction.id, None)
             message_id = (prompt.message_id if prompt else None) or interaction.chat_message_id
