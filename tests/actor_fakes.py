@@ -285,6 +285,7 @@ class FakeProvider:
         self.destroy_error: Exception | None = None
         self.sandboxes: dict[str, SandboxInfo] = {}
         self.stopped: set[str] = set()
+        self.troubles: dict[str, str] = {}
         self.specs: list[SandboxSpec] = []
         self.destroyed: list[str] = []
         self.outbox: dict[str, bytes] = {}
@@ -347,6 +348,12 @@ class FakeProvider:
         if self.is_alive_error is not None:
             raise self.is_alive_error
         return sandbox_id in self.sandboxes and sandbox_id not in self.stopped
+
+    async def failure_reason(self, sandbox_id: str) -> str:
+        await trio.lowlevel.checkpoint()
+        if sandbox_id in self.troubles:
+            return self.troubles[sandbox_id]
+        return "it was removed" if sandbox_id not in self.sandboxes else ""
 
     async def logs(self, sandbox_id: str, tail: int = 200) -> str:
         await trio.lowlevel.checkpoint()

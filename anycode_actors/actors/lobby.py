@@ -63,7 +63,11 @@ LobbyInbox = Answer | Tell
 
 
 class Lobby(Actor[LobbyInbox]):
-    inbox_size = 1024
+    # Deep, because a burst of chats that each ask once is what the lobby is for: a waiting
+    # answer holds only the event the client already made, where a chat unit started instead
+    # costs a chat actor, a flusher and their tasks (about 60 KB). At the bot's 30 messages a
+    # second this is some nine minutes of answers.
+    inbox_size = 16384
 
     def __init__(
         self,

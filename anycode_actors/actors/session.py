@@ -64,7 +64,14 @@ from anycode_actors.chat.base import Button, ButtonPress, ChatRef
 from anycode_actors.chat.text import clean_display_text
 from anycode_actors.config import Config, SessionConfig
 from anycode_actors.errors import AnycodeError
-from anycode_actors.sandboxes.base import OutboxListing, SandboxHandle, SandboxProvider, SandboxSpec
+from anycode_actors.sandboxes.base import (
+    OutboxListing,
+    SandboxHandle,
+    SandboxProvider,
+    SandboxSpec,
+    describe_loss,
+    failure_reason,
+)
 from anycode_actors.store import (
     InteractionOption,
     Session,
@@ -551,10 +558,13 @@ class SessionActor(Actor[SessionInbox]):
                     alive = await self._provider.is_alive(self._handle.id)
                 except AnycodeError as exc:
                     log.warning("session %s: %s", short_id(self._id), exc)
-        if not alive:
-            self._finish(SessionStatus.FAILED, "the sandbox stopped unexpectedly")
+        if not alive and self._handle is not None:
+            self._finish(SessionStatus.FAILED, await describe_loss(self._provider, self._handle.id))
         else:
             why = error or "its event stream ended"
+            trouble = await failure_reason(self._provider, self._handle.id) if self._handle else ""
+            if trouble:
+                why = f"{why} ({trouble})"
             self._finish(SessionStatus.FAILED, f"lost the connection to the agent: {why}")
 
     # --- the user -------------------------------------------------------------------------------

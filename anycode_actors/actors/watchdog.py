@@ -27,7 +27,7 @@ import trio
 from anycode_actors.actors.directory import DirectoryInbox, live_sessions, route
 from anycode_actors.actors.session_api import Cancel
 from anycode_actors.errors import AnycodeError
-from anycode_actors.sandboxes.base import SandboxInfo, SandboxProvider
+from anycode_actors.sandboxes.base import SandboxInfo, SandboxProvider, describe_loss
 from anycode_actors.store import Session, SessionStatus, Store
 from supervisors import Actor, current_child
 
@@ -126,7 +126,8 @@ class Watchdog(Actor[WatchdogInbox]):
             log.warning("sandbox liveness checks did not all answer within the sweep")
         for session in dead:
             log.warning("session %s: its sandbox stopped unexpectedly", session.id[:8])
-            await self._fail(session, "the sandbox stopped unexpectedly")
+            assert session.sandbox_id is not None
+            await self._fail(session, await describe_loss(self._provider, session.sandbox_id))
         try:
             with trio.fail_after(60):
                 sandboxes = await self._provider.list()

@@ -9,6 +9,7 @@ from anycode_actors.sandboxes.base import (
     SandboxInfo,
     SandboxProvider,
     SandboxSpec,
+    describe_loss,
     new_agent_token,
 )
 
@@ -21,5 +22,6 @@ __all__ = [
     "SandboxInfo",
     "SandboxProvider",
     "SandboxSpec",
+    "describe_loss",
     "new_agent_token",
 ]

@@ -13,13 +13,18 @@ its outbox folder, for upload to the chat.
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
+import trio
+
 from anycode_actors.config import AgentProtocol
 from anycode_actors.errors import AnycodeError
+
+log = logging.getLogger(__name__)
 
 # What every provider marks its sandboxes with (Docker labels, ECS tags): never credentials.
 LABEL_SESSION: Final = "anycode.session"
@@ -167,6 +172,12 @@ class SandboxProvider(Protocol):
 
     async def is_alive(self, sandbox_id: str) -> bool: ...
 
+    async def failure_reason(self, sandbox_id: str) -> str:
+        """What went wrong with the sandbox, in words for its user: why it stopped ("it ran out
+        of memory (limit 512 MiB)", "it was removed") or, while it runs, a known trouble inside
+        it ("a process in it ran out of memory"); "" when the provider knows of none."""
+        ...
+
     async def logs(self, sandbox_id: str, tail: int = 200) -> str: ...
 
     async def list(self) -> list[SandboxInfo]:
@@ -202,3 +213,24 @@ class SandboxProvider(Protocol):
         sorted by name. Hard links are listed under each of their names and named in `links`.
         """
         ...
+
+
+LOST: Final = "the sandbox stopped unexpectedly"
+LOSS_LOOKUP: Final = 10.0
+"""Seconds to ask the provider why a sandbox stopped; the reason is a courtesy, not a must."""
+
+
+async def describe_loss(provider: SandboxProvider, sandbox_id: str) -> str:
+    """What to tell the user about a sandbox that stopped under a live session."""
+    why = await failure_reason(provider, sandbox_id)
+    return f"{LOST}: {why}" if why else LOST
+
+
+async def failure_reason(provider: SandboxProvider, sandbox_id: str) -> str:
+    """`provider.failure_reason`, or "" when it fails or takes over LOSS_LOOKUP seconds."""
+    with trio.move_on_after(LOSS_LOOKUP):
+        try:
+            return await provider.failure_reason(sandbox_id)
+        except AnycodeError as exc:
+            log.warning("sandbox %s: what went wrong is unknown: %s", sandbox_id[:12], exc)
+    return ""

@@ -277,6 +277,43 @@ class DockerProvider:
         state = await self._inspect(sandbox_id)
         return state is not None and bool(state.get("State", {}).get("Running"))
 
+    async def failure_reason(self, sandbox_id: str) -> str:
+        """From the container's state: killed for memory (`State.OOMKilled`, see
+        https://docs.docker.com/reference/api/engine/version/v1.45/#tag/Container/operation/ContainerInspect),
+        removed, or exited with a code. In a running container, a process the kernel killed
+        for memory is counted in its cgroup's `memory.events` (`oom_kill`, see
+        https://docs.kernel.org/admin-guide/cgroup-v2.html#memory-interface-files)."""
+        state = await self._inspect(sandbox_id)
+        if state is None:
+            return "it was removed"
+        if not (state.get("State") or {}).get("Running"):
+            return docker_stop_reason(state)
+        events = await self._read_memory_events(sandbox_id)
+        if _oom_kills(events) == 0:
+            return ""
+        limit = (state.get("HostConfig") or {}).get("Memory") or 0
+        within = f" (limit {_mebibytes(limit)})" if limit else ""
+        return f"a process in it ran out of memory{within}"
+
+    async def _read_memory_events(self, sandbox_id: str) -> str:
+        api = await self._api()
+
+        def read() -> str:
+            # cgroup v2 first; cgroup v1 keeps the same `oom_kill` line in `memory.oom_control`
+            # (https://docs.kernel.org/admin-guide/cgroup-v1/memory.html).
+            command = [
+                "sh",
+                "-c",
+                "cat /sys/fs/cgroup/memory.events 2>/dev/null"
+                " || cat /sys/fs/cgroup/memory/memory.oom_control",
+            ]
+            created = api.exec_create(sandbox_id, command, stdout=True, stderr=False)
+            output = api.exec_start(created["Id"])
+            return output.decode(errors="replace") if isinstance(output, bytes) else ""
+
+        what = f"read the memory events of sandbox {_short(sandbox_id)}"
+        return await self._run(read, abandon=True, what=what)
+
     async def _inspect(self, sandbox_id: str) -> dict[str, Any] | None:
         """The container's inspect data, or None if it is gone. Read-only: may be abandoned."""
         api = await self._api()
@@ -927,3 +964,34 @@ def _iso_from_epoch(seconds: object) -> str:
     if not isinstance(seconds, int | float):
         return ""
     return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
+
+
+def docker_stop_reason(inspected: Mapping[str, Any]) -> str:
+    """Why a container whose inspect data is `inspected` stopped, for the user ("" if it runs)."""
+    state = inspected.get("State") or {}
+    if state.get("Running"):
+        return ""
+    if state.get("OOMKilled"):
+        limit = (inspected.get("HostConfig") or {}).get("Memory") or 0
+        return (
+            f"it ran out of memory (limit {_mebibytes(limit)})" if limit else "it ran out of memory"
+        )
+    code = state.get("ExitCode")
+    if code == 137:
+        return "it was killed (SIGKILL)"
+    return f"its main process exited with code {code}" if code is not None else ""
+
+
+def _oom_kills(memory_events: str) -> int:
+    """The `oom_kill` count of a cgroup's memory events (0 if absent)."""
+    for line in memory_events.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "oom_kill" and value.strip().isdigit():
+            return int(value)
+    return 0
+
+
+def _mebibytes(size: int) -> str:
+    return (
+        f"{size / 2**30:g} GiB" if size >= 2**30 and size % 2**30 == 0 else f"{size // 2**20} MiB"
+    )

@@ -242,6 +242,21 @@ class EcsProvider:
         task = await self._describe_task(sandbox_id)
         return task is not None and task.get("lastStatus") != "STOPPED"
 
+    async def failure_reason(self, sandbox_id: str) -> str:
+        """From the task's `stoppedReason` and its containers' `reason`, which say
+        "OutOfMemoryError" for a container killed for memory (see
+        https://docs.aws.amazon.com/AmazonECS/latest/developerguide/stopped-task-error-codes.html)."""
+        task = await self._describe_task(sandbox_id)
+        if task is None:
+            return "its task is gone"
+        if task.get("lastStatus") != "STOPPED":
+            return ""
+        reasons = [str(c.get("reason", "")) for c in task.get("containers", [])]
+        if any("OutOfMemory" in reason for reason in reasons):
+            return "it ran out of memory"
+        stopped = str(task.get("stoppedReason", ""))
+        return f"its task stopped: {stopped}" if stopped else "its task stopped"
+
     async def logs(self, sandbox_id: str, tail: int = 200) -> str:
         log_group = self._config.log_group
         if not log_group:

@@ -301,6 +301,17 @@ class LocalProvider:
             return await trio.to_thread.run_sync(_is_adopted_server_running, sandbox)
         return sandbox.server is None or sandbox.server.returncode is None
 
+    async def failure_reason(self, sandbox_id: str) -> str:
+        sandbox = self._sandboxes.get(str(self._folder(sandbox_id)))
+        if sandbox is None or not sandbox.folder.is_dir():
+            return "its folder was removed"
+        code = sandbox.server.returncode if sandbox.server is not None else None
+        if code is None:
+            return ""
+        if code < 0:
+            return f"its sandbox-agent server was killed (signal {-code})"
+        return f"its sandbox-agent server exited with code {code}"
+
     async def logs(self, sandbox_id: str, tail: int = 200) -> str:
         """The last `tail` lines of sandbox-agent's output, then the stderr of exec'd processes;
         credentials replaced by `***`."""

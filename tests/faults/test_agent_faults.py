@@ -272,8 +272,8 @@ async def test_an_out_of_memory_sandbox_ends_the_session_clearly_and_leaves_no_c
     inside the sandbox is no sandbox fault. Second session: the command first makes the
     sandbox's main process (the agent gate) the OOM killer's choice; the container stops
     (OOMKilled true, exit 137) and the user sees "Session `…` failed: the sandbox stopped
-    unexpectedly" within about 3 s, without a word about memory (see the report). Sessions
-    lost 0, sandboxes leaked 0, and a new /task answers at once.
+    unexpectedly: it ran out of memory (limit 1 GiB)" within about 3 s. Sessions lost 0,
+    sandboxes leaked 0, and a new /task answers at once.
     """
     tg_seen: dict[str, str] = {}
     async with fault_world_for(nursery, tmp_path, docker={"memory": OOM_LIMIT}) as world:
@@ -304,7 +304,9 @@ async def test_an_out_of_memory_sandbox_ends_the_session_clearly_and_leaves_no_c
                 assert state is not None, "removed before it was seen stopped"
                 await trio.sleep(0.1)
         assert (state["OOMKilled"], state["ExitCode"]) == (True, 137), state
-        notice = await ends_with_notice(world, sid, f"failed: {STOPPED}", after=before)
+        notice = await ends_with_notice(
+            world, sid, f"failed: {STOPPED}: it ran out of memory (limit 1 GiB)", after=before
+        )
         tg_seen["main process"] = notice.text
         assert "never shown" not in "\n".join(said_after(world, CHAT, before))
         await assert_settled(world)
@@ -327,8 +329,9 @@ async def test_a_sandbox_too_small_for_the_agent_fails_each_session_at_once(
     as soon as the first prompt starts it. The container lives on.
 
     Measured: the user sees "Session `…` failed: lost the connection to the agent: the agent
-    process exited: killed by a signal" about 2 s after /task (true, but it says nothing about
-    memory; see the report); a second /task fails the same way at once, it does not hang.
+    process exited: killed by a signal (a process in it ran out of memory (limit 64 MiB))"
+    about 2 s after /task (the container's cgroup counts the kernel's OOM kills); a second
+    /task fails the same way at once, it does not hang.
     Sessions lost 0, sandboxes leaked 0.
     """
     seen: list[str] = []
@@ -339,6 +342,7 @@ async def test_a_sandbox_too_small_for_the_agent_fails_each_session_at_once(
             notice = await ends_with_notice(
                 world, sid, "failed: lost the connection to the agent", after=before
             )
+            assert "a process in it ran out of memory (limit 64 MiB)" in notice.text, notice.text
             seen.append(notice.text)
             assert "Hello there." not in "\n".join(said_after(world, CHAT, before))
             await assert_settled(world)
