@@ -456,7 +456,7 @@ async def test_a_sandbox_that_cannot_be_created_fails_the_session_with_the_reaso
     provider = FakeProvider(create_error=SandboxError("image anycode-sandbox:latest not found"))
     rig = await start_session(nursery, store, monkeypatch, agent, provider)
     assert await rig.closed() == SessionClosed(rig.sid, "failed")
-    reason = "Failed to start: image anycode-sandbox:latest not found"
+    reason = "could not start: image anycode-sandbox:latest not found"
     assert await rig.status() == (SessionStatus.FAILED, reason)
     assert rig.client.texts() == [f"Session `{rig.short}` failed: {reason}"]
     assert provider.alive == []

@@ -69,6 +69,7 @@ from anycode_actors.sandboxes.base import (
     SandboxHandle,
     SandboxProvider,
     SandboxSpec,
+    SandboxUnavailable,
     describe_loss,
     failure_reason,
 )
@@ -380,8 +381,16 @@ class SessionActor(Actor[SessionInbox]):
         with self._start_scope:
             try:
                 handle = await self._provider.create(spec)
+            except SandboxUnavailable as exc:
+                await self._outbox.send(
+                    _StartFailed(
+                        f"could not start, sandboxes cannot be created right now ({exc}). "
+                        "Nothing ran; send the task again in a few minutes."
+                    )
+                )
+                return
             except AnycodeError as exc:
-                await self._outbox.send(_StartFailed(f"Failed to start: {exc}"))
+                await self._outbox.send(_StartFailed(f"could not start: {exc}"))
                 return
             # Owned from this moment, before the next checkpoint: a cancel that comes now ends
             # the actor without reading `_Started`, and the cleanup must still remove it.

@@ -9,6 +9,7 @@ from anycode_actors.sandboxes.base import (
     SandboxInfo,
     SandboxProvider,
     SandboxSpec,
+    SandboxUnavailable,
     describe_loss,
     new_agent_token,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "SandboxInfo",
     "SandboxProvider",
     "SandboxSpec",
+    "SandboxUnavailable",
     "describe_loss",
     "new_agent_token",
 ]

@@ -38,6 +38,11 @@ class SandboxError(AnycodeError):
     it never contains credentials."""
 
 
+class SandboxUnavailable(SandboxError):
+    """Where sandboxes run cannot be reached right now (the Docker engine is down or
+    restarting): nothing was created, and the same request may well work in a few minutes."""
+
+
 def new_agent_token() -> str:
     """A fresh per-sandbox bearer token for sandbox-agent: 32 random bytes, URL-safe base64.
 

@@ -61,6 +61,7 @@ from anycode_actors.sandboxes.base import (
     SandboxHandle,
     SandboxInfo,
     SandboxSpec,
+    SandboxUnavailable,
     hard_links,
     new_agent_token,
 )
@@ -138,6 +139,10 @@ class _EngineError(SandboxError):
         self.explanation = explanation
         self.image_missing = image_missing
         self.unreachable = unreachable
+
+
+class _EngineUnreachable(_EngineError, SandboxUnavailable):
+    """No connection to the engine could be made."""
 
 
 class _PortTakenError(SandboxError):
@@ -806,7 +811,7 @@ class DockerProvider:
 
 
 def _unreachable(what: str) -> _EngineError:
-    return _EngineError(
+    return _EngineUnreachable(
         f"could not {what}: cannot reach the Docker engine "
         "(is dockerd running, and may this user use its socket?)",
         unreachable=True,

@@ -461,8 +461,9 @@ async def test_an_unreachable_docker_engine_refuses_new_tasks_and_recovers_when_
     not through the engine; the watchdog's failed liveness checks count as alive): /status
     lists it as running, its turn finishes, and its "completed" notice comes once its sandbox
     is removed, which the provider retries until the engine answers. A /task during the outage
-    gets "Session `…` failed: Failed to start: could not create a container from image …:
-    cannot reach the Docker engine (is dockerd running, and may this user use its socket?)".
+    gets "Session `…` failed: could not start, sandboxes cannot be created right now (could
+    not create a container from image …: cannot reach the Docker engine (is dockerd running,
+    and may this user use its socket?)). Nothing ran; send the task again in a few minutes.".
     When the engine is back a new /task answers at once. Sessions lost 0, sandboxes leaked 0.
     """
     engine = EngineProxy()
@@ -518,4 +519,5 @@ async def test_an_unreachable_docker_engine_refuses_new_tasks_and_recovers_when_
         f"session completed {completed_after_up:.1f} s after the engine returned",
     )
     assert statuses == {in_flight: SessionStatus.COMPLETED, refused: SessionStatus.FAILED}
-    assert "Failed to start" in refusal.text
+    assert "sandboxes cannot be created right now" in refusal.text
+    assert "send the task again in a few minutes" in refusal.text
