@@ -133,13 +133,13 @@ _V4_UPLOADS: Final = (
     """,
 )
 
-# Events were stored under their class name, with every field that was not None, "" or empty;
-# since v5 `events.type` holds a versioned tag chosen in `anycode_actors.agents.events`, whose
-# `from_record` reads the tag's required fields only from the payload. This step renames the
-# nine kinds and fills in the required fields the old form left out, with the values it left
-# out. It is written out here rather than taken from the events module so that it stays what it
-# was when it shipped. A row under any other name is left as it is (it reads as an unknown
-# event).
+# Up to v4 an event was stored under its class name, with every field except seq that was not
+# None, "" or empty. From v5 `events.type` holds a versioned tag chosen in
+# `anycode_actors.agents.events`, and `from_record` needs each required field of the tag in the
+# payload, even when it is None or "". This step renames the nine kinds and puts back the
+# required fields the old form left out, with the value that made it leave them out. It is
+# written out here, not taken from the events module, so that it stays what it was when it
+# shipped. A row under any other name is left as it is (it reads as an unknown event).
 _V5_EVENT_TAGS: Final[Mapping[str, tuple[str, Mapping[str, Any]]]] = {
     "TextDelta": ("text_delta/1", {"text": ""}),
     "ThoughtDelta": ("thought_delta/1", {"text": ""}),
