@@ -45,7 +45,14 @@ from anycode_actors.actors.session import Recovered, SessionActor
 from anycode_actors.actors.session_api import SessionClosed, SessionHandle
 from anycode_actors.actors.stream import Resume
 from anycode_actors.actors.watchdog import ORPHAN_AGE, Watchdog
-from anycode_actors.agents import PermissionOption, PermissionRequested
+from anycode_actors.agents import (
+    PermissionRequested,
+    PermissionResolved,
+    TextDelta,
+    ToolCall,
+    TurnEnded,
+)
+from anycode_actors.agents.events import UnknownEvent
 from anycode_actors.chat.base import ButtonPress, ChatClient, ChatRef
 from anycode_actors.config import Config
 from anycode_actors.errors import AnycodeError
@@ -413,21 +420,29 @@ class Daemon:
                 log.warning("session %s: %s", short_id(session.id), exc)
 
     async def _resume_point(self, session: Session) -> Resume:
-        events = await self.store.events(session.id)
         cursor = None
         turn_running = True
         pending: dict[str, PermissionRequested] = {}
-        for event in events:
-            payload = event.payload
-            cursor = payload.get("cursor", cursor)
-            if event.type == "TurnEnded":
+        for stored in await self.store.events(session.id):
+            event = stored.event
+            if event.cursor is not None:
+                cursor = event.cursor
+            if isinstance(event, UnknownEvent):
+                # Written by a newer version, or damaged: nothing here depends on it.
+                log.warning(
+                    "session %s: event %d skipped: %s",
+                    short_id(session.id),
+                    event.seq,
+                    event.reason,
+                )
+            elif isinstance(event, TurnEnded):
                 turn_running = False
-            elif event.type in ("TextDelta", "ToolCall", "PermissionRequested"):
+            elif isinstance(event, TextDelta | ToolCall | PermissionRequested):
                 turn_running = True
-            if event.type == "PermissionRequested":
-                pending[payload["key"]] = _permission_from(payload, event.seq)
-            elif event.type == "PermissionResolved":
-                pending.pop(payload.get("key", ""), None)
+            if isinstance(event, PermissionRequested):
+                pending[event.key] = event
+            elif isinstance(event, PermissionResolved):
+                pending.pop(event.key, None)
         assert session.agent_session_id is not None
         return Resume(
             agent_session_id=session.agent_session_id,
@@ -436,23 +451,6 @@ class Daemon:
             turn_running=turn_running,
             permissions=tuple(pending.values()),
         )
-
-
-def _permission_from(payload: Any, seq: int) -> PermissionRequested:
-    options = tuple(
-        PermissionOption(option_id=o["option_id"], name=o["name"], kind=o["kind"])
-        for o in payload.get("options", ())
-    )
-    return PermissionRequested(
-        seq=seq,
-        cursor=payload.get("cursor"),
-        key=payload["key"],
-        request_id=payload["request_id"],
-        tool_call_id=payload.get("tool_call_id"),
-        title=payload.get("title"),
-        input_summary=payload.get("input_summary", ""),
-        options=options,
-    )
 
 
 async def run_until_signalled(config: Config) -> int:

@@ -18,6 +18,7 @@ import pytest
 import trio
 
 from anycode_actors.actors.retention import Retention
+from anycode_actors.agents import TextDelta
 from anycode_actors.store import Purged, SessionStatus, StoreClosed
 from supervisors import ChildSpec, ChildState, Registry, Supervisor
 from tests.actor_fakes import InlineStore
@@ -144,7 +145,7 @@ async def test_a_session_loses_its_history_at_the_first_run_past_its_retention(
         )
         for session in (ended, live):
             for seq in (1, 2):
-                await store.append_event(session.id, seq, "TextDelta", {"text": "x"})
+                await store.append_event(session.id, TextDelta(seq=seq, text="x"))
             await store.create_interaction(session.id, "question")
         for step in (SessionStatus.STARTING, SessionStatus.RUNNING, SessionStatus.COMPLETED):
             assert await store.transition(ended.id, step)

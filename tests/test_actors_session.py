@@ -9,7 +9,7 @@ records and what the sandbox and the agent are told.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 import trio
@@ -195,15 +195,13 @@ async def test_every_agent_event_is_stored_with_its_seq(
     rig = await start_session(nursery, store, monkeypatch, agent)
     await rig.closed()
     events = await store.events(rig.sid)
-    assert [(e.seq, e.type) for e in events] == [
-        (1, "TextDelta"),
-        (2, "ToolCall"),
-        (3, "TextDelta"),
-        (4, "TurnEnded"),
+    assert [e.event for e in events] == [
+        TextDelta(seq=1, text="Reading. "),
+        replace(tool, seq=2),
+        TextDelta(seq=3, text="Done."),
+        TurnEnded(seq=4, stop_reason="end_turn"),
     ]
-    assert events[0].payload == {"text": "Reading. "}
-    assert events[1].payload["title"] == "Read login.py"
-    assert events[3].payload == {"stop_reason": "end_turn"}
+    assert [e.seq for e in events] == [1, 2, 3, 4]
     stored = await store.get_session(rig.sid)
     assert stored is not None and stored.last_event_seq == 4
 
@@ -658,8 +656,8 @@ async def test_a_recovered_session_adopts_its_message_and_streams_new_output_int
     handle = provider.add(session.id)
     await store.set_sandbox(session.id, handle.id, handle.endpoint or "")
     await store.set_agent_session_id(session.id, "agent-session-1")
-    await store.append_event(session.id, 1, "TextDelta", {"text": "Hello "})
-    await store.append_event(session.id, 2, "TextDelta", {"text": "world"})
+    await store.append_event(session.id, TextDelta(seq=1, text="Hello "))
+    await store.append_event(session.id, TextDelta(seq=2, text="world"))
     await store.set_stream_message(session.id, "900", 1, 0)
     stored = await store.get_session(session.id)
     assert stored is not None
@@ -705,7 +703,7 @@ async def test_a_recovered_session_keeps_its_pending_permission_answerable(
     provider = FakeProvider()
     handle = provider.add(session.id)
     request = asks("5")
-    await store.append_event(session.id, 1, "PermissionRequested", {"key": "5"})
+    await store.append_event(session.id, replace(request, seq=1))
     options = [InteractionOption(o.option_id, o.name, o.kind) for o in request.options]
     interaction = await store.create_interaction(
         session.id, "permission", request_id="5", tool_call_id="tool-5", options=options
@@ -820,8 +818,8 @@ async def test_a_recovered_session_whose_turn_had_ended_sends_the_files_not_yet_
     handle = provider.add(session.id)
     await store.set_sandbox(session.id, handle.id, handle.endpoint or "")
     await store.set_agent_session_id(session.id, "agent-session-1")
-    await store.append_event(session.id, 1, "TextDelta", {"text": "Done."})
-    await store.append_event(session.id, 2, "TurnEnded", {"stop_reason": "end_turn"})
+    await store.append_event(session.id, TextDelta(seq=1, text="Done."))
+    await store.append_event(session.id, TurnEnded(seq=2, stop_reason="end_turn"))
     await store.record_upload(session.id, "sent.txt", len(b"already there"))
     stored = await store.get_session(session.id)
     assert stored is not None

@@ -355,11 +355,11 @@ async def test_unknown_updates_and_garbage_do_not_end_the_session(autojump_clock
         await peer.say({"method": "_custom/notice", "params": {"sessionId": SESSION, "x": 1}})
         await peer.text("still here")
         events = [await next_event(session) for _ in range(4)]
-        assert [(type(e).__name__, getattr(e, "kind", None)) for e in events] == [
-            ("Raw", "session/update:plan"),
-            ("Raw", "malformed"),
-            ("Raw", "_custom/notice"),
-            ("TextDelta", None),
+        assert [(type(e), getattr(e, "kind", None)) for e in events] == [
+            (Raw, "session/update:plan"),
+            (Raw, "malformed"),
+            (Raw, "_custom/notice"),
+            (TextDelta, None),
         ]
         assert [e.seq for e in events] == [1, 2, 3, 4]
 
@@ -448,10 +448,10 @@ async def test_cancel_sends_session_cancel_then_answers_every_pending_permission
         ]
         await peer.answer(prompt, {"stopReason": "cancelled"})
         events = [await next_event(session) for _ in range(3)]
-        assert [(type(e).__name__, getattr(e, "by", None)) for e in events] == [
-            ("PermissionResolved", "cancel"),
-            ("PermissionResolved", "cancel"),
-            ("TurnEnded", None),
+        assert [(type(e), getattr(e, "by", None)) for e in events] == [
+            (PermissionResolved, "cancel"),
+            (PermissionResolved, "cancel"),
+            (TurnEnded, None),
         ]
         assert await turn.wait() == "cancelled"
         assert session.pending_permissions == ()
@@ -464,10 +464,10 @@ async def test_a_turn_that_ends_reports_its_unanswered_permissions(autojump_cloc
         await peer.ask_permission(0)
         await peer.answer(prompt, {"stopReason": "cancelled"})
         events = [await next_event(session) for _ in range(3)]
-        assert [type(e).__name__ for e in events] == [
-            "PermissionRequested",
-            "PermissionResolved",
-            "TurnEnded",
+        assert [type(e) for e in events] == [
+            PermissionRequested,
+            PermissionResolved,
+            TurnEnded,
         ]
         assert (events[1].outcome, events[1].by) == ("cancelled", "cancel")
         assert session.pending_permissions == ()

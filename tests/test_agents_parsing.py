@@ -585,15 +585,15 @@ def observe(observer: AcpxObserver, lines: list[str]) -> list[Any]:
 def test_acpx_turn_becomes_the_same_events_with_the_policy() -> None:
     observer = AcpxObserver("approve-all")
     events = observe(observer, ACPX_TURN)
-    kinds = [type(event).__name__ for event in events]
+    kinds = [type(event) for event in events]
     assert kinds == [
-        "TextDelta",
-        "ToolCall",
-        "PermissionRequested",
-        "PermissionResolved",
-        "Raw",
-        "ToolCall",
-        "TurnEnded",
+        TextDelta,
+        ToolCall,
+        PermissionRequested,
+        PermissionResolved,
+        Raw,
+        ToolCall,
+        TurnEnded,
     ]
     permission = events[2]
     assert permission.policy == "approve-all"
@@ -621,10 +621,10 @@ def test_acpx_answers_are_told_apart_when_both_sides_use_the_same_id() -> None:
             '{"jsonrpc":"2.0","id":2,"result":{"stopReason":"end_turn"}}',
         ],
     )
-    assert [type(event).__name__ for event in events] == [
-        "PermissionRequested",
-        "PermissionResolved",
-        "TurnEnded",
+    assert [type(event) for event in events] == [
+        PermissionRequested,
+        PermissionResolved,
+        TurnEnded,
     ]
     assert events[1].option_kind == "reject_once"
     assert events[1].by == "policy"

@@ -23,6 +23,7 @@ from anycode_actors.agents import (
     ToolCall,
     TurnEnded,
 )
+from anycode_actors.agents.events import to_record
 from anycode_actors.chat.base import ButtonPress
 from anycode_actors.store import Store
 from tests.actor_fakes import ADA, ALLOW_ONCE, CHAT, FakeAgent, asks, memory_store
@@ -235,7 +236,7 @@ async def test_an_agent_that_prints_its_environment_leaks_no_credential_into_cha
     assert f"and the token {REDACTED}." in chat
     assert f"▸ env | grep {REDACTED}" in chat
     assert f"Agent error: the key {REDACTED} was refused" in chat
-    stored = json.dumps([e.payload for e in await store.events(rig.session.id)])
+    stored = json.dumps([to_record(e.event)[1] for e in await store.events(rig.session.id)])
     assert stored.count(REDACTED) == 8  # 3 streamed, 1 title, 3 output, 1 error
     for secret in (KEY, GITHUB, SANDBOX_TOKEN):
         for place in (chat, stored):

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import trio
 
+from anycode_actors.agents import TextDelta
 from anycode_actors.store import MIGRATIONS, SCHEMA_VERSION, SessionStatus, Store
 
 S = SessionStatus
@@ -152,7 +153,7 @@ async def test_a_write_waiting_for_the_lock_leaves_the_event_loop_running(
         results: list[bool] = []
 
         async def write() -> None:
-            results.append(await store.append_event(sid, 1, "t", {}))
+            results.append(await store.append_event(sid, TextDelta(seq=1, text="t")))
             finished.set()
 
         ticks = 0
@@ -185,7 +186,7 @@ async def test_a_write_in_flight_finishes_even_if_its_caller_is_cancelled(
 
         async def write() -> None:
             with writer_scope:
-                await store.append_event(sid, 1, "t", {})
+                await store.append_event(sid, TextDelta(seq=1, text="t"))
             returned.set()
 
         async with trio.open_nursery() as nursery:
@@ -220,7 +221,7 @@ async def test_every_sqlite_statement_runs_off_the_event_loop_one_call_at_a_time
         async with trio.open_nursery() as nursery:
             for sid in ids:
                 for seq in range(1, 11):
-                    nursery.start_soon(store.append_event, sid, seq, "t", {"seq": seq})
+                    nursery.start_soon(store.append_event, sid, TextDelta(seq=seq, text="t"))
                 nursery.start_soon(store.transition, sid, S.STARTING)
                 nursery.start_soon(store.events, sid)
                 nursery.start_soon(store.create_interaction, sid, "question")
@@ -245,7 +246,7 @@ async def test_two_stores_writing_at_once_never_see_database_is_locked(tmp_path:
         async def write_all(store: Store, ids: list[str]) -> None:
             for seq in range(1, 41):
                 for sid in ids:
-                    await store.append_event(sid, seq, "t", {"seq": seq})
+                    await store.append_event(sid, TextDelta(seq=seq, text="t"))
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(write_all, a, ids_a)

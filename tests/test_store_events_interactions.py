@@ -4,7 +4,10 @@ permission requests waiting for a human) in the store."""
 from __future__ import annotations
 
 import re
+import sqlite3
 from collections.abc import AsyncIterator
+from contextlib import closing
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,20 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from anycode_actors.agents.events import (
+    AgentEvent,
+    ErrorEvent,
+    PermissionOption,
+    PermissionRequested,
+    PermissionResolved,
+    Raw,
+    SessionEnded,
+    TextDelta,
+    ThoughtDelta,
+    ToolCall,
+    TurnEnded,
+    UnknownEvent,
+)
 from anycode_actors.store import (
     InteractionKind,
     InteractionOption,
@@ -41,21 +58,25 @@ async def new_session(store: Store) -> Session:
 # --- events ---
 
 
+def delta(seq: int, text: str = "x") -> TextDelta:
+    return TextDelta(seq=seq, text=text)
+
+
 async def test_a_duplicate_seq_is_ignored_and_the_first_copy_kept(store: Store) -> None:
     session = await new_session(store)
-    assert await store.append_event(session.id, 1, "item.delta", {"delta": "hello"})
-    assert not await store.append_event(session.id, 1, "item.delta", {"delta": "replayed"})
+    assert await store.append_event(session.id, delta(1, "hello"))
+    assert not await store.append_event(session.id, delta(1, "replayed"))
     events = await store.events(session.id)
-    assert [(e.seq, e.type, e.payload) for e in events] == [(1, "item.delta", {"delta": "hello"})]
+    assert [(e.seq, e.event) for e in events] == [(1, delta(1, "hello"))]
     assert events[0].session_id == session.id
 
 
 async def test_last_event_seq_follows_the_highest_stored_seq(store: Store) -> None:
     session = await new_session(store)
     assert await store.last_seq(session.id) == 0
-    await store.append_event(session.id, 1, "a", {})
-    await store.append_event(session.id, 3, "c", {})
-    await store.append_event(session.id, 2, "b", {})  # late, must not move it back
+    await store.append_event(session.id, delta(1))
+    await store.append_event(session.id, delta(3))
+    await store.append_event(session.id, delta(2))  # late, must not move it back
     assert await store.last_seq(session.id) == 3
     stored = await store.get_session(session.id)
     assert stored is not None and stored.last_event_seq == 3
@@ -65,33 +86,100 @@ async def test_last_event_seq_follows_the_highest_stored_seq(store: Store) -> No
 async def test_events_after_a_seq_come_in_seq_order_per_session(store: Store) -> None:
     one, two = await new_session(store), await new_session(store)
     for seq in (4, 1, 3, 2, 5):
-        await store.append_event(one.id, seq, "t", {"n": seq})
-    await store.append_event(two.id, 1, "t", {"n": "other"})
+        await store.append_event(one.id, delta(seq, str(seq)))
+    await store.append_event(two.id, delta(1, "other"))
     assert [e.seq for e in await store.events(one.id)] == [1, 2, 3, 4, 5]
     assert [e.seq for e in await store.events(one.id, after_seq=2)] == [3, 4, 5]
     assert [e.seq for e in await store.events(one.id, after_seq=2, limit=2)] == [3, 4]
     assert await store.events(one.id, after_seq=5) == []
-    assert [e.payload for e in await store.events(two.id)] == [{"n": "other"}]
+    assert [e.event for e in await store.events(two.id)] == [delta(1, "other")]
 
 
-async def test_payloads_round_trip_as_json(store: Store) -> None:
+EVERY_KIND: list[AgentEvent] = [
+    TextDelta(text="héllo ✓ 日本", cursor="c-1"),
+    ThoughtDelta(text="thinking"),
+    ToolCall(tool_call_id="t1", phase="started", title="Run ls", kind="execute"),
+    ToolCall(
+        tool_call_id="t1",
+        phase="completed",
+        status="failed",
+        input_summary="ls",
+        tool_name="Bash",
+        output_summary="no such file",
+    ),
+    PermissionRequested(
+        key='"a-1"',
+        request_id="a-1",
+        tool_call_id=None,
+        title=None,
+        input_summary="",
+        options=(PermissionOption("ok", "Allow", "allow_once"),),
+        policy="approve-all",
+    ),
+    PermissionResolved(key="7", outcome="selected", option_id="ok", option_kind="allow_once"),
+    PermissionResolved(key="8", outcome="cancelled", by="cancel"),
+    TurnEnded(stop_reason="error", message="the prompt failed"),
+    ErrorEvent(message="rate limited", code=-32000, details="retry later"),
+    SessionEnded(reason="connection_lost", message="gone"),
+    Raw(kind="session/update:plan", payload={"nested": {"list": [1, 2.5, None, True]}, "n": 2**40}),
+    Raw(kind="malformed", payload=None),
+]
+
+
+async def test_every_kind_of_event_reads_back_equal(store: Store) -> None:
     session = await new_session(store)
-    payload = {"text": "héllo ✓ 日本", "nested": {"list": [1, 2.5, None, True]}, "n": 2**40}
-    await store.append_event(session.id, 1, "item.completed", payload)
-    (event,) = await store.events(session.id)
-    assert event.payload == payload
+    stored = [replace(event, seq=seq) for seq, event in enumerate(EVERY_KIND, start=1)]
+    for event in stored:
+        assert await store.append_event(session.id, event)
+    assert [e.event for e in await store.events(session.id)] == stored
+
+
+async def test_a_row_this_code_cannot_read_comes_back_as_an_unknown_event(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "store.db"
+    async with Store.open(path) as store:
+        session = await new_session(store)
+        await store.append_event(session.id, delta(1, "before"))
+        with closing(sqlite3.connect(path, isolation_level=None)) as other:
+            # What a newer version might write: a tag this one does not know, a payload that
+            # does not fit a known tag, and (a damaged file) text that is not JSON.
+            other.executemany(
+                "INSERT INTO events (session_id, seq, type, payload, created_at)"
+                " VALUES (?, ?, ?, ?, '2026-01-01T00:00:00.000000+00:00')",
+                [
+                    (session.id, 2, "plan/1", '{"steps":["a"],"cursor":"c-2"}'),
+                    (session.id, 3, "turn_ended/1", '{"stop_reason":7}'),
+                    (session.id, 4, "text_delta/1", "{not json"),
+                ],
+            )
+        await store.append_event(session.id, delta(5, "after"))
+        events = [e.event for e in await store.events(session.id)]
+    assert events[0] == delta(1, "before") and events[4] == delta(5, "after")
+    plan, unfit, broken = events[1:4]
+    assert plan == UnknownEvent(
+        seq=2,
+        cursor="c-2",
+        tag="plan/1",
+        payload={"steps": ["a"], "cursor": "c-2"},
+        reason="unknown tag 'plan/1'",
+    )
+    assert isinstance(unfit, UnknownEvent) and unfit.seq == 3
+    assert unfit.reason == "turn_ended/1: 'stop_reason' is not a string"
+    assert isinstance(broken, UnknownEvent) and broken.seq == 4
+    assert (broken.payload, broken.reason.startswith("not JSON")) == ("{not json", True)
 
 
 async def test_bad_events_are_refused(store: Store) -> None:
     session = await new_session(store)
     with pytest.raises(ValueError):
-        await store.append_event(session.id, 0, "t", {})
+        await store.append_event(session.id, delta(0))
     with pytest.raises(UnknownSession):
-        await store.append_event("missing", 1, "t", {})
+        await store.append_event("missing", delta(1))
     with pytest.raises(UnknownSession):
         await store.last_seq("missing")
     with pytest.raises(TypeError):
-        await store.append_event(session.id, 1, "t", {"not json": object()})
+        await store.append_event(session.id, Raw(seq=1, kind="x", payload={"no": object()}))
     assert await store.events(session.id) == []
 
 
@@ -101,13 +189,13 @@ async def test_any_delivery_order_stores_each_seq_once(seqs: list[int]) -> None:
     async with Store.open(":memory:") as store:
         session = await new_session(store)
         inserted = [
-            await store.append_event(session.id, s, "t", {"i": i}) for i, s in enumerate(seqs)
+            await store.append_event(session.id, delta(s, str(i))) for i, s in enumerate(seqs)
         ]
         first_index = {s: seqs.index(s) for s in seqs}
         assert inserted == [first_index[s] == i for i, s in enumerate(seqs)]
         events = await store.events(session.id)
         assert [e.seq for e in events] == sorted(set(seqs))
-        assert all(e.payload == {"i": first_index[e.seq]} for e in events)
+        assert all(e.event == delta(e.seq, str(first_index[e.seq])) for e in events)
         assert await store.last_seq(session.id) == max(seqs, default=0)
 
 
@@ -118,7 +206,7 @@ async def test_concurrent_duplicate_deliveries_insert_once(tmp_path: Path) -> No
         wins: list[bool] = []
 
         async def deliver(store: Store, seq: int) -> None:
-            wins.append(await store.append_event(session.id, seq, "t", {}))
+            wins.append(await store.append_event(session.id, delta(seq)))
 
         async with trio.open_nursery() as nursery:
             for seq in range(1, 21):

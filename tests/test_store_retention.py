@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from anycode_actors.agents import TextDelta
 from anycode_actors.store import Purged, Session, SessionStatus, Store
 
 S = SessionStatus
@@ -41,7 +42,7 @@ async def session_with_history(
         platform="telegram", chat="100", user="u1", agent="claude", prompt="fix it"
     )
     for seq in range(1, events + 1):
-        assert await store.append_event(session.id, seq, "TextDelta", {"text": f"part {seq}"})
+        assert await store.append_event(session.id, TextDelta(seq=seq, text=f"part {seq}"))
     for _ in range(interactions):
         await store.create_interaction(session.id, "permission")
     for step in PATH_TO[status]:

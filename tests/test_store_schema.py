@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from sqlite_utils import Database
 
+from anycode_actors.agents import TextDelta
 from anycode_actors.errors import AnycodeError
 from anycode_actors.store import (
     DEFAULT_BUSY_TIMEOUT,
@@ -184,7 +185,7 @@ async def test_every_timestamp_is_iso_8601_utc_in_one_format(
         live = await store.create_session(
             platform="slack", chat="C1", user="U", agent="codex", prompt="p"
         )
-        await store.append_event(live.id, 1, "t", {})
+        await store.append_event(live.id, TextDelta(seq=1, text="t"))
         answered = await store.create_interaction(live.id, "question")
         await store.resolve_interaction(answered.id, answer="a", resolved_by="U")
         await store.create_interaction(live.id, "permission")

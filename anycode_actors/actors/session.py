@@ -11,12 +11,11 @@ written to the event log with its sequence number before anything is shown.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
 import trio
 
@@ -58,8 +57,11 @@ from anycode_actors.agents import (
     PermissionRequested,
     PermissionResolved,
     SessionEnded,
+    TextDelta,
+    ToolCall,
     TurnEnded,
 )
+from anycode_actors.agents.events import StoredEvent
 from anycode_actors.chat.base import Button, ButtonPress, ChatRef
 from anycode_actors.chat.text import clean_display_text
 from anycode_actors.config import Config, SessionConfig
@@ -314,13 +316,13 @@ class SessionActor(Actor[SessionInbox]):
         if session.stream_message_id is not None and session.stream_mark is not None and events:
             pieces: list[tuple[int, str]] = []
             ended = False
-            for index, event in enumerate(events):
-                piece = chat_text(event.type, event.payload) or ""
-                if event.seq == session.stream_mark:
+            for index, stored in enumerate(events):
+                piece = chat_text(stored.event) or ""
+                if stored.seq == session.stream_mark:
                     piece = piece[session.stream_offset :]
-                pieces.append((event.seq, piece))
+                pieces.append((stored.seq, piece))
                 rest = events[index + 1 :]
-                if event.type == "TurnEnded":
+                if isinstance(stored.event, TurnEnded):
                     ended = True
                     break
             message = Adopt(
@@ -329,11 +331,11 @@ class SessionActor(Actor[SessionInbox]):
             await self._flusher.send(message)
             if ended:
                 await self._flusher.send(EndStream(self._id))
-        for event in rest:
-            text = chat_text(event.type, event.payload)
+        for stored in rest:
+            text = chat_text(stored.event)
             if text:
-                await self._flusher.send(Append(self._id, text, mark=event.seq))
-            elif event.type == "TurnEnded":
+                await self._flusher.send(Append(self._id, text, mark=stored.seq))
+            elif isinstance(stored.event, TurnEnded):
                 await self._flusher.send(EndStream(self._id))
         for interaction in await self._store.unresolved_interactions(self._id):
             request = next(
@@ -461,13 +463,12 @@ class SessionActor(Actor[SessionInbox]):
                 self._config, self.session.agent, self._handle, self._recovered
             )
         for event in self._redactor.feed(agent_event):
-            kind, payload = type(event).__name__, _payload(event)
             # Stored before shown: after a crash, the store is the truth of what happened. A
             # seq stored already is a repeat (a resumed stream delivering it again): handled.
-            if not await self._store.append_event(self._id, event.seq, kind, payload):
+            if not await self._store.append_event(self._id, event):
                 continue
             self._events += 1
-            text = chat_text(kind, payload)
+            text = chat_text(event)
             if text:
                 await self._flusher.send(Append(self._id, text, mark=event.seq))
             if isinstance(event, PermissionRequested):
@@ -794,25 +795,20 @@ def _permission_text(request: PermissionRequested) -> str:
     return "\n".join(lines)
 
 
-def chat_text(kind: str, payload: Mapping[str, Any]) -> str | None:
-    """What an agent event adds to the session's streamed message, from its stored form (so a
-    restarted daemon re-sends exactly what a live one would have shown). Reasoning and unknown
-    updates stay in the event log only."""
-    if kind == "TextDelta":
-        return str(payload.get("text", ""))
-    if kind == "ToolCall":
-        what = payload.get("title") or payload.get("tool_name") or payload.get("kind") or "a tool"
-        if payload.get("phase") == "started":
+def chat_text(event: StoredEvent) -> str | None:
+    """What an agent event adds to the session's streamed message. A restarted daemon calls it
+    on the events read back from the store, which are equal to the ones stored, so it re-sends
+    exactly what a live one would have shown. Reasoning, unknown updates and stored events this
+    code cannot read stay in the event log only."""
+    if isinstance(event, TextDelta):
+        return event.text
+    if isinstance(event, ToolCall):
+        what = event.title or event.tool_name or event.kind or "a tool"
+        if event.phase == "started":
             return f"\n▸ {what}\n"
-        if payload.get("phase") == "completed" and payload.get("status") == "failed":
+        if event.phase == "completed" and event.status == "failed":
             return f"✗ {what} failed\n"
     return None
-
-
-def _payload(event: AgentEvent) -> dict[str, Any]:
-    data = dataclasses.asdict(event)
-    data.pop("seq", None)
-    return {k: v for k, v in data.items() if v is not None and v != "" and v != ()}
 
 
 # --- outbox uploads -----------------------------------------------------------------------------

@@ -12,15 +12,22 @@ for permission, the turn ended, something failed, the session is over. Each even
 `normalize()` is the pure part: one JSON-RPC message in, event drafts out (seq 0, no cursor); the
 session numbers them. It never raises: an update it does not know (plans, usage, modes, commands,
 anything newer than this code) becomes a `Raw` event, kept for the audit log.
+
+`to_record()` and `from_record()` are the stored form: a versioned tag ("turn_ended/1") and a
+JSON object. The tags are constants, not class names, so renaming a class or a field changes no
+stored row; a change to what a kind stores gets a new tag version (and a reader for the old
+one, or a store migration). A row this code cannot read, because a newer version wrote a tag it
+does not know or the payload does not fit its tag, comes back as an `UnknownEvent`: recovery
+passes over it instead of failing.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Final, Literal, TypeAlias
+from typing import Any, Final, Literal, TypeAlias, TypeVar, assert_never, get_args
 
 from anycode_actors.agents.jsonrpc import (
     ErrorResponse,
@@ -35,7 +42,17 @@ from anycode_actors.agents.jsonrpc import (
 __all__ = [
     "CANCELLED",
     "ERROR_STOP_REASON",
+    "ERROR_TAG",
+    "EVENT_TAGS",
     "PERMISSION_METHOD",
+    "PERMISSION_REQUESTED_TAG",
+    "PERMISSION_RESOLVED_TAG",
+    "RAW_TAG",
+    "SESSION_ENDED_TAG",
+    "TEXT_DELTA_TAG",
+    "THOUGHT_DELTA_TAG",
+    "TOOL_CALL_TAG",
+    "TURN_ENDED_TAG",
     "UPDATE_METHOD",
     "AgentEvent",
     "EndReason",
@@ -46,15 +63,19 @@ __all__ = [
     "Raw",
     "ResolvedBy",
     "SessionEnded",
+    "StoredEvent",
     "TextDelta",
     "ThoughtDelta",
     "ToolCall",
     "ToolCallMemory",
     "TurnEnded",
+    "UnknownEvent",
+    "from_record",
     "normalize",
     "permission_key",
     "permission_requested",
     "summarize",
+    "to_record",
     "turn_ended",
 ]
 
@@ -422,3 +443,270 @@ class ToolCallMemory:
             title=event.title or known.title,
             input_summary=event.input_summary or known.input_summary,
         )
+
+
+# --- stored form -------------------------------------------------------------------------------
+
+# The tag of each kind in the event log: "<kind>/<version>". Chosen here, never derived from a
+# class name. A payload change that older code would misread (a field renamed, removed or given
+# another meaning) takes the next version; a new optional field may keep it, since readers pass
+# over fields they do not know.
+TEXT_DELTA_TAG: Final = "text_delta/1"
+THOUGHT_DELTA_TAG: Final = "thought_delta/1"
+TOOL_CALL_TAG: Final = "tool_call/1"
+PERMISSION_REQUESTED_TAG: Final = "permission_requested/1"
+PERMISSION_RESOLVED_TAG: Final = "permission_resolved/1"
+TURN_ENDED_TAG: Final = "turn_ended/1"
+ERROR_TAG: Final = "error/1"
+SESSION_ENDED_TAG: Final = "session_ended/1"
+RAW_TAG: Final = "raw/1"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UnknownEvent(_Event):
+    """A stored event this code cannot read: its tag is unknown (a newer version wrote it) or
+    its payload does not fit the tag. Kept as it was stored; whoever replays the log passes over
+    it. `cursor` is the payload's "cursor" when that is a string (every tag stores it there)."""
+
+    tag: str
+    payload: Any
+    """The stored JSON value, as decoded."""
+    reason: str
+
+
+StoredEvent: TypeAlias = AgentEvent | UnknownEvent
+"""What the event log gives back: an agent event, or a row this code cannot read."""
+
+
+def to_record(event: AgentEvent) -> tuple[str, dict[str, Any]]:
+    """The stored form of `event`: its tag and a JSON object. `seq` is stored beside it, not in
+    it; `from_record(tag, payload, seq=event.seq)` gives `event` back.
+
+    Required fields are always written; an optional one is left out while it has its default
+    (None, "" or no message), which keeps the rows of streamed text small.
+    """
+    tag: str
+    body: dict[str, Any]
+    if isinstance(event, TextDelta):
+        tag, body = TEXT_DELTA_TAG, {"text": event.text}
+    elif isinstance(event, ThoughtDelta):
+        tag, body = THOUGHT_DELTA_TAG, {"text": event.text}
+    elif isinstance(event, ToolCall):
+        tag, body = TOOL_CALL_TAG, {"tool_call_id": event.tool_call_id, "phase": event.phase}
+        _unless_none(body, status=event.status, title=event.title, kind=event.kind)
+        _unless_none(body, tool_name=event.tool_name)
+        _unless_empty(body, input_summary=event.input_summary)
+        _unless_empty(body, output_summary=event.output_summary)
+    elif isinstance(event, PermissionRequested):
+        tag = PERMISSION_REQUESTED_TAG
+        body = {
+            "key": event.key,
+            "request_id": event.request_id,
+            "tool_call_id": event.tool_call_id,
+            "title": event.title,
+            "input_summary": event.input_summary,
+            "options": [
+                {"option_id": o.option_id, "name": o.name, "kind": o.kind} for o in event.options
+            ],
+        }
+        _unless_none(body, policy=event.policy)
+    elif isinstance(event, PermissionResolved):
+        tag = PERMISSION_RESOLVED_TAG
+        body = {"key": event.key, "outcome": event.outcome, "by": event.by}
+        _unless_none(body, option_id=event.option_id, option_kind=event.option_kind)
+    elif isinstance(event, TurnEnded):
+        tag, body = TURN_ENDED_TAG, {"stop_reason": event.stop_reason}
+        _unless_empty(body, message=event.message)
+    elif isinstance(event, ErrorEvent):
+        tag, body = ERROR_TAG, {"message": event.message}
+        _unless_none(body, code=event.code)
+        _unless_empty(body, details=event.details)
+    elif isinstance(event, SessionEnded):
+        tag, body = SESSION_ENDED_TAG, {"reason": event.reason}
+        _unless_empty(body, message=event.message)
+    elif isinstance(event, Raw):
+        tag, body = RAW_TAG, {"kind": event.kind, "payload": event.payload}
+    else:
+        assert_never(event)
+    _unless_none(body, cursor=event.cursor)
+    return tag, body
+
+
+def from_record(tag: str, payload: Any, *, seq: int = 0) -> StoredEvent:
+    """The event stored as `tag` with `payload` (the decoded JSON), numbered `seq`.
+
+    Never raises: a tag this code does not know, or a payload without a field its tag needs (or
+    with one of the wrong type), gives an `UnknownEvent` that says why.
+    """
+    cursor = payload.get("cursor") if isinstance(payload, Mapping) else None
+    cursor = cursor if isinstance(cursor, str) else None
+    decode = _DECODERS.get(tag)
+    if decode is None:
+        reason = f"unknown tag {tag!r}"
+    elif not isinstance(payload, Mapping):
+        reason = f"{tag}: the payload is not a JSON object"
+    else:
+        try:
+            return decode(_Fields(payload, seq))
+        except _Unfit as exc:
+            reason = f"{tag}: {exc}"
+    return UnknownEvent(seq=seq, cursor=cursor, tag=tag, payload=payload, reason=reason)
+
+
+def _unless_none(body: dict[str, Any], **fields: Any) -> None:
+    body.update((name, value) for name, value in fields.items() if value is not None)
+
+
+def _unless_empty(body: dict[str, str], **fields: str) -> None:
+    body.update((name, value) for name, value in fields.items() if value != "")
+
+
+class _Unfit(ValueError):
+    """A stored payload lacks a field its tag needs, or has one of the wrong type."""
+
+
+_Choice = TypeVar("_Choice", bound=str)
+_MISSING: Final = object()
+_TOOL_PHASES: Final[tuple[ToolPhase, ...]] = get_args(ToolPhase)
+_RESOLUTIONS: Final[tuple[Resolution, ...]] = get_args(Resolution)
+_RESOLVERS: Final[tuple[ResolvedBy, ...]] = get_args(ResolvedBy)
+_END_REASONS: Final[tuple[EndReason, ...]] = get_args(EndReason)
+
+
+class _Fields:
+    """Typed reads of one stored payload; a missing or mistyped field raises `_Unfit`."""
+
+    def __init__(self, payload: Mapping[str, Any], seq: int) -> None:
+        self._payload = payload
+        self.seq = seq
+        self.cursor = self.text_or_none("cursor", required=False)
+
+    def _get(self, name: str, default: Any) -> Any:
+        if name in self._payload:
+            return self._payload[name]
+        if default is _MISSING:
+            raise _Unfit(f"no {name!r}")
+        return default
+
+    def text(self, name: str, default: Any = _MISSING) -> str:
+        value = self._get(name, default)
+        if not isinstance(value, str):
+            raise _Unfit(f"{name!r} is not a string")
+        return value
+
+    def text_or_none(self, name: str, *, required: bool = True) -> str | None:
+        value = self._get(name, _MISSING if required else None)
+        if value is not None and not isinstance(value, str):
+            raise _Unfit(f"{name!r} is neither a string nor null")
+        return value
+
+    def int_or_none(self, name: str) -> int | None:
+        value = self._get(name, None)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise _Unfit(f"{name!r} is neither an integer nor null")
+        return value
+
+    def request_id(self, name: str) -> RequestId:
+        value = self._get(name, _MISSING)
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise _Unfit(f"{name!r} is not a JSON-RPC id")
+        return value
+
+    def choice(self, name: str, choices: tuple[_Choice, ...], default: Any = _MISSING) -> _Choice:
+        value = self._get(name, default)
+        for choice in choices:
+            if value == choice:
+                return choice
+        raise _Unfit(f"{name!r} is not one of {', '.join(choices)}")
+
+    def options(self, name: str) -> tuple[PermissionOption, ...]:
+        value = self._get(name, _MISSING)
+        if not isinstance(value, list):
+            raise _Unfit(f"{name!r} is not a list")
+        options = []
+        for item in value:
+            if not isinstance(item, Mapping):
+                raise _Unfit(f"an item of {name!r} is not an object")
+            option = _Fields(item, 0)
+            options.append(
+                PermissionOption(option.text("option_id"), option.text("name"), option.text("kind"))
+            )
+        return tuple(options)
+
+    def any(self, name: str) -> Any:
+        return self._get(name, _MISSING)
+
+
+def _tool_call_from(f: _Fields) -> ToolCall:
+    return ToolCall(
+        seq=f.seq,
+        cursor=f.cursor,
+        tool_call_id=f.text("tool_call_id"),
+        phase=f.choice("phase", _TOOL_PHASES),
+        status=f.text_or_none("status", required=False),
+        title=f.text_or_none("title", required=False),
+        kind=f.text_or_none("kind", required=False),
+        input_summary=f.text("input_summary", ""),
+        tool_name=f.text_or_none("tool_name", required=False),
+        output_summary=f.text("output_summary", ""),
+    )
+
+
+def _permission_requested_from(f: _Fields) -> PermissionRequested:
+    return PermissionRequested(
+        seq=f.seq,
+        cursor=f.cursor,
+        key=f.text("key"),
+        request_id=f.request_id("request_id"),
+        tool_call_id=f.text_or_none("tool_call_id"),
+        title=f.text_or_none("title"),
+        input_summary=f.text("input_summary"),
+        options=f.options("options"),
+        policy=f.text_or_none("policy", required=False),
+    )
+
+
+def _permission_resolved_from(f: _Fields) -> PermissionResolved:
+    return PermissionResolved(
+        seq=f.seq,
+        cursor=f.cursor,
+        key=f.text("key"),
+        outcome=f.choice("outcome", _RESOLUTIONS),
+        option_id=f.text_or_none("option_id", required=False),
+        option_kind=f.text_or_none("option_kind", required=False),
+        by=f.choice("by", _RESOLVERS),
+    )
+
+
+_DECODERS: Final[Mapping[str, Callable[[_Fields], AgentEvent]]] = {
+    TEXT_DELTA_TAG: lambda f: TextDelta(seq=f.seq, cursor=f.cursor, text=f.text("text")),
+    THOUGHT_DELTA_TAG: lambda f: ThoughtDelta(seq=f.seq, cursor=f.cursor, text=f.text("text")),
+    TOOL_CALL_TAG: _tool_call_from,
+    PERMISSION_REQUESTED_TAG: _permission_requested_from,
+    PERMISSION_RESOLVED_TAG: _permission_resolved_from,
+    TURN_ENDED_TAG: lambda f: TurnEnded(
+        seq=f.seq,
+        cursor=f.cursor,
+        stop_reason=f.text("stop_reason"),
+        message=f.text("message", ""),
+    ),
+    ERROR_TAG: lambda f: ErrorEvent(
+        seq=f.seq,
+        cursor=f.cursor,
+        message=f.text("message"),
+        code=f.int_or_none("code"),
+        details=f.text("details", ""),
+    ),
+    SESSION_ENDED_TAG: lambda f: SessionEnded(
+        seq=f.seq,
+        cursor=f.cursor,
+        reason=f.choice("reason", _END_REASONS),
+        message=f.text("message", ""),
+    ),
+    RAW_TAG: lambda f: Raw(
+        seq=f.seq, cursor=f.cursor, kind=f.text("kind"), payload=f.any("payload")
+    ),
+}
+
+EVENT_TAGS: Final = frozenset(_DECODERS)
+"""Every tag `from_record` reads."""

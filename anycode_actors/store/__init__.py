@@ -10,6 +10,8 @@ Rules the old bot broke, and this package keeps:
 - status changes are compare-and-set in one ``UPDATE ... WHERE status IN (...)``: of two racing
   writers exactly one wins, and a terminal status is never overwritten (a trigger refuses it too);
 - an event is keyed by ``(session_id, seq)``: a repeated delivery is ignored, not duplicated;
+  it is stored under a versioned tag (``to_record`` in ``anycode_actors.agents.events``) and
+  read back typed (``from_record``), a row this code cannot read as an ``UnknownEvent``;
 - every SQLite call runs in a worker thread behind a ``trio.CapacityLimiter(1)``, so the event
   loop never waits on the disk and the connection is never used by two threads at once.
 

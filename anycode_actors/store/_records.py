@@ -10,6 +10,8 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, Final
 
+from ..agents.events import StoredEvent, UnknownEvent, from_record
+
 
 class SessionStatus(StrEnum):
     PENDING = "pending"
@@ -120,12 +122,12 @@ class Interaction:
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """One normalized agent event; ``seq`` orders the events of a session from 1."""
+    """One stored agent event; ``seq`` orders the events of a session from 1 (``event.seq`` is
+    the same number). A row this code cannot read is an ``UnknownEvent`` that says why."""
 
     session_id: str
     seq: int
-    type: str
-    payload: Mapping[str, Any]
+    event: StoredEvent
     created_at: datetime
 
 
@@ -185,10 +187,15 @@ def interaction_from_row(row: Mapping[str, Any]) -> Interaction:
 
 
 def event_from_row(row: Mapping[str, Any]) -> Event:
+    seq = row["seq"]
+    try:
+        payload = json.loads(row["payload"])
+    except ValueError as exc:
+        event: StoredEvent = UnknownEvent(
+            seq=seq, tag=row["type"], payload=row["payload"], reason=f"not JSON: {exc}"
+        )
+    else:
+        event = from_record(row["type"], payload, seq=seq)
     return Event(
-        session_id=row["session_id"],
-        seq=row["seq"],
-        type=row["type"],
-        payload=json.loads(row["payload"]),
-        created_at=_ts(row["created_at"]),
+        session_id=row["session_id"], seq=seq, event=event, created_at=_ts(row["created_at"])
     )

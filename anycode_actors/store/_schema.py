@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from sqlite_utils import Database
 
@@ -132,11 +133,65 @@ _V4_UPLOADS: Final = (
     """,
 )
 
+# Up to v4 an event was stored under its class name, with every field except seq that was not
+# None, "" or empty. From v5 `events.type` holds a versioned tag chosen in
+# `anycode_actors.agents.events`, and `from_record` needs each required field of the tag in the
+# payload, even when it is None or "". This step renames the nine kinds and puts back the
+# required fields the old form left out, with the value that made it leave them out. It is
+# written out here, not taken from the events module, so that it stays what it was when it
+# shipped. A row under any other name is left as it is (it reads as an unknown event).
+_V5_EVENT_TAGS: Final[Mapping[str, tuple[str, Mapping[str, Any]]]] = {
+    "TextDelta": ("text_delta/1", {"text": ""}),
+    "ThoughtDelta": ("thought_delta/1", {"text": ""}),
+    "ToolCall": ("tool_call/1", {"tool_call_id": ""}),
+    "PermissionRequested": (
+        "permission_requested/1",
+        {
+            "key": "",
+            "request_id": "",
+            "tool_call_id": None,
+            "title": None,
+            "input_summary": "",
+            "options": [],
+        },
+    ),
+    "PermissionResolved": ("permission_resolved/1", {"key": ""}),
+    "TurnEnded": ("turn_ended/1", {"stop_reason": ""}),
+    "ErrorEvent": ("error/1", {"message": ""}),
+    "SessionEnded": ("session_ended/1", {}),
+    "Raw": ("raw/1", {"kind": "", "payload": None}),
+}
+_V5_BATCH: Final = 500
+
+
+def _v5_tag_events(db: Database) -> None:
+    names = list(_V5_EVENT_TAGS)
+    marks = ", ".join("?" * len(names))
+    last = 0
+    while True:
+        rows = db.execute(
+            f"SELECT id, type, payload FROM events WHERE id > ? AND type IN ({marks})"
+            " ORDER BY id LIMIT ?",
+            [last, *names, _V5_BATCH],
+        ).fetchall()
+        if not rows:
+            return
+        for row_id, name, text in rows:
+            tag, required = _V5_EVENT_TAGS[name]
+            payload = json.loads(text)
+            if isinstance(payload, dict):
+                payload = {**required, **payload}
+            body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+            db.execute("UPDATE events SET type = ?, payload = ? WHERE id = ?", (tag, body, row_id))
+        last = rows[-1][0]
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "core tables", _V1_CORE_TABLES),
     Migration(2, "indexes for the actors' queries", _V2_QUERY_INDEXES),
     Migration(3, "the message a session streams into", _V3_STREAM_MESSAGE),
     Migration(4, "outbox files delivered", _V4_UPLOADS),
+    Migration(5, "versioned event tags", _v5_tag_events),
 )
 SCHEMA_VERSION: Final = MIGRATIONS[-1].version
 

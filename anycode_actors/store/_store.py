@@ -10,7 +10,7 @@ import sqlite3
 import stat
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence, Sized
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence, Sized
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,6 +20,7 @@ from typing import Any, Final, TypeVar, TypeVarTuple
 import trio
 from sqlite_utils import Database
 
+from ..agents.events import AgentEvent, to_record
 from ._errors import (
     AmbiguousSessionPrefix,
     DatabaseLocked,
@@ -410,17 +411,18 @@ class Store:
 
     # -- events
 
-    async def append_event(
-        self, session_id: str, seq: int, type: str, payload: Mapping[str, Any]
-    ) -> bool:
-        """Store event ``seq`` of the session; False if that seq was already stored.
+    async def append_event(self, session_id: str, event: AgentEvent) -> bool:
+        """Store the session's event number ``event.seq``, in the form ``to_record`` gives it;
+        False if that seq was already stored.
 
         A stream that reconnects may deliver an event twice; the first copy wins and the
         repeat is ignored. ``sessions.last_event_seq`` moves in the same transaction and never
         backwards, so it always names an event that is really stored.
         """
+        seq = event.seq
         if seq < 1:
             raise ValueError(f"event seq starts at 1, got {seq}")
+        tag, payload = to_record(event)
         body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
 
         def insert() -> bool:
@@ -431,7 +433,7 @@ class Store:
                 cursor = db.execute(
                     "INSERT INTO events (session_id, seq, type, payload, created_at)"
                     " VALUES (?, ?, ?, ?, ?) ON CONFLICT (session_id, seq) DO NOTHING",
-                    (session_id, seq, type, body, now),
+                    (session_id, seq, tag, body, now),
                 )
                 if cursor.rowcount != 1:
                     return False
@@ -447,7 +449,8 @@ class Store:
     async def events(
         self, session_id: str, after_seq: int = 0, *, limit: int | None = None
     ) -> list[Event]:
-        """The session's events with seq above ``after_seq``, in seq order (for replay)."""
+        """The session's events with seq above ``after_seq``, in seq order (for replay), each
+        read back with ``from_record``."""
         sql = "SELECT * FROM events WHERE session_id = ? AND seq > ? ORDER BY seq LIMIT ?"
         params = (session_id, after_seq, -1 if limit is None else limit)
         return await self._call(lambda: [event_from_row(r) for r in self._rows(sql, params)])

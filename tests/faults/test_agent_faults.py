@@ -23,6 +23,7 @@ import pytest
 import trio
 from docker.client import DockerClient
 
+from anycode_actors.agents import TextDelta
 from anycode_actors.config import Config
 from anycode_actors.sandboxes.docker import API_TIMEOUT, DockerProvider
 from anycode_actors.store import SessionStatus
@@ -182,7 +183,7 @@ async def test_an_sse_stream_cut_20_times_in_one_turn_shows_every_word_exactly_o
         await ends_with_notice(world, sid, "completed", after=before, within=90)
 
         events = await world.daemon.store.events(session.id)
-        stored = [e.payload["text"] for e in events if e.type == "TextDelta"]
+        stored = [e.event.text for e in events if isinstance(e.event, TextDelta)]
         shown = re.findall(r"w\d{3}", " ".join(said_after(world, CHAT, before)))
         expected = [word.strip() for word in DRIP_WORDS]
         lost = len(set(expected) - set(shown))

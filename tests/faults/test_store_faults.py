@@ -33,6 +33,7 @@ from typing import Final
 import pytest
 import trio
 
+from anycode_actors.agents import TextDelta
 from anycode_actors.config import config_from_mapping
 from anycode_actors.daemon import Daemon
 from anycode_actors.store import (
@@ -347,13 +348,13 @@ async def test_a_write_that_outwaits_the_busy_timeout_raises_database_locked(
         with closing(sqlite3.connect(path, isolation_level=None)) as other:
             other.execute("BEGIN EXCLUSIVE")
             with pytest.raises(DatabaseLocked) as caught:
-                await store.append_event(session.id, 1, "TextDelta", {"text": "hi"})
+                await store.append_event(session.id, TextDelta(seq=1, text="hi"))
             other.execute("ROLLBACK")
         assert isinstance(caught.value, StoreUnavailable)
         assert str(caught.value) == "the database is locked by another program (waited 0.2 s)"
         assert isinstance(caught.value.__cause__, sqlite3.OperationalError)
         assert await store.last_seq(session.id) == 0
-        assert await store.append_event(session.id, 1, "TextDelta", {"text": "hi"})
+        assert await store.append_event(session.id, TextDelta(seq=1, text="hi"))
 
 
 async def test_a_write_to_a_full_disk_raises_disk_full_and_the_store_recovers(
@@ -369,8 +370,8 @@ async def test_a_write_to_a_full_disk_raises_disk_full_and_the_store_recovers(
             await trio.to_thread.run_sync(fill, filler)
             with pytest.raises(DiskFull, match="the disk that holds the database is full"):
                 for seq in range(1, 1000):
-                    await store.append_event(session.id, seq, "TextDelta", {"text": "x" * 500})
+                    await store.append_event(session.id, TextDelta(seq=seq, text="x" * 500))
             stored = await store.last_seq(session.id)
             await trio.to_thread.run_sync(filler.unlink)
-            assert await store.append_event(session.id, stored + 1, "TextDelta", {"text": "y"})
+            assert await store.append_event(session.id, TextDelta(seq=stored + 1, text="y"))
             assert await store.last_seq(session.id) == stored + 1
