@@ -23,14 +23,22 @@ MessageT = TypeVar("MessageT")
 class Actor(ABC, Generic[MessageT]):
     """Base class of actors that read a bounded inbox of `MessageT`.
 
+    Hooks, all optional but `handle`: `setup` before the actor reports ready (raise there to
+    fail the start), `handle` for each message, `finish` after the last one however the run
+    ends. Helper tasks the actor needs while it runs (a timer, a feeder) go in `self.tasks`, a
+    nursery that lives exactly as long as the run.
+
     The inbox belongs to the object, not to one run: when the supervisor restarts a crashed
     actor, messages already queued are still there and every handle others hold stays valid.
     Only the message being handled when it crashed is lost.
 
-    When its job is done (a session that finished), the actor calls `self.stop()` from `handle`:
-    `run` then returns normally and closes the inbox, so later senders get
-    `trio.BrokenResourceError` at once instead of waiting on an inbox nobody reads. A stopped
-    actor cannot run again; make a new one.
+    The inbox closes when the actor will not run again, so senders get
+    `trio.BrokenResourceError` at once instead of waiting on an inbox nobody reads:
+    - the actor called `self.stop()` from `handle` (its job is done, a session that finished);
+    - its supervisor forgot it (`ChildSpec.closing`, which `spec` sets): a dynamic actor that
+      crashed without a restart, was terminated, or whose supervisor stopped;
+    - whoever runs it without a supervisor calls `close()`.
+    A stopped actor cannot run again; make a new one.
     """
 
     inbox_size: ClassVar[int] = INBOX_SIZE
@@ -40,6 +48,15 @@ class Actor(ABC, Generic[MessageT]):
         size = type(self).inbox_size if inbox_size is None else inbox_size
         self._outbox, self._inbox = trio.open_memory_channel[MessageT](size)
         self._stopping = False
+        self._tasks: trio.Nursery | None = None
+
+    @property
+    def tasks(self) -> trio.Nursery:
+        """A nursery for the actor's helper tasks, cancelled when the run ends (from `setup`
+        on; a helper that raises crashes the actor like `handle` does)."""
+        if self._tasks is None:
+            raise RuntimeError(f"{type(self).__name__} is not running")
+        return self._tasks
 
     def spec(
         self,
@@ -49,7 +66,14 @@ class Actor(ABC, Generic[MessageT]):
         shutdown: float = SHUTDOWN_GRACE,
     ) -> ChildSpec:
         """This actor as a supervised child (kind "actor")."""
-        return ChildSpec(id=id, start=self.run, restart=restart, shutdown=shutdown, kind=ACTOR_KIND)
+        return ChildSpec(
+            id=id,
+            start=self.run,
+            restart=restart,
+            shutdown=shutdown,
+            kind=ACTOR_KIND,
+            closing=self.close,
+        )
 
     async def send(self, message: MessageT) -> None:
         """Queue a message; waits while the inbox is full."""
@@ -73,6 +97,11 @@ class Actor(ABC, Generic[MessageT]):
     async def setup(self) -> None:
         """Runs before the actor reports ready; raise here to fail the start. Default: nothing."""
 
+    async def finish(self) -> None:
+        """Runs once after the last message, however the run ended (`stop()`, a crash, a
+        cancellation), with `self.tasks` already gone. Shielded from cancellation, so keep it
+        bounded (its own timeouts). Default: nothing."""
+
     @abstractmethod
     async def handle(self, message: MessageT) -> None:
         """Handle one message. Raising crashes the actor; its supervisor decides what next."""
@@ -84,9 +113,18 @@ class Actor(ABC, Generic[MessageT]):
         context = current_child()
         if context is not None:
             context.report_inbox(self._inbox)
-        await self.setup()
-        task_status.started()
-        while not self._stopping:
-            message = await self._inbox.receive()
-            await self.handle(message)
-        self._inbox.close()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._tasks = nursery
+                await self.setup()
+                task_status.started()
+                while not self._stopping:
+                    message = await self._inbox.receive()
+                    await self.handle(message)
+                nursery.cancel_scope.cancel()
+        finally:
+            self._tasks = None
+            if self._stopping:
+                self._inbox.close()
+            with trio.CancelScope(shield=True):
+                await self.finish()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -60,6 +60,11 @@ class ChildSpec:
     restart: Restart = Restart.PERMANENT
     shutdown: float = SHUTDOWN_GRACE
     kind: str = WORKER_KIND
+    closing: Callable[[], None] | None = None
+    """Called once the supervisor forgets the child, which it then never starts again: a
+    dynamic child that exited without a restart, was terminated, failed to start, or whose
+    supervisor stopped. An actor closes its inbox here, so its senders learn it is gone.
+    (A static child is not forgotten: the supervisor's next run starts it again.)"""
 
     def __post_init__(self) -> None:
         check_name(self.id, "child id")

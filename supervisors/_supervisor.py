@@ -355,6 +355,8 @@ class _Run:
                 message.fail(SupervisorNotRunning(self.path))
         for child in self.children.values():
             self.registry.remove(child.entry.path)
+            if child.dynamic:
+                _close(child)
         self.children.clear()
         if self.own is not None:
             if failure is None or isinstance(failure, trio.Cancelled):
@@ -375,6 +377,7 @@ class _Run:
     def forget(self, child: _Child) -> None:
         del self.children[child.spec.id]
         self.registry.remove(child.entry.path)
+        _close(child)
 
     async def start(self, child: _Child) -> object:
         """Start one incarnation and wait until it is ready; ChildStartFailed if it is not."""
@@ -589,6 +592,17 @@ class _Run:
         finally:
             if not call.done.is_set():
                 call.fail(SupervisorNotRunning(self.path))
+
+
+def _close(child: _Child) -> None:
+    closing = child.spec.closing
+    if closing is None:
+        return
+    try:
+        closing()
+    except Exception:
+        # A hook that fails must not take the supervisor down with the child it forgets.
+        logger.exception("%s: its closing hook raised", child.entry.path)
 
 
 def _wants_restart(restart: Restart, error: BaseException | None) -> bool:

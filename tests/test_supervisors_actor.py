@@ -176,3 +176,91 @@ async def test_each_producer_can_own_and_close_its_address(autojump_clock: objec
         await trio.sleep(1)
         assert actor.handled == ["from producer", "still open"]
         nursery.cancel_scope.cancel()
+
+
+async def test_a_dynamic_actor_that_is_terminated_or_crashes_for_good_closes_its_inbox(
+    autojump_clock: object,
+) -> None:
+    supervisor = Supervisor(backoff=instant(), registry=Registry())
+    terminated, crashed = Recorder(), Recorder()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(supervisor.run)
+        await supervisor.start_child(terminated.spec("terminated", restart=Restart.TEMPORARY))
+        await supervisor.start_child(crashed.spec("crashed", restart=Restart.TEMPORARY))
+        await supervisor.terminate_child("terminated")  # cancelled, not stopped by itself
+        with pytest.raises(trio.BrokenResourceError):
+            await terminated.send("late")
+        await crashed.send("crash")
+        await trio.sleep(1)
+        with pytest.raises(trio.BrokenResourceError):
+            await crashed.send("late")
+        nursery.cancel_scope.cancel()
+
+
+async def test_dynamic_actors_close_their_inboxes_when_their_supervisor_stops(
+    autojump_clock: object,
+) -> None:
+    supervisor = Supervisor(backoff=instant(), registry=Registry())
+    actor = Recorder()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(supervisor.run)
+        await supervisor.start_child(actor.spec("worker"))
+        nursery.cancel_scope.cancel()
+    with pytest.raises(trio.BrokenResourceError):
+        actor.address().send_nowait("after the supervisor stopped")
+
+
+async def test_a_static_actor_keeps_its_inbox_open_for_its_supervisors_next_run(
+    autojump_clock: object,
+) -> None:
+    actor = Recorder()
+    supervisor = Supervisor([actor.spec("static")], backoff=instant(), registry=Registry())
+    for _ in range(2):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(supervisor.run)
+            await actor.send("a")
+            await trio.sleep(1)
+            nursery.cancel_scope.cancel()
+    assert actor.handled == ["a", "a"]
+
+
+class Helper(Actor[str]):
+    """Runs a ticker in `tasks` from `setup` and records its `finish`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ticks = 0
+        self.finished_after: int | None = None
+
+    async def setup(self) -> None:
+        self.tasks.start_soon(self._tick)
+
+    async def _tick(self) -> None:
+        while True:
+            await trio.sleep(1)
+            self.ticks += 1
+
+    async def handle(self, message: str) -> None:
+        if message == "stop":
+            self.stop()
+
+    async def finish(self) -> None:
+        await trio.sleep(0.5)  # shielded: runs to its end even when the run was cancelled
+        self.finished_after = self.ticks
+
+
+async def test_helper_tasks_live_as_long_as_the_run_and_finish_runs_on_every_exit(
+    autojump_clock: object,
+) -> None:
+    stopped, cancelled = Helper(), Helper()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(stopped.run)
+        await nursery.start(cancelled.run)
+        await trio.sleep(3.5)
+        await stopped.send("stop")
+        await trio.sleep(3)
+        assert stopped.finished_after == 3 and stopped.ticks == 3  # the ticker ended with it
+        nursery.cancel_scope.cancel()
+    assert cancelled.finished_after == cancelled.ticks == 6
+    with pytest.raises(RuntimeError):
+        _ = cancelled.tasks

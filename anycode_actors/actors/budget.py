@@ -107,14 +107,11 @@ class Budget(Actor[BudgetInbox]):
         self._changed = trio.Event()
         self.pauses = 0
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def setup(self) -> None:
         now = trio.current_time()
         for state in self._lanes.values():
             state.stamp = now
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._grant)
-            await super().run(task_status=task_status)
-            nursery.cancel_scope.cancel()
+        self.tasks.start_soon(self._grant)
 
     async def handle(self, message: BudgetInbox) -> None:
         state = self._lanes.get(message.lane)

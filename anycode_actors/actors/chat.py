@@ -132,14 +132,14 @@ class ChatActor(Actor[ChatInbox]):
         self.stopped = trio.Event()
         """Set when the actor stopped itself because the chat was idle."""
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def setup(self) -> None:
         self._last_active = trio.current_time()
-        async with trio.open_nursery() as nursery:
-            if self._idle_after is not None:
-                nursery.start_soon(self._idle_timer, self._idle_after)
-            await super().run(task_status=task_status)
-            nursery.cancel_scope.cancel()
-        self.stopped.set()
+        if self._idle_after is not None:
+            self.tasks.start_soon(self._idle_timer, self._idle_after)
+
+    async def finish(self) -> None:
+        if self._stopping:
+            self.stopped.set()
 
     async def _idle_timer(self, idle_after: float) -> None:
         while True:

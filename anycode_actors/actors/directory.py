@@ -62,13 +62,6 @@ class SessionDirectory(Actor[DirectoryInbox]):
     def __init__(self) -> None:
         super().__init__()
         self._live: dict[str, SessionHandle] = {}
-        self._nursery: trio.Nursery | None = None
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            await super().run(task_status=task_status)
-            nursery.cancel_scope.cancel()
 
     async def handle(self, message: DirectoryInbox) -> None:
         if isinstance(message, Register):
@@ -91,8 +84,7 @@ class SessionDirectory(Actor[DirectoryInbox]):
         try:
             handle.inbox.send_nowait(route.message)
         except trio.WouldBlock:
-            assert self._nursery is not None
-            self._nursery.start_soon(self._hand_over, handle, route.message)
+            self.tasks.start_soon(self._hand_over, handle, route.message)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             # The session ended (its actor closes its inbox first thing when it ends).
             del self._live[route.session_id]

@@ -80,21 +80,13 @@ class Lobby(Actor[LobbyInbox]):
         self._clients = clients
         self._budgets = budgets
         self._slots = trio.Semaphore(CONCURRENT)
-        self._nursery: trio.Nursery | None = None
         self.answered = 0
         self.told = 0
         self.dropped = 0
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            await super().run(task_status=task_status)
-            nursery.cancel_scope.cancel()
-
     async def handle(self, message: LobbyInbox) -> None:
         await self._slots.acquire()
-        assert self._nursery is not None
-        self._nursery.start_soon(self._deliver, message)
+        self.tasks.start_soon(self._deliver, message)
 
     async def _deliver(self, message: LobbyInbox) -> None:
         event = message.command if isinstance(message, Answer) else message.event

@@ -170,18 +170,13 @@ class Router(Actor[RouterInbox]):
         self._lobby_answered: dict[str, float] = {}
         self._backlog_size = backlog
         self._lines: dict[str, _Line] = {}
-        self._nursery: trio.Nursery | None = None
         self.shed = 0
         self.coalesced = 0
         self.refused = 0
         self.untold = 0
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            nursery.start_soon(self._sweep)
-            await super().run(task_status=task_status)
-            nursery.cancel_scope.cancel()
+    async def setup(self) -> None:
+        self.tasks.start_soon(self._sweep)
 
     async def _sweep(self) -> None:
         """Forget chats whose unit has stopped (its inbox has no reader left) though no
@@ -305,8 +300,7 @@ class Router(Actor[RouterInbox]):
         line.backlog.append(payload)
         if not line.feeding:
             line.feeding = True
-            assert self._nursery is not None
-            self._nursery.start_soon(self._feed, chat, line)
+            self.tasks.start_soon(self._feed, chat, line)
 
     async def _feed(self, chat: ChatRef, line: _Line) -> None:
         """Move a backed-up chat's backlog into its inbox, in order, as room appears."""

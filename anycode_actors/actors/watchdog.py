@@ -84,11 +84,8 @@ class Watchdog(Actor[WatchdogInbox]):
         self.reaped: list[str] = []
         self.sweeps = 0
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._ticker)
-            await super().run(task_status=task_status)
-            nursery.cancel_scope.cancel()
+    async def setup(self) -> None:
+        self.tasks.start_soon(self._ticker)
 
     async def _ticker(self) -> None:
         while True:
