@@ -1,7 +1,9 @@
-"""The `anycode` command line: check-config, --help, --version, exit codes."""
+"""The `anycode` command line: check-config, --help, --version, exit codes, its module graph."""
 
 from __future__ import annotations
 
+import ast
+import graphlib
 import os
 import subprocess
 import sys
@@ -98,14 +100,14 @@ def test_run_refuses_an_empty_allow_list_before_starting_anything(
     monkeypatch: pytest.MonkeyPatch,
     platform: str,
 ) -> None:
-    import anycode_actors.cli as cli
+    import anycode_actors.cli.run as run
     import anycode_actors.daemon as daemon
 
     def must_not_start(*args: object, **kwargs: object) -> None:
         raise AssertionError("the daemon was started")
 
     monkeypatch.setattr(daemon, "run_until_signalled", must_not_start)
-    monkeypatch.setattr(cli, "configure_logging", must_not_start)
+    monkeypatch.setattr(run, "configure_logging", must_not_start)
     path = write_config(tmp_path, OPEN_SECTIONS[platform])
     assert main(["run", "--config", path], environ={}) == 1
     out, err = capsys.readouterr()
@@ -290,3 +292,88 @@ def test_run_refuses_to_start_beside_another_daemon_with_a_plain_message(tmp_pat
     assert "anycode could not start" in done.stderr
     assert "Traceback" not in done.stderr
     assert SECRET not in done.stderr
+
+
+# --- the modules of anycode_actors.cli -----------------------------------------------------------
+
+CLI_PACKAGE = REPO / "anycode_actors" / "cli"
+
+
+def import_graph(folder: Path, package: str) -> dict[str, set[str]]:
+    """For each module of `package` (the .py files of `folder`), the modules of the package it
+    imports: at the top, inside functions or under TYPE_CHECKING alike. `from package import
+    name` counts as an import of the module `name` if there is one, else of `__init__`."""
+    modules = {path.stem for path in folder.glob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for path in sorted(folder.glob("*.py")):
+        imported: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: from . import x, from .x import y
+                    base = ".".join(filter(None, [package, base]))
+                # `from package import x` names a module or a name of `__init__`; `from
+                # package.x import y` imports the module `x`, whatever `y` is.
+                targets = [f"{base}.{alias.name}" for alias in node.names]
+                if base != package:
+                    targets = [base]
+            else:
+                continue
+            for target in targets:
+                if target == package:
+                    imported.add("__init__")
+                elif target.startswith(package + "."):
+                    name = target.removeprefix(package + ".").split(".")[0]
+                    imported.add(name if name in modules else "__init__")
+        graph[path.stem] = imported - {path.stem}
+    return graph
+
+
+def import_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    try:
+        tuple(graphlib.TopologicalSorter(graph).static_order())
+    except graphlib.CycleError as exc:
+        return list(exc.args[1])
+    return None
+
+
+def test_the_cli_modules_import_each_other_without_a_cycle() -> None:
+    graph = import_graph(CLI_PACKAGE, "anycode_actors.cli")
+    commands = {"check_config", "run", "tree", "demo", "setup"}
+    assert commands | {"__init__", "app", "common", "console", "demo_agent"} <= set(graph)
+    assert import_cycle(graph) is None
+    # Shared helpers import no command; only the parser imports them all.
+    assert not graph["common"] & commands
+    assert graph["app"] >= commands
+
+
+def test_the_cycle_check_finds_a_cycle_through_a_package_import(tmp_path: Path) -> None:
+    (tmp_path / "__init__.py").write_text("from pkg.cli import main\n")
+    (tmp_path / "cli.py").write_text("from pkg.tree import add_tree\nmain = 1\n")
+    (tmp_path / "tree.py").write_text("def add_tree():\n    from pkg import cli\n")
+    (tmp_path / "common.py").write_text("from . import tree\n")
+    graph = import_graph(tmp_path, "pkg")
+    assert graph == {
+        "__init__": {"cli"},
+        "cli": {"tree"},
+        "tree": {"cli"},
+        "common": {"tree"},
+    }
+    cycle = import_cycle(graph)
+    assert cycle is not None
+    assert set(cycle) == {"cli", "tree"}
+
+
+def test_the_demo_agent_imports_only_the_standard_library() -> None:
+    """It runs as `python -m anycode_actors.cli.demo_agent` for every demo session; importing
+    the package must not pull in the command line (rich, trio, pydantic)."""
+    probe = (
+        "import sys, anycode_actors.cli.demo_agent; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'rich', 'trio', 'pydantic'}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"

@@ -30,9 +30,10 @@ EXAMPLE = REPO / "config.example.toml"
 TOKEN = "123456:ABC-DEF1234ghIkl-zyx57W2v1u123ew11"
 TELEGRAM = f'[telegram]\nbot_token = "{TOKEN}"\n'
 
-# The configuration block of the README of the daemon this project replaces, with well-formed
-# tokens in place of its "YOUR_BOT_TOKEN" placeholder, which the token format check rejects.
-ORIGINAL_EXAMPLE = f"""
+# A whole file in the legacy config format (`protocol = "opencode"`, agents under
+# `[agents.credentials.<name>]`, every [ecs] key), with well-formed tokens: the token format check
+# rejects placeholders such as "YOUR_BOT_TOKEN".
+LEGACY_EXAMPLE = f"""
 [telegram]
 bot_token = "{TOKEN}"
 allowed_users = []
@@ -111,7 +112,7 @@ def problem_at(text: str, path: str) -> ConfigProblem:
 # --- defaults ----------------------------------------------------------------------------------
 
 
-def test_defaults_equal_the_originals() -> None:
+def test_defaults_equal_the_legacy_defaults() -> None:
     config = parse(TELEGRAM)
     assert config.telegram is not None
     assert config.telegram.allowed_users == ()
@@ -212,8 +213,8 @@ def test_every_key_in_the_example_has_a_comment() -> None:
             assert commented, f"undocumented: {line}"
 
 
-def test_original_example_loads() -> None:
-    config = parse(ORIGINAL_EXAMPLE)
+def test_legacy_example_loads() -> None:
+    config = parse(LEGACY_EXAMPLE)
     assert config.platforms() == ("telegram", "slack")
     assert config.sandbox.protocol == "sandbox-agent"
     assert config.known_agents() == ("claude-code", "codex", "goose")
@@ -394,7 +395,7 @@ def test_sqlite_memory_database_is_not_a_path(tmp_path: Path) -> None:
 
 
 def test_effective_toml_is_valid_toml_with_every_section() -> None:
-    config = parse(ORIGINAL_EXAMPLE)
+    config = parse(LEGACY_EXAMPLE)
     dumped = tomllib.loads(config.effective_toml())
     assert set(dumped) == set(Config.model_fields)
     assert dumped["agents"]["default_agent"] == "claude-code"

@@ -36,7 +36,7 @@ def test_known_agents_are_the_configured_ones_sorted() -> None:
     assert parse(text).known_agents() == ("amp", "codex")
 
 
-def test_original_credentials_form_loads() -> None:
+def test_legacy_credentials_form_loads() -> None:
     text = TELEGRAM + "[agents.credentials.claude-code]\nenv = { ANTHROPIC_API_KEY = 'sk-ant-1' }\n"
     config = parse(text)
     assert config.known_agents() == ("claude-code",)

@@ -26,7 +26,7 @@ from anycode_actors.actors.admin import (
     fetch_snapshot,
 )
 from anycode_actors.cli import main
-from anycode_actors.console import TreeView, format_duration, snapshot_json
+from anycode_actors.cli.console import TreeView, format_duration, snapshot_json
 from supervisors import ChildEntry, ChildSpec, ChildState, Registry
 from tests.fakes.telegram import FakeTelegram
 from tests.tree_support import TwoSessionTree

@@ -35,12 +35,12 @@ from anycode_actors.agents import (
 from anycode_actors.chat.base import Button, ButtonPress, ChatEvent, Command, Message
 from anycode_actors.chat.console import CONSOLE_CHAT, CONSOLE_USER, ConsoleChat
 from anycode_actors.cli import main
+from anycode_actors.cli.demo import _logs_into, demo_config, real_config
+from anycode_actors.cli.demo_agent import AGENT_NAME, workspace_of
 from anycode_actors.config import Config, ConfigError
-from anycode_actors.demo import _logs_into, demo_config, real_config
-from anycode_actors.demo_agent import AGENT_NAME, workspace_of
 from tests.docker_support import docker_client, require_or_skip
 
-AGENT_ARGV = [sys.executable, "-m", "anycode_actors.demo_agent", "--delay", "0.005"]
+AGENT_ARGV = [sys.executable, "-m", "anycode_actors.cli.demo_agent", "--delay", "0.005"]
 EVENT_TIMEOUT = 20.0
 
 
@@ -164,7 +164,7 @@ async def test_cancel_while_the_permission_waits_ends_the_turn_cancelled(tmp_pat
 
 
 async def test_cancel_while_streaming_stops_the_answer(tmp_path: Path) -> None:
-    slow = [sys.executable, "-m", "anycode_actors.demo_agent", "--delay", "0.5"]
+    slow = [sys.executable, "-m", "anycode_actors.cli.demo_agent", "--delay", "0.5"]
     async with open_local_stdio_client(slow, cwd=tmp_path) as client:
         await client.initialize()
         session = await client.new_session(str(tmp_path))
@@ -619,7 +619,7 @@ def children(parent: int, marker: bytes) -> dict[int, str]:
 
 def agent_processes(demo: int) -> dict[int, str]:
     """The demo agents the demo started: pid → their working folder (the sandbox's workspace)."""
-    return children(demo, b"anycode_actors.demo_agent")
+    return children(demo, b"anycode_actors.cli.demo_agent")
 
 
 def gone(pid: int) -> bool:

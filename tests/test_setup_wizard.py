@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import math
 import os
 import stat
 import sys
@@ -14,20 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 from rich.console import Console
 from rich.text import Text
 
 from anycode_actors.cli import main
+from anycode_actors.cli.setup import DockerSdkProbe, SetupWizard, build_image, write_private_file
 from anycode_actors.config import Config, load_config
-from anycode_actors.setup_wizard import (
-    DockerSdkProbe,
-    SetupWizard,
-    build_image,
-    dump_toml,
-    write_private_file,
-)
 
 REPO = Path(__file__).resolve().parent.parent
 TELEGRAM_TOKEN = "123456789:ABHsecretTELEGRAMsecret0123456789xyz"
@@ -187,7 +178,7 @@ def test_telegram_docker_setup_writes_a_private_config_the_loader_accepts(
     session = config.session
     assert (session.max_concurrent, session.timeout_minutes) == (3, 45)
     assert (session.debounce_ms, session.idle_minutes) == (500, 0.5)
-    # Unlike the original's generated file, this one states the protocol.
+    # The file states the protocol even though it is the default.
     raw = tomllib.loads(run.path.read_text())
     assert raw["sandbox"] == {"provider": "docker", "protocol": "sandbox-agent"}
     assert raw["telegram"]["allowed_users"] == [12345, 67890]
@@ -196,6 +187,19 @@ def test_telegram_docker_setup_writes_a_private_config_the_loader_accepts(
     assert "OPENAI" not in raw["agents"]["codex"].get("env", {})
     assert config.access_problems() == []  # `anycode run` accepts it
     assert "telegram: may be used by 12345, 67890\n" in run.output
+
+
+def test_answers_with_quotes_backslashes_and_control_characters_are_written_exactly(
+    tmp_path: Path,
+) -> None:
+    image = 'registry.example/a"b\\c\td\x1be\u202ef:✓'
+    dialogue = replace_answer(TELEGRAM_DOCKER, "Docker image", ("Docker image", image))
+    run = run_wizard(tmp_path, dialogue, docker=FakeDocker(images={image}))
+    assert run.code == 0
+    assert loaded(run).docker.image == image
+    text = run.path.read_text()
+    assert "\x1b" not in text
+    assert "\u202e" not in text
 
 
 def test_secrets_are_asked_masked_and_never_shown(tmp_path: Path) -> None:
@@ -702,50 +706,6 @@ def test_write_private_file_creates_it_with_mode_0600(tmp_path: Path) -> None:
         os.umask(old)
     assert path.read_text() == "a = 1\n"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-
-
-def test_dump_toml_round_trips_the_values_a_config_has() -> None:
-    data: dict[str, Any] = {
-        "telegram": {"bot_token": 'a"b\\c\n\t\x01\x7fé✓', "allowed_users": [1, 2], "x": True},
-        "docker": {"cpus": 2.5, "cap_add": ["CHOWN"], "empty": []},
-        "agents": {
-            "default_agent": "claude-code",
-            "claude-code": {"env": {"ANTHROPIC_API_KEY": "sk"}, "pass_env": []},
-            "goose": {},
-            "odd key.name": {"acpx_agent": "x"},
-        },
-    }
-    text = dump_toml(data, header="first\nsecond")
-    assert text.startswith("# first\n# second\n")
-    assert tomllib.loads(text) == data
-    assert 'env = { ANTHROPIC_API_KEY = "sk" }' in text
-    assert "[agents.goose]" in text
-
-
-_keys = st.text(min_size=0, max_size=8)
-_scalars = (
-    st.text(max_size=20)
-    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
-    | st.floats(allow_nan=False)
-    | st.booleans()
-)
-_values = st.recursive(
-    _scalars | st.lists(_scalars, max_size=4),
-    lambda inner: st.dictionaries(_keys, inner, max_size=4),
-    max_leaves=12,
-)
-
-
-@given(st.dictionaries(_keys, _values, max_size=5))
-def test_dump_toml_round_trips_any_nested_tables(data: dict[str, Any]) -> None:
-    assert tomllib.loads(dump_toml(data)) == data
-
-
-def test_floats_keep_their_value_and_sign() -> None:
-    data = {"t": {"a": -0.0, "b": math.inf, "c": 1e300, "d": 5e-324}}
-    loaded_back = tomllib.loads(dump_toml(data))
-    assert loaded_back == data
-    assert math.copysign(1, loaded_back["t"]["a"]) == -1
 
 
 # --- in a real terminal ------------------------------------------------------------------------

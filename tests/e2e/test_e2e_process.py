@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from anycode_actors.setup_wizard import dump_toml
+from anycode_actors.config import dump_toml
 from tests.docker_support import require_or_skip
 from tests.e2e.harness import e2e_config_data, image_or_skip
 from tests.fakes._http import Served, serve_asgi

@@ -39,12 +39,11 @@ from typing import Any, Final
 import pytest
 import trio
 
-from anycode_actors.config import LocalConfig, config_from_mapping
+from anycode_actors.config import LocalConfig, config_from_mapping, dump_toml
 from anycode_actors.daemon import daemon_id_for
 from anycode_actors.sandboxes.base import SandboxSpec
 from anycode_actors.sandboxes.local import LocalProvider
 from anycode_actors.sandboxes.process import LocalProcess
-from anycode_actors.setup_wizard import dump_toml
 from tests.agent_stack import agent_env, requires_agent_stack
 from tests.docker_support import require_or_skip
 from tests.e2e.harness import e2e_config_data, image_or_skip

@@ -3,7 +3,7 @@
 The daemon is the real one (`anycode_actors.daemon.Daemon`, in this process) with the real store
 on a file (its worker thread, its 10 s busy timeout), the real `TelegramClient` against the
 Telegram stand-in, and the local provider running the scripted ACP agent
-(`anycode_actors.demo_agent`: it streams a short introduction, then asks for a permission). The
+(`anycode_actors.cli.demo_agent`: it streams a short introduction, then asks for a permission). The
 fault is in SQLite only:
 
 - locked: another process holds `BEGIN EXCLUSIVE` on the database for a little longer than the
@@ -132,7 +132,7 @@ async def store_world(nursery: trio.Nursery, tmp: Path, database: Path) -> Async
     telegram = FakeTelegram()
     url = await telegram.start(nursery)
     sandboxes = tmp / "sandboxes"
-    agent = [sys.executable, "-m", "anycode_actors.demo_agent", "--delay", str(CHUNK_DELAY)]
+    agent = [sys.executable, "-m", "anycode_actors.cli.demo_agent", "--delay", str(CHUNK_DELAY)]
     config = config_from_mapping(
         {
             "telegram": {

@@ -1,31 +1,23 @@
-"""Configuration: the pydantic models of config.toml, validation, defaults and secrets.
+"""The pydantic models of config.toml: one frozen model per section, and `Config` for the whole.
 
-Load it with `load_config(path)` (or `parse_config(text)` / `config_from_mapping(data)`). Each
-returns a frozen `Config` or raises `ConfigError` that lists *every* problem at once, each with
-the key path as written in the file and a fix, because a person editing a config wants the whole
-list, not one error per attempt.
+Field checks raise `_invalid(message, fix)`, whose text the loader (`anycode_actors.config.loading`)
+passes on unchanged; other pydantic errors are reworded by `anycode_actors.config.problems`.
 
 Secrets (chat tokens, the GitHub token, agent credentials) are `SecretStr`: repr, str, logs and
 `Config.effective_toml()` show them masked. Code that must hand a secret on (an HTTP header, a
 sandbox's environment) asks explicitly: `config.telegram.bot_token.get_secret_value()` or
 `config.sandbox_env(agent)`.
-
-Secrets may also come from the environment (see `SECRET_ENV_VARS`); the environment wins over the
-file, and a token in the environment alone is enough to enable its section. Loading takes the
-environment as an argument so that tests never touch the process environment.
 """
 
 from __future__ import annotations
 
-import copy
 import difflib
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from types import MappingProxyType, UnionType
-from typing import Annotated, Any, Final, Literal, TypeVar, Union, cast, get_args, get_origin
+from types import MappingProxyType
+from typing import Annotated, Any, Final, Literal, cast
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -38,25 +30,29 @@ from pydantic import (
     StrictBool,
     StrictFloat,
     StrictInt,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
+from anycode_actors.config.writing import dump_toml
 from anycode_actors.errors import ConfigError, ConfigProblem
 
 __all__ = [
+    "AGENT_NAME",
+    "BUILTIN_LAUNCH",
+    "ENV_NAME",
+    "OPTIONAL_SECTIONS",
+    "PROBLEM_TYPE",
     "SECRET_ENV_VARS",
+    "SECTIONS",
     "AcpxPermissions",
     "AdminConfig",
     "AgentConfig",
     "AgentProtocol",
     "AgentsConfig",
     "Config",
-    "ConfigError",
-    "ConfigProblem",
     "DatabaseConfig",
     "DockerConfig",
     "EcsConfig",
@@ -69,10 +65,8 @@ __all__ = [
     "SlackConfig",
     "TelegramConfig",
     "builtin_agents",
-    "config_from_mapping",
-    "load_config",
+    "cross_section_problems",
     "mask_secret",
-    "parse_config",
 ]
 
 ProviderName = Literal["docker", "ecs", "local"]
@@ -93,9 +87,10 @@ SECRET_ENV_VARS: Final[Mapping[str, tuple[str, str]]] = MappingProxyType(
     }
 )
 
-# How each agent the original knew is launched under each protocol: sandbox-agent id, ACP
-# command (argv), acpx agent name. sandbox-agent and acpx have no goose, but goose speaks ACP.
-_BUILTIN_LAUNCH: Final[Mapping[str, tuple[str | None, tuple[str, ...], str | None]]] = (
+# The built-in agents (the ones the legacy config format names) and how each is launched under
+# each protocol: sandbox-agent id, ACP command (argv), acpx agent name. sandbox-agent and acpx
+# have no goose, but goose speaks ACP.
+BUILTIN_LAUNCH: Final[Mapping[str, tuple[str | None, tuple[str, ...], str | None]]] = (
     MappingProxyType(
         {
             "claude-code": ("claude", ("claude-agent-acp",), "claude"),
@@ -153,13 +148,11 @@ _TELEGRAM_TOKEN: Final = re.compile(r"[0-9]{3,20}:[A-Za-z0-9_-]{30,64}")
 _TELEGRAM_BOT_ID: Final = re.compile(r"[0-9]{3,20}:")
 _TELEGRAM_USER_ID: Final = re.compile(r"[0-9]{1,20}")
 _SLACK_USER_ID: Final = re.compile(r"[UW][A-Z0-9]{2,}")
-_ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_AGENT_NAME: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+AGENT_NAME: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 _AGENT_ID: Final = re.compile(r"[a-z0-9][a-z0-9._-]*")
 _DOCKER_MEMORY: Final = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([kmg]?)b?", re.IGNORECASE)
 _AWS_REGION: Final = re.compile(r"[a-z]{2}(?:-[a-z]+)+-[0-9]+")
-_TOML_BARE_KEY: Final = re.compile(r"[A-Za-z0-9_-]+")
-_TOML_POSITION: Final = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
 
 # AF_UNIX paths are limited to 108 bytes including the terminating NUL on Linux.
 _MAX_SOCKET_PATH_BYTES: Final = 107
@@ -168,13 +161,14 @@ _DOCKER_MIN_MEMORY_BYTES: Final = 6 * 1024 * 1024
 _MIN_ADMIN_TOKEN_CHARS: Final = 16
 _MEMORY_UNITS: Final = MappingProxyType({"": 1, "k": 1024, "m": 1024**2, "g": 1024**3})
 
-_PROBLEM: Final = "anycode_config"
-_T = TypeVar("_T")
+#: The pydantic error type of `_invalid`, whose message and fix the loader passes on as they are.
+PROBLEM_TYPE: Final = "anycode_config"
+_EFFECTIVE_HEADER: Final = "Effective configuration: defaults filled in, secrets redacted."
 
 
 def _invalid(message: str, fix: str = "") -> PydanticCustomError:
     """A validation error whose message and fix survive into `ConfigProblem` unchanged."""
-    return PydanticCustomError(_PROBLEM, "{message}", {"message": message, "fix": fix})
+    return PydanticCustomError(PROBLEM_TYPE, "{message}", {"message": message, "fix": fix})
 
 
 # --- secrets -----------------------------------------------------------------------------------
@@ -234,7 +228,7 @@ def _non_empty_text(value: str) -> str:
 
 
 def _empty_means_unset(value: object) -> object:
-    # The original example documents optional ECS keys as "inferred … if empty".
+    # In the legacy config format an optional ECS key left empty means "infer it".
     return None if isinstance(value, str) and not value.strip() else value
 
 
@@ -318,7 +312,7 @@ def _check_capability(value: str) -> str:
 
 
 def _check_env_name(name: str) -> str:
-    if not _ENV_NAME.fullmatch(name):
+    if not ENV_NAME.fullmatch(name):
         raise _invalid("is not a valid environment variable name", "use letters, digits and _")
     if name.startswith(_RESERVED_ENV_PREFIX):
         raise _invalid(
@@ -479,7 +473,7 @@ class SandboxConfig(_Section):
     @field_validator("protocol", mode="before")
     @classmethod
     def _opencode_is_sandbox_agent(cls, value: object) -> object:
-        # The original called the sandbox-agent protocol "opencode"; old configs keep working.
+        # The legacy config format calls the sandbox-agent protocol "opencode"; such files load.
         return "sandbox-agent" if value == "opencode" else value
 
 
@@ -720,12 +714,12 @@ class AgentConfig(_Section):
 
 
 def builtin_agents() -> dict[str, AgentConfig]:
-    """The agents known when none is configured (the original's claude-code, codex, goose)."""
-    return {name: _builtin_agent(name) for name in _BUILTIN_LAUNCH}
+    """The agents known when none is configured: claude-code, codex and goose."""
+    return {name: _builtin_agent(name) for name in BUILTIN_LAUNCH}
 
 
 def _builtin_agent(name: str) -> AgentConfig:
-    sandbox_agent_id, acp_command, acpx_agent = _BUILTIN_LAUNCH[name]
+    sandbox_agent_id, acp_command, acpx_agent = BUILTIN_LAUNCH[name]
     return AgentConfig(
         sandbox_agent_id=sandbox_agent_id, acp_command=acp_command, acpx_agent=acpx_agent
     )
@@ -734,7 +728,7 @@ def _builtin_agent(name: str) -> AgentConfig:
 class AgentsConfig(_Section):
     """`[agents]`: the default agent and every agent `/task` accepts.
 
-    In the file each agent is a table `[agents.<name>]` (or the original's
+    In the file each agent is a table `[agents.<name>]` (or, in the legacy config format,
     `[agents.credentials.<name>] env = {...}`); `definitions` holds them all by name, with the
     built-in launch settings of claude-code, codex and goose filled in.
     """
@@ -766,7 +760,7 @@ class AgentsConfig(_Section):
         return name
 
     def known(self) -> tuple[str, ...]:
-        """Agent names `/task <agent> …` accepts, sorted (as the original's /agents listed them)."""
+        """Agent names `/task <agent> …` accepts, sorted."""
         return tuple(sorted(self.definitions))
 
 
@@ -947,7 +941,7 @@ class Config(BaseModel):
 
     @model_validator(mode="after")
     def _cross_section_rules(self) -> Config:
-        problems = _cross_section_problems(
+        problems = cross_section_problems(
             has_platform=self.telegram is not None or self.slack is not None,
             sandbox=self.sandbox,
             ecs=self.ecs.model_dump(),
@@ -1000,8 +994,8 @@ class Config(BaseModel):
     def sandbox_env(self, agent: str) -> dict[str, str]:
         """Plain-text credentials to inject into `agent`'s sandbox: its env plus GITHUB_TOKEN.
 
-        The agent's own GITHUB_TOKEN wins over `[github]`, as in the original. The provider adds
-        the ANYCODE_* variables itself. Never log the result.
+        The agent's own GITHUB_TOKEN wins over `[github]`, the more specific setting. The
+        provider adds the ANYCODE_* variables itself. Never log the result.
         """
         env = self.agent(agent).env_values()
         if self.github is not None:
@@ -1017,16 +1011,10 @@ class Config(BaseModel):
         data = self.redacted()
         agents = data["agents"]
         data["agents"] = {"default_agent": agents["default_agent"], **agents["definitions"]}
-        lines = ["# Effective configuration: defaults filled in, secrets redacted."]
-        for section, table in data.items():
-            if table is None:
-                lines += ["", f"# [{section}] is not configured"]
-            else:
-                _emit_table((section,), table, lines)
-        return "\n".join(lines) + "\n"
+        return dump_toml(data, header=_EFFECTIVE_HEADER)
 
 
-def _cross_section_problems(
+def cross_section_problems(
     *,
     has_platform: bool,
     sandbox: SandboxConfig | None,
@@ -1104,7 +1092,7 @@ def _cross_section_problems(
     return problems
 
 
-# --- redaction and the effective-config dump ---------------------------------------------------
+# --- redaction ----------------------------------------------------------------------------------
 
 
 def _redact(value: object) -> object:
@@ -1119,51 +1107,10 @@ def _redact(value: object) -> object:
     return value
 
 
-def _toml_key(key: str) -> str:
-    return key if _TOML_BARE_KEY.fullmatch(key) else _toml_string(key)
+# --- the sections of a file ----------------------------------------------------------------------
 
-
-def _toml_string(text: str) -> str:
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
-    escaped = "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in escaped)
-    return f'"{escaped}"'
-
-
-def _toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return _toml_string(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
-    if isinstance(value, dict):
-        if not value:
-            return "{}"
-        items = ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items())
-        return "{ " + items + " }"
-    raise TypeError(f"cannot write {type(value).__name__} as TOML")
-
-
-def _emit_table(path: tuple[str, ...], table: dict[str, Any], lines: list[str]) -> None:
-    lines += ["", "[" + ".".join(_toml_key(part) for part in path) + "]"]
-    subtables = []
-    for key, value in table.items():
-        # A table of tables (an agent definition) gets its own header; a flat one (env) is inline.
-        if isinstance(value, dict) and any(isinstance(v, dict) for v in value.values()):
-            subtables.append((key, value))
-        elif value is None:
-            lines.append(f"# {_toml_key(key)} is not set")
-        else:
-            lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
-    for key, value in subtables:
-        _emit_table((*path, key), value, lines)
-
-
-# --- loading -----------------------------------------------------------------------------------
-
-_SECTIONS: Final[Mapping[str, type[BaseModel]]] = MappingProxyType(
+#: Every `[section]` of config.toml and the model that validates it, in the order of `Config`.
+SECTIONS: Final[Mapping[str, type[BaseModel]]] = MappingProxyType(
     {
         "telegram": TelegramConfig,
         "slack": SlackConfig,
@@ -1179,405 +1126,5 @@ _SECTIONS: Final[Mapping[str, type[BaseModel]]] = MappingProxyType(
         "admin": AdminConfig,
     }
 )
-_OPTIONAL_SECTIONS: Final = frozenset({"telegram", "slack", "github"})
-_AGENTS_RESERVED_KEYS: Final = ("default_agent", "credentials")
-
-_TYPE_MESSAGES: Final[Mapping[str, str]] = MappingProxyType(
-    {
-        "missing": "is required",
-        "string_type": "must be a string (in double quotes)",
-        "int_type": "must be a whole number",
-        "float_type": "must be a number",
-        "bool_type": "must be true or false",
-        "list_type": 'must be a list, like ["a", "b"]',
-        "tuple_type": 'must be a list, like ["a", "b"]',
-        "dict_type": "must be a table",
-        "model_type": "must be a table",
-        "model_attributes_type": "must be a table",
-        "path_type": "must be a path (a string)",
-    }
-)
-
-
-def load_config(
-    path: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None
-) -> Config:
-    """Read and validate a config file. Relative paths in it count from the file's folder.
-
-    `environ` defaults to `os.environ`; it supplies secrets (`SECRET_ENV_VARS`), the variables
-    named by `pass_env` and `HOME` for `~` in paths. Raises `ConfigError` with every problem.
-    """
-    file = Path(path)
-    source = str(file)
-    try:
-        text = file.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        fix = "copy config.example.toml to config.toml and edit it, or pass the right path"
-        raise ConfigError([ConfigProblem(source, "file not found", fix)], source) from None
-    except UnicodeDecodeError as exc:
-        problem = ConfigProblem(
-            source, f"is not UTF-8 text (byte {exc.start})", "save the file as UTF-8"
-        )
-        raise ConfigError([problem], source) from None
-    except OSError as exc:
-        raise ConfigError(
-            [ConfigProblem(source, f"cannot be read: {exc.strerror}")], source
-        ) from None
-    return parse_config(text, environ=environ, base_dir=file.absolute().parent, source=source)
-
-
-def parse_config(
-    text: str,
-    *,
-    environ: Mapping[str, str] | None = None,
-    base_dir: Path | None = None,
-    source: str = "config",
-) -> Config:
-    """Validate config TOML text. Without `base_dir`, relative paths stay relative."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([_syntax_problem(exc)], source) from None
-    return config_from_mapping(data, environ=environ, base_dir=base_dir, source=source)
-
-
-def config_from_mapping(
-    data: Mapping[str, Any],
-    *,
-    environ: Mapping[str, str] | None = None,
-    base_dir: Path | None = None,
-    source: str = "config",
-) -> Config:
-    """Validate already-parsed TOML data (nested dicts, as tomllib returns them)."""
-    loader = _Loader(os.environ if environ is None else environ, base_dir)
-    return loader.load(data, source)
-
-
-def _syntax_problem(exc: tomllib.TOMLDecodeError) -> ConfigProblem:
-    # tomllib's messages name a position, never the text there (which could be a token).
-    message = str(exc)
-    position = _TOML_POSITION.search(message)
-    where = f"line {position.group(1)}, column {position.group(2)}" if position else ""
-    reason = _TOML_POSITION.sub("", message)
-    return ConfigProblem(
-        where,
-        f"invalid TOML: {reason}",
-        'check that line: strings need "double quotes", each key appears once per table',
-    )
-
-
-def _suggest(word: str, candidates: object) -> str | None:
-    names = [str(c) for c in candidates] if isinstance(candidates, list | tuple | Mapping) else []
-    close = difflib.get_close_matches(word, names, n=1, cutoff=0.6)
-    return close[0] if close else None
-
-
-def _sections_with_key(key: str) -> list[str]:
-    found = [name for name, model in _SECTIONS.items() if key in model.model_fields]
-    if key in AgentConfig.model_fields:
-        found.append("agents.<name>")
-    return found
-
-
-def _model_at(model: type[BaseModel], loc: tuple[str | int, ...]) -> type[BaseModel] | None:
-    """The model class that validates the table at `loc` (for did-you-mean on unknown keys)."""
-    current: Any = model
-    for part in loc:
-        if isinstance(current, type) and issubclass(current, BaseModel):
-            field = current.model_fields.get(str(part))
-            if field is None:
-                return None
-            current = _unwrap_optional(field.annotation)
-        elif get_origin(current) is dict:
-            current = _unwrap_optional(get_args(current)[1])
-        else:
-            return None
-    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
-
-
-def _unwrap_optional(annotation: Any) -> Any:
-    if get_origin(annotation) in (Union, UnionType):
-        for arg in get_args(annotation):
-            if arg is not type(None):
-                return arg
-    return annotation
-
-
-def _format_path(loc: tuple[str | int, ...]) -> str:
-    text = ""
-    for part in loc:
-        if part == "[key]":
-            continue  # pydantic's marker for "the key itself is invalid", not a path step
-        if isinstance(part, int):
-            text += f"[{part}]"
-        else:
-            text += ("." if text else "") + _toml_key(part)
-    return text
-
-
-class _Loader:
-    """One load: collects problems from every stage so that all are reported together."""
-
-    def __init__(self, environ: Mapping[str, str], base_dir: Path | None) -> None:
-        self._environ = environ
-        self._base_dir = base_dir
-        self._problems: list[ConfigProblem] = []
-        # (section, key) → the environment variable that supplied its value.
-        self._env_sources: dict[tuple[str, str], str] = {}
-        # Agent name → its table's path in the file (plain or the original credentials form).
-        self._agent_origins: dict[str, tuple[str, ...]] = {}
-
-    def load(self, data: Mapping[str, Any], source: str) -> Config:
-        raw = copy.deepcopy(dict(data))
-        self._apply_env(raw)
-        self._drop_unknown_sections(raw)
-        if isinstance(raw.get("agents"), dict):
-            raw["agents"] = self._normalise_agents(raw["agents"])
-
-        context = {
-            "base_dir": self._base_dir,
-            "home": self._environ.get("HOME"),
-            "agent_names": tuple(self._agent_origins) or tuple(_BUILTIN_LAUNCH),
-        }
-        sections: dict[str, BaseModel | None] = {}
-        for name, model in _SECTIONS.items():
-            if name not in raw and name in _OPTIONAL_SECTIONS:
-                sections[name] = None
-                continue
-            try:
-                sections[name] = model.model_validate(raw.get(name, {}), context=context)
-            except ValidationError as exc:
-                sections[name] = None
-                self._problems.extend(self._translate(name, model, exc))
-
-        self._problems.extend(
-            _cross_section_problems(
-                has_platform="telegram" in raw or "slack" in raw,
-                sandbox=_as(sections["sandbox"], SandboxConfig),
-                ecs=raw["ecs"] if isinstance(raw.get("ecs"), dict) else {},
-                agents=_as(sections["agents"], AgentsConfig),
-                local=_as(sections["local"], LocalConfig),
-            )
-        )
-        if self._problems:
-            raise ConfigError(_in_section_order(self._problems), source)
-        return Config.model_validate(sections)
-
-    def _apply_env(self, raw: dict[str, Any]) -> None:
-        for variable, (section, key) in SECRET_ENV_VARS.items():
-            value = self._environ.get(variable, "")
-            # An empty variable counts as unset, as `VAR=` in env files usually means "no value".
-            if not value:
-                continue
-            table = raw.setdefault(section, {})
-            if isinstance(table, dict):
-                table[key] = value
-                self._env_sources[(section, key)] = variable
-
-    def _drop_unknown_sections(self, raw: dict[str, Any]) -> None:
-        for key in [k for k in raw if k not in _SECTIONS]:
-            value = raw.pop(key)
-            close = _suggest(key, list(_SECTIONS))
-            homes = _sections_with_key(key)
-            if isinstance(value, dict):
-                message = f"unknown section [{key}]" + (
-                    f"; did you mean [{close}]?" if close else ""
-                )
-                fix = f"known sections: {', '.join(_SECTIONS)}"
-            else:
-                message = "unknown key at the top level"
-                if homes:
-                    fix = (
-                        f"move it under [{homes[0]}] (keys above the first [header] are top-level)"
-                    )
-                else:
-                    fix = f"keys belong in sections: {', '.join(_SECTIONS)}"
-            self._problems.append(ConfigProblem(_format_path((key,)), message, fix))
-
-    def _normalise_agents(self, table: dict[str, Any]) -> dict[str, Any]:
-        """Turn `[agents]` as written (both forms) into AgentsConfig's shape.
-
-        Agents named like the original's get its launch settings for keys they leave out; other
-        agents default to their own name as sandbox-agent id and acpx agent name.
-        """
-        definitions: dict[str, Any] = {}
-        credentials = table.get("credentials", {})
-        if isinstance(credentials, dict):
-            for name, entry in credentials.items():
-                self._add_agent(definitions, name, entry, ("agents", "credentials", name))
-        else:
-            self._problems.append(
-                ConfigProblem(
-                    "agents.credentials",
-                    "must be a table",
-                    "write [agents.credentials.<name>] tables",
-                )
-            )
-        for key, value in table.items():
-            if key in _AGENTS_RESERVED_KEYS:
-                continue
-            if not isinstance(value, dict):
-                close = _suggest(key, list(_AGENTS_RESERVED_KEYS))
-                message = "unknown key" + (f"; did you mean {close}?" if close else "")
-                fix = "agents are tables: [agents.<name>]; other keys: default_agent, credentials"
-                self._problems.append(ConfigProblem(_format_path(("agents", key)), message, fix))
-                continue
-            if _suggest(key, ["credentials"]) and not set(value) & set(AgentConfig.model_fields):
-                self._problems.append(
-                    ConfigProblem(
-                        _format_path(("agents", key)),
-                        "unknown key; did you mean credentials?",
-                        "the original form is [agents.credentials.<name>]",
-                    )
-                )
-                continue
-            if key in definitions:
-                self._problems.append(
-                    ConfigProblem(
-                        _format_path(("agents", key)),
-                        f"agent {key} is configured twice, here and in [agents.credentials.{key}]",
-                        f"move env into [agents.{key}] and delete [agents.credentials.{key}]",
-                    )
-                )
-                continue
-            self._add_agent(definitions, key, value, ("agents", key))
-
-        normalised: dict[str, Any] = {}
-        if "default_agent" in table:
-            normalised["default_agent"] = table["default_agent"]
-        if definitions:
-            normalised["definitions"] = definitions
-        return normalised
-
-    def _add_agent(
-        self, definitions: dict[str, Any], name: str, entry: Any, origin: tuple[str, ...]
-    ) -> None:
-        if not _AGENT_NAME.fullmatch(name):
-            self._problems.append(
-                ConfigProblem(
-                    _format_path(origin),
-                    "is not a valid agent name",
-                    "use up to 32 lowercase letters, digits, - and _ (it is typed after /task)",
-                )
-            )
-            return
-        self._agent_origins[name] = origin
-        if not isinstance(entry, dict):
-            definitions[name] = entry
-            return
-        launch = _BUILTIN_LAUNCH.get(name, (name, (), name))
-        defaults = dict(zip(("sandbox_agent_id", "acp_command", "acpx_agent"), launch, strict=True))
-        merged = {
-            key: value for key, value in defaults.items() if value is not None and value != ()
-        }
-        merged.update(entry)
-        self._pass_env(merged, origin)
-        definitions[name] = merged
-
-    def _pass_env(self, entry: dict[str, Any], origin: tuple[str, ...]) -> None:
-        """Copy the daemon's variables named by `pass_env` into the agent's env."""
-        names = entry.get("pass_env")
-        env = entry.setdefault("env", {})
-        if not isinstance(names, list) or not isinstance(env, dict):
-            return
-        for index, name in enumerate(names):
-            if not isinstance(name, str) or not _ENV_NAME.fullmatch(name):
-                continue
-            path = _format_path((*origin, "pass_env", index))
-            if name in env:
-                self._problems.append(
-                    ConfigProblem(
-                        path, f"{name} is also set in env", "keep it in one of env or pass_env"
-                    )
-                )
-            elif not self._environ.get(name):
-                self._problems.append(
-                    ConfigProblem(
-                        path,
-                        f"{name} is not set in the daemon's environment",
-                        f"export {name} before starting anycode, or remove it from pass_env",
-                    )
-                )
-            else:
-                env[name] = self._environ[name]
-
-    def _translate(
-        self, section: str, model: type[BaseModel], exc: ValidationError
-    ) -> list[ConfigProblem]:
-        problems = []
-        for error in exc.errors(include_url=False):
-            loc = tuple(error["loc"])
-            message, fix = self._describe(section, model, loc, error)
-            path = self._user_path(section, loc)
-            variable = self._env_sources.get((section, str(loc[0]))) if loc else None
-            if variable is not None:
-                message += f" (value from the environment variable {variable})"
-            problems.append(ConfigProblem(path, message, fix))
-        return problems
-
-    def _describe(
-        self, section: str, model: type[BaseModel], loc: tuple[str | int, ...], error: Any
-    ) -> tuple[str, str]:
-        """Message and fix for one pydantic error. Never includes the input of a secret."""
-        kind = error["type"]
-        context = error.get("ctx") or {}
-        if kind == _PROBLEM:
-            return str(context["message"]), str(context.get("fix", ""))
-        if kind == "extra_forbidden":
-            key = str(loc[-1])
-            parent = _model_at(model, loc[:-1])
-            close = _suggest(key, list(parent.model_fields)) if parent else None
-            if close:
-                return f"unknown key; did you mean {close}?", "correct the spelling"
-            elsewhere = [s for s in _sections_with_key(key) if s != section]
-            if elsewhere:
-                return "unknown key", f"{key} belongs in [{elsewhere[0]}]"
-            known = ", ".join(parent.model_fields) if parent else ""
-            return "unknown key", f"known keys here: {known}" if known else ""
-        if kind == "literal_error":
-            # Only choice fields (provider, protocol, …) are literals, and none of them is secret.
-            expected = context.get("expected", "")
-            got = error.get("input")
-            close = _suggest(str(got), re.findall(r"'([^']*)'", str(expected)))
-            fix = f'did you mean "{close}"?' if close else ""
-            choices = str(expected).replace("'", '"')
-            return f"must be one of {choices} (got {got!r})", fix
-        if kind == "missing":
-            key = str(loc[-1]) if loc else section
-            variable = next(
-                (v for v, target in SECRET_ENV_VARS.items() if target == (section, key)), None
-            )
-            if variable and len(loc) == 1:
-                return (
-                    "is required",
-                    f"set {key} in [{section}] or the environment variable {variable}",
-                )
-            return "is required", f"add {key} = … to this table"
-        if kind in _TYPE_MESSAGES:
-            if not loc and kind in ("dict_type", "model_type", "model_attributes_type"):
-                return "must be a table", f"write it as a [{section}] section"
-            return _TYPE_MESSAGES[kind], ""
-        return str(error["msg"]), ""
-
-    def _user_path(self, section: str, loc: tuple[str | int, ...]) -> str:
-        """The key path as the user wrote it (agents live in `definitions` only internally)."""
-        if section == "agents" and len(loc) >= 2 and loc[0] == "definitions":
-            name = str(loc[1])
-            origin = self._agent_origins.get(name, ("agents", name))
-            return _format_path((*origin, *loc[2:]))
-        return _format_path((section, *loc))
-
-
-def _as(value: object, kind: type[_T]) -> _T | None:
-    return value if isinstance(value, kind) else None
-
-
-def _in_section_order(problems: list[ConfigProblem]) -> list[ConfigProblem]:
-    order = {name: index for index, name in enumerate(_SECTIONS)}
-
-    def section_index(problem: ConfigProblem) -> int:
-        head = re.split(r"[./\[]", problem.path, maxsplit=1)[0]
-        # Syntax errors and unknown sections first: they explain whatever follows.
-        return order.get(head, -1)
-
-    return sorted(problems, key=section_index)
+#: Sections that are None in `Config` when the file leaves them out.
+OPTIONAL_SECTIONS: Final = frozenset({"telegram", "slack", "github"})

@@ -1,9 +1,9 @@
 """`anycode setup`: an interactive wizard that writes a valid config.toml.
 
-The steps follow the original's ratatui wizard (prerequisites, messaging, sandbox, agents,
-review, write, build) but ask for what it never did: the protocol, the acpx permission policy,
-the local provider's explicit opt-in, an explicit opt-in before a bot with no allowed users lets
-everyone in, the admins and the session settings. Every answer is checked by the real config
+The steps: prerequisites, messaging (tokens, who may use the bot, an explicit opt-in before a
+bot with no allowed users lets everyone in, the admins), sandbox (provider, the local provider's
+explicit opt-in, protocol, acpx permission policy), agents (their keys, the GitHub token, the
+session settings), review, write, build. Every answer is checked by the real config
 loader as it is given (the error shown is the loader's own message), and the whole file is
 loaded once more before it is written, so the wizard cannot write a config that `anycode run`
 would refuse.
@@ -11,9 +11,6 @@ would refuse.
 All input goes through an `InputBackend` and all output through a rich `Console`, so tests drive
 the wizard with scripted answers. Ctrl+C at any prompt exits with 130 and writes nothing: every
 question, including whether to build the image, is asked before the file is written.
-
-Kept apart from cli.py, which lists `add_setup` among its subcommands; this module imports
-nothing from cli.py at run time.
 """
 
 from __future__ import annotations
@@ -22,7 +19,6 @@ import argparse
 import copy
 import os
 import queue
-import re
 import secrets
 import signal
 import subprocess
@@ -33,7 +29,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Final, Protocol
+from typing import IO, Any, Final, Protocol
 
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -41,6 +37,7 @@ from rich.rule import Rule
 from rich.syntax import Syntax
 from rich.text import Text
 
+from anycode_actors.cli.common import DEFAULT_CONFIG_PATH, CommandIO, Subparsers
 from anycode_actors.config import (
     SECRET_ENV_VARS,
     AgentProtocol,
@@ -49,11 +46,9 @@ from anycode_actors.config import (
     ConfigProblem,
     builtin_agents,
     config_from_mapping,
+    dump_toml,
     parse_config,
 )
-
-if TYPE_CHECKING:
-    from anycode_actors.cli import CommandIO, Subparsers
 
 __all__ = [
     "BuildResult",
@@ -64,13 +59,11 @@ __all__ = [
     "SetupWizard",
     "add_setup",
     "build_image",
-    "dump_toml",
     "find_build_script",
     "run_setup",
     "write_private_file",
 ]
 
-DEFAULT_CONFIG_PATH: Final = "config.toml"
 EXIT_INTERRUPTED: Final = 130
 MIN_PYTHON: Final = (3, 11)
 DOCKER_PING_TIMEOUT: Final = 3
@@ -80,7 +73,7 @@ BUILD_TAIL_LINES: Final = 15
 BUILD_STOP_GRACE: Final = 5.0
 STEPS: Final = 7
 
-# The API key each built-in agent needs; codex and goose share OPENAI_API_KEY, as in the original.
+# The API key each built-in agent needs; codex and goose share OPENAI_API_KEY.
 _AGENT_KEY_VARS: Final[Mapping[str, str]] = {
     "claude-code": "ANTHROPIC_API_KEY",
     "codex": "OPENAI_API_KEY",
@@ -89,16 +82,6 @@ _AGENT_KEY_VARS: Final[Mapping[str, str]] = {
 # Stands in for a pass_env variable that is only set where the daemon will run.
 _RUNTIME_VALUE: Final = "set-in-the-daemon-environment"
 _INT64_MAX: Final = 2**63 - 1
-_TOML_BARE_KEY: Final = re.compile(r"[A-Za-z0-9_-]+")
-_TOML_ESCAPES: Final[Mapping[str, str]] = {
-    "\\": "\\\\",
-    '"': '\\"',
-    "\b": "\\b",
-    "\t": "\\t",
-    "\n": "\\n",
-    "\f": "\\f",
-    "\r": "\\r",
-}
 
 
 def add_setup(subparsers: Subparsers) -> None:
@@ -207,7 +190,7 @@ def find_build_script() -> Path | None:
 
     None when the package was installed from a wheel, which does not ship the docker folder.
     """
-    script = Path(__file__).resolve().parent.parent / "docker" / "build-image.sh"
+    script = Path(__file__).resolve().parents[2] / "docker" / "build-image.sh"
     return script if script.is_file() else None
 
 
@@ -900,66 +883,6 @@ def write_private_file(path: Path, text: str) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-
-
-def dump_toml(data: Mapping[str, Any], *, header: str = "") -> str:
-    """TOML text for `data`: tables of str, int, float, bool, lists of those, and tables.
-
-    Tables get a [header], except non-empty tables of plain values below the top level (an
-    agent's `env`), which are written inline. `header` becomes leading comment lines.
-    """
-    lines = [f"# {line}".rstrip() for line in header.splitlines()]
-    _emit_entries((), data, lines)
-    return "\n".join(lines).lstrip("\n") + "\n"
-
-
-def _emit_entries(path: tuple[str, ...], table: Mapping[str, Any], lines: list[str]) -> None:
-    subtables = []
-    for key, value in table.items():
-        if isinstance(value, Mapping) and (not path or not _is_inline(value)):
-            subtables.append((key, value))
-        else:
-            lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
-    for key, value in subtables:
-        lines += ["", "[" + ".".join(_toml_key(part) for part in (*path, key)) + "]"]
-        _emit_entries((*path, key), value, lines)
-
-
-def _is_inline(table: Mapping[str, Any]) -> bool:
-    return bool(table) and not any(isinstance(v, Mapping | list) for v in table.values())
-
-
-def _toml_key(key: str) -> str:
-    return key if _TOML_BARE_KEY.fullmatch(key) else _toml_string(key)
-
-
-def _toml_string(text: str) -> str:
-    escaped = "".join(
-        _TOML_ESCAPES.get(char) or (f"\\u{ord(char):04x}" if _is_control(char) else char)
-        for char in text
-    )
-    return f'"{escaped}"'
-
-
-def _is_control(char: str) -> bool:
-    return ord(char) < 0x20 or ord(char) == 0x7F
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, str):
-        return _toml_string(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
-    if isinstance(value, Mapping):
-        items = ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items())
-        return "{ " + items + " }" if items else "{}"
-    raise TypeError(f"cannot write {type(value).__name__} as TOML")
 
 
 # --- building the image ------------------------------------------------------------------------

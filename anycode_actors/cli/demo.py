@@ -3,7 +3,7 @@
 No token, no Docker, no network. The supervisor tree is the one `anycode run` builds; only the
 edges differ: the chat platform is `ConsoleChat` (lines typed here, messages printed here), the
 sandbox provider is the local one (a folder per session in a temporary directory), and the agent
-is `anycode_actors.demo_agent`, which speaks ACP over stdio, streams a scripted answer, asks one
+is `anycode_actors.cli.demo_agent`, which speaks ACP over stdio, streams a scripted answer, asks one
 permission and writes a file into the outbox. A newcomer sees streaming, buttons, file output and
 the live actor tree in one terminal, and can read the agent's source as an example of ACP.
 
@@ -11,7 +11,7 @@ the live actor tree in one terminal, and can read the agent's source as an examp
 ANTHROPIC_API_KEY, a reachable Docker engine and the sandbox image, and says which one is missing
 otherwise.
 
-The actor tree (`anycode_actors.console.TreeView`, the view of `anycode tree`) is printed
+The actor tree (`anycode_actors.cli.console.TreeView`, the view of `anycode tree`) is printed
 whenever its shape changes (an actor starts or stops, a session changes status) once the chat
 has been quiet for a moment, and on `/tree`. Printing it rather than drawing a live panel keeps
 the demo usable in any terminal, over ssh and under a pseudo-terminal in tests: what the user
@@ -20,6 +20,7 @@ types is echoed on the same screen, and a panel redrawn under it would tear it a
 
 from __future__ import annotations
 
+import argparse
 import logging
 import signal
 import sys
@@ -36,6 +37,8 @@ from rich.text import Text
 
 from anycode_actors.actors.admin import TreeSnapshot
 from anycode_actors.chat.console import ConsoleChat
+from anycode_actors.cli.common import CommandIO, Subparsers
+from anycode_actors.cli.console import TreeView
 from anycode_actors.config import (
     AdminConfig,
     AgentConfig,
@@ -47,7 +50,6 @@ from anycode_actors.config import (
     SandboxConfig,
     SessionConfig,
 )
-from anycode_actors.console import TreeView
 from anycode_actors.daemon import Daemon
 from supervisors import ChildEntry
 
@@ -55,6 +57,7 @@ __all__ = [
     "DEMO_AGENT",
     "REAL_AGENT",
     "WELCOME",
+    "add_demo",
     "demo_config",
     "real_config",
     "real_refusal",
@@ -76,6 +79,50 @@ TREE_POLL: Final = 0.25
 TREE_QUIET: Final = 0.8
 
 
+def add_demo(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="try it in this terminal: no token, no Docker (the terminal is the chat)",
+        description="Run the whole daemon with this terminal as its chat and a small built-in "
+        "agent (local processes, no Docker, no network): it streams an answer, asks a "
+        "permission you answer by typing its number, and writes a file. The live actor tree is "
+        "printed as it changes. /quit, Ctrl+D or Ctrl+C stop it.",
+    )
+    parser.add_argument(
+        "--real",
+        action="store_true",
+        help="run Claude Code in the Docker sandbox instead (needs ANTHROPIC_API_KEY, Docker and "
+        "the sandbox image)",
+    )
+    parser.add_argument(
+        "--image", default=None, metavar="IMAGE", help="the sandbox image for --real"
+    )
+    parser.add_argument(
+        "--files",
+        default="anycode-demo-files",
+        metavar="DIR",
+        help="where files the agent sends are saved (default: anycode-demo-files)",
+    )
+    parser.add_argument("--no-tree", action="store_true", help="do not print the actor tree")
+    parser.add_argument(
+        "--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+    parser.set_defaults(handler=_demo_command)
+
+
+def _demo_command(args: argparse.Namespace, io: CommandIO) -> int:
+    options = {"image": args.image} if args.image else {}
+    return run_demo(
+        io.out,
+        real=args.real,
+        files_dir=Path(args.files),
+        environ=io.environ,
+        show_tree=not args.no_tree,
+        log_level=args.log_level,
+        **options,
+    )
+
+
 def demo_config(folder: Path) -> Config:
     """The demo's configuration: everything under `folder`, the local provider, the demo agent.
 
@@ -83,7 +130,7 @@ def demo_config(folder: Path) -> Config:
     section, which `anycode run` needs; the demo brings its own chat client instead, so the
     sections are validated one by one and put together without that rule.
     """
-    agent = AgentConfig(acp_command=(sys.executable, "-m", "anycode_actors.demo_agent"))
+    agent = AgentConfig(acp_command=(sys.executable, "-m", "anycode_actors.cli.demo_agent"))
     return _assemble(
         folder,
         sandbox=SandboxConfig(provider="local", protocol="acp"),

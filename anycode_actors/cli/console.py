@@ -36,6 +36,7 @@ from anycode_actors.actors.admin import (
     TreeSnapshot,
     fetch_snapshot,
 )
+from anycode_actors.cli.common import configure_logging
 from anycode_actors.config import Config
 from supervisors import ChildEntry, ChildState, JsonValue
 
@@ -375,8 +376,6 @@ def run_with_console(config: Config, *, log_level: str, console: Console) -> int
     shuts the daemon down in order as `anycode run` does, and the view keeps drawing until
     the last child has stopped.
     """
-    from anycode_actors.cli import configure_logging
-
     log_file = log_file_for(config)
     log_file.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(log_file, encoding="utf-8")

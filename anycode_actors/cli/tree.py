@@ -1,15 +1,11 @@
-"""`anycode tree`: attach to a running daemon's admin socket and show its actor tree.
-
-Kept apart from cli.py, which lists `add_tree` among its subcommands. It imports nothing from
-cli.py at run time (cli.py imports it), so either module may be imported first.
-"""
+"""`anycode tree`: attach to a running daemon's admin socket and show its actor tree."""
 
 from __future__ import annotations
 
 import argparse
 import functools
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import trio
 from rich.text import Text
@@ -21,13 +17,12 @@ from anycode_actors.actors.admin import (
     TreeSnapshot,
     fetch_snapshot,
 )
+from anycode_actors.cli.common import DEFAULT_CONFIG_PATH, CommandIO, Subparsers
+from anycode_actors.cli.console import TreeView, snapshot_json, until_signalled, watch_daemon
 from anycode_actors.config import ConfigError, load_config
-from anycode_actors.console import TreeView, snapshot_json, until_signalled, watch_daemon
 
-if TYPE_CHECKING:
-    from anycode_actors.cli import CommandIO, Subparsers
+__all__ = ["add_tree"]
 
-DEFAULT_CONFIG_PATH: Final = "config.toml"
 DEFAULT_SOCKET: Final = "anycode.sock"
 TOKEN_ENV_VAR: Final = "ANYCODE_ADMIN_TOKEN"
 

@@ -1,8 +1,9 @@
 """A tiny ACP agent for `anycode demo`, and a readable example of the Agent Client Protocol.
 
-Run it as `python -m anycode_actors.demo_agent`. It speaks ACP version 1 over stdio: JSON-RPC 2.0,
-one message per line (NDJSON), requests from the client on stdin, everything it says on stdout.
-It needs nothing but the standard library and runs no model; every answer is scripted:
+Run it as `python -m anycode_actors.cli.demo_agent`. It speaks ACP version 1 over stdio:
+JSON-RPC 2.0, one message per line (NDJSON), requests from the client on stdin, everything it
+says on stdout. It needs nothing but the standard library and runs no model; every answer is
+scripted:
 
     client → initialize                      ← {protocolVersion: 1, agentInfo: {name: ...}}
     client → session/new {cwd}               ← {sessionId}
@@ -81,8 +82,8 @@ REPORT: Final = """\
 
 You asked: {prompt}
 
-This file was written by `anycode_actors.demo_agent`, a scripted ACP agent, after you allowed
-it. Anything an agent leaves in `/workspace/outbox` reaches the chat as a file when its turn
+This file was written by `anycode_actors.cli.demo_agent`, a scripted ACP agent, after you
+allowed it. Anything an agent leaves in `/workspace/outbox` reaches the chat as a file when its turn
 ends.
 
 - session: `{session}`
@@ -394,7 +395,7 @@ def _now() -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m anycode_actors.demo_agent",
+        prog="python -m anycode_actors.cli.demo_agent",
         description="A scripted ACP agent on stdin/stdout, for `anycode demo`.",
     )
     parser.add_argument(
