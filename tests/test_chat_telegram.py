@@ -822,18 +822,6 @@ async def test_upload_sends_a_multipart_document(fake: FakeTelegram) -> None:
     assert fake.calls_to("sendDocument")[0].files == {"document": "build.log"}
 
 
-async def test_delete_removes_a_message_and_a_missing_one_is_no_error(
-    fake: FakeTelegram,
-) -> None:
-    fake.add_chat(ADA.id, user=ADA)
-    async with TelegramClient(make_config(fake)) as client:
-        sent = await client.send(ADA_CHAT, "temporary")
-        await client.delete(ADA_CHAT, sent)
-        await client.delete(ADA_CHAT, sent)
-    assert fake.bot_messages(ADA.id) == []
-    assert [call.status for call in fake.calls_to("deleteMessage")] == [200, 400]
-
-
 # ---- MarkdownV2 ----------------------------------------------------------------------------------
 
 # Telegram deletes "\r" from every text, so no text here has one.

@@ -41,17 +41,17 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections import OrderedDict
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final
 
 import httpx
 import trio
 import trio_websocket
 from wsproto.utilities import LocalProtocolError
 
+from anycode_actors.chat._recent import Recent
 from anycode_actors.chat.auth import NOT_AUTHORIZED, AccessPolicy
 from anycode_actors.chat.base import (
     Button,
@@ -172,9 +172,6 @@ _SOCKET_ERRORS: Final = (
 _COMMAND: Final = re.compile(r"/([A-Za-z][\w-]*)(?:\s+(.*))?", re.DOTALL)
 _MARKUP: Final = re.compile(r"<([^<>]*)>")
 
-K = TypeVar("K", bound=Hashable)
-V = TypeVar("V")
-
 
 class SlackClient:
     """The bot in one Slack workspace: a `ChatClient` over Socket Mode and the Web API.
@@ -217,9 +214,9 @@ class SlackClient:
         self._bot_user_id = ""
         self._bot_id = ""
         self._team_id = ""
-        self._foreign_teams: _Recent[str, None] = _Recent(FOREIGN_TEAMS_KEPT)
-        self._seen: _Recent[tuple[str, ...], None] = _Recent(SEEN_CAPACITY)
-        self._response_urls: _Recent[str, str] = _Recent(RESPONSE_URLS_KEPT)
+        self._foreign_teams: Recent[str, None] = Recent(FOREIGN_TEAMS_KEPT)
+        self._seen: Recent[tuple[str, ...], None] = Recent(SEEN_CAPACITY)
+        self._response_urls: Recent[str, str] = Recent(RESPONSE_URLS_KEPT)
         self._links = 0
         # Acked envelopes on their way to the actors, and the one being handed on right now.
         self._inbox, self._inbox_out = trio.open_memory_channel[_Inbound](inbound_buffer)
@@ -800,26 +797,6 @@ class _Refusal:
 
 
 _Inbound = Command | Message | ButtonPress | _Refusal
-
-
-class _Recent(Generic[K, V]):
-    """A mapping that forgets its oldest entries beyond `capacity`."""
-
-    def __init__(self, capacity: int) -> None:
-        self._capacity = capacity
-        self._items: OrderedDict[K, V] = OrderedDict()
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._items
-
-    def get(self, key: K) -> V | None:
-        return self._items.get(key)
-
-    def put(self, key: K, value: V) -> None:
-        self._items[key] = value
-        self._items.move_to_end(key)
-        while len(self._items) > self._capacity:
-            self._items.popitem(last=False)
 
 
 # --- helpers --------------------------------------------------------------------------------------

@@ -43,14 +43,14 @@ from __future__ import annotations
 import json
 import logging
 import mimetypes
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final
 
 import httpx
 import trio
 
+from anycode_actors.chat._recent import Recent
 from anycode_actors.chat.auth import NOT_AUTHORIZED, AccessPolicy
 from anycode_actors.chat.base import (
     Button,
@@ -80,9 +80,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-K = TypeVar("K")
-V = TypeVar("V")
 
 PLATFORM: Final = "telegram"
 
@@ -206,7 +203,7 @@ class TelegramClient:
         self._commands = tuple(commands)
         self._bot_username: str | None = None
         # (chat id, message id) → (text, reply markup) this client last set on the message.
-        self._shown: _Recent[tuple[str, str], tuple[str | Rich, str]] = _Recent(SENT_REMEMBERED)
+        self._shown: Recent[tuple[str, str], tuple[str | Rich, str]] = Recent(SENT_REMEMBERED)
         # Forwarded presses not answered yet → when the client answers them itself.
         self._unanswered: dict[str, float] = {}
         self._press_arrived = trio.Event()
@@ -579,19 +576,6 @@ class TelegramClient:
         )
         return str(sent["message_id"])
 
-    async def delete(self, chat: ChatRef, message_id: str) -> None:
-        """deleteMessage. A message that is already gone counts as deleted."""
-        try:
-            await self._call(
-                "deleteMessage",
-                {"chat_id": _chat_id(chat.chat_id), "message_id": int(message_id)},
-            )
-        except _ApiError as error:
-            if "message to delete not found" not in error.code:
-                raise
-            log.debug("Telegram: message to delete was already gone")
-        self._shown.pop((chat.chat_id, message_id))
-
     async def _answer(self, press_id: str, text: str, *, alert: bool) -> None:
         params: dict[str, Any] = {"callback_query_id": press_id}
         if text:
@@ -835,26 +819,3 @@ def _markup_key(markup: dict[str, Any] | None) -> str:
 
 def _shorten(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-class _Recent(Generic[K, V]):
-    """A mapping that forgets its least recently used entries beyond `capacity`."""
-
-    def __init__(self, capacity: int) -> None:
-        self._capacity = capacity
-        self._items: OrderedDict[K, V] = OrderedDict()
-
-    def get(self, key: K) -> V | None:
-        value = self._items.get(key)
-        if value is not None:
-            self._items.move_to_end(key)
-        return value
-
-    def put(self, key: K, value: V) -> None:
-        self._items[key] = value
-        self._items.move_to_end(key)
-        while len(self._items) > self._capacity:
-            self._items.popitem(last=False)
-
-    def pop(self, key: K) -> None:
-        self._items.pop(key, None)

@@ -1796,6 +1796,15 @@ class FakeTelegram:
                     return self.inject_callback(chat_id, user, message_id, button.callback_data)
         raise LookupError(f"message {message_id} has no callback button labelled {label!r}")
 
+    def delete(self, chat_id: int, message_id: int) -> None:
+        """Someone deletes a message in the app; the bot is not told (no update is sent)."""
+        chat = self._chat(chat_id)
+        message = self._visible(chat, message_id)
+        if message is None:
+            raise LookupError(f"no message {message_id} in chat {chat_id}")
+        message.deleted = True
+        self._log(chat, f"#{message_id} deleted")
+
     def block(self, chat_id: int) -> None:
         """The user blocks the bot: sends fail with 403 (A6)."""
         self._chat(chat_id).blocked = True
