@@ -80,6 +80,9 @@ log = logging.getLogger(__name__)
 DESTROY_GRACE: Final = 60.0
 # Time for the last output and the final notice to reach the chat before the actor ends.
 DRAIN_GRACE: Final = 10.0
+# Lines of a sandbox that died unexpectedly logged before it is removed, and the time to get them.
+DEAD_SANDBOX_LOG_LINES: Final = 40
+DEAD_SANDBOX_LOG_TIMEOUT: Final = 10.0
 # Where agents leave files for the user (documented in the README and the agent's prompt).
 OUTBOX: Final = "/workspace/outbox"
 SESSION_INBOX: Final = 64
@@ -179,6 +182,8 @@ class SessionActor(Actor[SessionInbox]):
         self._upload_keys: list[tuple[str, int]] = []  # by upload tag number
         self._redactor: OutputRedactor | None = None
         self._unanswered: FollowUp | None = None
+        # The stream actor's supervisor, run inside `run` for as long as the session lives.
+        self._streams = Supervisor(name="streams", intensity=Intensity(max_restarts=0, period=1.0))
 
     # --- life -----------------------------------------------------------------------------------
 
@@ -190,7 +195,7 @@ class SessionActor(Actor[SessionInbox]):
         # Ready at once: the sessions supervisor serves one start at a time, and creating a
         # sandbox takes seconds.
         task_status.started()
-        streams = Supervisor(name="streams", intensity=Intensity(max_restarts=0, period=1.0))
+        streams = self._streams
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -205,7 +210,7 @@ class SessionActor(Actor[SessionInbox]):
                 while self._outcome is None:
                     message = await self._inbox.receive()
                     try:
-                        await self._handle_message(message, streams)
+                        await self.handle(message)
                     except StoreUnavailable as exc:
                         # The database cannot be written (locked past the busy timeout, the
                         # disk full): what happens next could not be recorded, so the session
@@ -223,12 +228,11 @@ class SessionActor(Actor[SessionInbox]):
             with trio.CancelScope(shield=True):
                 await self._clean_up(late)
 
-    async def handle(self, message: SessionInbox) -> None:  # pragma: no cover - run() dispatches
-        raise RuntimeError("SessionActor.run dispatches messages itself")
-
-    async def _handle_message(self, message: SessionInbox, streams: Supervisor) -> None:
+    async def handle(self, message: SessionInbox) -> None:
+        """One message from the inbox. `run` reads the inbox itself (not `Actor.run`): it also
+        creates the sandbox before the first message and removes it after the last."""
         if isinstance(message, _Started):
-            await self._on_started(message.handle, streams)
+            await self._on_started(message.handle, self._streams)
         elif isinstance(message, _StartFailed):
             self._finish(SessionStatus.FAILED, message.message)
         elif isinstance(message, StreamReady):
@@ -549,10 +553,31 @@ class SessionActor(Actor[SessionInbox]):
                 except AnycodeError as exc:
                     log.warning("session %s: %s", short_id(self._id), exc)
         if not alive:
+            await self._log_last_output()
             self._finish(SessionStatus.FAILED, "the sandbox stopped unexpectedly")
         else:
             why = error or "its event stream ended"
             self._finish(SessionStatus.FAILED, f"lost the connection to the agent: {why}")
+
+    async def _log_last_output(self) -> None:
+        """Log the last lines of a sandbox that stopped on its own (killed for memory, an agent
+        that crashed): the clue to why, which cleanup is about to remove with the sandbox. The
+        provider hides the credentials it gave the sandbox."""
+        if self._handle is None:
+            return
+        output = ""
+        with trio.move_on_after(DEAD_SANDBOX_LOG_TIMEOUT):
+            try:
+                output = await self._provider.logs(self._handle.id, tail=DEAD_SANDBOX_LOG_LINES)
+            except AnycodeError as exc:
+                log.warning("session %s: no output of its sandbox: %s", short_id(self._id), exc)
+        if output.strip():
+            log.warning(
+                "session %s: its sandbox %s stopped unexpectedly; its last output:\n%s",
+                short_id(self._id),
+                _short_sandbox(self._handle.id),
+                output.rstrip(),
+            )
 
     # --- the user -------------------------------------------------------------------------------
 
