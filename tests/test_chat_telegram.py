@@ -348,7 +348,7 @@ async def test_commands_are_cut_by_their_utf16_entity_and_only_at_the_start(
         later = [await receive(events) for _ in range(2)]
     assert isinstance(command, Command)
     assert (command.name, command.args) == ("task", "🐛🚀 fix ünïcode 👩‍💻")
-    # A command after an emoji is not at offset 0, and a path is no command (A3).
+    # A command after an emoji is not at offset 0, and a path is no command.
     assert [(type(e), getattr(e, "text", None)) for e in later] == [
         (Message, "🚀 /task fix it"),
         (Message, "/tmp/x is full"),

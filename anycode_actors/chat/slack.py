@@ -84,7 +84,7 @@ log = logging.getLogger(__name__)
 
 PLATFORM: Final = "slack"
 
-# --- limits (shared/reference/chat-platforms.md B4) ---------------------------------------------
+# --- limits (https://docs.slack.dev/reference/block-kit/blocks/section-block) --------------------
 # A section block holds 3000 characters, so a message within the limit normally fits in one
 # section. Escaping can lengthen the text; the rest then goes into further sections (a message
 # may have 50 blocks), cut at a newline where possible.
@@ -142,7 +142,8 @@ RESPONSE_URLS_KEPT: Final = 512
 # Foreign workspaces already logged; beyond this many the oldest may be logged again.
 FOREIGN_TEAMS_KEPT: Final = 256
 BUSY_TEXT: Final = "The bot is busy right now; please try again in a moment."
-# After the immediate first retry, the original's policy: 1 s doubling to 30 s.
+# After the immediate first retry: 1 s doubling to 30 s, each wait up to 10% shorter, and from
+# 1 s again once a connection has lasted 30 s.
 RECONNECT_INITIAL: Final = 1.0
 RECONNECT_FACTOR: Final = 2.0
 RECONNECT_CAP: Final = 30.0
@@ -901,7 +902,8 @@ def _plain_text(text: str) -> str:
 
 
 def _escape(text: str) -> str:
-    """Slack's mrkdwn escaping: only these three, never the whole text (B4)."""
+    """Slack's mrkdwn escaping: only these three, never the whole text
+    (https://docs.slack.dev/messaging/formatting-message-text#escaping)."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
