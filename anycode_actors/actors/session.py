@@ -80,14 +80,14 @@ log = logging.getLogger(__name__)
 DESTROY_GRACE: Final = 60.0
 # Time for the last output and the final notice to reach the chat before the actor ends.
 DRAIN_GRACE: Final = 10.0
-# Lines of a sandbox that died unexpectedly logged before it is removed, and the time to get them.
-DEAD_SANDBOX_LOG_LINES: Final = 40
-DEAD_SANDBOX_LOG_TIMEOUT: Final = 10.0
 # Where agents leave files for the user (documented in the README and the agent's prompt).
 OUTBOX: Final = "/workspace/outbox"
 SESSION_INBOX: Final = 64
 # Tags of uploads in flight, answered by the flusher's `Posted`: "upload:<n>".
 UPLOAD_TAG: Final = "upload:"
+# Lines of a sandbox that died unexpectedly logged before it is removed, and the time to get them.
+DEAD_SANDBOX_LOG_LINES: Final = 40
+DEAD_SANDBOX_LOG_TIMEOUT: Final = 10.0
 
 OPTION_LABELS: Final = {
     "allow_once": "Allow",
