@@ -19,6 +19,9 @@
 #                  sees it.  Default /etc/ssl/certs/ca-certificates.crt when present; "" = none
 #   VERBOSE=1      show the full docker build output (otherwise: steps only, full log in
 #                  docker/.build/build-image.log)
+#   NPM_REGISTRY   npm registry the build installs Node and the agents from
+#                  (default: what this host's `npm config get registry` answers, when npm is
+#                  installed; otherwise the registry the base image's npm is configured with)
 #   Build arguments passed through when set: INSTALL_GOOSE GOOSE_URL NODE_VERSION NODE_MIN_VERSION
 #     NPM_VERSION NPM_REGISTRY SANDBOX_AGENT_VERSION CLAUDE_CODE_VERSION CLAUDE_AGENT_ACP_VERSION
 #     ACPX_VERSION CODEX_VERSION CODEX_ACP_VERSION AGENT_UID AGENT_SUDO
@@ -178,6 +181,11 @@ fi
 [ "$base_only" = 1 ] && exit 0
 
 # --- Build arguments and the build hash. -------------------------------------------------------
+# The npm registry is whatever this host's npm is configured with (a mirror, say), unless given.
+if [ -z "${NPM_REGISTRY+x}" ] && command -v npm >/dev/null 2>&1; then
+    NPM_REGISTRY="$(npm config get registry 2>/dev/null || true)"
+    [ -n "$NPM_REGISTRY" ] || unset NPM_REGISTRY
+fi
 build_args=(--build-arg "BASE=$base")
 for name in "${PASSTHROUGH_ARGS[@]}"; do
     if [ -n "${!name+x}" ]; then

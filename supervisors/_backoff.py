@@ -1,4 +1,4 @@
-"""Exponential backoff with jitter between restarts."""
+"""Exponential backoff with jitter: between restarts, and between any tries after failures."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from ._defaults import (
 
 @dataclass(frozen=True)
 class Backoff:
-    """How long a supervisor waits before restarting a child that has to be restarted.
+    """How long a supervisor waits before restarting a child that has to be restarted, or anything
+    else waits before trying again after consecutive failures (a client reconnecting).
 
     The n-th consecutive restart of a child (n = 0, 1, ...) waits `min(cap, initial * factor**n)`
     seconds, less a random share of up to `jitter` of that (jitter=0.1 waits between 90% and 100%,
@@ -51,7 +52,7 @@ class Backoff:
             raise ValueError(f"reset_after must be >= 0, got {self.reset_after}")
 
     def delay(self, attempt: int) -> float:
-        """Seconds to wait before restart number `attempt` (0-based) of a crash series."""
+        """Seconds to wait before restart (or retry) number `attempt` (0-based) of a series."""
         try:
             base = min(self.cap, self.initial * self.factor**attempt)
         except OverflowError:

@@ -263,7 +263,8 @@ class FakeProvider:
     finishes and returns its handle. `is_alive_delay`/`is_alive_error` and
     `list_delay`/`list_error` make the engine slow or failing; `kill` makes a sandbox stop.
     `outbox` is what `read_files` finds in the sandbox's outbox folder; `links` names its hard
-    links (name → the name of the file it links to; both are in `outbox`).
+    links (name → the name of the file it links to; both are in `outbox`). `output` is what
+    `logs` answers (the last `tail` lines of it).
     """
 
     name = "fake"
@@ -290,6 +291,7 @@ class FakeProvider:
         self.destroyed: list[str] = []
         self.outbox: dict[str, bytes] = {}
         self.links: dict[str, str] = {}
+        self.output = ""
         self.reads = 0
         self._ids = itertools.count(1)
 
@@ -357,7 +359,7 @@ class FakeProvider:
 
     async def logs(self, sandbox_id: str, tail: int = 200) -> str:
         await trio.lowlevel.checkpoint()
-        return ""
+        return "\n".join(self.output.splitlines()[-tail:] if tail > 0 else [])
 
     async def list(self) -> list[SandboxInfo]:
         await trio.sleep(self.list_delay)

@@ -8,6 +8,7 @@ records and what the sandbox and the agent are told.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 
@@ -494,6 +495,28 @@ async def test_a_lost_agent_stream_with_a_dead_sandbox_fails_the_session(
         f"Session `{rig.short}` failed: the sandbox stopped unexpectedly"
     )
     assert rig.provider.sandboxes == {}  # the stopped sandbox is removed all the same
+
+
+async def test_the_last_output_of_a_sandbox_that_died_is_logged_before_it_is_removed(
+    autojump_clock: trio.abc.Clock,
+    nursery: trio.Nursery,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    agent = FakeAgent([[TextDelta(text="Working...")]])
+    rig = await start_session(nursery, store, monkeypatch, agent)
+    await rig.client.wait_for_text("Working...")
+    [sandbox] = rig.provider.alive
+    rig.provider.output = "".join(f"line {n}\n" for n in range(100)) + "Killed\n"
+    rig.provider.kill(sandbox)
+    with caplog.at_level(logging.WARNING, logger="anycode_actors.actors.session"):
+        agent.end("connection_lost", "the event stream ended")
+        assert await rig.closed() == SessionClosed(rig.sid, "failed")
+    [record] = [r for r in caplog.records if "last output" in r.getMessage()]
+    assert record.getMessage().endswith("line 99\nKilled")
+    assert "line 60\n" not in record.getMessage()  # only the last DEAD_SANDBOX_LOG_LINES
+    assert rig.provider.sandboxes == {}
 
 
 async def test_a_lost_agent_stream_with_a_live_sandbox_fails_with_the_reason(

@@ -61,7 +61,8 @@ def update(body: dict[str, Any]) -> str:
     )
 
 
-# Shapes from the reference (§2a, §4) and the recorded runs.
+# Shapes from the Agent Client Protocol schema (https://agentclientprotocol.com/protocol/schema)
+# and from recorded runs.
 TEXT_CHUNK = update(
     {"sessionUpdate": "agent_message_chunk", "content": {"type": "text", "text": "Hello "}}
 )

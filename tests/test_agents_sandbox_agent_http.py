@@ -384,6 +384,13 @@ async def test_reconnects_back_off_and_give_up_after_the_configured_retries(
     assert gaps == [2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
 
 
+def test_a_reconnect_policy_with_impossible_waits_is_refused() -> None:
+    with pytest.raises(ValueError, match="initial <= cap"):
+        ReconnectPolicy(initial_delay=60, max_delay=30)
+    with pytest.raises(ValueError, match="factor"):
+        ReconnectPolicy(multiplier=0.5)
+
+
 async def test_a_gap_in_the_live_stream_is_fetched_again_from_the_ring(
     nursery: trio.Nursery, autojump_clock: Any
 ) -> None:

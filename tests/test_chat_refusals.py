@@ -138,7 +138,7 @@ async def test_telegram_a_refused_message_whose_original_is_gone_is_sent_unquote
         telegram.inject_message(TG_ADA.id, TG_ADA, "more please")
         message = await receive(events)
         assert isinstance(message, Message)
-        await client.delete(message.chat, message.message_id)
+        telegram.delete(TG_ADA.id, int(message.message_id))
         await client.refuse(message, "You have reached your limit of sessions.")
     [reply] = telegram.bot_messages(TG_ADA.id)
     assert (reply.text, reply.reply_to) == ("You have reached your limit of sessions.", None)

@@ -348,7 +348,7 @@ async def test_commands_are_cut_by_their_utf16_entity_and_only_at_the_start(
         later = [await receive(events) for _ in range(2)]
     assert isinstance(command, Command)
     assert (command.name, command.args) == ("task", "🐛🚀 fix ünïcode 👩‍💻")
-    # A command after an emoji is not at offset 0, and a path is no command (A3).
+    # A command after an emoji is not at offset 0, and a path is no command.
     assert [(type(e), getattr(e, "text", None)) for e in later] == [
         (Message, "🚀 /task fix it"),
         (Message, "/tmp/x is full"),
@@ -820,18 +820,6 @@ async def test_upload_sends_a_multipart_document(fake: FakeTelegram) -> None:
     assert second.message_id == int(long)
     assert second.caption == "c" * 1023 + "…"
     assert fake.calls_to("sendDocument")[0].files == {"document": "build.log"}
-
-
-async def test_delete_removes_a_message_and_a_missing_one_is_no_error(
-    fake: FakeTelegram,
-) -> None:
-    fake.add_chat(ADA.id, user=ADA)
-    async with TelegramClient(make_config(fake)) as client:
-        sent = await client.send(ADA_CHAT, "temporary")
-        await client.delete(ADA_CHAT, sent)
-        await client.delete(ADA_CHAT, sent)
-    assert fake.bot_messages(ADA.id) == []
-    assert [call.status for call in fake.calls_to("deleteMessage")] == [200, 400]
 
 
 # ---- MarkdownV2 ----------------------------------------------------------------------------------

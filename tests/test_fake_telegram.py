@@ -5,7 +5,8 @@ so tests that involve waiting use the ``autojump_clock`` fixture. The client and
 over loopback inside the same process: a request's bytes are readable by the server as soon as
 the client has written them, so the run loop always finds I/O ready and the mock clock only jumps
 when every task is genuinely waiting on a timeout. The rate-limit arithmetic is also tested
-directly on ``TokenBucket``.
+directly on ``TokenBucket``. Tags such as (A2) name the Telegram documentation listed at the top of
+``tests/fakes/telegram.py``.
 """
 
 from __future__ import annotations
@@ -440,7 +441,7 @@ async def test_edit_and_delete_of_missing_or_foreign_messages(
     assert [m.text for m in telegram.messages(GROUP)] == ["hi all"]
 
 
-# ---- flood control (A5, D1) ----------------------------------------------------------------------
+# ---- flood control (A5) --------------------------------------------------------------------------
 
 
 async def test_a_burst_gets_429_with_retry_after_and_edits_share_the_bucket(

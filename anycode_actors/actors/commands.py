@@ -69,8 +69,8 @@ class BadTask(ValueError):
 def parse_task(args: str, known_agents: Sequence[str], default_agent: str) -> TaskRequest:
     """`/task [agent] <prompt>`: the first word is the agent only if it names a known one.
 
-    An unknown first word is part of the prompt and the default agent runs (as the original
-    did), so `/task fix the bug` never fails on "fix" not being an agent.
+    An unknown first word is part of the prompt and the default agent runs, so
+    `/task fix the bug` never fails on "fix" not being an agent.
     """
     text = args.strip()
     if not text:
@@ -134,8 +134,8 @@ def detect_repo(prompt: str) -> str | None:
     """The repository a prompt names, as an https URL, or None.
 
     GitHub and GitLab URLs win. Otherwise an `owner/repo` shorthand becomes a GitHub URL, but
-    only when it cannot be a path, a file, a fraction or an English pair: the original took
-    "src/main.rs", "and/or" and "https://x.com/a/b" for repositories.
+    only when it cannot be a path, a file, a fraction or an English pair: "src/main.rs",
+    "and/or" and "https://x.com/a/b" are not repositories.
     """
     url = _URL.search(prompt)
     if url:

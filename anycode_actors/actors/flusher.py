@@ -93,7 +93,7 @@ from anycode_actors.chat.base import (
     ChatUnavailable,
     RateLimited,
 )
-from supervisors import Actor, ChildContext, current_child
+from supervisors import Actor, Backoff, ChildContext, current_child
 
 __all__ = [
     "BACKOFF_CAP",
@@ -135,6 +135,10 @@ MAX_ATTEMPTS: Final = 8
 BACKOFF_INITIAL: Final = 1.0
 BACKOFF_CAP: Final = 30.0
 """Pause after the n-th consecutive `ChatUnavailable`: BACKOFF_INITIAL * 2**(n-1), capped."""
+# Without jitter, so those pauses are exact.
+_UNAVAILABLE_BACKOFF: Final = Backoff(
+    initial=BACKOFF_INITIAL, factor=2.0, cap=BACKOFF_CAP, jitter=0
+)
 REPLY_TIMEOUT: Final = 10.0
 """How long delivering a `Posted` or `StreamStarted` may wait on a full channel before it is
 dropped with a warning (the calls for the chat wait meanwhile)."""
@@ -777,7 +781,7 @@ class Flusher(Actor[FlusherMessage]):
                 )
                 await self._drop(op)
             else:
-                self._pause(min(BACKOFF_CAP, BACKOFF_INITIAL * 2 ** (op.attempts - 1)))
+                self._pause(_UNAVAILABLE_BACKOFF.delay(op.attempts - 1))
                 self._requeue(op)
         finally:
             self._inflight = None

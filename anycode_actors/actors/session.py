@@ -97,6 +97,9 @@ OUTBOX: Final = "/workspace/outbox"
 SESSION_INBOX: Final = 64
 # Tags of uploads in flight, answered by the flusher's `Posted`: "upload:<n>".
 UPLOAD_TAG: Final = "upload:"
+# Lines of a sandbox that died unexpectedly logged before it is removed, and the time to get them.
+DEAD_SANDBOX_LOG_LINES: Final = 40
+DEAD_SANDBOX_LOG_TIMEOUT: Final = 10.0
 
 OPTION_LABELS: Final = {
     "allow_once": "Allow",
@@ -195,6 +198,8 @@ class SessionActor(Actor[SessionInbox]):
         self._unconfirmed: set[int] = set()
         self._redactor: OutputRedactor | None = None
         self._unanswered: FollowUp | None = None
+        # The stream actor's supervisor, run inside `run` for as long as the session lives.
+        self._streams = Supervisor(name="streams", intensity=Intensity(max_restarts=0, period=1.0))
 
     # --- life -----------------------------------------------------------------------------------
 
@@ -206,7 +211,7 @@ class SessionActor(Actor[SessionInbox]):
         # Ready at once: the sessions supervisor serves one start at a time, and creating a
         # sandbox takes seconds.
         task_status.started()
-        streams = Supervisor(name="streams", intensity=Intensity(max_restarts=0, period=1.0))
+        streams = self._streams
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -222,7 +227,7 @@ class SessionActor(Actor[SessionInbox]):
                 while self._outcome is None:
                     message = await self._inbox.receive()
                     try:
-                        await self._handle_message(message, streams)
+                        await self.handle(message)
                     except StoreUnavailable as exc:
                         # The database cannot be written (locked past the busy timeout, the
                         # disk full): what happens next could not be recorded, so the session
@@ -240,12 +245,11 @@ class SessionActor(Actor[SessionInbox]):
             with trio.CancelScope(shield=True):
                 await self._clean_up(late)
 
-    async def handle(self, message: SessionInbox) -> None:  # pragma: no cover - run() dispatches
-        raise RuntimeError("SessionActor.run dispatches messages itself")
-
-    async def _handle_message(self, message: SessionInbox, streams: Supervisor) -> None:
+    async def handle(self, message: SessionInbox) -> None:
+        """One message from the inbox. `run` reads the inbox itself (not `Actor.run`): it also
+        creates the sandbox before the first message and removes it after the last."""
         if isinstance(message, _Started):
-            await self._on_started(message.handle, streams)
+            await self._on_started(message.handle, self._streams)
         elif isinstance(message, _StartFailed):
             self._finish(SessionStatus.FAILED, message.message)
         elif isinstance(message, StreamReady):
@@ -569,6 +573,7 @@ class SessionActor(Actor[SessionInbox]):
                 except AnycodeError as exc:
                     log.warning("session %s: %s", short_id(self._id), exc)
         if not alive and self._handle is not None:
+            await self._log_last_output()
             self._finish(SessionStatus.FAILED, await describe_loss(self._provider, self._handle.id))
         else:
             why = error or "its event stream ended"
@@ -576,6 +581,26 @@ class SessionActor(Actor[SessionInbox]):
             if trouble:
                 why = f"{why} ({trouble})"
             self._finish(SessionStatus.FAILED, f"lost the connection to the agent: {why}")
+
+    async def _log_last_output(self) -> None:
+        """Log the last lines of a sandbox that stopped on its own (killed for memory, an agent
+        that crashed): the clue to why, which cleanup is about to remove with the sandbox. The
+        provider hides the credentials it gave the sandbox."""
+        if self._handle is None:
+            return
+        output = ""
+        with trio.move_on_after(DEAD_SANDBOX_LOG_TIMEOUT):
+            try:
+                output = await self._provider.logs(self._handle.id, tail=DEAD_SANDBOX_LOG_LINES)
+            except AnycodeError as exc:
+                log.warning("session %s: no output of its sandbox: %s", short_id(self._id), exc)
+        if output.strip():
+            log.warning(
+                "session %s: its sandbox %s stopped unexpectedly; its last output:\n%s",
+                short_id(self._id),
+                _short_sandbox(self._handle.id),
+                output.rstrip(),
+            )
 
     # --- the user -------------------------------------------------------------------------------
 

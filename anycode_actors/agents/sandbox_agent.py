@@ -49,6 +49,7 @@ from anycode_actors.agents.jsonrpc import (
 )
 from anycode_actors.agents.transport import INCOMING_BUFFER, Received
 from anycode_actors.errors import AgentAuthError, AgentClosedError, AgentError, AgentNotReadyError
+from supervisors import Backoff
 
 __all__ = [
     "DELETE_TIMEOUT",
@@ -97,10 +98,18 @@ class ReconnectPolicy:
     max_delay: float = 30.0
     multiplier: float = 2.0
     max_retries: int = 10
+    _backoff: Backoff = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # The waits are a jitter-free `Backoff`, which also rejects impossible ones.
+        backoff = Backoff(
+            initial=self.initial_delay, factor=self.multiplier, cap=self.max_delay, jitter=0
+        )
+        object.__setattr__(self, "_backoff", backoff)
 
     def delay(self, attempt: int) -> float:
         """The wait before reconnect attempt `attempt` (1, 2, ...)."""
-        return float(min(self.max_delay, self.initial_delay * self.multiplier ** (attempt - 1)))
+        return self._backoff.delay(attempt - 1)
 
 
 @dataclass

@@ -7,7 +7,7 @@ the official rules, so their output always parses; should Telegram still answer 
 entities" (a hand-written `Rich`), the client resends `plain`, which reads the same without the
 formatting.
 
-The rules (Bot API "MarkdownV2 style"; chat-platforms.md A7):
+The rules (Bot API "MarkdownV2 style": https://core.telegram.org/bots/api#markdownv2-style):
 
 - outside entities, `_*[]()~`>#+-=|{}.!` must be escaped with a preceding backslash, and so must
   the backslash itself;

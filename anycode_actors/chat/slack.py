@@ -41,17 +41,17 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections import OrderedDict
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final
 
 import httpx
 import trio
 import trio_websocket
 from wsproto.utilities import LocalProtocolError
 
+from anycode_actors.chat._recent import Recent
 from anycode_actors.chat.auth import NOT_AUTHORIZED, AccessPolicy
 from anycode_actors.chat.base import (
     Button,
@@ -84,7 +84,7 @@ log = logging.getLogger(__name__)
 
 PLATFORM: Final = "slack"
 
-# --- limits (shared/reference/chat-platforms.md B4) ---------------------------------------------
+# --- limits (https://docs.slack.dev/reference/block-kit/blocks/section-block) --------------------
 # A section block holds 3000 characters, so a message within the limit normally fits in one
 # section. Escaping can lengthen the text; the rest then goes into further sections (a message
 # may have 50 blocks), cut at a newline where possible.
@@ -142,7 +142,8 @@ RESPONSE_URLS_KEPT: Final = 512
 # Foreign workspaces already logged; beyond this many the oldest may be logged again.
 FOREIGN_TEAMS_KEPT: Final = 256
 BUSY_TEXT: Final = "The bot is busy right now; please try again in a moment."
-# After the immediate first retry, the original's policy: 1 s doubling to 30 s.
+# After the immediate first retry: 1 s doubling to 30 s, each wait up to 10% shorter, and from
+# 1 s again once a connection has lasted 30 s.
 RECONNECT_INITIAL: Final = 1.0
 RECONNECT_FACTOR: Final = 2.0
 RECONNECT_CAP: Final = 30.0
@@ -171,9 +172,6 @@ _SOCKET_ERRORS: Final = (
 )
 _COMMAND: Final = re.compile(r"/([A-Za-z][\w-]*)(?:\s+(.*))?", re.DOTALL)
 _MARKUP: Final = re.compile(r"<([^<>]*)>")
-
-K = TypeVar("K", bound=Hashable)
-V = TypeVar("V")
 
 
 class SlackClient:
@@ -217,9 +215,9 @@ class SlackClient:
         self._bot_user_id = ""
         self._bot_id = ""
         self._team_id = ""
-        self._foreign_teams: _Recent[str, None] = _Recent(FOREIGN_TEAMS_KEPT)
-        self._seen: _Recent[tuple[str, ...], None] = _Recent(SEEN_CAPACITY)
-        self._response_urls: _Recent[str, str] = _Recent(RESPONSE_URLS_KEPT)
+        self._foreign_teams: Recent[str, None] = Recent(FOREIGN_TEAMS_KEPT)
+        self._seen: Recent[tuple[str, ...], None] = Recent(SEEN_CAPACITY)
+        self._response_urls: Recent[str, str] = Recent(RESPONSE_URLS_KEPT)
         self._links = 0
         # Acked envelopes on their way to the actors, and the one being handed on right now.
         self._inbox, self._inbox_out = trio.open_memory_channel[_Inbound](inbound_buffer)
@@ -802,26 +800,6 @@ class _Refusal:
 _Inbound = Command | Message | ButtonPress | _Refusal
 
 
-class _Recent(Generic[K, V]):
-    """A mapping that forgets its oldest entries beyond `capacity`."""
-
-    def __init__(self, capacity: int) -> None:
-        self._capacity = capacity
-        self._items: OrderedDict[K, V] = OrderedDict()
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._items
-
-    def get(self, key: K) -> V | None:
-        return self._items.get(key)
-
-    def put(self, key: K, value: V) -> None:
-        self._items[key] = value
-        self._items.move_to_end(key)
-        while len(self._items) > self._capacity:
-            self._items.popitem(last=False)
-
-
 # --- helpers --------------------------------------------------------------------------------------
 async def _next_frame(ws: trio_websocket.WebSocketConnection) -> dict[str, Any]:
     """The next JSON object Slack sends; anything else is skipped."""
@@ -924,7 +902,8 @@ def _plain_text(text: str) -> str:
 
 
 def _escape(text: str) -> str:
-    """Slack's mrkdwn escaping: only these three, never the whole text (B4)."""
+    """Slack's mrkdwn escaping: only these three, never the whole text
+    (https://docs.slack.dev/messaging/formatting-message-text#escaping)."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 

@@ -3,9 +3,9 @@
 `TelegramClient` is the `ChatClient` for one bot. ``await nursery.start(client.run, events)``
 asks getMe who the bot is (its username decides which ``/cmd@bot`` commands are ours), registers
 the command menu with setMyCommands, reports ready, and then long-polls getUpdates forever,
-turning each update into a `Command`, `Message` or `ButtonPress` (chat-platforms.md A2, A3).
-`send`, `edit`, `answer_press`, `refuse`, `upload` and `delete` may be called from any task
-meanwhile.
+turning each update into a `Command`, `Message` or `ButtonPress` (Bot API reference:
+https://core.telegram.org/bots/api#getupdates). `send`, `edit`, `answer_press`, `refuse` and
+`upload` may be called from any task meanwhile.
 
 Errors, as the daemon sees them:
 
@@ -43,14 +43,14 @@ from __future__ import annotations
 import json
 import logging
 import mimetypes
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final
 
 import httpx
 import trio
 
+from anycode_actors.chat._recent import Recent
 from anycode_actors.chat.auth import NOT_AUTHORIZED, AccessPolicy
 from anycode_actors.chat.base import (
     Button,
@@ -81,13 +81,12 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-K = TypeVar("K")
-V = TypeVar("V")
-
 PLATFORM: Final = "telegram"
 
-#: Telegram's numbers (chat-platforms.md A4, A5). Text is counted in code points; sends and edits
-#: share one budget per chat: about one a second with short bursts, 20 a minute in groups.
+#: Telegram's numbers (https://core.telegram.org/bots/api#sendmessage and the Bot FAQ,
+#: https://core.telegram.org/bots/faq#my-bot-is-hitting-limits-how-do-i-avoid-this). Text is
+#: counted in code points; sends and edits share one budget per chat: about one a second with
+#: short bursts, 20 a minute in groups.
 #: Telegram publishes no burst size, so it is kept small.
 TELEGRAM_LIMITS: Final = ChatLimits(
     max_text_length=4096,
@@ -99,7 +98,8 @@ TELEGRAM_LIMITS: Final = ChatLimits(
 )
 #: How many calls the bot may make at once before its per-second rate applies.
 BOT_BURST: Final = 10
-#: A document's caption, and the text of an answer to a button press, in code points (A4).
+#: A document's caption, and the text of an answer to a button press, in code points
+#: (https://core.telegram.org/bots/api#senddocument, #answercallbackquery).
 CAPTION_MAX: Final = 1024
 PRESS_ANSWER_MAX: Final = 200
 
@@ -114,10 +114,11 @@ DEFAULT_COMMANDS: Final[tuple[tuple[str, str], ...]] = (
 
 ONLY_TEXT: Final = "Only text messages are supported."
 
-#: The Bot API holds a long poll for at most 50 s (A2).
+#: The Bot API server holds a long poll for at most 50 s: it clamps getUpdates' timeout to
+#: LONG_POLL_MAX_TIMEOUT (https://github.com/tdlib/telegram-bot-api, telegram-bot-api/Client.h).
 LONG_POLL_MAX: Final = 50
 #: The HTTP read timeout of a long poll exceeds the poll itself by this much, so a poll that
-#: Telegram answers on time is never cut off by httpx (A2, client practice).
+#: Telegram answers on time is never cut off by httpx.
 POLL_READ_MARGIN: Final = 15.0
 HTTP_TIMEOUT: Final = httpx.Timeout(30.0, connect=10.0)
 UPLOAD_TIMEOUT: Final = httpx.Timeout(120.0, connect=10.0)
@@ -206,7 +207,7 @@ class TelegramClient:
         self._commands = tuple(commands)
         self._bot_username: str | None = None
         # (chat id, message id) → (text, reply markup) this client last set on the message.
-        self._shown: _Recent[tuple[str, str], tuple[str | Rich, str]] = _Recent(SENT_REMEMBERED)
+        self._shown: Recent[tuple[str, str], tuple[str | Rich, str]] = Recent(SENT_REMEMBERED)
         # Forwarded presses not answered yet → when the client answers them itself.
         self._unanswered: dict[str, float] = {}
         self._press_arrived = trio.Event()
@@ -579,19 +580,6 @@ class TelegramClient:
         )
         return str(sent["message_id"])
 
-    async def delete(self, chat: ChatRef, message_id: str) -> None:
-        """deleteMessage. A message that is already gone counts as deleted."""
-        try:
-            await self._call(
-                "deleteMessage",
-                {"chat_id": _chat_id(chat.chat_id), "message_id": int(message_id)},
-            )
-        except _ApiError as error:
-            if "message to delete not found" not in error.code:
-                raise
-            log.debug("Telegram: message to delete was already gone")
-        self._shown.pop((chat.chat_id, message_id))
-
     async def _answer(self, press_id: str, text: str, *, alert: bool) -> None:
         params: dict[str, Any] = {"callback_query_id": press_id}
         if text:
@@ -639,7 +627,8 @@ class TelegramClient:
         url = f"{self._base_url}/bot{self._token}/{method}"
         request: dict[str, Any] = {"timeout": http_timeout}
         if files:
-            # Multipart fields are strings; objects travel as JSON text (A1).
+            # Multipart fields are strings; objects travel as JSON text
+            # (https://core.telegram.org/bots/api#making-requests).
             request["data"] = {
                 key: value if isinstance(value, str) else json.dumps(value)
                 for key, value in params.items()
@@ -675,7 +664,8 @@ class _ApiError(ChatError):
 
 
 def _result(method: str, response: httpx.Response) -> Any:
-    """The `result` of a Bot API answer, or the error it stands for (A1, A6)."""
+    """The `result` of a Bot API answer, or the error it stands for
+    (https://core.telegram.org/bots/api#making-requests, #responseparameters)."""
     status = response.status_code
     try:
         body = response.json()
@@ -762,7 +752,7 @@ class _Answer:
 
 def _parse_command(text: str, entities: object) -> tuple[str, str, str] | None:
     """(name, bot, args) if `text` starts with a bot_command entity, as python-telegram-bot
-    decides (A3): only entities[0], only at offset 0. Entity offsets and lengths count UTF-16
+    decides: only entities[0], only at offset 0. Entity offsets and lengths count UTF-16
     units, so the command is cut from the UTF-16 encoding, not from the str."""
     if not isinstance(entities, list) or not entities or not isinstance(entities[0], dict):
         return None
@@ -835,26 +825,3 @@ def _markup_key(markup: dict[str, Any] | None) -> str:
 
 def _shorten(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-class _Recent(Generic[K, V]):
-    """A mapping that forgets its least recently used entries beyond `capacity`."""
-
-    def __init__(self, capacity: int) -> None:
-        self._capacity = capacity
-        self._items: OrderedDict[K, V] = OrderedDict()
-
-    def get(self, key: K) -> V | None:
-        value = self._items.get(key)
-        if value is not None:
-            self._items.move_to_end(key)
-        return value
-
-    def put(self, key: K, value: V) -> None:
-        self._items[key] = value
-        self._items.move_to_end(key)
-        while len(self._items) > self._capacity:
-            self._items.popitem(last=False)
-
-    def pop(self, key: K) -> None:
-        self._items.pop(key, None)

@@ -16,7 +16,7 @@ What the daemon this project replaces got wrong, and what this does instead:
 - Hardening: `cap_drop=ALL` plus `docker.cap_add`, `no-new-privileges`, memory / CPU / pids
   limits, never privileged, the configured network, and an init process as PID 1.
 - Ownership: every container carries `anycode.daemon=<daemon id>` (and the session and agent), so
-  `list` and `reap_orphans` find exactly this daemon's sandboxes.
+  `list` finds exactly this daemon's sandboxes (the watchdog removes those no session owns).
 - Secrets: credentials go into the container's environment at create time and nowhere else. Error
   messages are built from the engine's status and explanation with every credential value
   replaced by `***`, and without the SDK exception attached (its request body holds the env).
@@ -28,14 +28,13 @@ What the daemon this project replaces got wrong, and what this does instead:
 
 from __future__ import annotations
 
-import builtins
 import io
 import logging
 import re
 import secrets
 import tarfile
 import threading
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
 
@@ -92,7 +91,7 @@ DEFAULT_MAX_CONCURRENT_CALLS: Final = 8
 #: removal that has started: such a call is never abandoned.
 API_TIMEOUT: Final = 60.0
 #: Seconds a cleanup may wait for a worker thread before it gives up and leaves the container to
-#: `reap_orphans`.
+#: the watchdog (actors/watchdog.py), which removes sandboxes no session owns.
 CLEANUP_TIMEOUT: Final = 30.0
 #: While the engine cannot be reached, `destroy` tries again after this wait, doubling up to
 #: `REMOVE_RETRY_MAX`, until `cleanup_timeout` has passed: an engine that is back within it
@@ -153,8 +152,8 @@ class DockerProvider:
     """Sandboxes as containers on a local Docker engine. Every method is safe to call from Trio.
 
     `daemon_id` names this daemon instance: it goes into the `anycode.daemon` label, and `list`
-    and `reap_orphans` look at nothing else. `client_factory` is called once, in a worker thread,
-    on first use; `max_concurrent_calls` bounds the SDK calls in flight.
+    looks at nothing else. `client_factory` is called once, in a worker thread, on first use;
+    `max_concurrent_calls` bounds the SDK calls in flight.
     """
 
     name = "docker"
@@ -502,21 +501,6 @@ class DockerProvider:
         return listing
 
     # --- beyond the interface ------------------------------------------------------------------
-
-    async def reap_orphans(self, live_session_ids: Collection[str]) -> builtins.list[str]:
-        """Remove this daemon's containers whose session is not in `live_session_ids`.
-
-        For recovery at start-up and for the periodic reaper. Returns the removed ids.
-        """
-        removed = []
-        for info in await self.list():
-            if info.session_id not in live_session_ids:
-                logger.info(
-                    "removing orphaned sandbox %s (session %s)", _short(info.id), info.session_id
-                )
-                await self.destroy(info.id)
-                removed.append(info.id)
-        return removed
 
     async def aclose(self) -> None:
         """Close the SDK client's connections. The provider can be used again afterwards."""

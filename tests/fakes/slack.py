@@ -1,10 +1,15 @@
 """A local stand-in for Slack: the Web API over HTTP and Socket Mode over a real WebSocket.
 
-Slack cannot be reached from the test machines, so this fake follows
-shared/reference/chat-platforms.md (part B) closely enough that a client which works against it
-should work against Slack: the same URLs relative to its base, the same JSON shapes, the same
-`ok:false` error codes, the same 429 + `Retry-After`, the same 3-second ack deadline and
-redelivery of unacknowledged events.
+Slack cannot be reached from the test machines, so this fake follows Slack's documentation
+closely enough that a client which works against it should work against Slack: the same URLs
+relative to its base, the same JSON shapes, the same `ok:false` error codes, the same 429 +
+`Retry-After`, the same 3-second ack deadline and redelivery of unacknowledged events. Comments
+cite it by these tags:
+
+- B2 Socket Mode: https://docs.slack.dev/apis/events-api/using-socket-mode
+- B3 response_url: https://docs.slack.dev/interactivity/handling-user-interaction
+- B4 Web API methods, rate limits and message formatting: https://docs.slack.dev/reference/methods,
+  https://docs.slack.dev/apis/web-api/rate-limits, https://docs.slack.dev/messaging
 
 Start it in a test's nursery; it serves until the nursery is cancelled::
 
@@ -179,7 +184,7 @@ class SlackFile:
 
 @dataclass(frozen=True)
 class Version:
-    """One state of a message: the original post, then one per chat.update."""
+    """One state of a message: the first post, then one per chat.update."""
 
     at: float
     text: str

@@ -2,11 +2,22 @@
 
 The daemon talks to it exactly as it talks to ``https://api.telegram.org``:
 ``/bot<token>/<method>``, GET or POST, parameters as query string, urlencoded form, JSON or
-multipart. Behaviour, limits and error strings follow ``shared/reference/chat-platforms.md``
-part A (the "reference"; section numbers such as A6 point into it) and, where the reference is
-silent, the Bot API server's own source (tdlib/telegram-bot-api @01a3679 and the TDLib commit it
-pins, 49b3bcb), cited as ``Client.cpp``, ``MessageEntity.cpp`` and so on. The MarkdownV2,
-Markdown and HTML parsers are ports of TDLib's and pass TDLib's own parser test vectors.
+multipart. Behaviour, limits and error strings follow Telegram's documentation, cited by these
+tags:
+
+- A1 requests and answers: https://core.telegram.org/bots/api#making-requests
+- A2 getUpdates: https://core.telegram.org/bots/api#getting-updates
+- A3 Message, MessageEntity and User: https://core.telegram.org/bots/api#available-types
+- A4 the methods: https://core.telegram.org/bots/api#available-methods
+- A5 limits: https://core.telegram.org/bots/faq#my-bot-is-hitting-limits-how-do-i-avoid-this
+  and the limits stated with each method and type
+- A6 errors and retry_after: https://core.telegram.org/bots/api#responseparameters
+- A7 formatting: https://core.telegram.org/bots/api#formatting-options
+
+and, where the documentation is silent, the Bot API server's own source
+(https://github.com/tdlib/telegram-bot-api @01a3679 and the TDLib commit it pins, 49b3bcb),
+cited as ``Client.cpp``, ``MessageEntity.cpp`` and so on. The MarkdownV2, Markdown and HTML
+parsers are ports of TDLib's and pass TDLib's own parser test vectors.
 
 Start it in the test's nursery. It runs in the same Trio run as the test, so every wait and every
 rate limit follows ``trio.current_time()``, and the ``autojump_clock`` fixture makes long polls
@@ -1307,13 +1318,13 @@ def _check_callback_data(markup: _Markup | None) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Flood control (A5, D1)
+# Flood control (A5)
 # --------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class FloodLimits:
-    """Token buckets for sends and edits, which share one bucket per chat (A5, D1).
+    """Token buckets for sends and edits, which share one bucket per chat (A5).
 
     Private chats: "avoid sending more than one message per second" with short bursts tolerated.
     Groups (negative chat ids): "not more than 20 messages per minute to the same group". All
@@ -1796,6 +1807,15 @@ class FakeTelegram:
                     return self.inject_callback(chat_id, user, message_id, button.callback_data)
         raise LookupError(f"message {message_id} has no callback button labelled {label!r}")
 
+    def delete(self, chat_id: int, message_id: int) -> None:
+        """Someone deletes a message in the app; the bot is not told (no update is sent)."""
+        chat = self._chat(chat_id)
+        message = self._visible(chat, message_id)
+        if message is None:
+            raise LookupError(f"no message {message_id} in chat {chat_id}")
+        message.deleted = True
+        self._log(chat, f"#{message_id} deleted")
+
     def block(self, chat_id: int) -> None:
         """The user blocks the bot: sends fail with 403 (A6)."""
         self._chat(chat_id).blocked = True
@@ -2230,7 +2250,7 @@ class FakeTelegram:
         return message_id
 
     def _check_flood(self, chat: _Chat) -> None:
-        """Sends and edits share one bucket per chat, plus a global one (A5, D1)."""
+        """Sends and edits share one bucket per chat, plus a global one (A5)."""
         now = trio.current_time()
         self._check_storm(chat, now)
         limits = self.flood_limits
