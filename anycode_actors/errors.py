@@ -9,7 +9,9 @@ AnycodeError                 base of every error this package raises deliberatel
 │                            status change, unknown ids); the tree is in store/__init__.py
 ├── ChatError                a chat platform refused a call; `code` is its own error code
 │   ├── RateLimited          429: nothing may be sent for `retry_after` seconds
-│   └── ChatUnavailable      the platform could not be reached (retry with backoff)
+│   ├── ChatUnavailable      the platform could not be reached (retry with backoff)
+│   ├── MessageGone          the message to edit or delete no longer exists
+│   └── NotModified          an edit that changes nothing; it counts as done
 │                            (defined in chat/base.py)
 ├── AdminError               the admin socket cannot serve (actors/admin.py)
 └── AgentError               talking to a coding agent failed (anycode_actors.agents)

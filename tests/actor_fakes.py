@@ -197,6 +197,10 @@ class RecordingChat:
 
     # -- ChatClient
 
+    def is_group(self, chat: ChatRef) -> bool:
+        """As Telegram answers it: group chats have negative ids."""
+        return chat.chat_id.startswith("-")
+
     async def run(self, events: object, *, task_status: object = None) -> None:
         raise AssertionError("events are handed to the actors directly in these tests")
 

@@ -4,8 +4,8 @@ paced by token buckets, 429s pause it for exactly retry_after, and a slow chat n
 backlog.
 
 Most tests drive an in-memory `RecordingChat` that behaves like a strict platform: it refuses an
-edit that changes nothing visible ("message is not modified"), empty and over-long texts, and edits
-of deleted messages, and it records every call with its trio time. The last tests run the real
+edit that changes nothing visible (`NotModified`), empty and over-long texts, and edits of deleted
+messages (`MessageGone`), and it records every call with its trio time. The last tests run the real
 `TelegramClient` against the Telegram stand-in over HTTP, with the stand-in's own flood limits.
 Every test runs under the autojump clock, so the times asserted are exact.
 """
@@ -17,7 +17,7 @@ import logging
 import random
 import re
 import statistics
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -48,6 +48,8 @@ from anycode_actors.chat.base import (
     ChatLimits,
     ChatRef,
     ChatUnavailable,
+    MessageGone,
+    NotModified,
     RateLimited,
 )
 from anycode_actors.chat.telegram import TELEGRAM_LIMITS, TelegramClient
@@ -85,13 +87,21 @@ class Call:
 
 
 class RecordingChat:
-    """A `ChatClient` that records calls and refuses what a strict platform refuses."""
+    """A `ChatClient` that records calls and refuses what a strict platform refuses. The chats in
+    `groups` are group conversations."""
 
     platform = "test"
 
-    def __init__(self, limits: ChatLimits = LIMITS, *, latency: float = 0.0) -> None:
+    def __init__(
+        self,
+        limits: ChatLimits = LIMITS,
+        *,
+        latency: float = 0.0,
+        groups: Collection[ChatRef] = (GROUP,),
+    ) -> None:
         self.limits = limits
         self.latency = latency
+        self.groups = groups
         self.calls: list[Call] = []
         self.messages: dict[str, tuple[str, Rows]] = {}
         self.deleted: set[str] = set()
@@ -123,6 +133,9 @@ class RecordingChat:
             self.refused += 1
             raise ChatError("Bad Request: message is too long or empty", code="bad_text")
 
+    def is_group(self, chat: ChatRef) -> bool:
+        return chat in self.groups
+
     async def run(self, events: object, *, task_status: object = None) -> None:
         raise AssertionError("the flusher never receives; it only sends")
 
@@ -151,13 +164,11 @@ class RecordingChat:
         rows = tuple(tuple(row) for row in buttons or ())
         await self._enter(Call(trio.current_time(), "edit", message_id, text, rows))
         if message_id not in self.messages or message_id in self.deleted:
-            raise ChatError(
-                "message to edit not found", code="Bad Request: message to edit not found"
-            )
+            raise MessageGone("the message is gone", code="gone")
         old_text, old_rows = self.messages[message_id]
         if (old_text.strip(), old_rows) == (text.strip(), rows):
             self.not_modified += 1
-            raise ChatError("not modified", code="Bad Request: message is not modified")
+            raise NotModified("the message shows this already", code="same")
         self.messages[message_id] = (text, rows)
 
     async def answer_press(self, press: object, text: str = "") -> None:
@@ -572,6 +583,22 @@ async def test_group_chats_are_paced_at_20_a_minute(
     assert [t - t0 for t in chat.times()] == close([0, 0, 0, 3, 6, 9, 12, 15])
 
 
+@pytest.mark.parametrize(("groups", "gaps"), [((CHAT,), [0, 0, 0, 3, 6]), ((), [0, 0, 0, 1, 2])])
+async def test_group_pacing_follows_the_clients_answer_not_the_chat_id(
+    autojump_clock: trio.abc.Clock,
+    nursery: trio.Nursery,
+    groups: tuple[ChatRef, ...],
+    gaps: list[float],
+) -> None:
+    chat = RecordingChat(groups=groups)
+    flusher = await start(nursery, chat, CHAT)
+    t0 = trio.current_time()
+    for n in range(5):
+        await flusher.send(Post(f"message {n}"))
+    await trio.sleep(60)
+    assert [t - t0 for t in chat.times()] == close(gaps)
+
+
 async def test_an_unavailable_platform_is_retried_with_backoff_then_succeeds(
     autojump_clock: trio.abc.Clock, nursery: trio.Nursery
 ) -> None:
@@ -629,6 +656,57 @@ async def test_a_refused_stream_edit_continues_in_a_new_message(
     await flusher.send(Append("s1", ", second part"))
     await trio.sleep(5)
     assert chat.texts() == ["first part", ", second part"]
+
+
+async def test_only_message_gone_sends_the_stream_again_whatever_the_error_says(
+    autojump_clock: trio.abc.Clock, nursery: trio.Nursery
+) -> None:
+    """The flusher acts on the error's type: a plain `ChatError` worded like a vanished message
+    is just a refusal, and a `MessageGone` with any wording resends the whole text."""
+    chat = RecordingChat()
+    flusher = await start(nursery, chat)
+    await flusher.send(Append("s1", "one"))
+    await trio.sleep(1)
+    chat.fail_next(
+        ChatError("message to edit not found", code="Bad Request: message to edit not found")
+    )
+    await flusher.send(Append("s1", " two"))
+    await trio.sleep(5)
+    assert chat.texts() == ["one", " two"]  # a new message with the undelivered text only
+    chat.fail_next(MessageGone("whatever the platform said", code="x"))
+    await flusher.send(Append("s1", " three"))
+    await trio.sleep(5)
+    assert chat.texts() == ["one", " two", " two three"]  # the whole stream's text again
+
+
+async def test_not_modified_counts_as_done_for_stream_and_message_edits(
+    autojump_clock: trio.abc.Clock, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    chat = RecordingChat()
+    flusher = await start(nursery, chat)
+    replies, answers = trio.open_memory_channel[Posted](4)
+    await flusher.send(Post("Run `pytest`?", ALLOW, tag="p", reply_to=replies))
+    posted = await answers.receive()
+    assert posted.message_id is not None
+    await flusher.send(Append("s1", "streamed"))
+    await trio.sleep(1)
+    chat.fail_next(
+        NotModified("same", code="same"), NotModified("the message is not modified", code="")
+    )
+    await flusher.send(Edit(posted.message_id, "Run `pytest`?\n✅ Allowed"))
+    await flusher.send(Append("s1", " more"))
+    await flusher.send(Flush("s1"))
+    await trio.sleep(5)
+    # Both calls were made and refused as "not modified": counted as delivered, nothing dropped,
+    # nothing repeated, and the same content is not sent again.
+    assert [c.kind for c in chat.calls] == ["send", "send", "edit", "edit"]
+    assert flusher.stats.dropped == 0
+    assert "refused" not in caplog.text
+    await flusher.send(Edit(posted.message_id, "Run `pytest`?\n✅ Allowed"))
+    await flusher.send(Flush("s1"))
+    await trio.sleep(5)
+    assert len(chat.calls) == 4
+    assert flusher.stats.skipped_identical >= 1
 
 
 # --- backlog, drain, supervision ------------------------------------------------------------------

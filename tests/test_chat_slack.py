@@ -27,6 +27,8 @@ from anycode_actors.chat.base import (
     ChatUnavailable,
     Command,
     Message,
+    MessageGone,
+    NotModified,
     RateLimited,
     User,
 )
@@ -789,9 +791,53 @@ async def test_ok_false_is_a_chat_error_with_slacks_code(
     assert refused.value.code == "not_in_channel"
     assert "chat.postMessage" in str(refused.value) and "not_in_channel" in str(refused.value)
     assert not isinstance(refused.value, (RateLimited, ChatUnavailable))
-    with pytest.raises(ChatError) as missing:
+    with pytest.raises(MessageGone) as missing:
         await client.edit(ChatRef("slack", general), "1.000001", "x")
     assert missing.value.code == "message_not_found"
+
+
+async def test_slacks_answers_become_the_typed_chat_errors(
+    slack: FakeSlack, http: httpx.AsyncClient
+) -> None:
+    general = slack.add_channel("general")
+    quiet = slack.add_channel("quiet", member=False)
+    client = client_for(slack, http)
+    chat = ChatRef("slack", general)
+    ts = await client.send(chat, "Looking at the logs")
+    # Someone deleted the message: chat.update answers message_not_found.
+    slack.message(general, ts).deleted = True
+    with pytest.raises(MessageGone) as gone:
+        await client.edit(chat, ts, "Looking at the logs, found it")
+    assert gone.value.code == "message_not_found"
+    # A person's message exists but is not ours to change: a plain refusal, not a gone message.
+    post = await slack.user_message(quiet, ADA, "mine")
+    with pytest.raises(ChatError) as refused:
+        await client.edit(ChatRef("slack", quiet), post.message.ts, "ours now")
+    assert refused.value.code == "cant_update_message"
+    assert type(refused.value) is ChatError
+    # Slack has no "not modified": an edit that changes nothing is simply accepted.
+    kept = await client.send(chat, "same")
+    await client.edit(chat, kept, "same")
+    await client.edit(chat, kept, "same")
+    assert [call.status for call in slack.calls_to("chat.update")][-2:] == [200, 200]
+    assert slack.message(general, kept).visible_text == "same"
+    # 429: chat.postMessage is paced per channel, chat.update per workspace (Slack's tiers).
+    slack.fail_next("chat.postMessage", retry_after=4)
+    with pytest.raises(RateLimited) as per_chat:
+        await client.send(chat, "hello")
+    slack.fail_next("chat.update", retry_after=6)
+    with pytest.raises(RateLimited) as per_bot:
+        await client.edit(chat, kept, "changed")
+    assert (per_chat.value.retry_after, per_chat.value.scope) == (4.0, "chat")
+    assert (per_bot.value.retry_after, per_bot.value.scope) == (6.0, "bot")
+    for error in (gone.value, refused.value, per_chat.value, per_bot.value):
+        assert not isinstance(error, NotModified)
+
+
+async def test_slack_has_no_group_pacing(slack: FakeSlack, http: httpx.AsyncClient) -> None:
+    client = client_for(slack, http)
+    assert not client.is_group(ChatRef("slack", slack.add_channel("general")))
+    assert not client.is_group(ChatRef("slack", slack.add_channel("ops", kind="group")))
 
 
 async def test_server_errors_and_no_answer_are_unavailable(

@@ -37,6 +37,8 @@ from anycode_actors.chat.base import (
     ChatUnavailable,
     Command,
     Message,
+    MessageGone,
+    NotModified,
     RateLimited,
     User,
 )
@@ -53,7 +55,13 @@ from anycode_actors.chat.telegram import (
 )
 from anycode_actors.config import TelegramConfig
 from supervisors import Backoff
-from tests.fakes.telegram import FakeTelegram, FloodLimits, parse_markdown_v2, utf16_len
+from tests.fakes.telegram import (
+    MESSAGE_NOT_MODIFIED,
+    FakeTelegram,
+    FloodLimits,
+    parse_markdown_v2,
+    utf16_len,
+)
 from tests.fakes.telegram import User as TgUser
 
 ADA = TgUser(111, "Ada", username="ada")
@@ -820,6 +828,49 @@ async def test_upload_sends_a_multipart_document(fake: FakeTelegram) -> None:
     assert second.message_id == int(long)
     assert second.caption == "c" * 1023 + "…"
     assert fake.calls_to("sendDocument")[0].files == {"document": "build.log"}
+
+
+async def test_telegrams_answers_become_the_typed_chat_errors(fake: FakeTelegram) -> None:
+    fake.add_chat(ADA.id, user=ADA)
+    fake.add_chat(BOB.id, user=BOB)
+    async with TelegramClient(make_config(fake)) as client:
+        sent = await client.send(ADA_CHAT, "Looking at the logs")
+        fake.delete(ADA.id, int(sent))
+        # Someone deleted the message: "Bad Request: message to edit not found".
+        with pytest.raises(MessageGone) as gone:
+            await client.edit(ADA_CHAT, sent, "Looking at the logs, found it")
+        assert gone.value.code == "Bad Request: message to edit not found"
+        # A message that exists but is not the bot's: a plain refusal, not a gone message.
+        theirs = fake.inject_message(ADA.id, ADA, "my own words")
+        with pytest.raises(ChatError) as refused:
+            await client.edit(ADA_CHAT, str(theirs.message_id), "the bot's words")
+        assert refused.value.code == "Bad Request: message can't be edited"
+        assert not isinstance(refused.value, MessageGone | NotModified | RateLimited)
+        # "message is not modified" from sendMessage (no edit to count as done) shows the type.
+        fake.fail_next("sendMessage", error_code=400, description=MESSAGE_NOT_MODIFIED)
+        with pytest.raises(NotModified) as same:
+            await client.send(ADA_CHAT, "hello")
+        assert same.value.code == MESSAGE_NOT_MODIFIED
+        # Blocked by the person: a refusal, whatever the method.
+        fake.block(BOB.id)
+        with pytest.raises(ChatError) as blocked:
+            await client.send(ChatRef("telegram", str(BOB.id)), "hi")
+        assert not isinstance(blocked.value, MessageGone | NotModified | RateLimited)
+        assert blocked.value.code == "Forbidden: bot was blocked by the user"
+        # 429 pauses this chat only.
+        fake.fail_next("editMessageText", retry_after=9)
+        kept = await client.send(ADA_CHAT, "kept")
+        with pytest.raises(RateLimited) as limited:
+            await client.edit(ADA_CHAT, kept, "changed")
+        assert (limited.value.retry_after, limited.value.scope) == (9.0, "chat")
+
+
+async def test_groups_are_the_chats_with_negative_ids(fake: FakeTelegram) -> None:
+    async with TelegramClient(make_config(fake)) as client:
+        assert client.is_group(GROUP_CHAT)
+        assert client.is_group(ChatRef("telegram", str(GROUP), "7"))  # a forum topic
+        assert client.is_group(ChatRef("telegram", "-4012345678"))  # a basic group
+        assert not client.is_group(ADA_CHAT)
 
 
 # ---- MarkdownV2 ----------------------------------------------------------------------------------

@@ -32,8 +32,8 @@ modified". The flusher compares the visible (stripped) texts and makes no call w
 equal; the whitespace stays in `shown` and goes out with the next visible change. Consequently
 whitespace at the very end of a message may never be sent, which is also what the user would see.
 A non-stream `Edit` with the same visible text and buttons as last set is skipped as well. Should a
-platform still answer "not modified" (it removes a few more invisible characters than `strip`),
-the call counts as done.
+client still raise `NotModified` (its platform removes a few more invisible characters than
+`strip`), the call counts as done.
 
 Pacing and failures. One token bucket per chat (`burst` tokens, refilled at `per_second`), and in
 group chats a second one (also `burst` tokens) refilled at `group_per_minute`; a call needs a token
@@ -42,11 +42,12 @@ from both, and a wait for a token ends `PACING_SLACK` late rather than a roundin
 place (and keeps coalescing); after the pause one call may go at once, then the buckets refill at
 their rates. On `ChatUnavailable` the chat pauses 1, 2, 4 … (at most 30) seconds between attempts;
 after `MAX_ATTEMPTS` consecutive failures of one operation it is dropped with an ERROR log naming
-the chat and the kind of operation (never the text). A stream edit whose message is gone ("message
-to edit not found", Slack `message_not_found`) sends the stream's whole text as a new message; any
-other refusal of a stream edit starts a new message with the undelivered text; any other refusal
-drops that operation with a WARNING naming the platform's error code. A dropped `Post` or `Upload`
-still answers its `reply_to`, with `message_id=None`.
+the chat and the kind of operation (never the text). A stream edit whose message is gone
+(`MessageGone`: someone deleted it) sends the stream's whole text as a new message; any other
+refusal of a stream edit starts a new message with the undelivered text; any other refusal drops
+that operation with a WARNING naming the platform's error code. A dropped `Post` or `Upload` still
+answers its `reply_to`, with `message_id=None`. Each client decides which of its platform's
+answers these types stand for; the flusher never reads an error's text.
 
 Concurrency. The actor runs two tasks over state only it owns: one reads the inbox and folds each
 message into the pending operations (no I/O, so senders never wait behind a slow API call), the
@@ -91,6 +92,8 @@ from anycode_actors.chat.base import (
     ChatLimits,
     ChatRef,
     ChatUnavailable,
+    MessageGone,
+    NotModified,
     RateLimited,
 )
 from supervisors import Actor, Backoff, ChildContext, current_child
@@ -341,20 +344,6 @@ def _rows(buttons: Sequence[Sequence[Button]] | None) -> Rows:
     return tuple(tuple(row) for row in buttons or ())
 
 
-def _error_text(error: ChatError) -> str:
-    return f"{error.code} {error}".lower()
-
-
-def _not_modified(error: ChatError) -> bool:
-    text = _error_text(error)
-    return "not modified" in text or "not_modified" in text
-
-
-def _message_gone(error: ChatError) -> bool:
-    text = _error_text(error)
-    return "message to edit not found" in text or "message_not_found" in text
-
-
 # --- pacing ---------------------------------------------------------------------------------------
 
 
@@ -561,7 +550,7 @@ class Flusher(Actor[FlusherMessage]):
         if not self._buckets:
             now = trio.current_time()
             self._buckets.append(_TokenBucket(self.limits.burst, self.limits.per_second, now))
-            if self.chat.is_group and self.limits.group_per_minute:
+            if self.limits.group_per_minute and self.client.is_group(self.chat):
                 rate = self.limits.group_per_minute / 60
                 self._buckets.append(_TokenBucket(self.limits.burst, rate, now))
         self._report()
@@ -859,10 +848,11 @@ class Flusher(Actor[FlusherMessage]):
                 await self._stream_call(stream, head)
             except (RateLimited, ChatUnavailable):
                 raise
+            except NotModified:
+                pass  # the message shows `head` already
             except ChatError as error:
-                if not _not_modified(error):
-                    self._stream_refused(op, error, editing)
-                    return
+                self._stream_refused(op, error, editing)
+                return
         op.attempts = 0
         consumed = cut - len(stream.shown)
         stream.consume(consumed)
@@ -888,7 +878,7 @@ class Flusher(Actor[FlusherMessage]):
 
     def _stream_refused(self, op: _StreamOp, error: ChatError, editing: bool) -> None:
         stream = op.stream
-        if editing and _message_gone(error):
+        if editing and isinstance(error, MessageGone):
             # Deleted by someone: the whole text goes out again, as a new message.
             stream.shift(len(stream.shown))
             stream.pending = stream.shown + stream.pending
@@ -920,10 +910,11 @@ class Flusher(Actor[FlusherMessage]):
             await self.client.edit(self.chat, op.message_id, text, buttons=op.buttons or None)
         except (RateLimited, ChatUnavailable):
             raise
+        except NotModified:
+            pass  # the message shows `text` already
         except ChatError as error:
-            if not _not_modified(error):
-                self._refused(op, error)
-                return
+            self._refused(op, error)
+            return
         self.stats.edits += 1
         self._remember(op.message_id, text, op.buttons)
 

@@ -11,6 +11,8 @@ from anycode_actors.chat.base import (
     ChatUnavailable,
     Command,
     Message,
+    MessageGone,
+    NotModified,
     RateLimited,
     User,
 )
@@ -26,6 +28,8 @@ __all__ = [
     "ChatUnavailable",
     "Command",
     "Message",
+    "MessageGone",
+    "NotModified",
     "RateLimited",
     "User",
 ]

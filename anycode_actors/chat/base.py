@@ -8,6 +8,19 @@ actors never hard-code one platform's limits.
 Rate limits are not hidden inside the clients: a 429 surfaces as `RateLimited(retry_after)`,
 because the flusher, the only caller of send/edit for a chat, must pause that chat and coalesce
 what piles up meanwhile (latest edit wins) rather than block on an old payload.
+
+Every refusal is a `ChatError`. A client turns the answers its platform gives in words (an error
+code, a description) into the subclass that says what the caller must do about it, inside its own
+module, so nothing outside `anycode_actors.chat` reads a platform's error text:
+
+- `RateLimited`: wait `retry_after` seconds (this chat, or every call in the rate lane);
+- `ChatUnavailable`: not reached or answered 5xx; retry with backoff;
+- `MessageGone`: the message to edit or delete no longer exists (someone deleted it);
+- `NotModified`: an edit that would leave the message as it is; it shows the text already;
+- any other `ChatError`: a refusal that retrying the same call cannot fix.
+
+Questions whose answer depends on the platform (is this conversation a group?) are answered by
+the client too (`ChatClient.is_group`), never by comparing `ChatRef.platform` with a name.
 """
 
 from __future__ import annotations
@@ -30,11 +43,6 @@ class ChatRef:
     platform: str  # "telegram" | "slack" | "console"
     chat_id: str
     thread: str | None = None  # Slack thread ts, Telegram message_thread_id
-
-    @property
-    def is_group(self) -> bool:
-        """Whether stricter group pacing applies (Telegram groups have negative chat ids)."""
-        return self.platform == "telegram" and self.chat_id.startswith("-")
 
     @property
     def key(self) -> str:
@@ -150,6 +158,15 @@ class ChatUnavailable(ChatError):
     """The platform could not be reached or answered 5xx: worth retrying with backoff."""
 
 
+class MessageGone(ChatError):
+    """The message to edit or delete no longer exists (someone deleted it, or it never did)."""
+
+
+class NotModified(ChatError):
+    """An edit that would leave the message as it is: the message already shows that text and
+    those buttons, so the edit counts as done."""
+
+
 class ChatClient(Protocol):
     """A connected chat platform."""
 
@@ -158,6 +175,10 @@ class ChatClient(Protocol):
     access: AccessPolicy
     # Bot-wide lanes by kind of call ("send", "edit", "upload"); a kind not listed is unpaced.
     rate_lanes: Mapping[str, RateLane]
+
+    def is_group(self, chat: ChatRef) -> bool:
+        """Whether `chat` is a group conversation, paced at `limits.group_per_minute` too."""
+        ...
 
     async def run(
         self,
@@ -190,7 +211,11 @@ class ChatClient(Protocol):
         *,
         buttons: Sequence[Sequence[Button]] | None = None,
     ) -> None:
-        """Replace a message's text. `buttons=None` keeps none; pass rows to keep/replace them."""
+        """Replace a message's text. `buttons=None` keeps none; pass rows to keep/replace them.
+
+        Raises `MessageGone` when the message no longer exists, and may raise `NotModified` when
+        it already shows this text and these buttons (the edit then counts as done).
+        """
         ...
 
     async def answer_press(self, press: ButtonPress, text: str = "") -> None:

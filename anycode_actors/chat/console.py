@@ -19,6 +19,10 @@ addition (or the whole new text) as a new block. Buttons are printed numbered:
 
 Uploads are written into `files_dir` and listed with their size and path.
 
+Nothing here refuses a call, so the console raises none of the `ChatError`s (an edit of a message
+it never printed, or no longer remembers, prints the text as a new block). It is one conversation
+with one person, never a group.
+
 Input is read with `trio.lowlevel.wait_readable` on the descriptor, then `os.read`: cancellable,
 no thread, and the descriptor stays blocking (making a terminal's stdin non-blocking would make
 its stdout non-blocking too, as both share one open file). Files and /dev/null, which epoll
@@ -234,6 +238,10 @@ class ConsoleChat:
         except OSError as exc:
             log.warning("cannot read the terminal: %s", exc.strerror or exc)
             return b""
+
+    def is_group(self, chat: ChatRef) -> bool:
+        """Never: the terminal is one person's conversation."""
+        return False
 
     # --- outbound -------------------------------------------------------------------------------
 

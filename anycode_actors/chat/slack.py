@@ -34,6 +34,12 @@ Outbound text is plain text: `&`, `<` and `>` are escaped, so nothing an agent w
 into a link or a mention, while Slack's mrkdwn (`*bold*`, `code`) still renders. Every message
 is sent as section blocks holding the text (so the text stays visible next to buttons) plus one
 actions block per row of buttons, and `text` as the notification fallback.
+
+Web API refusals (`{"ok": false, "error": code}`) become `ChatError`s whose `code` is Slack's:
+`ratelimited` (or HTTP 429) raises `RateLimited`, 5xx and no answer `ChatUnavailable`, and
+`message_not_found` ("No message exists with the requested timestamp",
+https://api.slack.com/methods/chat.update#errors) `MessageGone`. chat.update lists no "not
+modified" error (same page), so this client never raises `NotModified`.
 """
 
 from __future__ import annotations
@@ -63,6 +69,7 @@ from anycode_actors.chat.base import (
     ChatUnavailable,
     Command,
     Message,
+    MessageGone,
     RateLane,
     RateLimited,
     User,
@@ -158,6 +165,10 @@ DEFAULT_RETRY_AFTER: Final = 30.0
 TRANSIENT_CODES: Final = frozenset(
     {"internal_error", "fatal_error", "service_unavailable", "request_timeout", "ratelimited"}
 )
+
+# "No message exists with the requested timestamp" (chat.update, chat.delete):
+# https://api.slack.com/methods/chat.update#errors.
+MESSAGE_GONE_CODES: Final = frozenset({"message_not_found"})
 
 # trio-websocket lets wsproto's LocalProtocolError escape when a frame (our ack or ping, or its
 # own pong) meets a socket that is already closing (python-trio/trio-websocket#175, #184): for
@@ -602,6 +613,11 @@ class SlackClient:
         lead = re.match(rf"\s*<@{re.escape(self._bot_user_id)}(?:\|[^>]*)?>[\s,:]*", text)
         return text[lead.end() :] if lead else text
 
+    def is_group(self, chat: ChatRef) -> bool:
+        """Never: Slack paces chat.postMessage per channel, whatever kind of conversation it is
+        (https://api.slack.com/docs/rate-limits), so no stricter group pace applies."""
+        return False
+
     # --- outbound ---------------------------------------------------------------------------------
     async def send(
         self,
@@ -729,10 +745,9 @@ class SlackClient:
         if body.get("ok") is not True:
             code = str(body.get("error") or "unknown_error")
             if code == "ratelimited":
-                # Tiers count per method per workspace: all chats wait. chat.postMessage is
-                # limited per channel (https://api.slack.com/docs/rate-limits).
-                scope = "chat" if method == "chat.postMessage" else "bot"
-                raise RateLimited(_retry_after(response), code=code, scope=scope)
+                raise RateLimited(_retry_after(response), code=code, scope=_rate_scope(method))
+            if code in MESSAGE_GONE_CODES:
+                raise MessageGone(f"Slack {method} failed: {code}", code=code)
             needed = f" (needs the scope {body['needed']})" if body.get("needed") else ""
             raise ChatError(f"Slack {method} failed: {code}{needed}", code=code)
         return body
@@ -750,8 +765,9 @@ class SlackClient:
             raise ChatError(f"Slack response_url failed: {code}", code=code)
 
     async def _post(self, what: str, url: str, **kwargs: Any) -> httpx.Response:
-        """POST and map the transport's failures: 429 → RateLimited, 5xx and no answer →
-        ChatUnavailable. Messages name the call, never a URL or token."""
+        """POST and map the transport's failures: 429 → RateLimited (Slack's usual answer; its
+        scope by `_rate_scope(what)`), 5xx and no answer → ChatUnavailable. Messages name the
+        call, never a URL or token."""
         try:
             response = await self._http.post(url, **kwargs)
         except httpx.HTTPError as exc:
@@ -759,7 +775,7 @@ class SlackClient:
                 f"Slack {what}: no answer ({type(exc).__name__})", code="unreachable"
             ) from exc
         if response.status_code == 429:
-            raise RateLimited(_retry_after(response), code="ratelimited")
+            raise RateLimited(_retry_after(response), code="ratelimited", scope=_rate_scope(what))
         if response.status_code >= 500:
             raise ChatUnavailable(
                 f"Slack {what}: HTTP {response.status_code}", code=f"http_{response.status_code}"
@@ -995,6 +1011,13 @@ def _retry_after(response: httpx.Response) -> float:
     except ValueError:
         return DEFAULT_RETRY_AFTER
     return seconds if seconds >= 0 else DEFAULT_RETRY_AFTER
+
+
+def _rate_scope(method: str) -> str:
+    """Who waits out a 429 of `method`. Web API tiers count per method per workspace, so every
+    chat waits; chat.postMessage is limited per channel (https://api.slack.com/docs/rate-limits).
+    """
+    return "chat" if method == "chat.postMessage" else "bot"
 
 
 def _transient(exc: ChatError) -> bool:

@@ -17,7 +17,17 @@ Errors, as the daemon sees them:
 - 409 on getUpdates (another instance polls with this token, or a webhook is set) is logged as a
   warning naming the cause, then backed off like a network failure.
 - 401 is fatal: `run` raises `ChatError` saying that ``telegram.bot_token`` was rejected.
+- A message that no longer exists ("message to edit not found", "message to delete not found")
+  raises `MessageGone`; an edit to the text and buttons the message already has ("message is not
+  modified") raises `NotModified`, which `edit` treats as done.
 - Any other refusal raises `ChatError` whose `code` is Telegram's description.
+
+The Bot API documents `error_code` and `description` but not the descriptions' wording
+(https://core.telegram.org/bots/api#making-requests). The phrases matched here are those of the
+Bot API server, https://github.com/tdlib/telegram-bot-api (telegram-bot-api/Client.cpp:
+`check_message` answers "<message purpose> not found", `fail_query_with_error` words
+MESSAGE_NOT_MODIFIED and QUERY_ID_INVALID), and of TDLib's entity parser behind it ("Can't parse
+entities", https://github.com/tdlib/td).
 
 The token is part of every URL (``/bot<token>/<method>``), so URLs never reach a log or an
 exception: httpx errors are replaced by errors that name the method only, and a filter on the
@@ -62,6 +72,8 @@ from anycode_actors.chat.base import (
     ChatUnavailable,
     Command,
     Message,
+    MessageGone,
+    NotModified,
     RateLane,
     RateLimited,
     User,
@@ -232,6 +244,12 @@ class TelegramClient:
     def bot_username(self) -> str | None:
         """The bot's @username without the @, known once `run` is ready."""
         return self._bot_username
+
+    def is_group(self, chat: ChatRef) -> bool:
+        """Groups, supergroups and channels have negative Bot API ids, people positive ones
+        (https://core.telegram.org/api/bots/ids); groups are paced at 20 messages a minute
+        (https://core.telegram.org/bots/faq#my-bot-is-hitting-limits-how-do-i-avoid-this)."""
+        return chat.chat_id.startswith("-")
 
     # --- inbound ----------------------------------------------------------------------------------
 
@@ -508,9 +526,7 @@ class TelegramClient:
             params["reply_markup"] = markup
         try:
             await self._with_text("editMessageText", params, text)
-        except _ApiError as error:
-            if "message is not modified" not in error.code:
-                raise
+        except NotModified as error:
             log.debug("Telegram: edit changed nothing (%s)", error.code)
         self._shown.put(key, content)
 
@@ -559,7 +575,8 @@ class TelegramClient:
         try:
             # send() sets allow_sending_without_reply
             # (https://core.telegram.org/bots/api#replyparameters); should a server answer
-            # "message to be replied not found" anyway, the refusal still goes out, unquoted.
+            # "message to be replied not found" anyway (Client.cpp, see the module docstring),
+            # the refusal still goes out, unquoted.
             await self.send(chat, text, reply_to=message_id)
         except _ApiError as error:
             if "message to be replied not found" not in error.code:
@@ -589,6 +606,7 @@ class TelegramClient:
         try:
             await self._call("answerCallbackQuery", params)
         except _ApiError as error:
+            # QUERY_ID_INVALID, as the Bot API server words it (see the module docstring).
             if "query is too old" not in error.code:
                 raise
             log.debug("Telegram: button press too old to answer (%s)", error.code)
@@ -602,6 +620,7 @@ class TelegramClient:
                 method, {**params, "text": text.markdown_v2, "parse_mode": "MarkdownV2"}
             )
         except _ApiError as error:
+            # TDLib's MarkdownV2 parser refused the text (see the module docstring).
             if "can't parse entities" not in error.code.lower():
                 raise
             log.warning(
@@ -655,6 +674,13 @@ class TelegramClient:
 # --- answers --------------------------------------------------------------------------------------
 
 
+#: 400 descriptions for a message id that names no message (any more): the Bot API server's
+#: `check_message` says "<purpose> not found" (Client.cpp, see the module docstring).
+_GONE_PHRASES: Final = ("message to edit not found", "message to delete not found")
+#: MESSAGE_NOT_MODIFIED, as `fail_query_with_error` words it (Client.cpp).
+_NOT_MODIFIED_PHRASE: Final = "message is not modified"
+
+
 class _ApiError(ChatError):
     """Telegram refused a call with a 4xx other than 401 and 429; `code` is its description."""
 
@@ -700,6 +726,12 @@ def _result(method: str, response: httpx.Response) -> Any:
         raise ChatUnavailable(
             f"Telegram answered {method} with {error_code} {description}", code=description
         )
+    if error_code == 400:
+        lowered = description.lower()
+        if any(phrase in lowered for phrase in _GONE_PHRASES):
+            raise MessageGone(f"Telegram refused {method}: {description}", code=description)
+        if _NOT_MODIFIED_PHRASE in lowered:
+            raise NotModified(f"Telegram refused {method}: {description}", code=description)
     raise _ApiError(method, error_code, description)
 
 
