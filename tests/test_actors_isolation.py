@@ -9,12 +9,8 @@ import trio.testing
 from anycode_actors.actors.chat import ChatActor, ChatInbox, Notice
 from anycode_actors.actors.flusher import Flusher
 from anycode_actors.actors.router import BUSY, FULL, ChatStopped, Deliver, Router
-from anycode_actors.actors.session_api import (
-    Recovered,
-    SessionClosed,
-    SessionHandle,
-    SessionMessage,
-)
+from anycode_actors.actors.session import Recovered
+from anycode_actors.actors.session_api import SessionClosed, SessionHandle, SessionMessage
 from anycode_actors.chat.base import ButtonPress, ChatEvent, ChatRef, Command, Message
 from anycode_actors.store import Session
 from tests.actor_fakes import ADA, BOB, CHAT, OTHER_CHAT, RecordingChat, make_config, memory_store

@@ -847,4 +847,4 @@ def _output_redactor(
     return OutputRedactor(secrets, last_seq=recovered.resume.last_seq if recovered else 0)
 
 
-__all__ = ["SessionActor", "SessionInbox"]
+__all__ = ["Recovered", "SessionActor", "SessionInbox"]

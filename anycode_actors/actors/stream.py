@@ -206,3 +206,20 @@ class StreamActor:
                 context.update(turn_running=session.turn_running)
         # The agent's event stream ended (its SessionEnded was the last event): stop serving.
         scope.cancel()
+
+
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "STREAM_INBOX",
+    "AgentEventArrived",
+    "CancelTurn",
+    "Prompt",
+    "ReportSink",
+    "Respond",
+    "Resume",
+    "StreamActor",
+    "StreamCommand",
+    "StreamEnded",
+    "StreamReady",
+    "StreamReport",
+]
