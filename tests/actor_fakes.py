@@ -21,13 +21,16 @@ from typing import Any, TypeVar, TypeVarTuple
 import pytest
 import trio
 
-from anycode_actors.actors import session as session_module
-from anycode_actors.actors.stream import AgentSession, Resume, StreamActor
+from anycode_actors.actors import stream as stream_module
 from anycode_actors.agents import (
     AgentEvent,
+    AsksUser,
+    OpenedSession,
+    PermissionMode,
     PermissionOption,
     PermissionRequested,
     PermissionResolved,
+    Resume,
     SessionEnded,
     TextDelta,
     TurnEnded,
@@ -444,9 +447,11 @@ class FakeAgent:
         *,
         session_id: str = "agent-session-1",
         connect_error: AgentError | None = None,
+        permissions: PermissionMode | None = None,
     ) -> None:
         self.session_id = session_id
         self.connect_error = connect_error
+        self.permissions = AsksUser() if permissions is None else permissions
         self.prompts: list[str] = []
         self.responses: list[tuple[str, str]] = []
         self.cancels = 0
@@ -573,16 +578,27 @@ class FakeAgent:
         self._changed = trio.Event()
 
 
+def use_agents(
+    monkeypatch: pytest.MonkeyPatch,
+    make_agent: Callable[[], FakeAgent],
+    agent_name: str = "fake-agent",
+) -> None:
+    """Make every stream actor open a session of a new `make_agent()` instead of a protocol."""
+
+    @asynccontextmanager
+    async def open_scripted(
+        protocol: str, *, resume: Resume | None = None, **_: Any
+    ) -> AsyncIterator[OpenedSession]:
+        await trio.lowlevel.checkpoint()
+        agent = make_agent()
+        if agent.connect_error is not None:
+            raise agent.connect_error
+        agent.connected(resume)
+        yield OpenedSession(agent, agent.session_id, agent_name, agent.permissions)
+
+    monkeypatch.setattr(stream_module, "open_session", open_scripted)
+
+
 def use_agent(monkeypatch: pytest.MonkeyPatch, agent: FakeAgent) -> None:
     """Make every session actor's stream talk to `agent` instead of opening a protocol."""
-
-    class ScriptedStream(StreamActor):
-        @asynccontextmanager
-        async def _connect(self) -> AsyncIterator[tuple[AgentSession, str, str]]:
-            await trio.lowlevel.checkpoint()
-            if agent.connect_error is not None:
-                raise agent.connect_error
-            agent.connected(self._resume)
-            yield agent, agent.session_id, "fake-agent"
-
-    monkeypatch.setattr(session_module, "StreamActor", ScriptedStream)
+    use_agents(monkeypatch, lambda: agent)

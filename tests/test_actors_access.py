@@ -26,11 +26,11 @@ from anycode_actors.actors.directory import Register, SessionDirectory
 from anycode_actors.actors.flusher import Flusher
 from anycode_actors.actors.lobby import LobbyInbox, Tell
 from anycode_actors.actors.router import SLOW_DOWN, CommandRate, Router
-from anycode_actors.actors.session import Recovered
 from anycode_actors.actors.session_api import (
     Cancel,
     FollowUp,
     PermissionAnswer,
+    Recovered,
     SessionHandle,
     SessionMessage,
 )

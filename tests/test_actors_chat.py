@@ -17,16 +17,16 @@ import trio
 from anycode_actors.actors.chat import NOT_YOURS_TO_ANSWER, ChatActor, Notice, Reattach
 from anycode_actors.actors.commands import HELP_TEXT
 from anycode_actors.actors.flusher import Flusher, StreamStarted
-from anycode_actors.actors.session import Recovered
 from anycode_actors.actors.session_api import (
     Cancel,
     FollowUp,
     PermissionAnswer,
+    Recovered,
     SessionClosed,
     SessionHandle,
     SessionMessage,
 )
-from anycode_actors.actors.stream import Resume
+from anycode_actors.agents import Resume
 from anycode_actors.chat.auth import AccessPolicy
 from anycode_actors.chat.base import ButtonPress, ChatRef, Command, Message, User
 from anycode_actors.config import Config

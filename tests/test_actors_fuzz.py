@@ -22,8 +22,7 @@ from anycode_actors.actors.chat import ChatActor, ChatInbox, Notice
 from anycode_actors.actors.directory import Register, SessionDirectory
 from anycode_actors.actors.flusher import Flusher
 from anycode_actors.actors.router import CommandRate, Deliver, Router
-from anycode_actors.actors.session import Recovered
-from anycode_actors.actors.session_api import SessionHandle, SessionMessage
+from anycode_actors.actors.session_api import Recovered, SessionHandle, SessionMessage
 from anycode_actors.chat.auth import AccessPolicy
 from anycode_actors.chat.base import ButtonPress, ChatEvent, ChatRef, Command, Message, User
 from anycode_actors.config import Config, config_from_mapping

@@ -2,12 +2,13 @@
 
 It runs with its real flusher and stream actor, a recording chat platform, the real store (in
 memory), the fake provider and a scripted agent session in place of the protocol (the stream's
-`_connect` is replaced), so what is checked is what the user sees in the chat, what the store
+`open_session` is replaced), so what is checked is what the user sees in the chat, what the store
 records and what the sandbox and the agent are told.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
@@ -16,10 +17,23 @@ import pytest
 import trio
 
 from anycode_actors.actors.flusher import Flusher
-from anycode_actors.actors.session import Recovered, SessionActor
-from anycode_actors.actors.session_api import Cancel, FollowUp, PermissionAnswer, SessionClosed
-from anycode_actors.actors.stream import Resume
-from anycode_actors.agents import ErrorEvent, PermissionResolved, TextDelta, ToolCall, TurnEnded
+from anycode_actors.actors.session import SessionActor
+from anycode_actors.actors.session_api import (
+    Cancel,
+    FollowUp,
+    PermissionAnswer,
+    Recovered,
+    SessionClosed,
+)
+from anycode_actors.agents import (
+    AnswersByPolicy,
+    ErrorEvent,
+    PermissionResolved,
+    Resume,
+    TextDelta,
+    ToolCall,
+    TurnEnded,
+)
 from anycode_actors.chat.base import ButtonPress, User
 from anycode_actors.errors import AgentError
 from anycode_actors.sandboxes.base import SandboxError
@@ -359,6 +373,40 @@ async def test_a_permission_request_shows_buttons_and_the_starters_answer_reache
     assert rig.client.buttons_of(prompt_id) == ()
     assert rig.client.press_answers() == ["Allow"]
     assert "Ran it." in "\n".join(rig.client.texts())
+    assert rig.client.message_with("Permissions follow") is None
+
+
+async def test_an_agent_that_answers_by_policy_says_so_once_and_shows_no_buttons(
+    autojump_clock: trio.abc.Clock,
+    nursery: trio.Nursery,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    request = dataclasses.replace(asks("0"), policy="deny-all")
+    agent = FakeAgent(
+        [[TextDelta(text="Let me run it."), request]],
+        permissions=AnswersByPolicy("acpx", "deny-all"),
+    )
+    rig = await start_session(nursery, store, monkeypatch, agent)
+    note = await rig.client.wait_for_text("Permissions follow")
+    assert rig.client.text_of(note) == (
+        "Permissions follow acpx's deny-all policy; no buttons will be shown."
+    )
+    await agent.wait_for_prompts(1)
+    agent.emit(
+        PermissionResolved(
+            key="0", outcome="selected", option_id="reject", option_kind="reject_once", by="policy"
+        ),
+        *said(" It was refused."),
+    )
+    await rig.closed()
+    texts = rig.client.texts()
+    assert texts.index(rig.client.text_of(note)) == 0
+    assert "It was refused." in "\n".join(texts)
+    assert all(buttons == () for _, buttons in rig.client.messages.values())
+    assert not any("Permission requested" in text for text in texts)
+    assert await store.unresolved_interactions(rig.sid) == []
+    assert agent.responses == []
 
 
 async def test_a_second_answer_to_a_permission_is_already_answered(

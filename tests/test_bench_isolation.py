@@ -30,15 +30,13 @@ import pytest
 import trio
 
 from anycode_actors import daemon as daemon_module
-from anycode_actors.actors import session as session_module
 from anycode_actors.actors.commands import HELP_TEXT
-from anycode_actors.actors.stream import AgentSession, StreamActor
 from anycode_actors.agents import TextDelta, TurnEnded
 from anycode_actors.chat.telegram import TelegramClient
 from anycode_actors.config import Config, config_from_mapping
 from anycode_actors.daemon import Daemon
 from supervisors import Backoff, ChildEntry
-from tests.actor_fakes import FakeAgent, FakeProvider, InlineStore
+from tests.actor_fakes import FakeAgent, FakeProvider, InlineStore, use_agents
 from tests.fakes.telegram import ApiCall, FakeTelegram, FloodLimits, User
 
 pytestmark = pytest.mark.bench
@@ -246,16 +244,12 @@ def use_word_agents(
     """Every session's stream talks to a `WordAgent` of its own (`use_agent` shares one)."""
     agents: list[WordAgent] = []
 
-    class WordStream(StreamActor):
-        @asynccontextmanager
-        async def _connect(self) -> AsyncIterator[tuple[AgentSession, str, str]]:
-            await trio.lowlevel.checkpoint()
-            agent = WordAgent(nursery, go)
-            agents.append(agent)
-            agent.connected(self._resume)
-            yield agent, agent.session_id, "word-agent"
+    def word_agent() -> WordAgent:
+        agent = WordAgent(nursery, go)
+        agents.append(agent)
+        return agent
 
-    monkeypatch.setattr(session_module, "StreamActor", WordStream)
+    use_agents(monkeypatch, word_agent, agent_name="word-agent")
     return agents
 
 

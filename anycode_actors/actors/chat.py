@@ -21,11 +21,11 @@ import trio
 from anycode_actors.actors.commands import BadTask, parse_task, short_id, stateless_answer
 from anycode_actors.actors.directory import DirectoryInbox, Unregister, route
 from anycode_actors.actors.flusher import FlusherMessage, Post, StreamStarted
-from anycode_actors.actors.session import Recovered
 from anycode_actors.actors.session_api import (
     Cancel,
     FollowUp,
     PermissionAnswer,
+    Recovered,
     SessionClosed,
     SessionHandle,
     SessionMessage,

@@ -37,6 +37,7 @@ from anycode_actors.actors.session_api import (
     Cancel,
     FollowUp,
     PermissionAnswer,
+    Recovered,
     SessionClosed,
     SessionMessage,
 )
@@ -45,7 +46,6 @@ from anycode_actors.actors.stream import (
     CancelTurn,
     Prompt,
     Respond,
-    Resume,
     StreamActor,
     StreamEnded,
     StreamReady,
@@ -53,9 +53,11 @@ from anycode_actors.actors.stream import (
 )
 from anycode_actors.agents import (
     AgentEvent,
+    AnswersByPolicy,
     ErrorEvent,
     PermissionRequested,
     PermissionResolved,
+    Resume,
     SessionEnded,
     TextDelta,
     ToolCall,
@@ -128,14 +130,6 @@ class _IdleExpired:
 
 
 SessionInbox = SessionMessage | StreamReport | Posted | _Started | _StartFailed | _IdleExpired
-
-
-@dataclass(frozen=True)
-class Recovered:
-    """A session found running after a daemon restart: its live sandbox and where to resume."""
-
-    handle: SandboxHandle
-    resume: Resume
 
 
 @dataclass
@@ -442,10 +436,10 @@ class SessionActor(Actor[SessionInbox]):
         ):
             self._finish(SessionStatus.CANCELLED, "")
             return
-        if self._config.sandbox.protocol == "acpx" and self._stream is not None:
-            policy = self._stream.policy_note or self._config.sandbox.acpx_permissions
+        if isinstance(ready.permissions, AnswersByPolicy):
+            decider, policy = ready.permissions.decider, ready.permissions.policy
             await self._flusher.send(
-                Post(f"Permissions follow acpx's {policy} policy; no buttons will be shown.")
+                Post(f"Permissions follow {decider}'s {policy} policy; no buttons will be shown.")
             )
         await self._prompt(self.session.prompt)
 
@@ -493,7 +487,7 @@ class SessionActor(Actor[SessionInbox]):
             for o in request.options
         )
         if request.policy is not None:
-            return  # acpx answers by its policy; the resolution event tells what happened
+            return  # decided by the agent's own policy; the resolution event tells what happened
         interaction = await self._store.create_interaction(
             self._id,
             "permission",

@@ -10,7 +10,9 @@ from dataclasses import dataclass
 
 import trio
 
+from anycode_actors.agents import Resume
 from anycode_actors.chat.base import ButtonPress, User
+from anycode_actors.sandboxes.base import SandboxHandle
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,14 @@ class SessionClosed:
 
     session_id: str
     status: str
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """A session found running after a daemon restart: its live sandbox and where to resume."""
+
+    handle: SandboxHandle
+    resume: Resume
 
 
 @dataclass(frozen=True)

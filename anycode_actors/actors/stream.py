@@ -1,11 +1,11 @@
 """The stream actor: one per session, it owns the connection to the agent.
 
-It opens the agent's protocol for the session's sandbox (sandbox-agent over HTTP + SSE, ACP over
-stdio through `exec`, or acpx), starts or reattaches the ACP session, and then does two things
-until the session actor stops it: it forwards every normalized, numbered agent event into the
-session actor's inbox, and it carries out the session actor's commands (prompt, permission
-answers, cancel). Reconnects and resume-without-loss live in the transport it opens (the SSE
-stream resumes with Last-Event-ID), so a restarted daemon can reattach from the last stored
+It opens the agent session for the session's sandbox (`anycode_actors.agents.open_session`, which
+picks the protocol the config names and starts or reattaches the ACP session), and then does two
+things until the session actor stops it: it forwards every normalized, numbered agent event into
+the session actor's inbox, and it carries out the session actor's commands (prompt, permission
+answers, cancel). Reconnects and resume-without-loss live in the transport the session opens (the
+SSE stream resumes with Last-Event-ID), so a restarted daemon can reattach from the last stored
 cursor and sequence number.
 """
 
@@ -13,23 +13,22 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager, suppress
+from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Final, Protocol
 
 import trio
 
 from anycode_actors.agents import (
-    AcpxLaunch,
     AgentEvent,
-    PermissionRequested,
-    Turn,
-    open_acpx_session,
-    open_sandbox_agent_client,
-    open_stdio_client,
+    AgentSession,
+    OpenedSession,
+    PermissionMode,
+    Resume,
+    open_session,
 )
-from anycode_actors.config import AgentConfig, AgentProtocol, SandboxConfig
+from anycode_actors.config import AgentConfig, SandboxConfig
 from anycode_actors.errors import AgentError
 from anycode_actors.sandboxes.base import AgentProcess, SandboxHandle, SandboxProvider
 from supervisors import ChildSpec, Restart, current_child
@@ -39,24 +38,6 @@ log = logging.getLogger(__name__)
 # How long opening the agent (health, initialize, session/new) may take before the session fails.
 CONNECT_TIMEOUT: Final = 120.0
 STREAM_INBOX: Final = 16
-
-
-class AgentSession(Protocol):
-    """What the stream actor needs of an ACP session (AcpSession and AcpxSession both fit)."""
-
-    @property
-    def events(self) -> trio.MemoryReceiveChannel[AgentEvent]: ...
-
-    @property
-    def turn_running(self) -> bool: ...
-
-    async def prompt(self, text: str) -> Turn: ...
-
-    async def cancel(self) -> None: ...
-
-    async def respond_permission(self, key: str, option_id: str) -> None: ...
-
-    async def cancel_permission(self, key: str) -> None: ...
 
 
 # --- commands from the session actor --------------------------------------------------------
@@ -90,6 +71,9 @@ StreamCommand = Prompt | Respond | CancelTurn
 class StreamReady:
     agent_session_id: str
     agent_name: str
+    # How the agent's permission requests are answered: by the user (buttons), or by a policy
+    # of the agent's side that the user should be told about.
+    permissions: PermissionMode
 
 
 @dataclass(frozen=True)
@@ -111,22 +95,6 @@ class ReportSink(Protocol):
     """Where reports go: the session actor's inbox (which accepts more than reports)."""
 
     async def send(self, report: StreamReport, /) -> None: ...
-
-
-@dataclass(frozen=True)
-class Resume:
-    """Where a reattached stream continues (a restarted daemon)."""
-
-    agent_session_id: str
-    last_seq: int
-    cursor: str | None
-    turn_running: bool
-    permissions: Sequence[PermissionRequested] = ()
-
-
-def sandbox_agent_server_id(session_id: str) -> str:
-    """The sandbox-agent ACP server id of a session: derived, so a restart can find it."""
-    return f"anycode-{session_id[:16]}"
 
 
 class StreamActor:
@@ -151,7 +119,6 @@ class StreamActor:
         self._reports = reports
         self._resume = resume
         self._commands_in, self._commands = trio.open_memory_channel[StreamCommand](STREAM_INBOX)
-        self.policy_note: str | None = None
 
     def spec(self) -> ChildSpec:
         # Temporary: a lost connection is the session actor's decision (it fails the session),
@@ -178,7 +145,15 @@ class StreamActor:
             # scope around the whole connection (deadline lifted once open) keeps the protocol's
             # nurseries properly nested inside it.
             with trio.CancelScope(deadline=trio.current_time() + CONNECT_TIMEOUT) as opening:
-                async with self._connect() as opened:
+                async with open_session(
+                    self._sandbox.protocol,
+                    agent=self._agent,
+                    handle=self._handle,
+                    spawn=self._spawn,
+                    session_id=self._session_id,
+                    acpx_permissions=self._sandbox.acpx_permissions,
+                    resume=self._resume,
+                ) as opened:
                     opening.deadline = math.inf
                     await self._serve(opened)
             if opening.cancelled_caught:
@@ -190,9 +165,15 @@ class StreamActor:
                 with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                     await self._reports.send(StreamEnded(error))
 
-    async def _serve(self, opened: tuple[AgentSession, str, str]) -> None:
-        session, agent_session_id, agent_name = opened
-        await self._reports.send(StreamReady(agent_session_id, agent_name))
+    async def _spawn(self, argv: Sequence[str]) -> AgentProcess:
+        """Start `argv` inside this session's sandbox (stdio and acpx agents)."""
+        return await self._provider.exec(self._handle, argv)
+
+    async def _serve(self, opened: OpenedSession) -> None:
+        session = opened.session
+        await self._reports.send(
+            StreamReady(opened.agent_session_id, opened.agent_name, opened.permissions)
+        )
         context = current_child()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._forward_events, session, nursery.cancel_scope)
@@ -226,57 +207,19 @@ class StreamActor:
         # The agent's event stream ended (its SessionEnded was the last event): stop serving.
         scope.cancel()
 
-    @asynccontextmanager
-    async def _connect(self) -> AsyncIterator[tuple[AgentSession, str, str]]:
-        """Open the protocol the config names; yield (session, agent session id, agent name)."""
-        actor = self
-        protocol: AgentProtocol = actor._sandbox.protocol
-        handle = actor._handle
-        resume = actor._resume
-        first_seq = resume.last_seq + 1 if resume else 1
-        if protocol == "sandbox-agent":
-            assert handle.endpoint is not None, "a sandbox-agent sandbox has an endpoint"
-            agent_id = actor._agent.sandbox_agent_id or "claude"
-            async with open_sandbox_agent_client(
-                handle.endpoint,
-                token=handle.token or None,
-                agent=agent_id,
-                server_id=sandbox_agent_server_id(actor._session_id),
-                attach=resume is not None,
-                last_event_id=resume.cursor if resume else None,
-                # The sandbox is destroyed right after: no DELETE, which may never answer.
-                delete_on_close=False,
-            ) as client:
-                if resume is not None:
-                    # Attach at once, before any replayed update can arrive for a session the
-                    # client does not know yet; the agent behind the server is initialized.
-                    session = client.attach_session(
-                        resume.agent_session_id,
-                        first_seq=first_seq,
-                        turn_running=resume.turn_running,
-                        permissions=resume.permissions,
-                    )
-                    yield session, session.session_id, agent_id
-                else:
-                    info = await client.initialize()
-                    session = await client.new_session(handle.workdir, first_seq=first_seq)
-                    yield session, session.session_id, info.agent_name
-        elif protocol == "acp":
-            process = await actor._provider.exec(handle, actor._agent.acp_command)
-            async with open_stdio_client(process) as client:
-                info = await client.initialize()
-                session = await client.new_session(handle.workdir, first_seq=first_seq)
-                yield session, session.session_id, info.agent_name
-        else:
-            launch = AcpxLaunch.from_config(
-                actor._agent, actor._sandbox.acpx_permissions, handle.workdir
-            )
 
-            async def spawn(argv: Sequence[str]) -> AgentProcess:
-                return await actor._provider.exec(handle, argv)
-
-            async with open_acpx_session(
-                launch, spawn, name=f"anycode-{actor._session_id[:12]}", first_seq=first_seq
-            ) as acpx:
-                actor.policy_note = acpx.policy
-                yield acpx, acpx.session_id or acpx.name, "acpx"
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "STREAM_INBOX",
+    "AgentEventArrived",
+    "CancelTurn",
+    "Prompt",
+    "ReportSink",
+    "Respond",
+    "Resume",
+    "StreamActor",
+    "StreamCommand",
+    "StreamEnded",
+    "StreamReady",
+    "StreamReport",
+]

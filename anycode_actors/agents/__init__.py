@@ -10,8 +10,10 @@ and as printed by acpx, all turned into the same normalized, numbered events.
 
 `open_stdio_client(process)` and `open_local_stdio_client(argv)` give the same `AcpClient` over an
 adapter's stdin/stdout; `open_acpx_session(launch, spawn)` gives an `AcpxSession` with the same
-prompt/cancel/events API. The events are in `anycode_actors.agents.events`; the errors are the
-`AgentError` family in `anycode_actors.errors`.
+prompt/cancel/events API. `open_session(protocol, ...)` opens whichever of them a sandbox's
+protocol names and yields it as an `AgentSession` (`anycode_actors.agents.session`). The events
+are in `anycode_actors.agents.events`; the errors are the `AgentError` family in
+`anycode_actors.errors`.
 """
 
 from anycode_actors.agents.acp import (
@@ -50,6 +52,15 @@ from anycode_actors.agents.sandbox_agent import (
     open_sandbox_agent_transport,
     wait_until_healthy,
 )
+from anycode_actors.agents.session import (
+    AgentSession,
+    AnswersByPolicy,
+    AsksUser,
+    OpenedSession,
+    PermissionMode,
+    Resume,
+    open_session,
+)
 from anycode_actors.agents.stdio import (
     StdioTransport,
     open_local_stdio_client,
@@ -79,15 +90,21 @@ __all__ = [
     "AgentEvent",
     "AgentNotReadyError",
     "AgentRequestError",
+    "AgentSession",
+    "AnswersByPolicy",
+    "AsksUser",
     "ErrorEvent",
     "InitializeResult",
+    "OpenedSession",
     "PermissionAnswerError",
+    "PermissionMode",
     "PermissionOption",
     "PermissionRequested",
     "PermissionResolved",
     "Raw",
     "Received",
     "ReconnectPolicy",
+    "Resume",
     "SandboxAgentTransport",
     "SessionEnded",
     "Spawn",
@@ -106,6 +123,7 @@ __all__ = [
     "open_local_stdio_client",
     "open_sandbox_agent_client",
     "open_sandbox_agent_transport",
+    "open_session",
     "open_stdio_client",
     "open_stdio_transport",
     "wait_until_healthy",
