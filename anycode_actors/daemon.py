@@ -57,7 +57,7 @@ from anycode_actors.chat.base import ButtonPress, ChatClient, ChatRef
 from anycode_actors.config import Config
 from anycode_actors.errors import AnycodeError
 from anycode_actors.sandboxes.base import SandboxProvider
-from anycode_actors.store import Session, SessionStatus, Store
+from anycode_actors.store import Session, SessionStatus, Store, StoreUnavailable
 from supervisors import (
     ChildSpec,
     ChildStartFailed,
@@ -168,12 +168,12 @@ class Daemon:
 
     @property
     def store(self) -> Store:
-        assert self._store is not None, "the store child has not started"
+        assert self._store is not None, "the daemon is not running"
         return self._store
 
     @property
     def provider(self) -> SandboxProvider:
-        assert self._provider is not None, "the sandboxes child has not started"
+        assert self._provider is not None, "the daemon is not running"
         return self._provider
 
     def _root(self) -> Supervisor:
@@ -181,8 +181,6 @@ class Daemon:
         children: list[ChildSpec] = [
             # First up and last down, so `anycode tree` can watch start-up and shutdown too.
             ChildSpec("admin", self.admin.run, kind="worker"),
-            ChildSpec("store", self._run_store, shutdown=10.0, kind="worker"),
-            ChildSpec("sandboxes", self._run_sandboxes, shutdown=10.0, kind="worker"),
             ChildSpec("watchdog", self._run_watchdog, kind="actor"),
             ChildSpec("retention", self._run_retention, kind="worker"),
             self.directory.spec("directory"),
@@ -207,26 +205,19 @@ class Daemon:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Ready once every static child is; never returns. Errors arrive bare (no group):
-        `ChildStartFailed` when a child cannot start, `RestartIntensityExceeded` later."""
-        await self._root().run(task_status=task_status)
+        `StoreUnavailable` when the database cannot be opened, `ChildStartFailed` when a child
+        cannot start, `RestartIntensityExceeded` later.
 
-    # --- static children ------------------------------------------------------------------------
-
-    async def _run_store(
-        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
+        The store and the sandbox provider are opened first, outside the tree, and every actor
+        that needs them is given them as plain dependencies: they outlive every actor, so no
+        actor can hold one that a restart has replaced."""
         async with Store.open(self.config.database.path) as store:
             self._store = store
-            task_status.started()
-            await trio.sleep_forever()
+            if self._provider is None:
+                self._provider = make_provider(self.config, self.daemon_id)
+            await self._root().run(task_status=task_status)
 
-    async def _run_sandboxes(
-        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        if self._provider is None:
-            self._provider = make_provider(self.config, self.daemon_id)
-        task_status.started()
-        await trio.sleep_forever()
+    # --- static children ------------------------------------------------------------------------
 
     async def _run_watchdog(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -245,7 +236,6 @@ class Daemon:
     async def _run_retention(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        # Made anew on every start, so a restart picks up a restarted store.
         retention = Retention(self.store, days=self.config.database.retention_days)
         await retention.run(task_status=task_status)
 
@@ -259,12 +249,9 @@ class Daemon:
 
     async def _start_chat(self, chat: ChatRef) -> trio.MemorySendChannel[ChatInbox]:
         client = self._clients_by_platform[chat.platform]
-        flusher_holder: list[Flusher] = []
 
         async def start_session(session: Session, recovered: Recovered | None) -> SessionHandle:
-            return await self._start_session(
-                session, chat, actor, flusher_holder[0], client, recovered
-            )
+            return await self._start_session(session, chat, actor, flusher, client, recovered)
 
         actor: ChatActor
         budget = self._budgets.get(chat.platform)
@@ -275,7 +262,6 @@ class Daemon:
             notify=None,
             budget=budget.address() if budget is not None else None,
         )
-        flusher_holder.append(flusher)
         actor = ChatActor(
             chat,
             client=client,
@@ -465,6 +451,10 @@ async def run_until_signalled(config: Config) -> int:
                 await nursery.start(daemon.run)
             except ChildStartFailed as failed:
                 log.error("anycode could not start: %s", failed.error)
+                nursery.cancel_scope.cancel()
+                return 1
+            except StoreUnavailable as failed:
+                log.error("anycode could not start: %s", failed)
                 nursery.cancel_scope.cancel()
                 return 1
             log.info("anycode is running (daemon id %s)", daemon.daemon_id)

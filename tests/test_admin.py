@@ -368,7 +368,7 @@ async def test_the_daemon_serves_its_tree_on_the_configured_socket(
     assert snapshot.daemon.id == daemon.daemon_id
     paths = [entry.path for entry in snapshot.entries]
     assert paths[0] == "root"
-    assert {"root/store", "root/sessions", "root/chats", "root/admin"} <= set(paths)
+    assert {"root/router", "root/sessions", "root/chats", "root/admin"} <= set(paths)
     assert not await trio.Path(short_dir / "d.sock").exists()
 
 
