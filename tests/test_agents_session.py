@@ -1,7 +1,7 @@
 """`open_session`: the one door to an agent, whatever protocol the sandbox speaks.
 
 Each protocol is opened for real against a local stand-in: ACP over stdio against the demo agent
-(`python -m anycode_actors.demo_agent`), acpx with processes that play its short commands, and
+(`python -m anycode_actors.cli.demo_agent`), acpx with processes that play its short commands, and
 sandbox-agent against the in-process `FakeSandboxAgent` of test_agents_sandbox_agent_http.py.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import trio
-from anycode_actors.demo_agent import AGENT_NAME
+from anycode_actors.cli.demo_agent import AGENT_NAME
 
 from anycode_actors.agents import (
     AcpClient,
@@ -38,7 +38,7 @@ from tests.actor_fakes import asks, make_config
 from tests.test_agents_sandbox_agent_http import BASE, SESSION, TOKEN, FakeSandboxAgent
 
 SESSION_ID = "0123456789abcdef0123456789abcdef"
-DEMO_AGENT = (sys.executable, "-m", "anycode_actors.demo_agent", "--delay", "0")
+DEMO_AGENT = (sys.executable, "-m", "anycode_actors.cli.demo_agent", "--delay", "0")
 
 
 def claude() -> AgentConfig:
