@@ -41,9 +41,8 @@ from anycode_actors.actors.flusher import Flusher
 from anycode_actors.actors.lobby import Lobby
 from anycode_actors.actors.retention import Retention
 from anycode_actors.actors.router import ChatStopped, CommandRate, Deliver, Router
-from anycode_actors.actors.session import Recovered, SessionActor
-from anycode_actors.actors.session_api import SessionClosed, SessionHandle
-from anycode_actors.actors.stream import Resume
+from anycode_actors.actors.session import SessionActor
+from anycode_actors.actors.session_api import Recovered, SessionClosed, SessionHandle
 from anycode_actors.actors.watchdog import ORPHAN_AGE, Watchdog
 from anycode_actors.agents import (
     PermissionRequested,
@@ -53,6 +52,7 @@ from anycode_actors.agents import (
     TurnEnded,
 )
 from anycode_actors.agents.events import UnknownEvent
+from anycode_actors.agents.session import Resume
 from anycode_actors.chat.base import ButtonPress, ChatClient, ChatRef
 from anycode_actors.config import Config
 from anycode_actors.errors import AnycodeError

@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 import trio
-from anycode_actors.cli.demo_agent import AGENT_NAME
 
 from anycode_actors.agents import (
     AcpClient,
@@ -30,6 +29,7 @@ from anycode_actors.agents import (
     open_session,
 )
 from anycode_actors.agents import session as session_module
+from anycode_actors.cli.demo_agent import AGENT_NAME
 from anycode_actors.config import AgentConfig
 from anycode_actors.errors import AgentError
 from anycode_actors.sandboxes.base import AgentProcess, SandboxHandle
