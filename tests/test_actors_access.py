@@ -451,3 +451,21 @@ async def test_a_flooding_user_is_told_once_to_slow_down_and_others_are_not_slow
     await router.send(Command(CHAT, ADA, "status", ""))
     await trio.testing.wait_all_tasks_blocked()
     assert [m for m in drain() if isinstance(m, Command)] == [Command(CHAT, ADA, "status", "")]
+
+
+async def test_people_who_went_quiet_are_forgotten_by_the_command_rate(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    rate = CommandRate(per_second=1.0, burst=5)
+    for n in range(100):
+        assert rate.admit(f"telegram:{n}") == (True, False)
+    for _ in range(10):
+        rate.admit("telegram:flooder")
+    await trio.sleep(2)
+    rate.forget_quiet()
+    # Everyone who sent once has refilled; the flooder is still in debt and still paced.
+    assert list(rate._buckets) == ["telegram:flooder"]
+    assert rate.admit("telegram:flooder") == (False, False)
+    await trio.sleep(20)
+    rate.forget_quiet()
+    assert rate._buckets == {}

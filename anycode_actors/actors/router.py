@@ -88,7 +88,7 @@ class ChatStopped:
 RouterInbox = ChatEvent | Deliver | ChatStopped
 
 
-@dataclass
+@dataclass(slots=True)
 class _Bucket:
     tokens: float
     at: float
@@ -130,6 +130,14 @@ class CommandRate:
         warn = not bucket.warned
         bucket.warned = True
         return False, warn
+
+    def forget_quiet(self) -> None:
+        """Forget everyone whose bucket has refilled: they are back where a newcomer starts.
+        Called now and then, so people who went quiet cost nothing, however many came by."""
+        self._forget_full(trio.current_time())
+        self._forget_at = _BUCKETS_KEPT
+        # A dict keeps its table at its largest size; a copy is sized for what is left.
+        self._buckets = dict(self._buckets)
 
     def _forget_full(self, now: float) -> None:
         full = [
@@ -192,13 +200,14 @@ class Router(Actor[RouterInbox]):
             for key in stopped:
                 del self._lines[key]
             self._forget_lobby_answers()
+            if self._rate is not None:
+                self._rate.forget_quiet()
             if stopped:
                 self._report()
 
     def _forget_lobby_answers(self) -> None:
         horizon = trio.current_time() - LOBBY_SPACING
-        for key in [k for k, at in self._lobby_answered.items() if at <= horizon]:
-            del self._lobby_answered[key]
+        self._lobby_answered = {k: at for k, at in self._lobby_answered.items() if at > horizon}
 
     async def handle(self, message: RouterInbox) -> None:
         if isinstance(message, ChatStopped):
