@@ -23,6 +23,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
@@ -430,19 +431,19 @@ async def say_help_and_wait(telegram: FakeTelegram, people: list[User]) -> None:
         wave = people[start : start + WAVE]
         for person in wave:
             telegram.inject_message(person.id, person, "/help")
-        pending = {person.id for person in wave}
+        await poll_until(partial(_wave_answered, telegram, {p.id for p in wave}), every=5.0)
 
-        def all_answered() -> bool:
-            answered_now = {
-                int(call.params["chat_id"])
-                for call in telegram._calls
-                if call.method == "sendmessage" and call.status == 200
-            }
-            pending.difference_update(answered_now)
-            forget_stand_in_records(telegram, answered_now)
-            return not pending
 
-        await poll_until(all_answered, every=5.0)
+def _wave_answered(telegram: FakeTelegram, pending: set[int]) -> bool:
+    """Whether every chat in `pending` is answered; forgets those that are, as they are."""
+    answered_now = {
+        int(call.params["chat_id"])
+        for call in telegram._calls
+        if call.method == "sendmessage" and call.status == 200
+    }
+    pending.difference_update(answered_now)
+    forget_stand_in_records(telegram, answered_now)
+    return not pending
 
 
 async def test_bench_10000_quiet_chats_leave_nothing_behind(

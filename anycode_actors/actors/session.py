@@ -129,7 +129,15 @@ class _IdleExpired:
     generation: int
 
 
-SessionInbox = SessionMessage | StreamReport | Posted | _Started | _StartFailed | _IdleExpired
+@dataclass(frozen=True)
+class _Resume:
+    """First in a recovered session's inbox: pick up the output and the agent where they were,
+    before any message that came after the restart."""
+
+
+SessionInbox = (
+    SessionMessage | StreamReport | Posted | _Started | _StartFailed | _IdleExpired | _Resume
+)
 
 
 @dataclass
@@ -182,7 +190,6 @@ class SessionActor(Actor[SessionInbox]):
         self._idle_generation = 0
         self._outcome: tuple[SessionStatus, str] | None = None
         self._start_scope = trio.CancelScope()
-        self._nursery: trio.Nursery | None = None
         self._events = 0
         self._uploaded: set[tuple[str, int]] = set()
         self._upload_keys: list[tuple[str, int]] = []  # by upload tag number
@@ -197,52 +204,42 @@ class SessionActor(Actor[SessionInbox]):
 
     # --- life -----------------------------------------------------------------------------------
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        context = current_child()
-        if context is not None:
-            context.report_inbox(self._inbox)
-        self._report()
+    async def setup(self) -> None:
         # Ready at once: the sessions supervisor serves one start at a time, and creating a
-        # sandbox takes seconds.
-        task_status.started()
-        streams = self._streams
-        try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                await nursery.start(streams.run)
-                nursery.start_soon(self._record_uploads)
-                if self._recovered is not None:
-                    await self._resume_output()
-                    await self._start_stream(
-                        streams, self._recovered.handle, self._recovered.resume
-                    )
-                else:
-                    nursery.start_soon(self._create_sandbox)
-                while self._outcome is None:
-                    message = await self._inbox.receive()
-                    try:
-                        await self.handle(message)
-                    except StoreUnavailable as exc:
-                        # The database cannot be written (locked past the busy timeout, the
-                        # disk full): what happens next could not be recorded, so the session
-                        # ends, says why, and removes its sandbox.
-                        log.error("session %s: %s", short_id(self._id), exc)
-                        self._finish(SessionStatus.FAILED, f"the database failed: {exc}")
-                    self._report()
-                nursery.cancel_scope.cancel()
-        finally:
-            # Closed before cleanup (which can take a while): whoever writes to this session now
-            # learns at once that it has ended, instead of talking to an inbox nobody reads.
-            # What is already in it was sent to a live session: it gets an answer, not silence.
-            late = self._take_the_rest()
-            self._inbox.close()
-            with trio.CancelScope(shield=True):
-                await self._clean_up(late)
+        # sandbox (or reattaching to one) takes seconds. Both happen after the start.
+        self._report()
+        await self.tasks.start(self._streams.run)
+        self.tasks.start_soon(self._record_uploads)
+        if self._recovered is not None:
+            self._outbox.send_nowait(_Resume())  # the inbox of a new actor has room
+        else:
+            self.tasks.start_soon(self._create_sandbox)
+
+    async def finish(self) -> None:
+        # Closed before cleanup (which can take a while): whoever writes to this session now
+        # learns at once that it has ended, instead of talking to an inbox nobody reads.
+        # What is already in it was sent to a live session: it gets an answer, not silence.
+        late = self._take_the_rest()
+        self._inbox.close()
+        await self._clean_up(late)
 
     async def handle(self, message: SessionInbox) -> None:
-        """One message from the inbox. `run` reads the inbox itself (not `Actor.run`): it also
-        creates the sandbox before the first message and removes it after the last."""
-        if isinstance(message, _Started):
+        try:
+            await self._dispatch(message)
+        except StoreUnavailable as exc:
+            # The database cannot be written (locked past the busy timeout, the disk full):
+            # what happens next could not be recorded, so the session ends, says why, and
+            # removes its sandbox.
+            log.error("session %s: %s", short_id(self._id), exc)
+            self._finish(SessionStatus.FAILED, f"the database failed: {exc}")
+        self._report()
+
+    async def _dispatch(self, message: SessionInbox) -> None:
+        if isinstance(message, _Resume):
+            assert self._recovered is not None
+            await self._resume_output()
+            await self._start_stream(self._streams, self._recovered.handle, self._recovered.resume)
+        elif isinstance(message, _Started):
             await self._on_started(message.handle, self._streams)
         elif isinstance(message, _StartFailed):
             self._finish(SessionStatus.FAILED, message.message)
@@ -276,6 +273,7 @@ class SessionActor(Actor[SessionInbox]):
     def _finish(self, status: SessionStatus, reason: str) -> None:
         if self._outcome is None:
             self._outcome = (status, reason)
+        self.stop()
 
     def _report(self) -> None:
         context = current_child()
@@ -548,13 +546,12 @@ class SessionActor(Actor[SessionInbox]):
         if idle <= 0:
             self._finish(SessionStatus.COMPLETED, "")
             return
-        assert self._nursery is not None
 
         async def expire() -> None:
             await trio.sleep(idle)
             await self._outbox.send(_IdleExpired(generation))
 
-        self._nursery.start_soon(expire)
+        self.tasks.start_soon(expire)
 
     async def _on_stream_lost(self, error: str | None) -> None:
         # Not knowing is not dead: an engine that is slow or failing to answer leaves the
