@@ -512,6 +512,7 @@ class Flusher(Actor[FlusherMessage]):
         self._changed = trio.Event()
         self._room = trio.Event()
         self._context: ChildContext | None = None
+        self._winding_up = False
 
     # --- public -----------------------------------------------------------------------------------
 
@@ -535,18 +536,14 @@ class Flusher(Actor[FlusherMessage]):
         await done.wait()
 
     def stop(self) -> None:
-        """Stop reading: `run` delivers what was sent so far, at once, then returns and closes
-        the inbox. May be called from any task of the same Trio run."""
-        super().stop()
+        """Stop reading: what was sent so far is delivered, at once; then `run` returns and
+        closes the inbox. May be called from any task of the same Trio run."""
+        # Not the base class's stop yet: its reader would end at once, with messages unread.
+        self._winding_up = True
         self._changed.set()
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Read the inbox and deliver, until cancelled (or stopped)."""
-        if self._stopping:
-            raise RuntimeError("Flusher was stopped; make a new one")
+    async def setup(self) -> None:
         self._context = current_child()
-        if self._context is not None:
-            self._context.report_inbox(self._inbox)
         if not self._buckets:
             now = trio.current_time()
             self._buckets.append(_TokenBucket(self.limits.burst, self.limits.per_second, now))
@@ -554,26 +551,22 @@ class Flusher(Actor[FlusherMessage]):
                 rate = self.limits.group_per_minute / 60
                 self._buckets.append(_TokenBucket(self.limits.burst, rate, now))
         self._report()
-        task_status.started()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._read_inbox)
-            await self._deliver()
-            nursery.cancel_scope.cancel()
-        self._inbox.close()
+        self.tasks.start_soon(self._deliver_until_stopped)
 
     async def handle(self, message: FlusherMessage) -> None:
-        """Fold one message into the pending operations; never waits."""
+        """Fold one message into the pending operations. The next is read only when there is
+        room: with `max_pending` operations queued, senders wait (backpressure)."""
         self._absorb(message)
+        while len(self._ops) >= self._max_pending and not self._winding_up:
+            self._room = trio.Event()
+            await self._room.wait()
 
-    # --- reading the inbox ------------------------------------------------------------------------
-
-    async def _read_inbox(self) -> None:
-        while not self._stopping:
-            while len(self._ops) >= self._max_pending:
-                self._room = trio.Event()
-                await self._room.wait()
-            message = await self._inbox.receive()
-            await self.handle(message)
+    async def _deliver_until_stopped(self) -> None:
+        await self._deliver()
+        # Stopped, and everything delivered: the run ends here, though its reader may still
+        # be waiting for a message that will not come.
+        super().stop()
+        self.tasks.cancel_scope.cancel()
 
     def _absorb(self, message: FlusherMessage) -> None:
         queued = len(self._ops)
@@ -692,7 +685,7 @@ class Flusher(Actor[FlusherMessage]):
         while True:
             now = trio.current_time()
             self._changed = trio.Event()
-            if self._stopping:
+            if self._winding_up:
                 self._absorb_the_rest(now)
                 if not self._ops:
                     return

@@ -23,7 +23,6 @@ import trio
 from anycode_actors.agents import (
     AgentEvent,
     AgentSession,
-    OpenedSession,
     PermissionMode,
     Resume,
     open_session,
@@ -31,7 +30,7 @@ from anycode_actors.agents import (
 from anycode_actors.config import AgentConfig, SandboxConfig
 from anycode_actors.errors import AgentError
 from anycode_actors.sandboxes.base import AgentProcess, SandboxHandle, SandboxProvider
-from supervisors import ChildSpec, Restart, current_child
+from supervisors import Actor, ChildSpec, Restart, current_child
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +96,15 @@ class ReportSink(Protocol):
     async def send(self, report: StreamReport, /) -> None: ...
 
 
-class StreamActor:
-    """Owns one agent connection; talks to its session actor only through memory channels."""
+class StreamActor(Actor[StreamCommand]):
+    """Owns one agent connection; talks to its session actor only through memory channels.
+
+    The connection lives in a helper task (`_connect`): it opens the agent session, reports
+    `StreamReady`, then forwards the agent's events until their stream ends, and with it the
+    actor. Commands wait in the inbox until the session is open, then go to it in order.
+    """
+
+    inbox_size = STREAM_INBOX
 
     def __init__(
         self,
@@ -111,6 +117,7 @@ class StreamActor:
         reports: ReportSink,
         resume: Resume | None = None,
     ) -> None:
+        super().__init__()
         self._session_id = session_id
         self._handle = handle
         self._provider = provider
@@ -118,28 +125,26 @@ class StreamActor:
         self._sandbox = sandbox
         self._reports = reports
         self._resume = resume
-        self._commands_in, self._commands = trio.open_memory_channel[StreamCommand](STREAM_INBOX)
+        self._session: AgentSession | None = None
+        self._opened = trio.Event()
+        self._error: str | None = None
 
-    def spec(self) -> ChildSpec:
+    def spec(
+        self,
+        id: str | None = None,
+        *,
         # Temporary: a lost connection is the session actor's decision (it fails the session),
         # not something to retry blindly with a new ACP session and a lost conversation.
-        return ChildSpec(
-            id=f"stream:{self._session_id[:8]}",
-            start=self.run,
-            restart=Restart.TEMPORARY,
-            shutdown=15.0,
-            kind="actor",
-        )
+        restart: Restart = Restart.TEMPORARY,
+        shutdown: float = 15.0,
+    ) -> ChildSpec:
+        name = id if id is not None else f"stream:{self._session_id[:8]}"
+        return super().spec(name, restart=restart, shutdown=shutdown)
 
-    async def send(self, command: StreamCommand) -> None:
-        await self._commands_in.send(command)
+    async def setup(self) -> None:
+        self.tasks.start_soon(self._connect)
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        context = current_child()
-        if context is not None:
-            context.report_inbox(self._commands)
-        task_status.started()
-        error: str | None = None
+    async def _connect(self) -> None:
         try:
             # Only opening is bounded; a session then runs as long as its watchdog allows. One
             # scope around the whole connection (deadline lifted once open) keeps the protocol's
@@ -155,57 +160,61 @@ class StreamActor:
                     resume=self._resume,
                 ) as opened:
                     opening.deadline = math.inf
-                    await self._serve(opened)
+                    self._session = opened.session
+                    await self._reports.send(
+                        StreamReady(opened.agent_session_id, opened.agent_name, opened.permissions)
+                    )
+                    self._opened.set()
+                    await self._forward_events(opened.session)
             if opening.cancelled_caught:
-                error = f"the agent did not come up within {CONNECT_TIMEOUT:.0f} s"
+                self._error = f"the agent did not come up within {CONNECT_TIMEOUT:.0f} s"
         except AgentError as exc:
-            error = str(exc)
-        finally:
-            with trio.move_on_after(5, shield=True):
-                with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                    await self._reports.send(StreamEnded(error))
+            self._error = str(exc)
+        # The connection is over (its event stream ended, or it never opened), so is the
+        # actor: the run ends though its reader may be waiting for a command.
+        self.stop()
+        self.tasks.cancel_scope.cancel()
 
     async def _spawn(self, argv: Sequence[str]) -> AgentProcess:
         """Start `argv` inside this session's sandbox (stdio and acpx agents)."""
         return await self._provider.exec(self._handle, argv)
 
-    async def _serve(self, opened: OpenedSession) -> None:
-        session = opened.session
-        await self._reports.send(
-            StreamReady(opened.agent_session_id, opened.agent_name, opened.permissions)
-        )
+    async def handle(self, command: StreamCommand) -> None:
+        await self._opened.wait()
+        session = self._session
+        assert session is not None
+        try:
+            if isinstance(command, Prompt):
+                await session.prompt(command.text)
+            elif isinstance(command, Respond):
+                if command.option_id is None:
+                    await session.cancel_permission(command.key)
+                else:
+                    await session.respond_permission(command.key, command.option_id)
+            else:
+                await session.cancel()
+        except AgentError as exc:
+            # A stale permission answer or a prompt racing a turn end: report, go on.
+            log.warning("session %s: %s", self._session_id[:8], exc)
+        finally:
+            if isinstance(command, CancelTurn) and command.done is not None:
+                command.done.set()
         context = current_child()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._forward_events, session, nursery.cancel_scope)
-            async for command in self._commands:
-                try:
-                    if isinstance(command, Prompt):
-                        await session.prompt(command.text)
-                    elif isinstance(command, Respond):
-                        if command.option_id is None:
-                            await session.cancel_permission(command.key)
-                        else:
-                            await session.respond_permission(command.key, command.option_id)
-                    else:
-                        await session.cancel()
-                except AgentError as exc:
-                    # A stale permission answer or a prompt racing a turn end: report, go on.
-                    log.warning("session %s: %s", self._session_id[:8], exc)
-                finally:
-                    if isinstance(command, CancelTurn) and command.done is not None:
-                        command.done.set()
-                if context is not None:
-                    context.update(turn_running=session.turn_running)
+        if context is not None:
+            context.update(turn_running=session.turn_running)
 
-    async def _forward_events(self, session: AgentSession, scope: trio.CancelScope) -> None:
+    async def finish(self) -> None:
+        with trio.move_on_after(5):
+            with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await self._reports.send(StreamEnded(self._error))
+
+    async def _forward_events(self, session: AgentSession) -> None:
         context = current_child()
         async for event in session.events:
             await self._reports.send(AgentEventArrived(event))
             if context is not None:
                 # The turn ends with an event, not a command: keep the tree's view current.
                 context.update(turn_running=session.turn_running)
-        # The agent's event stream ended (its SessionEnded was the last event): stop serving.
-        scope.cancel()
 
 
 __all__ = [
