@@ -253,13 +253,14 @@ class Daemon:
         async def start_session(session: Session, recovered: Recovered | None) -> SessionHandle:
             return await self._start_session(session, chat, actor, flusher, client, recovered)
 
-        actor: ChatActor
         budget = self._budgets.get(chat.platform)
+        # The chat actor and its flusher address each other: the actor's inbox comes first.
+        inbox = trio.open_memory_channel[ChatInbox](ChatActor.inbox_size)
         flusher = Flusher(
             client,
             chat,
             debounce=self.config.session.debounce_ms / 1000,
-            notify=None,
+            notify=inbox[0].clone(),
             budget=budget.address() if budget is not None else None,
         )
         actor = ChatActor(
@@ -272,8 +273,8 @@ class Daemon:
             access=client.access,
             directory=self.directory.address(),
             idle_after=float(self.config.session.chat_idle_minutes) * 60,
+            inbox=inbox,
         )
-        flusher.set_notify(actor.address())
         unit = Supervisor(
             [
                 flusher.spec("flusher", shutdown=CHAT_SHUTDOWN),

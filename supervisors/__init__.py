@@ -25,7 +25,7 @@ is plain, JSON-ready data for the console. A running child finds its own entry w
 Logs go to the stdlib logger "supervisors".
 """
 
-from ._actor import Actor
+from ._actor import Actor, Inbox
 from ._backoff import Backoff
 from ._context import ChildContext, current_child
 from ._defaults import (
@@ -81,6 +81,7 @@ __all__ = [
     "ChildStartFailed",
     "ChildState",
     "DuplicateChild",
+    "Inbox",
     "Intensity",
     "JsonValue",
     "Registry",

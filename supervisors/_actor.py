@@ -9,7 +9,7 @@ makes them wait: backpressure, never an unbounded queue.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar, Generic, TypeVar
+from typing import ClassVar, Generic, TypeAlias, TypeVar
 
 import trio
 
@@ -18,6 +18,7 @@ from ._defaults import ACTOR_KIND, INBOX_SIZE, SHUTDOWN_GRACE
 from ._spec import ChildSpec, Restart
 
 MessageT = TypeVar("MessageT")
+Inbox: TypeAlias = tuple[trio.MemorySendChannel[MessageT], trio.MemoryReceiveChannel[MessageT]]
 
 
 class Actor(ABC, Generic[MessageT]):
@@ -44,9 +45,19 @@ class Actor(ABC, Generic[MessageT]):
     inbox_size: ClassVar[int] = INBOX_SIZE
     """Default capacity for this class; the constructor can override it per instance."""
 
-    def __init__(self, *, inbox_size: int | None = None) -> None:
-        size = type(self).inbox_size if inbox_size is None else inbox_size
-        self._outbox, self._inbox = trio.open_memory_channel[MessageT](size)
+    def __init__(
+        self,
+        *,
+        inbox_size: int | None = None,
+        inbox: Inbox[MessageT] | None = None,
+    ) -> None:
+        """`inbox` is a channel pair made beforehand (`trio.open_memory_channel`), for two
+        actors that address each other: make the pair, give its send side to the one made
+        first, this to the other. Without it the actor opens its own of `inbox_size`."""
+        if inbox is None:
+            size = type(self).inbox_size if inbox_size is None else inbox_size
+            inbox = trio.open_memory_channel[MessageT](size)
+        self._outbox, self._inbox = inbox
         self._stopping = False
         self._tasks: trio.Nursery | None = None
 

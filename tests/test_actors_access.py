@@ -126,7 +126,8 @@ async def start_rig(
 ) -> Rig:
     client = RecordingChat()
     rig = Rig(chat, store, client)
-    flusher = Flusher(client, chat, debounce=0.5)
+    inbox = trio.open_memory_channel[ChatInbox](ChatActor.inbox_size)
+    flusher = Flusher(client, chat, debounce=0.5, notify=inbox[0].clone())
     assert cfg.telegram is not None
     access = AccessPolicy.of(
         cfg.telegram.allowed_users,
@@ -142,8 +143,8 @@ async def start_rig(
         start_session=rig.start_session,
         access=access,
         directory=directory.address() if directory is not None else None,
+        inbox=inbox,
     )
-    flusher.set_notify(rig.actor.address())
     await nursery.start(flusher.run)
     await nursery.start(rig.actor.run)
     return rig

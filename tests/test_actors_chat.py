@@ -14,7 +14,13 @@ from typing import Any
 import pytest
 import trio
 
-from anycode_actors.actors.chat import NOT_YOURS_TO_ANSWER, ChatActor, Notice, Reattach
+from anycode_actors.actors.chat import (
+    NOT_YOURS_TO_ANSWER,
+    ChatActor,
+    ChatInbox,
+    Notice,
+    Reattach,
+)
 from anycode_actors.actors.commands import HELP_TEXT
 from anycode_actors.actors.flusher import Flusher, StreamStarted
 from anycode_actors.actors.session_api import (
@@ -130,7 +136,8 @@ async def start_chat(
 ) -> ChatRig:
     config = config or make_config()
     client = RecordingChat()
-    flusher = Flusher(client, CHAT, debounce=0.5)
+    inbox = trio.open_memory_channel[ChatInbox](ChatActor.inbox_size)
+    flusher = Flusher(client, CHAT, debounce=0.5, notify=inbox[0].clone())
     rig: ChatRig
 
     async def start_session(session: Session, recovered: Recovered | None) -> SessionHandle:
@@ -144,8 +151,8 @@ async def start_chat(
         config=config,
         start_session=start_session,
         access=AccessPolicy.of(everyone=True, admins=admins),
+        inbox=inbox,
     )
-    flusher.set_notify(actor.address())
     rig = ChatRig(actor, client, store)
     await nursery.start(flusher.run)
     await nursery.start(actor.run)

@@ -821,8 +821,7 @@ async def test_new_stream_messages_are_announced(
 ) -> None:
     chat = RecordingChat()
     notify, announced = trio.open_memory_channel[StreamStarted](8)
-    flusher = Flusher(chat, CHAT, debounce=0.5)
-    flusher.set_notify(notify)  # wired after both ends exist, as the daemon does
+    flusher = Flusher(chat, CHAT, debounce=0.5, notify=notify)
     await nursery.start(flusher.run)
     await flusher.send(Append("s1", "y" * 150))  # two messages
     await flusher.send(EndStream("s1"))

@@ -149,7 +149,8 @@ async def _play(script: list[ChatEvent]) -> None:
             return SessionHandle(session.id, session.user, send)
 
         async def start_chat(chat: ChatRef) -> trio.MemorySendChannel[ChatInbox]:
-            flusher = Flusher(client, chat, debounce=0.5)
+            inbox = trio.open_memory_channel[ChatInbox](ChatActor.inbox_size)
+            flusher = Flusher(client, chat, debounce=0.5, notify=inbox[0].clone())
             actor = ChatActor(
                 chat,
                 client=client,
@@ -162,8 +163,8 @@ async def _play(script: list[ChatEvent]) -> None:
                     admins=config.telegram.admins,  # type: ignore[union-attr]
                 ),
                 directory=directory.address(),
+                inbox=inbox,
             )
-            flusher.set_notify(actor.address())
             # Started straight in the test's nursery: a crash fails the test at once.
             await nursery.start(flusher.run)
             await nursery.start(actor.run)

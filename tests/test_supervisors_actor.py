@@ -9,6 +9,7 @@ from supervisors import (
     Actor,
     Backoff,
     ChildStartFailed,
+    Inbox,
     Registry,
     Restart,
     Supervisor,
@@ -20,8 +21,8 @@ class Recorder(Actor[str]):
 
     inbox_size = 3
 
-    def __init__(self, *, inbox_size: int | None = None) -> None:
-        super().__init__(inbox_size=inbox_size)
+    def __init__(self, *, inbox_size: int | None = None, inbox: Inbox[str] | None = None) -> None:
+        super().__init__(inbox_size=inbox_size, inbox=inbox)
         self.handled: list[str] = []
         self.release = trio.Event()
         self.busy = False
@@ -264,3 +265,15 @@ async def test_helper_tasks_live_as_long_as_the_run_and_finish_runs_on_every_exi
     assert cancelled.finished_after == cancelled.ticks == 6
     with pytest.raises(RuntimeError):
         _ = cancelled.tasks
+
+
+async def test_an_actor_can_be_given_an_inbox_made_beforehand(autojump_clock: object) -> None:
+    send, receive = trio.open_memory_channel[str](2)
+    early_address = send.clone()  # handed to a peer made before the actor exists
+    actor = Recorder(inbox=(send, receive))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(actor.run)
+        await early_address.send("hello")
+        await trio.sleep(1)
+        assert actor.handled == ["hello"]
+        nursery.cancel_scope.cancel()

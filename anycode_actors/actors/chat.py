@@ -45,7 +45,7 @@ from anycode_actors.store import (
     Store,
     StoreUnavailable,
 )
-from supervisors import Actor, SupervisorError, current_child
+from supervisors import Actor, Inbox, SupervisorError, current_child
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +114,9 @@ class ChatActor(Actor[ChatInbox]):
         directory: trio.MemorySendChannel[DirectoryInbox] | None = None,
         idle_after: float | None = None,
         inbox_size: int | None = None,
+        inbox: Inbox[ChatInbox] | None = None,
     ) -> None:
-        super().__init__(inbox_size=inbox_size)
+        super().__init__(inbox_size=inbox_size, inbox=inbox)
         self.chat = chat
         self._client = client
         self._flusher = flusher

@@ -521,11 +521,6 @@ class Flusher(Actor[FlusherMessage]):
         """Operations queued now (not counting the call in flight)."""
         return len(self._ops)
 
-    def set_notify(self, notify: trio.MemorySendChannel[StreamStarted] | None) -> None:
-        """Where `StreamStarted` goes from now on: for wiring a flusher and a chat actor that
-        need each other's address (make both, then connect them)."""
-        self._notify = notify
-
     async def drain(self) -> None:
         """Wait until everything queued before this call has been delivered (or dropped).
 
