@@ -782,6 +782,10 @@ def test_ctrl_c_in_a_real_terminal_exits_130(tmp_path: Path) -> None:
     child.expect_exact("Chat platforms")
     child.sendline("telegram")
     child.expect_exact("Telegram bot token")
+    # The token prompt is getpass, which switches echo off with TCSAFLUSH: a ^C typed before
+    # that (it reaches the line discipline through a deferred flip buffer) can be flushed away
+    # before it becomes SIGINT. A person sees the prompt first; so does the test.
+    assert child.waitnoecho(timeout=30)
     child.sendintr()
     child.expect_exact("Setup cancelled; nothing was written.")
     child.expect(pexpect_module().EOF)
