@@ -247,7 +247,9 @@ class Daemon:
 
     # --- dynamic children -----------------------------------------------------------------------
 
-    async def _start_chat(self, chat: ChatRef) -> trio.MemorySendChannel[ChatInbox]:
+    async def _start_chat(
+        self, chat: ChatRef, lobby_spoke_at: float | None
+    ) -> trio.MemorySendChannel[ChatInbox]:
         client = self._clients_by_platform[chat.platform]
 
         async def start_session(session: Session, recovered: Recovered | None) -> SessionHandle:
@@ -262,6 +264,7 @@ class Daemon:
             debounce=self.config.session.debounce_ms / 1000,
             notify=inbox[0].clone(),
             budget=budget.address() if budget is not None else None,
+            spoken_at=lobby_spoke_at,
         )
         actor = ChatActor(
             chat,

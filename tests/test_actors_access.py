@@ -407,7 +407,9 @@ async def test_a_flooding_user_is_told_once_to_slow_down_and_others_are_not_slow
     inboxes: dict[str, trio.MemoryReceiveChannel[ChatInbox]] = {}
     told: list[tuple[ChatEvent, str]] = []
 
-    async def start_chat(chat: ChatRef) -> trio.MemorySendChannel[ChatInbox]:
+    async def start_chat(
+        chat: ChatRef, lobby_spoke_at: float | None
+    ) -> trio.MemorySendChannel[ChatInbox]:
         send, inboxes[chat.key] = trio.open_memory_channel[ChatInbox](1000)
         return send
 

@@ -571,6 +571,19 @@ async def test_the_bucket_paces_n_messages_over_n_minus_burst_seconds(
     assert chat.texts() == [f"message {n}" for n in range(10)]
 
 
+async def test_a_message_the_lobby_sent_just_before_counts_against_the_chats_pace(
+    autojump_clock: trio.abc.Clock, nursery: trio.Nursery
+) -> None:
+    chat = RecordingChat()
+    t0 = trio.current_time()
+    flusher = await start(nursery, chat, spoken_at=t0)
+    for n in range(5):
+        await flusher.send(Post(f"message {n}"))
+    await trio.sleep(60)
+    # The lobby's message took one of the burst of 3.
+    assert [t - t0 for t in chat.times()] == close([0, 0, 1, 2, 3])
+
+
 async def test_group_chats_are_paced_at_20_a_minute(
     autojump_clock: trio.abc.Clock, nursery: trio.Nursery
 ) -> None:

@@ -148,7 +148,9 @@ async def _play(script: list[ChatEvent]) -> None:
             send, world.sessions[session.id] = trio.open_memory_channel[SessionMessage](1000)
             return SessionHandle(session.id, session.user, send)
 
-        async def start_chat(chat: ChatRef) -> trio.MemorySendChannel[ChatInbox]:
+        async def start_chat(
+            chat: ChatRef, lobby_spoke_at: float | None
+        ) -> trio.MemorySendChannel[ChatInbox]:
             inbox = trio.open_memory_channel[ChatInbox](ChatActor.inbox_size)
             flusher = Flusher(client, chat, debounce=0.5, notify=inbox[0].clone())
             actor = ChatActor(

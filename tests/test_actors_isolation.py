@@ -27,6 +27,7 @@ class Chats:
         self.started: list[str] = []
         self.told: list[tuple[ChatEvent, str]] = []
         self.answered: list[Command] = []
+        self.lobby_spoke_at: dict[str, float | None] = {}
         self.lobby, self._lobby_inbox = trio.open_memory_channel[LobbyInbox](1000)
 
     async def read_lobby(self) -> None:
@@ -37,10 +38,13 @@ class Chats:
                 assert isinstance(message, Answer)
                 self.answered.append(message.command)
 
-    async def start(self, chat: ChatRef) -> trio.MemorySendChannel[ChatInbox]:
+    async def start(
+        self, chat: ChatRef, lobby_spoke_at: float | None = None
+    ) -> trio.MemorySendChannel[ChatInbox]:
         send, self.inboxes[chat.key] = trio.open_memory_channel[ChatInbox](self.size)
         self.sends[chat.key] = send
         self.started.append(chat.key)
+        self.lobby_spoke_at[chat.key] = lobby_spoke_at
         return send
 
     def drain(self, chat: ChatRef) -> list[ChatInbox]:
@@ -221,10 +225,13 @@ async def test_a_stateless_command_from_a_chat_without_a_unit_is_answered_by_the
     assert chats.started == []
     assert chats.answered == questions
     assert router._lines == {}
-    # A second question within the spacing goes to a unit, whose flusher paces the chat.
+    # A second question within the spacing goes to a unit, whose flusher paces the chat,
+    # counting the lobby's answer.
+    asked_at = trio.current_time()
     await router.send(Command(CHAT, ADA, "agents", ""))
     await trio.testing.wait_all_tasks_blocked()
     assert chats.started == [CHAT.key]
+    assert chats.lobby_spoke_at[CHAT.key] == asked_at
     assert chats.drain(CHAT) == [Command(CHAT, ADA, "agents", "")]
     # After the spacing, a chat without a unit is the lobby's again.
     await trio.sleep(LOBBY_SPACING)

@@ -480,7 +480,10 @@ class Flusher(Actor[FlusherMessage]):
         notify: trio.MemorySendChannel[StreamStarted] | None = None,
         max_pending: int = MAX_PENDING,
         budget: trio.MemorySendChannel[BudgetInbox] | None = None,
+        spoken_at: float | None = None,
     ) -> None:
+        """`spoken_at`: when someone else last sent to this chat (the lobby, actors/lobby.py),
+        in trio time; the chat's pacing counts that message as this flusher's own."""
         super().__init__(inbox_size=inbox_size)
         limits = limits or client.limits
         if debounce < 0:
@@ -512,6 +515,7 @@ class Flusher(Actor[FlusherMessage]):
         self._changed = trio.Event()
         self._room = trio.Event()
         self._context: ChildContext | None = None
+        self._spoken_at = spoken_at
         self._winding_up = False
 
     # --- public -----------------------------------------------------------------------------------
@@ -545,6 +549,10 @@ class Flusher(Actor[FlusherMessage]):
             if self.limits.group_per_minute and self.client.is_group(self.chat):
                 rate = self.limits.group_per_minute / 60
                 self._buckets.append(_TokenBucket(self.limits.burst, rate, now))
+            if self._spoken_at is not None:
+                for bucket in self._buckets:
+                    bucket.tokens = bucket.capacity - 1
+                    bucket.stamp = min(now, self._spoken_at)
         self._report()
         self.tasks.start_soon(self._deliver_until_stopped)
 

@@ -50,8 +50,9 @@ from supervisors import Actor, SupervisorError, current_child
 
 log = logging.getLogger(__name__)
 
-# Starts the chat unit for a conversation; returns the chat actor's inbox.
-StartChat = Callable[[ChatRef], Awaitable[trio.MemorySendChannel[ChatInbox]]]
+# Starts the chat unit for a conversation, given when the lobby last spoke there (trio time, or
+# None); returns the chat actor's inbox.
+StartChat = Callable[[ChatRef, float | None], Awaitable[trio.MemorySendChannel[ChatInbox]]]
 
 # Buckets of people who went quiet are forgotten once there are this many.
 _BUCKETS_KEPT: Final = 4096
@@ -276,7 +277,7 @@ class Router(Actor[RouterInbox]):
         if line is not None:
             return line
         try:
-            inbox = await self._start_chat(chat)
+            inbox = await self._start_chat(chat, self._lobby_answered.get(chat.key))
         except SupervisorError as exc:
             # The chats supervisor is restarting or gave up: the next event tries again.
             log.warning("%s: could not start its chat unit: %s", chat.key, exc)
@@ -320,7 +321,7 @@ class Router(Actor[RouterInbox]):
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     # The unit stopped with work waiting: a fresh one takes the backlog over.
                     try:
-                        line.inbox = await self._start_chat(chat)
+                        line.inbox = await self._start_chat(chat, None)
                     except SupervisorError as exc:
                         lost = len(line.backlog)
                         log.warning("%s: %d waiting events lost: %s", chat.key, lost, exc)
