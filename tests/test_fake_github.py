@@ -298,3 +298,17 @@ async def test_http_rules_pygithub_does_not_reach(github: FakeGitHub) -> None:
         missing = await http.post(url + "/pulls", json={"head": "anycode/1"}, headers=auth)
         assert missing.status_code == 422
         assert missing.json()["message"].startswith("Invalid request.")
+
+
+async def test_branches_from_a_callback(github: FakeGitHub) -> None:
+    """A test with a real git server answers branch lookups from it instead of `branches`."""
+    history = {"trunk": ["c1"], "pushed": ["c1", "c9"]}
+    github.branch_commits = lambda repo, branch: (
+        history.get(branch) if repo == "ada/widget" else None
+    )
+    repo = await run(lambda: client(github.api_url).get_repo("ada/widget"))
+    pr = await run(lambda: repo.create_pull("trunk", "pushed", title="t", body=""))
+    assert pr.head.sha == "c9"
+    with pytest.raises(GithubException) as caught:
+        await run(lambda: repo.create_pull("trunk", "anycode/1", title="t", body=""))
+    assert _errors(caught.value)[0]["field"] == "head"

@@ -182,6 +182,8 @@ class FakeGitHub:
         self.requests: list[tuple[str, str]] = []
         #: The headers of the last request, to check what a client sends.
         self.last_headers: dict[str, str] = {}
+        #: The query parameters of the last request.
+        self.last_query: dict[str, str] = {}
         self._injected: list[_Injected] = []
         self._used: dict[str, int] = {}
         self._ids = itertools.count(1000)
@@ -287,6 +289,7 @@ class FakeGitHub:
             return
         self.requests.append((request.method, request.raw_path))
         self.last_headers = request.headers
+        self.last_query = request.query
         try:
             response = self._answer(request)
         except _Refused as refused:
