@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import itertools
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -393,7 +394,7 @@ class FakeGitHub:
 
     def _user(self, login: str) -> dict[str, Any]:
         known = next((t for t in self.tokens.values() if t.login == login), None)
-        user_id = known.user_id if known else abs(hash(login)) % 10**6
+        user_id = known.user_id if known else zlib.crc32(login.encode()) % 10**6
         return {
             "login": login,
             "id": user_id,
