@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.docker_support import docker_client, require_or_skip
 from tests.fakes.git_server import RECEIVE, UPLOAD, GitServer, basic_auth_header, git
 
 USER = "x-access-token"
@@ -219,11 +220,34 @@ def test_concurrent_clones_are_served(server: GitServer, tmp_path: Path) -> None
         assert list(pool.map(clone, range(6))) == [20] * 6
 
 
-def test_the_container_url_uses_the_bridge_gateway_when_there_is_docker(
-    server: GitServer,
-) -> None:
+SANDBOX_IMAGE = "anycode-sandbox:latest"
+
+
+@pytest.mark.docker
+def test_a_container_clones_and_pushes_through_the_bridge_gateway(server: GitServer) -> None:
+    client = docker_client()
+    try:
+        client.images.get(SANDBOX_IMAGE)
+    except Exception:
+        require_or_skip(f"{SANDBOX_IMAGE} is not built (docker/build-image.sh)")
     url = server.container_url("acme/web")
     if url is None:
-        pytest.skip("no Docker bridge here; the host URL is all there is")
-    assert url.endswith(f":{server.port}/acme/web.git")
-    assert not url.startswith("http://127.")
+        require_or_skip("Docker's bridge network has no gateway address")
+    assert url is not None and url.endswith(f":{server.port}/acme/web.git")
+    server.create_repo("acme/web", default_branch="trunk")
+    script = (
+        'set -e; cd /tmp; git clone -q "$1" w; cd w; echo hi > from-container.txt; '
+        "git add -A; git -c user.name=c -c user.email=c@example.com commit -qm c; "
+        'git --config-env="http.$1.extraHeader=AUTH" push -q "$1" HEAD:refs/heads/from-container'
+    )
+    output = client.containers.run(
+        SANDBOX_IMAGE,
+        ["-c", script, "sh", url],
+        entrypoint="sh",
+        environment={"AUTH": basic_auth_header(USER, server.token), "GIT_TERMINAL_PROMPT": "0"},
+        remove=True,
+        stderr=True,
+    )
+    assert server.branch_sha("acme/web", "from-container") is not None, output
+    pushes = server.requests_for("acme/web", RECEIVE)
+    assert pushes and all(r.authenticated for r in pushes)
