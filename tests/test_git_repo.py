@@ -436,6 +436,20 @@ async def test_an_unreachable_server_is_git_unavailable(tmp_path: Path) -> None:
         await MirrorCache(tmp_path / "cache").update(ref, CRED)
 
 
+async def test_a_server_that_never_answers_is_git_unavailable_after_the_timeout(
+    tmp_path: Path,
+) -> None:
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # connections are queued by the kernel and never answered
+        base = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        ref = parse_repo_ref(f"{base}/acme/web", [Forge("github", base, base + "/api")])
+        assert ref is not None
+        with pytest.raises(GitUnavailable, match="did not finish within 2 s"):
+            await MirrorCache(tmp_path / "cache", timeout=1.5).update(ref, CRED)
+    assert not list((tmp_path / "cache").rglob("*.tmp"))
+
+
 async def test_git_missing_is_git_unavailable(
     server: GitServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,8 +1,8 @@
 """The daemon's own git work: which repository a task names, a cached mirror of it, a clone per
 session, the agent's commits brought out of the sandbox, the push, and the diff.
 
-Everything runs the real `git` CLI through `trio.run_process`-style child processes (never a
-shell), each bounded by a timeout. Why the daemon and not the agent does this:
+Everything runs the real `git` CLI as a Trio child process (never through a shell), each
+bounded by a timeout after which git is killed. Why the daemon and not the agent does this:
 
 - The agent controls its sandbox's repository, including `.git/config` and hooks. A hook or a
   `url.<base>.insteadOf` rewrite there would run, or redirect the push, while the push
@@ -367,8 +367,11 @@ async def _git(
     finally:
         if process.returncode is None:
             process.kill()
-            with trio.CancelScope(shield=True):
-                await process.wait()
+        with trio.CancelScope(shield=True):
+            await process.wait()
+            for stream in (process.stdout, process.stderr):
+                if stream is not None:
+                    await stream.aclose()
     stderr = err.decode("utf-8", "replace")
     if credential is not None:
         stderr = credential.scrub(stderr)
