@@ -14,6 +14,15 @@ AnycodeError                 base of every error this package raises deliberatel
 │   └── NotModified          an edit that changes nothing; it counts as done
 │                            (defined in chat/base.py)
 ├── AdminError               the admin socket cannot serve (actors/admin.py)
+├── GitError                 a daemon-side git operation failed; the message is for the user
+│   │                        and never holds a credential (anycode_actors/git/repo.py)
+│   ├── GitUnavailable       git missing, the server unreachable, or a command timed out
+│   ├── RepoNotFound         no such repository, or the token cannot see it
+│   ├── AuthFailed           the credential was missing or refused
+│   ├── PermissionDenied     the credential may read but not push
+│   ├── PushRejected         protected branch, non-fast-forward, hook declined (git's reason)
+│   ├── BundleInvalid        the sandbox's bundle cannot be imported
+│   └── GitCommandFailed     any other git failure
 └── AgentError               talking to a coding agent failed (anycode_actors.agents)
     ├── AgentNotReadyError   sandbox-agent did not answer /v1/health within the bound
     ├── AgentAuthError       sandbox-agent refused the token (HTTP 401/403)

@@ -86,11 +86,13 @@ def parse_task(args: str, known_agents: Sequence[str], default_agent: str) -> Ta
     return TaskRequest(agent=agent, prompt=prompt, repo=detect_repo(prompt))
 
 
-_URL: Final = re.compile(
-    r"https?://(?:www\.)?(?P<host>github\.com|gitlab\.com)/"
+# A repository's path after the host, and what may follow it in a prompt.
+_URL_PATH: Final = (
     r"(?P<path>[A-Za-z0-9][A-Za-z0-9_.-]*(?:/[A-Za-z0-9_.-]+)+?)"
-    r"(?:\.git)?(?=$|[\s)\]>,;:!?'\"]|\.(?:\s|$)|/(?:-|tree|blob|issues|pull|merge_requests|commit)\b|/?$|/\s)",
+    r"(?:\.git)?(?=$|[\s)\]>,;:!?'\"]|\.(?:\s|$)|/(?:-|tree|blob|issues|pull|merge_requests|commit)\b|/?$|/\s)"
 )
+_URL: Final = re.compile(r"https?://(?:www\.)?(?P<host>github\.com|gitlab\.com)/" + _URL_PATH)
+GITHUB: Final = "https://github.com"
 # GitHub owner names: letters, digits and single hyphens, at most 39 characters.
 _SHORTHAND: Final = re.compile(
     r"(?<![\w./~@:-])(?P<owner>[A-Za-z0-9](?:[A-Za-z0-9]|-(?=[A-Za-z0-9])){0,38})"
@@ -130,13 +132,27 @@ _FILE_SUFFIX: Final = re.compile(
 )
 
 
-def detect_repo(prompt: str) -> str | None:
+def detect_repo(
+    prompt: str, forges: Sequence[tuple[str, str]] = (), shorthand_base: str = GITHUB
+) -> str | None:
     """The repository a prompt names, as an https URL, or None.
 
     GitHub and GitLab URLs win. Otherwise an `owner/repo` shorthand becomes a GitHub URL, but
     only when it cannot be a path, a file, a fraction or an English pair: "src/main.rs",
     "and/or" and "https://x.com/a/b" are not repositories.
+
+    `forges` adds self-hosted servers as (base URL, "github" | "gitlab") pairs, checked first:
+    a GitHub Enterprise URL keeps `owner/repo`, a GitLab one every group. A shorthand names a
+    repository on `shorthand_base` (the configured GitHub).
     """
+    for base, kind in forges:
+        base = base.rstrip("/")
+        found = re.search(re.escape(base) + "/" + _URL_PATH, prompt, re.IGNORECASE)
+        if found:
+            path = found.group("path").removesuffix(".git")
+            if kind == "github":
+                path = "/".join(path.split("/")[:2])
+            return f"{base}/{path}"
     url = _URL.search(prompt)
     if url:
         path = url.group("path").removesuffix(".git")
@@ -148,7 +164,8 @@ def detect_repo(prompt: str) -> str | None:
         return None
     cued = [m for m in candidates if _preceding_word(prompt, m.start()) in _CUES]
     match = (cued or candidates)[0]
-    return f"https://github.com/{match.group('owner')}/{match.group('repo').removesuffix('.git')}"
+    repo = match.group("repo").removesuffix(".git")
+    return f"{shorthand_base.rstrip('/')}/{match.group('owner')}/{repo}"
 
 
 def _plausible(match: re.Match[str], prompt: str) -> bool:

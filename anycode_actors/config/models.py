@@ -56,6 +56,7 @@ __all__ = [
     "DatabaseConfig",
     "DockerConfig",
     "EcsConfig",
+    "GitConfig",
     "GithubConfig",
     "LimitsConfig",
     "LocalConfig",
@@ -72,9 +73,13 @@ __all__ = [
 ProviderName = Literal["docker", "ecs", "local"]
 AgentProtocol = Literal["sandbox-agent", "acp", "acpx"]
 AcpxPermissions = Literal["approve-all", "approve-reads", "deny-all"]
+AutoPr = Literal["off", "each_turn", "on_end"]
 
 TELEGRAM_API_BASE_URL: Final = "https://api.telegram.org"
 SLACK_API_BASE_URL: Final = "https://slack.com/api"
+GITHUB_URL: Final = "https://github.com"
+GITHUB_API_URL: Final = "https://api.github.com"
+GITLAB_URL: Final = "https://gitlab.com"
 DEFAULT_AGENT: Final = "claude-code"
 
 #: Environment variables that supply secrets: name → (section, key).
@@ -765,14 +770,110 @@ class AgentsConfig(_Section):
 
 
 class GithubConfig(_Section):
-    """`[github]`: a token given to every sandbox as GITHUB_TOKEN (git clone, gh)."""
+    """`[github]`: a token given to every sandbox as GITHUB_TOKEN (git clone, gh).
+
+    `agent_token = false` (the default) is for the daemon pushing the agent's work itself, so
+    the token never has to enter the sandbox; true keeps it in the agent's environment for
+    agents that should run `gh` or push on their own.
+    """
 
     token: SecretStr
+    agent_token: StrictBool = False
 
     @field_validator("token")
     @classmethod
     def _check_token(cls, token: SecretStr) -> SecretStr:
         return SecretStr(_secret_text(token, "paste a GitHub token, or set ANYCODE_GITHUB_TOKEN"))
+
+
+_BRANCH_PREFIX: Final = re.compile(r"[A-Za-z0-9._/-]*")
+
+
+class GitConfig(_Section):
+    """`[git]`: the branch, commit, push and pull request the daemon makes of an agent's work.
+
+    The forge URLs default to the public GitHub and GitLab; set them for GitHub Enterprise
+    Server (`github_url` and `github_api_url`, which is `https://HOST/api/v3` there) or a
+    self-managed GitLab (`gitlab_url`, whose API is under `/api/v4`).
+    """
+
+    branch_prefix: str = "anycode/"
+    email_domain: str = "users.noreply.anycode.invalid"
+    auto_pr: AutoPr = "each_turn"
+    draft: StrictBool = True
+    max_patch_kb: StrictInt = 1024
+    timeout_secs: StrictInt = 300
+    cache_dir: ConfigPath = Field(default=Path("git-cache"), validate_default=True)
+    github_url: str = GITHUB_URL
+    github_api_url: str = GITHUB_API_URL
+    gitlab_url: str = GITLAB_URL
+
+    @field_validator("branch_prefix")
+    @classmethod
+    def _check_branch_prefix(cls, value: str) -> str:
+        # What git-check-ref-format(1) forbids, for a prefix followed by a short session id.
+        bad = (
+            not _BRANCH_PREFIX.fullmatch(value)
+            or value.startswith(("/", "-", "."))
+            or any(part in value for part in ("..", "//", "/.", ".lock/", "@{"))
+        )
+        if bad:
+            raise _invalid(
+                f"{value!r} cannot start a git branch name",
+                'use letters, digits, "-", "_", "." and "/", like "anycode/"',
+            )
+        return value
+
+    @field_validator("email_domain")
+    @classmethod
+    def _check_email_domain(cls, value: str) -> str:
+        domain = value.strip().lstrip("@")
+        if not re.fullmatch(r"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+", domain):
+            raise _invalid(
+                f"{value!r} is not a mail domain",
+                'commit authors get addresses at this domain, like "users.noreply.example.com"',
+            )
+        return domain
+
+    @field_validator("max_patch_kb", "timeout_secs")
+    @classmethod
+    def _check_positive(cls, value: int) -> int:
+        if value < 1:
+            raise _invalid("must be at least 1")
+        return value
+
+    @field_validator("github_url")
+    @classmethod
+    def _check_github_url(cls, value: str) -> str:
+        return _check_base_url(value, GITHUB_URL)
+
+    @field_validator("github_api_url")
+    @classmethod
+    def _check_github_api_url(cls, value: str) -> str:
+        return _check_base_url(value, GITHUB_API_URL)
+
+    @field_validator("gitlab_url")
+    @classmethod
+    def _check_gitlab_url(cls, value: str) -> str:
+        return _check_base_url(value, GITLAB_URL)
+
+    @model_validator(mode="after")
+    def _enterprise_needs_its_api(self) -> GitConfig:
+        if self.github_url != GITHUB_URL and self.github_api_url == GITHUB_API_URL:
+            raise _invalid(
+                "github_url names a GitHub Enterprise server but github_api_url is still "
+                "api.github.com",
+                f'set github_api_url = "{self.github_url}/api/v3"',
+            )
+        return self
+
+    @property
+    def max_patch_bytes(self) -> int:
+        return self.max_patch_kb * 1024
+
+    @property
+    def gitlab_api_url(self) -> str:
+        return f"{self.gitlab_url}/api/v4"
 
 
 class SessionConfig(_Section):
@@ -935,6 +1036,7 @@ class Config(BaseModel):
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     agents: AgentsConfig = Field(default_factory=AgentsConfig)
     github: GithubConfig | None = None
+    git: GitConfig = Field(default_factory=GitConfig)
     session: SessionConfig = Field(default_factory=SessionConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
@@ -1121,6 +1223,7 @@ SECTIONS: Final[Mapping[str, type[BaseModel]]] = MappingProxyType(
         "database": DatabaseConfig,
         "agents": AgentsConfig,
         "github": GithubConfig,
+        "git": GitConfig,
         "session": SessionConfig,
         "limits": LimitsConfig,
         "admin": AdminConfig,
