@@ -39,6 +39,7 @@ from anycode_actors.actors.commands import short_id
 from anycode_actors.actors.directory import Register, SessionDirectory
 from anycode_actors.actors.flusher import Flusher
 from anycode_actors.actors.lobby import Lobby
+from anycode_actors.actors.publisher import Publisher, Requester, forges_for
 from anycode_actors.actors.retention import Retention
 from anycode_actors.actors.router import ChatStopped, CommandRate, Deliver, Router
 from anycode_actors.actors.session import SessionActor
@@ -56,6 +57,8 @@ from anycode_actors.agents.session import Resume
 from anycode_actors.chat.base import ButtonPress, ChatClient, ChatRef
 from anycode_actors.config import Config
 from anycode_actors.errors import AnycodeError
+from anycode_actors.git import GitCredential, MirrorCache, parse_repo_ref
+from anycode_actors.git.forges import GitHubForge
 from anycode_actors.sandboxes.base import SandboxProvider
 from anycode_actors.store import Session, SessionStatus, Store, StoreUnavailable
 from supervisors import (
@@ -162,6 +165,7 @@ class Daemon:
             lobby=self.lobby.address(),
         )
         self.directory = SessionDirectory()
+        self._mirrors = MirrorCache(config.git.cache_dir / "mirrors")
         self.admin = AdminServer.from_config(config.admin, self.registry, daemon_id=self.daemon_id)
 
     # --- the tree -------------------------------------------------------------------------------
@@ -348,6 +352,7 @@ class Daemon:
             config=self.config,
             answer_press=answer_press,
             recovered=recovered,
+            publisher=self._publisher_for(session),
         )
         spec = actor.spec(
             f"session:{short_id(session.id)}", restart=Restart.TEMPORARY, shutdown=SESSION_SHUTDOWN
@@ -356,6 +361,34 @@ class Daemon:
         handle = SessionHandle(session.id, session.user, actor.address())
         await self.directory.send(Register(handle))
         return handle
+
+    def _publisher_for(self, session: Session) -> Publisher | None:
+        """A publisher when the session's repository is on a forge the daemon has a token for
+        (GitHub: `[github] token`) and `[git] auto_pr` is not off, or /pr and /diff could still
+        use it: made whenever the repository and the token are there."""
+        if not session.repo or self.config.github is None:
+            return None
+        git = self.config.git
+        repo = parse_repo_ref(session.repo, forges_for(git))
+        if repo is None or repo.kind != "github":
+            return None
+        token = self.config.github.token.get_secret_value()
+        root = git.cache_dir
+        return Publisher(
+            session_id=session.id,
+            repo=repo,
+            forge=GitHubForge(git.github_api_url, token),
+            credential=GitCredential.for_forge("github", token),
+            mirrors=self._mirrors,
+            work_root=root / "sessions",
+            branch_prefix=git.branch_prefix,
+            email_domain=git.email_domain,
+            draft=git.draft,
+            max_patch_bytes=git.max_patch_kb * 1024,
+            prompt=session.prompt,
+            requester=Requester(session.user, f"{session.platform}-{session.user}"),
+            within=float(git.timeout_secs),
+        )
 
     # --- recovery -------------------------------------------------------------------------------
 

@@ -91,7 +91,10 @@ else
         set_clone_status failed
         export ANYCODE_CLONE_ERROR="$message"
         log "ERROR: clone of $shown_repo failed (exit $rc): $message"
-        log "ERROR: continuing without $repo_dir (marker: $state_dir/clone-failed)"
+        log "ERROR: continuing with an empty $repo_dir (marker: $state_dir/clone-failed)"
+        # The agent's working directory is $repo_dir whenever a repository was asked for: an
+        # empty one lets the session run without the repository instead of failing to start.
+        mkdir -p "$repo_dir"
     fi
 fi
 if [ -d "$repo_dir" ]; then cd "$repo_dir"; else cd /workspace 2>/dev/null || true; fi

@@ -21,18 +21,22 @@ import trio
 from anycode_actors.actors.commands import BadTask, parse_task, short_id, stateless_answer
 from anycode_actors.actors.directory import DirectoryInbox, Unregister, route
 from anycode_actors.actors.flusher import FlusherMessage, Post, StreamStarted
+from anycode_actors.actors.publisher import forges_for
 from anycode_actors.actors.session_api import (
     Cancel,
     FollowUp,
     PermissionAnswer,
+    PublishNow,
     Recovered,
     SessionClosed,
     SessionHandle,
     SessionMessage,
+    ShowDiff,
 )
 from anycode_actors.chat.auth import AccessPolicy
 from anycode_actors.chat.base import ButtonPress, ChatClient, ChatEvent, ChatRef, Command, Message
 from anycode_actors.config import Config
+from anycode_actors.git import repo_ref_from_prompt
 from anycode_actors.store import (
     DAY,
     AmbiguousSessionPrefix,
@@ -229,6 +233,8 @@ class ChatActor(Actor[ChatInbox]):
             await self._status(command)
         elif name == "cancel":
             await self._cancel(command)
+        elif name in ("diff", "pr"):
+            await self._repository_command(command)
         else:
             await self._say(stateless_answer(name, self._config))
 
@@ -255,7 +261,7 @@ class ChatActor(Actor[ChatInbox]):
                 user=command.user.id,
                 agent=request.agent,
                 prompt=request.prompt,
-                repo=request.repo,
+                repo=self._repository(request.prompt) or request.repo,
                 quota=Quota(
                     per_chat=self._config.session.max_concurrent,
                     per_user=limits.max_sessions_per_user,
@@ -270,8 +276,8 @@ class ChatActor(Actor[ChatInbox]):
             f"Starting {request.agent} session `{short_id(session.id)}`...",
             f"Prompt: {request.prompt}",
         ]
-        if request.repo:
-            lines.append(f"Repository: {request.repo}")
+        if session.repo:
+            lines.append(f"Repository: {session.repo}")
         await self._say("\n".join(lines))
         try:
             handle = await self._start_session(session, None)
@@ -288,6 +294,11 @@ class ChatActor(Actor[ChatInbox]):
             )
             return
         self._sessions[session.id] = handle
+
+    def _repository(self, prompt: str) -> str | None:
+        """The clone URL of the repository `prompt` names on a configured forge."""
+        repo = repo_ref_from_prompt(prompt, forges_for(self._config.git))
+        return repo.clone_url if repo is not None else None
 
     def _over_quota(self, over: QuotaExceeded) -> str:
         """Which limit, and when a slot frees: sessions end at the latest at their timeout."""
@@ -340,6 +351,42 @@ class ChatActor(Actor[ChatInbox]):
             f"{usage.last_day} of {limits.max_tasks_per_user_per_day} tasks in the last 24 hours."
         )
         await self._say("\n".join(lines))
+
+    async def _repository_command(self, command: Command) -> None:
+        """/diff [id] and /pr [id]: for the given session, or the sender's newest here."""
+        name = command.name.lower()
+        session = await self._target(command)
+        if session is None:
+            await self._say(f"No active session for /{name}.")
+            return
+        if not self._access.may_steer(command.user.id, session.user):
+            await self._refuse(
+                command,
+                f"Session `{short_id(session.id)}` is not yours: only the person who started it "
+                f"or an admin can ask for /{name}.",
+            )
+            return
+        message = ShowDiff(command.user) if name == "diff" else PublishNow(command.user)
+        if not await self._tell(session.id, message):
+            await self._say(f"Session `{short_id(session.id)}` has already ended.")
+
+    async def _target(self, command: Command) -> Session | None:
+        prefix = command.args.strip()
+        if prefix:
+            try:
+                return await self._store.find_session_by_prefix(
+                    self.chat.platform, self.chat.chat_id, prefix, active_only=True
+                )
+            except AmbiguousSessionPrefix as ambiguous:
+                ids = ", ".join(f"`{short_id(c)}`" for c in ambiguous.candidates)
+                await self._say(f"`{prefix}` matches several sessions ({ids}); type more of it.")
+                return None
+        user = command.user.id
+        mine = [h for h in self._sessions.values() if h.user_id == user]
+        theirs = list(self._sessions.values()) if self._access.is_admin(user) else []
+        candidates = mine or theirs
+        newest = candidates[-1].session_id if candidates else None
+        return await self._store.get_session(newest) if newest else None
 
     async def _cancel(self, command: Command) -> None:
         prefix = command.args.strip()

@@ -19,6 +19,8 @@ HELP_TEXT: Final = (
     "/task [agent] <prompt> - Start a coding task\n"
     "/status - List active sessions\n"
     "/cancel [id] - Cancel a session\n"
+    "/diff [id] - Show a session's changes and attach the patch\n"
+    "/pr [id] - Push a session's changes and open its pull request\n"
     "/agents - List available agents\n"
     "/help - Show this message\n\n"
     "Plain text messages are forwarded to your most recent active session.\n"
@@ -28,7 +30,7 @@ TASK_USAGE: Final = "Usage: /task [agent] <prompt>"
 UNKNOWN_COMMAND: Final = "Unknown command. Try /help."
 STATELESS: Final = frozenset({"help", "agents"})
 """Commands whose answer depends on nothing but the configuration (and unknown commands)."""
-KNOWN: Final = frozenset({"task", "start", "status", "cancel", *STATELESS})
+KNOWN: Final = frozenset({"task", "start", "status", "cancel", "diff", "pr", *STATELESS})
 
 
 def is_stateless(name: str) -> bool:

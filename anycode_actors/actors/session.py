@@ -32,14 +32,17 @@ from anycode_actors.actors.flusher import (
     Posted,
     Upload,
 )
+from anycode_actors.actors.publisher import Card, Publisher
 from anycode_actors.actors.redaction import OutputRedactor
 from anycode_actors.actors.session_api import (
     Cancel,
     FollowUp,
     PermissionAnswer,
+    PublishNow,
     Recovered,
     SessionClosed,
     SessionMessage,
+    ShowDiff,
 )
 from anycode_actors.actors.stream import (
     AgentEventArrived,
@@ -168,6 +171,7 @@ class SessionActor(Actor[SessionInbox]):
         config: Config,
         answer_press: AnswerPress,
         recovered: Recovered | None = None,
+        publisher: Publisher | None = None,
     ) -> None:
         super().__init__()
         self.session = session
@@ -179,6 +183,7 @@ class SessionActor(Actor[SessionInbox]):
         self._provider = provider
         self._config = config
         self._answer_press = answer_press
+        self._publisher = publisher
         self._recovered = recovered
         self._handle: SandboxHandle | None = recovered.handle if recovered else None
         self._stream: StreamActor | None = None
@@ -210,10 +215,22 @@ class SessionActor(Actor[SessionInbox]):
         self._report()
         await self.tasks.start(self._streams.run)
         self.tasks.start_soon(self._record_uploads)
+        if self._publisher is not None:
+            self.tasks.start_soon(self._prepare_publisher, self._publisher)
         if self._recovered is not None:
             self._outbox.send_nowait(_Resume())  # the inbox of a new actor has room
         else:
             self.tasks.start_soon(self._create_sandbox)
+
+    async def _prepare_publisher(self, publisher: Publisher) -> None:
+        await publisher.prepare()
+        if publisher.problem is not None:
+            await self._flusher.send(
+                Post(
+                    f"Repository {publisher.repo}: {publisher.problem}. The session runs without "
+                    "pull requests."
+                )
+            )
 
     async def finish(self) -> None:
         # Closed before cleanup (which can take a while): whoever writes to this session now
@@ -254,6 +271,10 @@ class SessionActor(Actor[SessionInbox]):
                 await self._on_stream_lost(message.error)
         elif isinstance(message, FollowUp):
             await self._on_follow_up(message)
+        elif isinstance(message, PublishNow):
+            await self._publish(asked=True)
+        elif isinstance(message, ShowDiff):
+            await self._show_diff()
         elif isinstance(message, Cancel):
             await self._on_cancel(message)
         elif isinstance(message, PermissionAnswer):
@@ -534,6 +555,8 @@ class SessionActor(Actor[SessionInbox]):
             return
         if ended.stop_reason in ("refusal", "max_tokens", "max_turn_requests"):
             await self._flusher.send(Post(f"The agent stopped: {ended.stop_reason}."))
+        if self._config.git.auto_pr == "each_turn":
+            await self._publish(asked=False)
         if self._queued:
             await self._prompt(self._queued.popleft().text)
             return
@@ -700,6 +723,49 @@ class SessionActor(Actor[SessionInbox]):
             while self._unconfirmed:
                 await self._record_upload(await self._confirmed.receive())
 
+    # --- the repository -------------------------------------------------------------------------
+
+    async def _publish(self, *, asked: bool) -> None:
+        """Commit, push and open the pull request, and show the card (actors/publisher.py).
+        `asked` (/pr) also says when there is nothing to do."""
+        publisher, handle = self._publisher, self._handle
+        if publisher is None or handle is None:
+            if asked:
+                await self._flusher.send(Post("This session has no repository to push to."))
+            return
+        if self._turn_running and asked:
+            await self._flusher.send(Post("The agent is still working; /pr after its turn."))
+            return
+        await self._flusher.send(Flush(self._id))
+        try:
+            card = await publisher.publish(self._provider, handle)
+        except AnycodeError as exc:
+            log.warning("session %s: not published: %s", short_id(self._id), exc)
+            await self._flusher.send(Post(f"Not published: {exc}"))
+            return
+        if card is None:
+            if asked:
+                await self._flusher.send(Post(f"Nothing new to push on `{publisher.branch}`."))
+            return
+        await self._show(card)
+
+    async def _show_diff(self) -> None:
+        publisher, handle = self._publisher, self._handle
+        if publisher is None or handle is None:
+            await self._flusher.send(Post("This session has no repository to compare with."))
+            return
+        try:
+            card = await publisher.diff(self._provider, handle)
+        except AnycodeError as exc:
+            await self._flusher.send(Post(f"No diff: {exc}"))
+            return
+        await self._show(card)
+
+    async def _show(self, card: Card) -> None:
+        await self._flusher.send(Post(card.text))
+        if card.patch is not None:
+            await self._flusher.send(Upload(card.patch_name, card.patch))
+
     # --- the end --------------------------------------------------------------------------------
 
     def _take_the_rest(self) -> list[SessionInbox]:
@@ -744,6 +810,13 @@ class SessionActor(Actor[SessionInbox]):
             await self._settle_uploads()
         except StoreUnavailable as exc:
             log.error("session %s: delivered files not recorded: %s", short_id(self._id), exc)
+        if (
+            self._config.git.auto_pr == "on_end"
+            and status == SessionStatus.COMPLETED
+            and self._handle is not None
+        ):
+            with trio.move_on_after(self._config.git.timeout_secs):
+                await self._publish(asked=False)
         for interaction in pending:
             prompt = self._prompts.pop(interaction.id, None)
             message_id = (prompt.message_id if prompt else None) or interaction.chat_message_id
@@ -778,6 +851,9 @@ class SessionActor(Actor[SessionInbox]):
         await self._flusher.send(Drain(drained))
         with trio.move_on_after(DRAIN_GRACE):
             await drained.wait()
+        if self._publisher is not None:
+            with trio.move_on_after(5):
+                await self._publisher.aclose()
         with trio.move_on_after(5):
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await self._closed.send(SessionClosed(self._id, str(status)))

@@ -40,7 +40,21 @@ class PermissionAnswer:
     press: ButtonPress
 
 
-SessionMessage = FollowUp | Cancel | PermissionAnswer
+@dataclass(frozen=True)
+class ShowDiff:
+    """/diff: tell the chat what the session changed so far, and attach the patch."""
+
+    user: User
+
+
+@dataclass(frozen=True)
+class PublishNow:
+    """/pr: commit, push and open (or update) the pull request now."""
+
+    user: User
+
+
+SessionMessage = FollowUp | Cancel | PermissionAnswer | ShowDiff | PublishNow
 
 
 @dataclass(frozen=True)

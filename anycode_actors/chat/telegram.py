@@ -120,6 +120,8 @@ DEFAULT_COMMANDS: Final[tuple[tuple[str, str], ...]] = (
     ("task", "Start a coding task: /task [agent] <prompt>"),
     ("status", "List active sessions"),
     ("cancel", "Cancel a session: /cancel [id]"),
+    ("diff", "Show a session's changes: /diff [id]"),
+    ("pr", "Push a session's changes as a pull request: /pr [id]"),
     ("agents", "List available agents"),
     ("help", "Show what this bot can do"),
 )

@@ -239,6 +239,10 @@ class GitServer:
             f"echo {_sh_quote('error: ' + message)} >&2\nexit 1\n",
         )
 
+    def accept_pushes(self, repo: str) -> None:
+        """Undo `decline_pushes`."""
+        (self.repo_path(repo) / "hooks" / "pre-receive").unlink(missing_ok=True)
+
     def protect_branch(self, repo: str, branch: str) -> None:
         """Refuse any update of `branch`, as a forge's branch protection does.
 
