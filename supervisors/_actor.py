@@ -111,7 +111,9 @@ class Actor(ABC, Generic[MessageT]):
     async def finish(self) -> None:
         """Runs once after the last message, however the run ended (`stop()`, a crash, a
         cancellation), with `self.tasks` already gone. Shielded from cancellation, so keep it
-        bounded (its own timeouts). Default: nothing."""
+        bounded (its own timeouts). The inbox is still open, so what waits in it can still be
+        answered (`self._inbox.receive_nowait()`); after a `stop()` it closes when this returns,
+        and a finish that takes long closes it first itself. Default: nothing."""
 
     @abstractmethod
     async def handle(self, message: MessageT) -> None:
@@ -135,7 +137,9 @@ class Actor(ABC, Generic[MessageT]):
                 nursery.cancel_scope.cancel()
         finally:
             self._tasks = None
-            if self._stopping:
-                self._inbox.close()
-            with trio.CancelScope(shield=True):
-                await self.finish()
+            try:
+                with trio.CancelScope(shield=True):
+                    await self.finish()
+            finally:
+                if self._stopping:
+                    self._inbox.close()

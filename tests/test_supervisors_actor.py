@@ -277,3 +277,38 @@ async def test_an_actor_can_be_given_an_inbox_made_beforehand(autojump_clock: ob
         await trio.sleep(1)
         assert actor.handled == ["hello"]
         nursery.cancel_scope.cancel()
+
+
+class Leftovers(Actor[str]):
+    """Stops at "stop"; its `finish` takes what was still waiting in the inbox."""
+
+    def __init__(self) -> None:
+        super().__init__(inbox_size=8)
+        self.left: list[str] = []
+
+    async def handle(self, message: str) -> None:
+        if message == "stop":
+            await trio.sleep(1)  # more arrives meanwhile
+            self.stop()
+
+    async def finish(self) -> None:
+        while True:
+            try:
+                self.left.append(self._inbox.receive_nowait())
+            except trio.WouldBlock:
+                return
+
+
+async def test_finish_can_answer_what_waits_in_the_inbox_after_a_stop(
+    autojump_clock: object,
+) -> None:
+    actor = Leftovers()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(actor.run)
+        await actor.send("stop")
+        await actor.send("late 1")
+        await actor.send("late 2")
+        await trio.sleep(2)
+    assert actor.left == ["late 1", "late 2"]
+    with pytest.raises(trio.BrokenResourceError):
+        await actor.send("after")

@@ -50,6 +50,7 @@ from anycode_actors.actors.stream import (
     Prompt,
     Respond,
     StreamActor,
+    StreamCommand,
     StreamEnded,
     StreamReady,
     StreamReport,
@@ -263,8 +264,8 @@ class SessionActor(Actor[SessionInbox]):
         elif isinstance(message, StreamReady):
             await self._on_stream_ready(message)
         elif isinstance(message, AgentEventArrived):
-            if not isinstance(message.event, SessionEnded):
-                self._unanswered = None  # the agent took it up
+            if _took_it_up(message.event):
+                self._unanswered = None
             await self._on_event(message.event)
         elif isinstance(message, StreamEnded):
             if self._outcome is None:
@@ -463,10 +464,19 @@ class SessionActor(Actor[SessionInbox]):
         await self._prompt(self.session.prompt)
 
     async def _prompt(self, text: str) -> None:
-        assert self._stream is not None
         self._turn_running = True
         self._idle_generation += 1
-        await self._stream.send(Prompt(text))
+        await self._to_stream(Prompt(text))
+
+    async def _to_stream(self, command: StreamCommand) -> bool:
+        """Hand `command` to the stream actor; False when its connection has ended (its
+        `StreamEnded` is on the way here and ends the session)."""
+        assert self._stream is not None
+        try:
+            await self._stream.send(command)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        return True
 
     # --- agent events ---------------------------------------------------------------------------
 
@@ -620,10 +630,10 @@ class SessionActor(Actor[SessionInbox]):
 
     async def _on_follow_up(self, follow_up: FollowUp) -> None:
         if self._stream_ready and not self._turn_running:
-            await self._prompt(follow_up.text)
             # Not yet answered: if the session ends before the agent says a word, the sender
             # is told that this message went nowhere.
             self._unanswered = follow_up
+            await self._prompt(follow_up.text)
             return
         limit = self._config.session.max_queued_follow_ups
         if len(self._queued) >= limit:
@@ -649,8 +659,8 @@ class SessionActor(Actor[SessionInbox]):
             # as the actor ends) would cut it off.
             told = trio.Event()
             with trio.move_on_after(5):
-                await self._stream.send(CancelTurn(told))
-                await told.wait()
+                if await self._to_stream(CancelTurn(told)):
+                    await told.wait()
 
     async def _on_permission_answer(self, answer: PermissionAnswer) -> None:
         prompt = self._prompts.get(answer.interaction_id)
@@ -668,7 +678,7 @@ class SessionActor(Actor[SessionInbox]):
             return
         del self._prompts[answer.interaction_id]
         label = OPTION_LABELS.get(option.kind, option.name)
-        await self._stream.send(Respond(prompt.key, option.option_id))
+        await self._to_stream(Respond(prompt.key, option.option_id))
         await self._answer_press(press, label)
         mark = DECISION_MARKS.get(option.kind, "🚫" if option.kind.startswith("reject") else "✅")
         message_id = prompt.message_id or press.message_id
@@ -857,6 +867,15 @@ class SessionActor(Actor[SessionInbox]):
         with trio.move_on_after(5):
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await self._closed.send(SessionClosed(self._id, str(status)))
+
+
+def _took_it_up(event: AgentEvent) -> bool:
+    """Whether `event` shows the agent working on the last prompt. An error, the end of the
+    connection or a turn that failed says nothing of the kind: its sender is told at the end
+    that the message went nowhere."""
+    if isinstance(event, TurnEnded):
+        return event.stop_reason != "error"
+    return not isinstance(event, ErrorEvent | SessionEnded)
 
 
 def _excerpt(text: str, limit: int = 80) -> str:
