@@ -241,13 +241,13 @@ async def test_task_records_a_pending_session_announces_it_and_starts_its_actor(
         "fix the login bug in acme/web",
         ADA.id,
     )
-    assert session.repo == "https://github.com/acme/web"
+    assert session.repo == "https://github.com/acme/web.git"
     assert session.status == SessionStatus.PENDING
     assert started.recovered is None
     assert replies == [
         f"Starting codex session `{session.id[:8]}`...\n"
         "Prompt: fix the login bug in acme/web\n"
-        "Repository: https://github.com/acme/web"
+        "Repository: https://github.com/acme/web.git"
     ]
 
 

@@ -220,7 +220,15 @@ async def test_run_asks_who_the_bot_is_and_registers_the_commands_before_ready(
         assert fake.commands == {
             ("default", ""): [{"command": c, "description": d} for c, d in DEFAULT_COMMANDS]
         }
-        assert [c for c, _ in DEFAULT_COMMANDS] == ["task", "status", "cancel", "agents", "help"]
+        assert [c for c, _ in DEFAULT_COMMANDS] == [
+            "task",
+            "status",
+            "cancel",
+            "diff",
+            "pr",
+            "agents",
+            "help",
+        ]
         with trio.fail_after(60):
             await fake.wait_until_polling()
     assert client.platform == "telegram"

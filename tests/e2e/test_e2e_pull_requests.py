@@ -58,7 +58,9 @@ class PrWorld:
 
 
 @asynccontextmanager
-async def pr_world(nursery: trio.Nursery, tmp: Path, **session: Any) -> AsyncIterator[PrWorld]:
+async def pr_world(
+    nursery: trio.Nursery, tmp: Path, git_settings: dict[str, Any] | None = None, **session: Any
+) -> AsyncIterator[PrWorld]:
     _, gateway = await _docker_and_gateway()
     telegram = FakeTelegram()
     telegram_url = await telegram.start(nursery)
@@ -80,6 +82,7 @@ async def pr_world(nursery: trio.Nursery, tmp: Path, **session: Any) -> AsyncIte
             "github_url": f"http://{gateway}:{git.port}",
             "github_api_url": api_url,
             "cache_dir": str(tmp / "git-cache"),
+            **(git_settings or {}),
         }
         config = config_from_mapping(data, environ={}, base_dir=tmp)
         async with _running_daemon(config) as daemon:
@@ -226,3 +229,28 @@ async def test_a_repository_the_forge_does_not_know_is_said_at_once_and_the_task
         await said(world, "Added hello.txt.", told.message_id)
         refused = await said(world, "Not published:", told.message_id)
         assert "acme/missing does not exist" in refused.text
+
+
+async def test_on_end_publishes_once_when_the_session_completes_and_off_never(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    async with pr_world(nursery, tmp_path / "on_end", {"auto_pr": "on_end"}) as world:
+        tg = world.telegram
+        with trio.fail_after(30):
+            await tg.wait_until_polling()
+        tg.inject_message(ADA.id, ADA, f"/task [[greet]] add a greeting to {REPO}")
+        await allow_next_prompt(world, 0)
+        card = await said(world, "Pull request:")
+        completed = await said(world, "completed", card.message_id)
+        assert "Added hello.txt." in "\n".join(m.text for m in tg.bot_messages(ADA.id))
+        assert completed.message_id > card.message_id
+        assert len(world.github.pulls(REPO)) == 1
+    async with pr_world(nursery, tmp_path / "off", {"auto_pr": "off"}) as world:
+        tg = world.telegram
+        with trio.fail_after(30):
+            await tg.wait_until_polling()
+        tg.inject_message(ADA.id, ADA, f"/task [[greet]] add a greeting to {REPO}")
+        await allow_next_prompt(world, 0)
+        await said(world, "completed")
+        assert world.github.pulls(REPO) == []
+        assert not any("Pull request:" in m.text for m in tg.bot_messages(ADA.id))
