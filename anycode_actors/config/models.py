@@ -770,15 +770,16 @@ class AgentsConfig(_Section):
 
 
 class GithubConfig(_Section):
-    """`[github]`: a token given to every sandbox as GITHUB_TOKEN (git clone, gh).
+    """`[github]`: the token the daemon pushes and opens pull requests with (`[git]`), and,
+    with `agent_token = true` (the default), also gives every sandbox as GITHUB_TOKEN.
 
-    `agent_token = false` (the default) is for the daemon pushing the agent's work itself, so
-    the token never has to enter the sandbox; true keeps it in the agent's environment for
-    agents that should run `gh` or push on their own.
+    The daemon pushes the agent's work itself, so `agent_token = false` keeps the token out of
+    the sandbox altogether. The default stays true for now because the sandbox clones the
+    task's repository itself, which a private repository needs the token for.
     """
 
     token: SecretStr
-    agent_token: StrictBool = False
+    agent_token: StrictBool = True
 
     @field_validator("token")
     @classmethod
@@ -1100,7 +1101,7 @@ class Config(BaseModel):
         provider adds the ANYCODE_* variables itself. Never log the result.
         """
         env = self.agent(agent).env_values()
-        if self.github is not None:
+        if self.github is not None and self.github.agent_token:
             env.setdefault("GITHUB_TOKEN", self.github.token.get_secret_value())
         return env
 
