@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, Protocol, Self
@@ -175,7 +176,7 @@ class Forge(Protocol):
 # --- the shared HTTP part -------------------------------------------------------------------------
 
 
-class _RestForge:
+class _RestForge(ABC):
     """HTTP, errors and token hygiene shared by both forges."""
 
     name = "forge"
@@ -203,8 +204,9 @@ class _RestForge:
         if self._owns_http:
             await self._http.aclose()
 
+    @abstractmethod
     def _headers(self) -> dict[str, str]:
-        raise NotImplementedError
+        """The headers of every request: the forge's auth scheme, version and media type."""
 
     def _safe(self, text: str) -> str:
         """`text` from the forge or from httpx, shortened and without the token."""
@@ -259,9 +261,9 @@ class _RestForge:
                 f"{self.name} ({self._host}) rejected the token: {self._detail(response)}"
             )
 
+    @abstractmethod
     def _rate_limit(self, response: httpx.Response) -> float | None:
         """Seconds to wait when `response` says a rate limit was hit, else None."""
-        raise NotImplementedError
 
     def _detail(self, response: httpx.Response) -> str:
         """The forge's own words for an error answer."""
