@@ -355,9 +355,8 @@ class ChatActor(Actor[ChatInbox]):
     async def _repository_command(self, command: Command) -> None:
         """/diff [id] and /pr [id]: for the given session, or the sender's newest here."""
         name = command.name.lower()
-        session = await self._target(command)
+        session = await self._target(command, f"No active session for /{name}.")
         if session is None:
-            await self._say(f"No active session for /{name}.")
             return
         if not self._access.may_steer(command.user.id, session.user):
             await self._refuse(
@@ -370,27 +369,11 @@ class ChatActor(Actor[ChatInbox]):
         if not await self._tell(session.id, message):
             await self._say(f"Session `{short_id(session.id)}` has already ended.")
 
-    async def _target(self, command: Command) -> Session | None:
+    async def _target(self, command: Command, missing: str) -> Session | None:
+        """The active session a command's argument names by id prefix, or else the sender's
+        newest here (an admin with none of their own gets the newest one). None, after saying
+        why (`missing`, or that the prefix is ambiguous), when there is none."""
         prefix = command.args.strip()
-        if prefix:
-            try:
-                return await self._store.find_session_by_prefix(
-                    self.chat.platform, self.chat.chat_id, prefix, active_only=True
-                )
-            except AmbiguousSessionPrefix as ambiguous:
-                ids = ", ".join(f"`{short_id(c)}`" for c in ambiguous.candidates)
-                await self._say(f"`{prefix}` matches several sessions ({ids}); type more of it.")
-                return None
-        user = command.user.id
-        mine = [h for h in self._sessions.values() if h.user_id == user]
-        theirs = list(self._sessions.values()) if self._access.is_admin(user) else []
-        candidates = mine or theirs
-        newest = candidates[-1].session_id if candidates else None
-        return await self._store.get_session(newest) if newest else None
-
-    async def _cancel(self, command: Command) -> None:
-        prefix = command.args.strip()
-        user = command.user.id
         session: Session | None
         if prefix:
             try:
@@ -400,16 +383,22 @@ class ChatActor(Actor[ChatInbox]):
             except AmbiguousSessionPrefix as ambiguous:
                 ids = ", ".join(f"`{short_id(c)}`" for c in ambiguous.candidates)
                 await self._say(f"`{prefix}` matches several sessions ({ids}); type more of it.")
-                return
+                return None
         else:
-            # Your newest session here; an admin with none of their own gets the newest one.
+            user = command.user.id
             mine = [h for h in self._sessions.values() if h.user_id == user]
             theirs = list(self._sessions.values()) if self._access.is_admin(user) else []
             candidates = mine or theirs
             newest = candidates[-1].session_id if candidates else None
             session = await self._store.get_session(newest) if newest else None
         if session is None:
-            await self._say("No active session to cancel.")
+            await self._say(missing)
+        return session
+
+    async def _cancel(self, command: Command) -> None:
+        user = command.user.id
+        session = await self._target(command, "No active session to cancel.")
+        if session is None:
             return
         if not self._access.may_steer(user, session.user):
             await self._refuse(
