@@ -93,7 +93,7 @@ class Lobby(Actor[LobbyInbox]):
         try:
             client = self._clients.get(event.chat.platform)
             if client is None:
-                log.info("%s: no client to tell: %s", event.chat.key, _text(message, self._config))
+                log.info("%s: no client for its platform; nothing said", event.chat.key)
                 return
             for attempt in range(ATTEMPTS):
                 await self._draw(client)
@@ -138,12 +138,6 @@ class Lobby(Actor[LobbyInbox]):
         context = current_child()
         if context is not None:
             context.update(answered=self.answered, told=self.told, dropped=self.dropped)
-
-
-def _text(message: LobbyInbox, config: Config) -> str:
-    if isinstance(message, Answer):
-        return stateless_answer(message.command.name, config)
-    return message.text
 
 
 __all__ = ["Answer", "Lobby", "LobbyInbox", "Tell"]
