@@ -58,7 +58,7 @@ from anycode_actors.chat.base import ButtonPress, ChatClient, ChatRef
 from anycode_actors.config import Config
 from anycode_actors.errors import AnycodeError
 from anycode_actors.git import GitCredential, MirrorCache, parse_repo_ref
-from anycode_actors.git.forges import GitHubForge
+from anycode_actors.git.forges import Forge, GitHubForge, GitLabForge
 from anycode_actors.sandboxes.base import SandboxProvider
 from anycode_actors.store import Session, SessionStatus, Store, StoreUnavailable
 from supervisors import (
@@ -364,23 +364,28 @@ class Daemon:
 
     def _publisher_for(self, session: Session) -> Publisher | None:
         """A publisher when the session's repository is on a forge the daemon has a token for
-        (GitHub: `[github] token`) and `[git] auto_pr` is not off, or /pr and /diff could still
-        use it: made whenever the repository and the token are there."""
-        if not session.repo or self.config.github is None:
+        (GitHub: `[github] token`; GitLab: `[gitlab] token`), whatever `[git] auto_pr` says:
+        /pr and /diff use it too."""
+        if not session.repo:
             return None
         git = self.config.git
         repo = parse_repo_ref(session.repo, forges_for(git))
-        if repo is None or repo.kind != "github":
+        forge: Forge
+        if repo is not None and repo.kind == "github" and self.config.github is not None:
+            token = self.config.github.token.get_secret_value()
+            forge = GitHubForge(git.github_api_url, token)
+        elif repo is not None and repo.kind == "gitlab" and self.config.gitlab is not None:
+            token = self.config.gitlab.token.get_secret_value()
+            forge = GitLabForge(git.gitlab_api_url, token)
+        else:
             return None
-        token = self.config.github.token.get_secret_value()
-        root = git.cache_dir
         return Publisher(
             session_id=session.id,
             repo=repo,
-            forge=GitHubForge(git.github_api_url, token),
-            credential=GitCredential.for_forge("github", token),
+            forge=forge,
+            credential=GitCredential.for_forge(repo.kind, token),
             mirrors=self._mirrors,
-            work_root=root / "sessions",
+            work_root=git.cache_dir / "sessions",
             branch_prefix=git.branch_prefix,
             email_domain=git.email_domain,
             draft=git.draft,

@@ -111,3 +111,30 @@ def test_the_section_is_frozen_and_in_the_effective_config() -> None:
         config.git.draft = False  # type: ignore[misc]
     assert "[git]" in config.effective_toml()
     assert GitConfig().auto_pr == "each_turn"
+
+
+def test_a_gitlab_token_from_the_file_or_the_environment_is_kept_from_sight_and_sandboxes() -> None:
+    secret = "glpat-Zq3xT9vB2mK8wL4nR7pY"
+    from_file = parse(f'[gitlab]\ntoken = "{secret}"\n')
+    from_env = parse_config(TELEGRAM, environ={"ANYCODE_GITLAB_TOKEN": secret})
+    for config in (from_file, from_env):
+        assert config.gitlab is not None
+        assert config.gitlab.token.get_secret_value() == secret
+        assert secret not in config.effective_toml() + repr(config.gitlab)
+        assert secret not in config.sandbox_env("claude-code").values()
+    assert parse("").gitlab is None
+    empty = problem_at('[gitlab]\ntoken = " "\n', "gitlab.token")
+    assert "ANYCODE_GITLAB_TOKEN" in empty.fix
+
+
+def test_the_gitlab_api_can_be_served_apart_from_its_server() -> None:
+    git = parse(
+        '[git]\ngitlab_url = "http://172.17.0.1:8929"\n'
+        'gitlab_api_url = "http://127.0.0.1:9000/api/v4/"\n'
+    ).git
+    assert (git.gitlab_url, git.gitlab_api_url) == (
+        "http://172.17.0.1:8929",
+        "http://127.0.0.1:9000/api/v4",
+    )
+    bad = problem_at('[git]\ngitlab_api_url = "gitlab.com/api/v4"\n', "git.gitlab_api_url")
+    assert "http(s) URL" in bad.message

@@ -36,6 +36,7 @@ from anycode_actors.git import (
     GitError,
     Identity,
     MirrorCache,
+    Patch,
     RepoRef,
     SandboxCommand,
     SessionClone,
@@ -58,8 +59,12 @@ log = logging.getLogger(__name__)
 
 REPO_DIR: Final = "/workspace/repo"
 """Where the sandbox's entrypoint clones the task's repository."""
-BUNDLE_DIR: Final = "/tmp/anycode-git"
-"""Where the sandbox writes the bundle the daemon reads out; outside the repository."""
+BUNDLE_DIR: Final = "/workspace/.anycode/git"
+"""Where the sandbox writes the bundle the daemon reads out: outside the repository, inside the
+workspace (the one folder every provider reads files from)."""
+BUNDLE_FROM_REPO: Final = "../.anycode/git"
+"""BUNDLE_DIR as the commands in REPO_DIR name it: a relative path means the same folder in a
+container and in a local sandbox's folder."""
 BOT: Final = "anycode"
 OUTPUT_LIMIT: Final = 64 * 1024
 """Bytes of a sandbox command's output kept; the commands here print a line or two."""
@@ -156,10 +161,12 @@ class Publisher:
     # --- after a turn --------------------------------------------------------------------------
 
     async def publish(self, provider: SandboxProvider, handle: SandboxHandle) -> Card | None:
-        """Commit, push and open the pull request; None when the branch has nothing new."""
+        """Commit, push and open the pull request; None when the branch has nothing new and its
+        pull request is open. A push whose pull request could not be opened (the forge refused
+        or was down) is not "nothing new": the next call opens it."""
         async with self._lock:
             clone, new = await self._take_work(provider, handle)
-            if not new:
+            if not new and (self._pr is not None or self._pushed is None):
                 return None
             stat = await diff_stat(clone, within=self._within)
             patch = await self._patch(clone)
@@ -186,8 +193,9 @@ class Publisher:
                     f"Not published: {exc}\nThe commit stays in the sandbox and the patch is "
                     "attached; /pr tries again."
                 )
-                return Card(text + "\n" + _stat_line(head, stat), *patch)
-            return Card(f"Pull request: {self._pr.url}\n{_stat_line(head, stat)}", *patch)
+                return _card(text + "\n" + _stat_line(head, stat), patch, self._patch_name)
+            link = f"{self._pr_noun}: {self._pr.url}"
+            return _card(f"{link}\n{_stat_line(head, stat)}", patch, self._patch_name)
 
     async def diff(self, provider: SandboxProvider, handle: SandboxHandle) -> Card:
         """The session's changes so far (committed in the sandbox first), not pushed."""
@@ -196,7 +204,16 @@ class Publisher:
             stat = await diff_stat(clone, within=self._within)
             if stat.empty:
                 return Card(f"No changes on {self.branch} yet.")
-            return Card(_stat_line(clone.branch, stat), *await self._patch(clone))
+            patch = await self._patch(clone)
+            return _card(_stat_line(clone.branch, stat), patch, self._patch_name)
+
+    @property
+    def _patch_name(self) -> str:
+        return f"{self.branch.replace('/', '-')}.diff"
+
+    @property
+    def _pr_noun(self) -> str:
+        return "Merge request" if self.repo.kind == "gitlab" else "Pull request"
 
     async def _take_work(
         self, provider: SandboxProvider, handle: SandboxHandle
@@ -219,8 +236,10 @@ class Publisher:
             message=commit_message(self._prompt, co_author=agent),
         )
         await _run(provider, handle, commit, self._within)
-        out = f"{BUNDLE_DIR}/{short_id(self._session_id)}.bundle"
-        await _run(provider, handle, SandboxCommand(("mkdir", "-p", BUNDLE_DIR), {}, "/"), 30)
+        name = f"{short_id(self._session_id)}.bundle"
+        out = f"{BUNDLE_FROM_REPO}/{name}"
+        mkdir = SandboxCommand(("mkdir", "-p", BUNDLE_FROM_REPO), {}, REPO_DIR)
+        await _run(provider, handle, mkdir, 30)
         bundled = await _run(
             provider,
             handle,
@@ -230,7 +249,7 @@ class Publisher:
         if NO_NEW_COMMITS in bundled:
             return clone, False
         listing = await provider.read_files(handle, BUNDLE_DIR, max_bytes=1 << 30)
-        data = next((f.data for f in listing.files if out.endswith(f.name)), None)
+        data = next((f.data for f in listing.files if f.name == name), None)
         if data is None:
             raise PublishError("the agent's commits could not be read out of the sandbox")
         with tempfile.TemporaryDirectory() as folder:
@@ -240,10 +259,8 @@ class Publisher:
         new = head != self._pushed
         return clone, new
 
-    async def _patch(self, clone: SessionClone) -> tuple[bytes | None, str]:
-        patch = await diff_patch(clone, max_bytes=self._max_patch, within=self._within)
-        name = f"{self.branch.replace('/', '-')}.diff"
-        return (None if patch.too_large or not patch.data else patch.data), name
+    async def _patch(self, clone: SessionClone) -> Patch:
+        return await diff_patch(clone, max_bytes=self._max_patch, within=self._within)
 
     def _body(self) -> str:
         return (
@@ -254,11 +271,19 @@ class Publisher:
 
 def forges_for(git: GitConfig) -> tuple[RepoForge, ...]:
     """The forges the configuration names: GitHub (or Enterprise Server) and GitLab."""
-    gitlab = git.gitlab_url.rstrip("/")
     return (
         RepoForge("github", git.github_url, git.github_api_url),
-        RepoForge("gitlab", gitlab, f"{gitlab}/api/v4"),
+        RepoForge("gitlab", git.gitlab_url, git.gitlab_api_url),
     )
+
+
+def _card(text: str, patch: Patch, name: str) -> Card:
+    """`text` with the patch attached, or a line saying why it is not: over `git.max_patch_kb`
+    (the stat above still says what changed)."""
+    if patch.too_large:
+        kb = max(patch.limit // 1024, 1)
+        return Card(f"{text}\nThe patch is over {kb} KB (git.max_patch_kb); not attached.")
+    return Card(text, patch.data or None, name if patch.data else "")
 
 
 def _stat_line(branch: str, stat: DiffStat) -> str:

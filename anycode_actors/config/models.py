@@ -3,9 +3,9 @@
 Field checks raise `_invalid(message, fix)`, whose text the loader (`anycode_actors.config.loading`)
 passes on unchanged; other pydantic errors are reworded by `anycode_actors.config.problems`.
 
-Secrets (chat tokens, the GitHub token, agent credentials) are `SecretStr`: repr, str, logs and
-`Config.effective_toml()` show them masked. Code that must hand a secret on (an HTTP header, a
-sandbox's environment) asks explicitly: `config.telegram.bot_token.get_secret_value()` or
+Secrets (chat tokens, the GitHub and GitLab tokens, agent credentials) are `SecretStr`: repr,
+str, logs and `Config.effective_toml()` show them masked. Code that must hand a secret on (an HTTP
+header, a sandbox's environment) asks explicitly: `config.telegram.bot_token.get_secret_value()` or
 `config.sandbox_env(agent)`.
 """
 
@@ -58,6 +58,7 @@ __all__ = [
     "EcsConfig",
     "GitConfig",
     "GithubConfig",
+    "GitlabConfig",
     "LimitsConfig",
     "LocalConfig",
     "ProviderName",
@@ -89,6 +90,7 @@ SECRET_ENV_VARS: Final[Mapping[str, tuple[str, str]]] = MappingProxyType(
         "ANYCODE_SLACK_APP_TOKEN": ("slack", "app_token"),
         "ANYCODE_SLACK_BOT_TOKEN": ("slack", "bot_token"),
         "ANYCODE_GITHUB_TOKEN": ("github", "token"),
+        "ANYCODE_GITLAB_TOKEN": ("gitlab", "token"),
     }
 )
 
@@ -136,6 +138,7 @@ _LINUX_CAPABILITIES: Final = frozenset(
 # Prefixes that only name a token's kind; a masked secret may show these and nothing more.
 _PUBLIC_SECRET_PREFIXES: Final = (
     "github_pat_",
+    "glpat-",
     "sk-ant-",
     "sk-proj-",
     "xapp-",
@@ -787,6 +790,19 @@ class GithubConfig(_Section):
         return SecretStr(_secret_text(token, "paste a GitHub token, or set ANYCODE_GITHUB_TOKEN"))
 
 
+class GitlabConfig(_Section):
+    """`[gitlab]`: the token the daemon pushes and opens merge requests with (`[git]`) on
+    gitlab.com or the self-managed GitLab at `[git] gitlab_url`. Unlike `[github] token`, it is
+    never given to a sandbox: only the daemon uses it."""
+
+    token: SecretStr
+
+    @field_validator("token")
+    @classmethod
+    def _check_token(cls, token: SecretStr) -> SecretStr:
+        return SecretStr(_secret_text(token, "paste a GitLab token, or set ANYCODE_GITLAB_TOKEN"))
+
+
 _BRANCH_PREFIX: Final = re.compile(r"[A-Za-z0-9._/-]*")
 
 
@@ -795,7 +811,8 @@ class GitConfig(_Section):
 
     The forge URLs default to the public GitHub and GitLab; set them for GitHub Enterprise
     Server (`github_url` and `github_api_url`, which is `https://HOST/api/v3` there) or a
-    self-managed GitLab (`gitlab_url`, whose API is under `/api/v4`).
+    self-managed GitLab (`gitlab_url`, whose API is under `/api/v4` unless `gitlab_api_url`
+    says otherwise).
     """
 
     branch_prefix: str = "anycode/"
@@ -808,6 +825,8 @@ class GitConfig(_Section):
     github_url: str = GITHUB_URL
     github_api_url: str = GITHUB_API_URL
     gitlab_url: str = GITLAB_URL
+    gitlab_api_url: str = ""
+    """Empty: `<gitlab_url>/api/v4`."""
 
     @field_validator("branch_prefix")
     @classmethod
@@ -858,6 +877,18 @@ class GitConfig(_Section):
     def _check_gitlab_url(cls, value: str) -> str:
         return _check_base_url(value, GITLAB_URL)
 
+    @field_validator("gitlab_api_url")
+    @classmethod
+    def _check_gitlab_api_url(cls, value: str) -> str:
+        return _check_base_url(value, f"{GITLAB_URL}/api/v4") if value.strip() else ""
+
+    @model_validator(mode="after")
+    def _gitlab_api_under_its_server(self) -> GitConfig:
+        if not self.gitlab_api_url:
+            # Frozen: set once here, as the validated value.
+            object.__setattr__(self, "gitlab_api_url", f"{self.gitlab_url}/api/v4")
+        return self
+
     @model_validator(mode="after")
     def _enterprise_needs_its_api(self) -> GitConfig:
         if self.github_url != GITHUB_URL and self.github_api_url == GITHUB_API_URL:
@@ -871,10 +902,6 @@ class GitConfig(_Section):
     @property
     def max_patch_bytes(self) -> int:
         return self.max_patch_kb * 1024
-
-    @property
-    def gitlab_api_url(self) -> str:
-        return f"{self.gitlab_url}/api/v4"
 
 
 class SessionConfig(_Section):
@@ -1037,6 +1064,7 @@ class Config(BaseModel):
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     agents: AgentsConfig = Field(default_factory=AgentsConfig)
     github: GithubConfig | None = None
+    gitlab: GitlabConfig | None = None
     git: GitConfig = Field(default_factory=GitConfig)
     session: SessionConfig = Field(default_factory=SessionConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
@@ -1224,6 +1252,7 @@ SECTIONS: Final[Mapping[str, type[BaseModel]]] = MappingProxyType(
         "database": DatabaseConfig,
         "agents": AgentsConfig,
         "github": GithubConfig,
+        "gitlab": GitlabConfig,
         "git": GitConfig,
         "session": SessionConfig,
         "limits": LimitsConfig,
@@ -1231,4 +1260,4 @@ SECTIONS: Final[Mapping[str, type[BaseModel]]] = MappingProxyType(
     }
 )
 #: Sections that are None in `Config` when the file leaves them out.
-OPTIONAL_SECTIONS: Final = frozenset({"telegram", "slack", "github"})
+OPTIONAL_SECTIONS: Final = frozenset({"telegram", "slack", "github", "gitlab"})

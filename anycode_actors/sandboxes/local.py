@@ -347,8 +347,10 @@ class LocalProvider:
     ) -> AgentProcess:
         """Start `argv` in the sandbox's folder with the sandbox's environment (plus `env`).
 
-        Its pid and start time go into sandbox.json before it is returned, so that a restarted
-        daemon can end its process group if this one dies without `destroy`.
+        `cwd` defaults to the handle's workdir; a sandbox path (/workspace/...) is its place in
+        the folder's workspace/, as in a container. Its pid and start time go into sandbox.json
+        before it is returned, so that a restarted daemon can end its process group if this one
+        dies without `destroy`.
         """
         sandbox = self._sandboxes.get(str(self._folder(handle.id)))
         if sandbox is None:
@@ -357,7 +359,9 @@ class LocalProvider:
             raise SandboxError("nothing to run: the command is empty")
         try:
             process = await LocalProcess.start(
-                argv, env={**sandbox.env, **(env or {})}, cwd=cwd or handle.workdir
+                argv,
+                env={**sandbox.env, **(env or {})},
+                cwd=_host_cwd(sandbox.folder, cwd) or handle.workdir,
             )
         except OSError as exc:
             raise SandboxError(
@@ -854,6 +858,14 @@ def _read_metadata(folder: Path) -> dict[str, object] | None:
     except (OSError, ValueError):
         return None
     return metadata if isinstance(metadata, dict) else None
+
+
+def _host_cwd(folder: Path, cwd: str | None) -> str | None:
+    """Where a process of the sandbox in `folder` runs: a sandbox path (/workspace/...) in the
+    folder's workspace/; anything else (None: the handle's workdir) unchanged."""
+    if cwd is None or not (cwd == _SANDBOX_WORKSPACE or cwd.startswith(_SANDBOX_WORKSPACE + "/")):
+        return cwd
+    return str(folder.joinpath("workspace", *_workspace_parts(folder / "workspace", cwd)))
 
 
 def _workspace_parts(workspace: Path, path: str) -> builtins.list[str]:
