@@ -391,7 +391,9 @@ class Daemon:
             draft=git.draft,
             max_patch_bytes=git.max_patch_kb * 1024,
             prompt=session.prompt,
-            requester=Requester(session.user, f"{session.platform}-{session.user}"),
+            requester=Requester(
+                session.user_name or session.user, f"{session.platform}-{session.user}"
+            ),
             within=float(git.timeout_secs),
         )
 

@@ -315,6 +315,22 @@ async def test_long_poll_delivers_a_message_and_a_command(
     )
 
 
+async def test_a_senders_full_name_is_their_first_and_last_name(
+    autojump_clock: trio.abc.Clock, fake: FakeTelegram
+) -> None:
+    grace = TgUser(333, "Grace", username="grace", last_name="Hopper")
+    async with connected(fake) as (_, events):
+        fake.inject_message(grace.id, grace, "/task fix it")
+        fake.inject_message(BOB.id, BOB, "/task fix it")
+        by_grace = await receive(events)
+        by_bob = await receive(events)
+    assert isinstance(by_grace, Command) and isinstance(by_bob, Command)
+    assert (by_grace.user.name, by_grace.user.full_name) == ("@grace", "Grace Hopper")
+    assert by_grace.user.author_name == "Grace Hopper"
+    # No last name, no username: the first name is both.
+    assert (by_bob.user.name, by_bob.user.author_name) == ("Bob", "Bob")
+
+
 async def test_each_update_is_delivered_once_across_polls(
     autojump_clock: trio.abc.Clock, fake: FakeTelegram
 ) -> None:

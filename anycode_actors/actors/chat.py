@@ -259,6 +259,7 @@ class ChatActor(Actor[ChatInbox]):
                 chat=self.chat.chat_id,
                 thread=self.chat.thread,
                 user=command.user.id,
+                user_name=command.user.author_name,
                 agent=request.agent,
                 prompt=request.prompt,
                 repo=self._repository(request.prompt) or request.repo,

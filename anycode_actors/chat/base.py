@@ -26,7 +26,7 @@ the client too (`ChatClient.is_group`), never by comparing `ChatRef.platform` wi
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import trio
@@ -55,6 +55,15 @@ class ChatRef:
 class User:
     id: str
     name: str = ""  # display name or @username, for "answered by …"
+    full_name: str = field(default="", compare=False)
+    """The person's name as the platform shows it (Telegram: first and last name), if it
+    says; the author name of the commits made for them. Not part of who the user is."""
+
+    @property
+    def author_name(self) -> str:
+        """Who the commits of this person's tasks are by: their full name, else `name`, else
+        the id."""
+        return clean_display_text(self.full_name) or self.mention
 
     @property
     def mention(self) -> str:

@@ -823,7 +823,9 @@ def _reply_to(message: dict[str, Any]) -> str | None:
 def _user(sender: dict[str, Any]) -> User:
     username = sender.get("username")
     name = f"@{username}" if username else str(sender.get("first_name") or "")
-    return User(str(sender["id"]), name)
+    # https://core.telegram.org/bots/api#user: first_name always, last_name optional.
+    full = " ".join(str(sender.get(key) or "") for key in ("first_name", "last_name")).strip()
+    return User(str(sender["id"]), name, full)
 
 
 # --- requests -------------------------------------------------------------------------------------

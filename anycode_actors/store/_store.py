@@ -194,8 +194,10 @@ class Store:
         repo: str | None = None,
         thread: str | None = None,
         quota: Quota | None = None,
+        user_name: str | None = None,
     ) -> Session:
-        """Record a new task as ``pending``; its id is 32 lowercase hex chars.
+        """Record a new task as ``pending``; its id is 32 lowercase hex chars. ``user_name`` is
+        how the chat names ``user`` (the author of the session's commits).
 
         With a ``quota``, the counts are checked and the row inserted in one write transaction:
         QuotaExceeded (the first limit hit, per chat, per user, total, per day) and nothing is
@@ -210,6 +212,7 @@ class Store:
                 "chat": chat,
                 "thread": thread,
                 "user": user,
+                "user_name": user_name,
                 "agent": agent,
                 "prompt": prompt,
                 "repo": repo,
