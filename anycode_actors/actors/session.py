@@ -55,6 +55,7 @@ from anycode_actors.actors.stream import (
     StreamReady,
     StreamReport,
 )
+from anycode_actors.actors.workspace_diff import WorkspaceDiff
 from anycode_actors.agents import (
     AgentEvent,
     AnswersByPolicy,
@@ -96,6 +97,8 @@ log = logging.getLogger(__name__)
 DESTROY_GRACE: Final = 60.0
 # Time for the last output and the final notice to reach the chat before the actor ends.
 DRAIN_GRACE: Final = 10.0
+# Time for the patch of a session without a repository to be read out as it ends.
+FINAL_DIFF_GRACE: Final = 30.0
 UPLOADS_IN_FLIGHT: Final = 64
 """Room for upload confirmations; a task of the session records them as they come."""
 # Where agents leave files for the user (documented in the README and the agent's prompt).
@@ -185,6 +188,17 @@ class SessionActor(Actor[SessionInbox]):
         self._config = config
         self._answer_press = answer_press
         self._publisher = publisher
+        # Without a publisher, /diff and the end of the session compare the workspace with
+        # what it was at the start (actors/workspace_diff.py).
+        self._workspace = (
+            None
+            if publisher is not None
+            else WorkspaceDiff(
+                session.id,
+                max_patch_bytes=config.git.max_patch_bytes,
+                within=float(config.git.timeout_secs),
+            )
+        )
         self._recovered = recovered
         self._handle: SandboxHandle | None = recovered.handle if recovered else None
         self._stream: StreamActor | None = None
@@ -422,6 +436,12 @@ class SessionActor(Actor[SessionInbox]):
         await self._store.set_sandbox(self._id, handle.id, handle.endpoint or "")
         if self._outcome is not None:
             return  # cancelled while the sandbox was being made; cleanup removes it
+        if self._workspace is not None:
+            # Before the agent starts: the starting point must not hold its first changes.
+            try:
+                await self._workspace.begin(self._provider, handle)
+            except AnycodeError as exc:
+                log.warning("session %s: /diff will not work: %s", short_id(self._id), exc)
         await self._start_stream(streams, handle, None)
 
     async def _start_stream(
@@ -761,15 +781,32 @@ class SessionActor(Actor[SessionInbox]):
 
     async def _show_diff(self) -> None:
         publisher, handle = self._publisher, self._handle
-        if publisher is None or handle is None:
-            await self._flusher.send(Post("This session has no repository to compare with."))
+        if handle is None:
+            await self._flusher.send(Post("The session's sandbox is not ready yet."))
             return
         try:
-            card = await publisher.diff(self._provider, handle)
+            if publisher is not None:
+                card = await publisher.diff(self._provider, handle)
+            else:
+                assert self._workspace is not None
+                card = await self._workspace.diff(self._provider, handle)
         except AnycodeError as exc:
             await self._flusher.send(Post(f"No diff: {exc}"))
             return
         await self._show(card)
+
+    async def _show_final_diff(self) -> None:
+        """A session without a publisher that changed the workspace: the stat and the patch,
+        before the sandbox (and the work in it) is removed."""
+        if self._workspace is None or self._handle is None:
+            return
+        try:
+            card = await self._workspace.final(self._provider, self._handle)
+        except AnycodeError as exc:
+            log.warning("session %s: no final diff: %s", short_id(self._id), exc)
+            return
+        if card is not None:
+            await self._show(card)
 
     async def _show(self, card: Card) -> None:
         await self._flusher.send(Post(card.text))
@@ -827,6 +864,8 @@ class SessionActor(Actor[SessionInbox]):
         ):
             with trio.move_on_after(self._config.git.timeout_secs):
                 await self._publish(asked=False)
+        with trio.move_on_after(FINAL_DIFF_GRACE):
+            await self._show_final_diff()
         for interaction in pending:
             prompt = self._prompts.pop(interaction.id, None)
             message_id = (prompt.message_id if prompt else None) or interaction.chat_message_id

@@ -78,6 +78,7 @@ __all__ = [
     "diff_patch",
     "diff_stat",
     "import_bundle",
+    "parse_numstat",
     "parse_repo_ref",
     "push_branch",
     "repo_ref_from_prompt",
@@ -870,6 +871,11 @@ async def diff_stat(
     if done.returncode != 0:
         raise GitCommandFailed(f"git diff failed: {_last_line(done.stderr)}")
     return DiffStat(tuple(_parse_numstat(done.stdout)))
+
+
+def parse_numstat(raw: bytes) -> DiffStat:
+    """The stat of `git diff --numstat -z` output."""
+    return DiffStat(tuple(_parse_numstat(raw)))
 
 
 def _parse_numstat(raw: bytes) -> list[FileChange]:
