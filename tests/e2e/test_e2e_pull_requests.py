@@ -24,6 +24,7 @@ from tests.e2e.harness import _docker_and_gateway, _running_daemon, e2e_config_d
 from tests.fakes._http import serve_asgi
 from tests.fakes.git_server import GitServer
 from tests.fakes.github import FakeGitHub
+from tests.fakes.gitlab import FakeGitLab
 from tests.fakes.model import ModelScript, ScriptedModel, Text, Write
 from tests.fakes.telegram import FakeTelegram, MessageView, User
 
@@ -42,6 +43,11 @@ def script() -> ModelScript:
         [Text("Added hello.txt.")],
     )
     s.add(
+        "loose",
+        [Text("Writing it."), Write("/workspace/hello.txt", "Hello, workspace!\n")],
+        [Text("Wrote hello.txt.")],
+    )
+    s.add(
         "more",
         [Text("Adding more."), Write("/workspace/repo/more.txt", "More.\n")],
         [Text("Added more.txt.")],
@@ -55,6 +61,8 @@ class PrWorld:
     telegram: FakeTelegram
     github: FakeGitHub
     git: GitServer
+    gitlab: FakeGitLab
+    gateway: str
 
 
 @asynccontextmanager
@@ -76,19 +84,44 @@ async def pr_world(
         github.add_token(TOKEN, "acme")
         github.add_repo(REPO, default_branch="trunk")
         github.branch_commits = lambda name, branch: branch_commits(git, name, branch)
+        # GitLab on the same git server, under another host name for the same address (the
+        # docker bridge gateway is also reachable as the loopback address from the daemon).
+        gitlab = FakeGitLab()
+        await gitlab.start(nursery)
+        gitlab.add_token(TOKEN, "acme")
         data = e2e_config_data(tmp, telegram_url, telegram.token, served.base_url, **session)
         data["github"] = {"token": TOKEN}
+        data["gitlab"] = {"token": TOKEN}
         data["git"] = {
             "github_url": f"http://{gateway}:{git.port}",
             "github_api_url": api_url,
+            "gitlab_url": gitlab_web_url(gateway, git),
+            "gitlab_api_url": gitlab.api_url,
             "cache_dir": str(tmp / "git-cache"),
             **(git_settings or {}),
         }
         config = config_from_mapping(data, environ={}, base_dir=tmp)
         async with _running_daemon(config) as daemon:
-            yield PrWorld(daemon, telegram, github, git)
+            yield PrWorld(daemon, telegram, github, git, gitlab, gateway)
     finally:
         git.stop()
+
+
+def gitlab_web_url(gateway: str, git: GitServer) -> str:
+    """The git server's address under a second name, for the GitLab forge: its repositories
+    live under the group `lab/` there, so one server holds both forges' repositories."""
+    return f"http://{gateway}:{git.port}/lab"
+
+
+def branch_author(git: GitServer, full_name: str, branch: str) -> str:
+    bare = str(git.repo_path(full_name))
+    done = subprocess.run(
+        ["git", "--git-dir", bare, "log", "-1", "--format=%an <%ae>", branch],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.strip()
 
 
 def branch_commits(git: GitServer, full_name: str, branch: str) -> list[str] | None:
@@ -254,3 +287,72 @@ async def test_on_end_publishes_once_when_the_session_completes_and_off_never(
         await said(world, "completed")
         assert world.github.pulls(REPO) == []
         assert not any("Pull request:" in m.text for m in tg.bot_messages(ADA.id))
+
+
+async def test_a_gitlab_task_opens_a_draft_merge_request(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    async with pr_world(nursery, tmp_path, idle_minutes=10) as world:
+        tg = world.telegram
+        path = "acme/web"
+        await trio.to_thread.run_sync(
+            lambda: world.git.create_repo(f"lab/{path}", default_branch="trunk")
+        )
+        project = world.gitlab.add_project(path, default_branch="trunk")
+        with trio.fail_after(30):
+            await tg.wait_until_polling()
+        url = f"{gitlab_web_url(world.gateway, world.git)}/{path}"
+        tg.inject_message(ADA.id, ADA, f"/task [[greet]] add a greeting to {url}")
+        started = await said(world, "Starting claude-code session")
+        sid = re.search(r"session `([0-9a-f]{8})`", started.text)
+        assert sid is not None
+        branch = f"anycode/{sid.group(1)}"
+        project.branches.add(branch)  # the stand-in does not read the git server
+        await allow_next_prompt(world, 0)
+        card = await said(world, "Merge request:")
+        [mr] = project.merge_requests.values()
+        assert mr["web_url"] in card.text
+        assert (mr["source_branch"], mr["target_branch"], mr["draft"]) == (branch, "trunk", True)
+        assert f"Branch `{branch}` · 1 file changed, +1 −0" in card.text
+        assert world.git.branch_sha(f"lab/{path}", branch) is not None
+        author = branch_author(world.git, f"lab/{path}", branch)
+        assert author == "Ada <telegram-111@users.noreply.anycode.invalid>"
+        tg.inject_message(ADA.id, ADA, "/cancel")
+        await said(world, "cancelled", card.message_id)
+
+
+async def test_without_a_repository_diff_shows_the_workspace_and_the_end_attaches_the_patch(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    async with pr_world(nursery, tmp_path, idle_minutes=10) as world:
+        tg = world.telegram
+        with trio.fail_after(30):
+            await tg.wait_until_polling()
+        tg.inject_message(ADA.id, ADA, "/task [[loose]] write a greeting")
+        started = await said(world, "Starting claude-code session")
+        sid = re.search(r"session `([0-9a-f]{8})`", started.text)
+        assert sid is not None
+        # The agent asks before it writes: nothing has changed yet.
+        asked = await said(world, "Permission requested", started.message_id)
+        tg.inject_message(ADA.id, ADA, "/diff")
+        await said(world, "No changes in the workspace yet.", asked.message_id)
+        await allow_next_prompt(world, 0)
+        await said(world, "Wrote hello.txt.")
+        before = last_id(world)
+        tg.inject_message(ADA.id, ADA, "/diff")
+        await said(world, "1 file changed, +1 −0", before)
+        name = f"anycode-{sid.group(1)}.diff"
+        with trio.fail_after(30):
+            document = await tg.wait_for_document(ADA.id, name)
+        assert b"+Hello, workspace!" in document.content
+        before = last_id(world)
+        tg.inject_message(ADA.id, ADA, "/cancel")
+        final = await said(world, f"Changes of session `{sid.group(1)}`", before)
+        assert final.text == f"Changes of session `{sid.group(1)}`: 1 file changed, +1 −0"
+        ended = await said(world, "cancelled", final.message_id)
+        assert ended.message_id > final.message_id
+        with trio.fail_after(30):
+            while len(tg.documents(ADA.id)) < 2:  # noqa: ASYNC110 (the /diff patch, then the end's)
+                await trio.sleep(0.1)
+        assert b"+Hello, workspace!" in tg.documents(ADA.id)[-1].content
+        assert world.github.pulls(REPO) == []
