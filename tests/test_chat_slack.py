@@ -330,6 +330,40 @@ async def test_a_slash_command_is_acked_in_time_and_becomes_a_command(
     assert slack.messages(general, viewer=ADA) == []  # the actors answer, not the ack
 
 
+async def test_a_task_carries_the_senders_profile_name_asked_once(
+    nursery: trio.Nursery, slack: FakeSlack, http: httpx.AsyncClient
+) -> None:
+    grace = slack.add_user("grace", real_name="Grace Hopper", display_name="grace")
+    general = slack.add_channel("general")
+    _, events = await connected(nursery, slack, http)
+    await slack.slash_command(general, grace, "/task", "fix it")
+    first = await next_event(events)
+    await slack.user_message(general, grace, "/task and again")
+    second = await next_event(events)
+    await slack.user_message(general, grace, "/status")
+    status = await next_event(events)
+    assert isinstance(first, Command) and isinstance(second, Command)
+    assert isinstance(status, Command)
+    assert (first.user.full_name, first.user.author_name) == ("Grace Hopper", "Grace Hopper")
+    assert second.user.full_name == "Grace Hopper"
+    assert status.user.full_name == ""  # only a task needs it
+    assert len(slack.calls_to("users.info")) == 1
+
+
+async def test_without_users_read_a_task_goes_on_with_the_user_name_and_is_not_asked_again(
+    nursery: trio.Nursery, slack: FakeSlack, http: httpx.AsyncClient
+) -> None:
+    slack.users_read = False
+    general = slack.add_channel("general")
+    _, events = await connected(nursery, slack, http)
+    for text in ("fix it", "and again"):
+        await slack.slash_command(general, ADA, "/task", text)
+        command = await next_event(events)
+        assert isinstance(command, Command)
+        assert (command.user.full_name, command.user.author_name) == ("", "ada")
+    assert len(slack.calls_to("users.info")) == 1
+
+
 async def test_a_button_press_becomes_a_button_press(
     nursery: trio.Nursery, slack: FakeSlack, http: httpx.AsyncClient
 ) -> None:

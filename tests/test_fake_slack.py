@@ -944,3 +944,28 @@ async def test_an_unknown_method_is_unknown_method(
         "error": "unknown_method",
         "req_method": "chat.frobnicate",
     }
+
+
+async def test_users_info_gives_the_profile_and_needs_users_read(
+    slack: FakeSlack, http: httpx.AsyncClient
+) -> None:
+    grace = slack.add_user("grace", real_name="Grace Hopper", display_name="amazing grace")
+    answer = await api(http, slack, "users.info", user=grace)
+    assert answer["ok"] is True
+    user = answer["user"]
+    assert (user["id"], user["name"], user["real_name"]) == (grace, "grace", "Grace Hopper")
+    assert (user["profile"]["real_name"], user["profile"]["display_name"]) == (
+        "Grace Hopper",
+        "amazing grace",
+    )
+    assert await api(http, slack, "users.info", user="U0NOBODY") == {
+        "ok": False,
+        "error": "user_not_found",
+    }
+    slack.users_read = False
+    refused = await api(http, slack, "users.info", user=grace)
+    assert (refused["ok"], refused["error"], refused["needed"]) == (
+        False,
+        "missing_scope",
+        "users:read",
+    )

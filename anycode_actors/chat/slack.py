@@ -30,6 +30,11 @@ notices a dead socket that no error would ever report. A lost connection is repl
 if that fails too (or the new one does not last), the next tries wait the `Backoff`'s growing
 delays, which start over once a connection has stayed up for `backoff.reset_after` seconds.
 
+A `/task` carries the person's name as their Slack profile shows it (`User.full_name`, the
+author of the commits made for them): users.info (https://docs.slack.dev/reference/methods/users.info,
+Tier 4, the `users:read` scope), asked by the forwarder, once per person while the answer is
+remembered. Without the scope the app does not ask again and the name stays empty.
+
 Outbound text is plain text: `&`, `<` and `>` are escaped, so nothing an agent writes can turn
 into a link or a mention, while Slack's mrkdwn (`*bold*`, `code`) still renders. Every message
 is sent as section blocks holding the text (so the text stays visible next to buttons) plus one
@@ -44,6 +49,7 @@ modified" error (same page), so this client never raises `NotModified`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -148,6 +154,15 @@ SEEN_CAPACITY: Final = 4096
 RESPONSE_URLS_KEPT: Final = 512
 # Foreign workspaces already logged; beyond this many the oldest may be logged again.
 FOREIGN_TEAMS_KEPT: Final = 256
+# People whose profile name is remembered, and for how long.
+FULL_NAMES_KEPT: Final = 512
+FULL_NAME_TTL: Final = 3600.0
+# How long a /task waits for the person's profile name before it goes on without it.
+FULL_NAME_TIMEOUT: Final = 5.0
+# users.info answers that asking again will not change (a missing scope, a token not allowed).
+NAMES_UNAVAILABLE_CODES: Final = frozenset(
+    {"missing_scope", "not_allowed_token_type", "no_permission", "invalid_auth"}
+)
 BUSY_TEXT: Final = "The bot is busy right now; please try again in a moment."
 # After the immediate first retry: 1 s doubling to 30 s, each wait up to 10% shorter, and from
 # 1 s again once a connection has lasted 30 s.
@@ -229,6 +244,8 @@ class SlackClient:
         self._foreign_teams: Recent[str, None] = Recent(FOREIGN_TEAMS_KEPT)
         self._seen: Recent[tuple[str, ...], None] = Recent(SEEN_CAPACITY)
         self._response_urls: Recent[str, str] = Recent(RESPONSE_URLS_KEPT)
+        self._full_names: Recent[str, tuple[float, str]] = Recent(FULL_NAMES_KEPT)
+        self._names_unavailable = False
         self._links = 0
         # Acked envelopes on their way to the actors, and the one being handed on right now.
         self._inbox, self._inbox_out = trio.open_memory_channel[_Inbound](inbound_buffer)
@@ -488,8 +505,57 @@ class SlackClient:
                 except ChatError as exc:
                     log.warning("Slack: could not tell a user they are not authorized: %s", exc)
             else:
+                if isinstance(item, Command) and item.name == "task" and not item.user.full_name:
+                    item = await self._with_full_name(item)
+                    self._handing_on = item
                 await events.send(item)
                 self._handing_on = None
+
+    async def _with_full_name(self, command: Command) -> Command:
+        """`command` with its sender's profile name, when Slack tells it in time."""
+        name = await self._full_name(command.user.id)
+        if not name:
+            return command
+        return dataclasses.replace(command, user=dataclasses.replace(command.user, full_name=name))
+
+    async def _full_name(self, user_id: str) -> str:
+        """The person's real name (else display name) from their profile; "" when unknown."""
+        if self._names_unavailable:
+            return ""
+        now = trio.current_time()
+        known = self._full_names.get(user_id)
+        if known is not None and now - known[0] < FULL_NAME_TTL:
+            return known[1]
+        body: dict[str, Any] | None = None
+        with trio.move_on_after(FULL_NAME_TIMEOUT):
+            try:
+                body = await self._call(
+                    "users.info", self._bot_token.get_secret_value(), {"user": user_id}
+                )
+            except ChatError as exc:
+                if exc.code in NAMES_UNAVAILABLE_CODES:
+                    self._names_unavailable = True
+                    log.info("Slack: no profile names (%s); commits name the Slack user", exc)
+                else:
+                    log.debug("Slack: no profile name for %s: %s", user_id, exc)
+        if body is None:
+            return ""
+        user: dict[str, Any] = body["user"] if isinstance(body.get("user"), dict) else {}
+        profile: dict[str, Any] = user["profile"] if isinstance(user.get("profile"), dict) else {}
+        name = next(
+            (
+                str(value).strip()
+                for value in (
+                    profile.get("real_name"),
+                    user.get("real_name"),
+                    profile.get("display_name"),
+                )
+                if isinstance(value, str) and value.strip()
+            ),
+            "",
+        )
+        self._full_names.put(user_id, (now, name))
+        return name
 
     async def _refuse(self, refusal: _Refusal) -> None:
         if refusal.response_url:

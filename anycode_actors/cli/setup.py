@@ -339,7 +339,8 @@ class SetupWizard:
         if platforms in ("slack", "both"):
             self._say(
                 "Slack: the app needs Socket Mode; the app-level token (xapp-) needs "
-                "connections:write, the bot token (xoxb-) chat:write and files:write."
+                "connections:write, the bot token (xoxb-) chat:write and files:write (and "
+                "users:read, for commit authors' names)."
             )
             self._ask_valid("Slack app-level token", ("slack", "app_token"), password=True)
             self._ask_valid("Slack bot token", ("slack", "bot_token"), password=True)

@@ -108,6 +108,7 @@ BOT_TOKEN_METHODS: Final = frozenset(
         "chat.update",
         "files.getUploadURLExternal",
         "files.completeUploadExternal",
+        "users.info",
     }
 )
 APP_TOKEN_METHODS: Final = frozenset({"apps.connections.open"})
@@ -154,6 +155,7 @@ DEFAULT_RATE_LIMITS: Final[Mapping[str, RateLimit | None]] = MappingProxyType(
         "chat.update": TIER_3,
         "files.getUploadURLExternal": TIER_4,
         "files.completeUploadExternal": TIER_4,
+        "users.info": TIER_4,  # https://docs.slack.dev/reference/methods/users.info
     }
 )
 
@@ -511,6 +513,10 @@ class FakeSlack:
 
         self.channels: dict[str, Channel] = {}
         self.users: dict[str, str] = {}  # id → name
+        # id → (real name, display name) of the user's profile, for users.info.
+        self.profiles: dict[str, tuple[str, str]] = {}
+        # Whether the bot token holds the `users:read` scope users.info needs.
+        self.users_read = True
         self.files: dict[str, SlackFile] = {}
         self.deliveries: list[Delivery] = []
         self.acks: list[Ack] = []
@@ -605,9 +611,12 @@ class FakeSlack:
     def leave_channel(self, channel: str, user: str) -> None:
         self._channel(channel).members.discard(user)
 
-    def add_user(self, name: str, *, id: str | None = None) -> str:
+    def add_user(
+        self, name: str, *, id: str | None = None, real_name: str = "", display_name: str = ""
+    ) -> str:
         user_id = id or f"U{next(self._ids):09d}"
         self.users[user_id] = name
+        self.profiles[user_id] = (real_name, display_name)
         return user_id
 
     # --- what people do -----------------------------------------------------------------------
@@ -1381,6 +1390,7 @@ class FakeSlack:
             "chat.update": self._chat_update,
             "files.getUploadURLExternal": self._files_get_upload_url_external,
             "files.completeUploadExternal": self._files_complete_upload_external,
+            "users.info": self._users_info,
         }[method]
         try:
             body = handler(params, is_json)
@@ -1492,6 +1502,33 @@ class FakeSlack:
             "user_id": self.bot_user_id,
             "bot_id": self.bot_id,
             "is_enterprise_install": False,
+        }
+
+    def _users_info(self, params: dict[str, Any], is_json: bool) -> dict[str, Any]:
+        """users.info (https://docs.slack.dev/reference/methods/users.info): the user object
+        with its profile; `missing_scope` naming `users:read` without it."""
+        if not self.users_read:
+            raise _ApiError("missing_scope", needed="users:read", provided="chat:write")
+        user_id = str(params.get("user") or "")
+        if user_id not in self.users:
+            raise _ApiError("user_not_found")
+        real, display = self.profiles.get(user_id, ("", ""))
+        return {
+            "ok": True,
+            "user": {
+                "id": user_id,
+                "team_id": self.team_id,
+                "name": self.users[user_id],
+                "deleted": False,
+                "real_name": real,
+                "is_bot": False,
+                "profile": {
+                    "real_name": real,
+                    "real_name_normalized": real,
+                    "display_name": display,
+                    "display_name_normalized": display,
+                },
+            },
         }
 
     def _writable_channel(self, ref: Any) -> Channel:
