@@ -7,6 +7,7 @@ says what happened, with the patch attached, and a later publish (what /pr does)
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -442,3 +443,72 @@ async def test_no_commits_between_the_branches_is_said(world: World, github: Fak
         "no commits that trunk does not already have"
     )
     assert card.patch is not None and github.pulls(REPO) == []
+
+
+# --- repositories of other shapes ---------------------------------------------------------------
+
+
+async def test_a_repository_with_a_submodule_publishes_and_keeps_the_pointer(
+    tmp_path: Path, server: GitServer, github: FakeGitHub
+) -> None:
+    await trio.to_thread.run_sync(lambda: server.create_repo("acme/lib"))
+    lib_sha = server.branch_sha("acme/lib", "main")
+    assert lib_sha is not None
+
+    def add_submodule() -> None:
+        scratch = tmp_path / "scratch"
+        git("clone", "--quiet", server.url(REPO), str(scratch))
+        gitmodules = f'[submodule "lib"]\n\tpath = lib\n\turl = {server.url("acme/lib")}\n'
+        (scratch / ".gitmodules").write_text(gitmodules)
+        git("add", ".gitmodules", cwd=scratch)
+        git("update-index", "--add", "--cacheinfo", f"160000,{lib_sha},lib", cwd=scratch)
+        git("commit", "--quiet", "-m", "add lib", cwd=scratch)
+        git("push", "--quiet", str(server.repo_path(REPO)), "HEAD:trunk", cwd=scratch)
+
+    await trio.to_thread.run_sync(add_submodule)
+    async for world in github_world(tmp_path, server, github):
+        world.write("README.md", "# w\nwith lib\n")
+        card = await world.publish()
+        assert card is not None and card.text.startswith("Pull request: ")
+        assert stat_line(world, 1, 1) in card.text
+        sha = world.server.branch_sha(REPO, branch_of(world))
+        tree = git("--git-dir", str(server.repo_path(REPO)), "ls-tree", str(sha), "lib").stdout
+        assert tree.startswith(f"160000 commit {lib_sha}")
+
+
+async def test_a_shallow_clone_in_the_sandbox_publishes(
+    tmp_path: Path, server: GitServer, github: FakeGitHub
+) -> None:
+    def more_history() -> None:
+        scratch = tmp_path / "history"
+        git("clone", "--quiet", server.url(REPO), str(scratch))
+        for index in range(3):
+            (scratch / f"h{index}.txt").write_text(f"{index}\n")
+            git("add", "-A", cwd=scratch)
+            git("commit", "--quiet", "-m", f"h{index}", cwd=scratch)
+        git("push", "--quiet", str(server.repo_path(REPO)), "HEAD:trunk", cwd=scratch)
+
+    await trio.to_thread.run_sync(more_history)
+    async for world in github_world(tmp_path, server, github):
+        # The sandbox holds a clone of depth 1 instead of the full one.
+        await trio.to_thread.run_sync(_reclone_shallow, world)
+        world.write("new.txt", "new\n")
+        card = await world.publish()
+        assert card is not None and card.text.startswith("Pull request: ")
+        assert stat_line(world, 1, 1) in card.text
+        assert len(github.pulls(REPO)) == 1
+
+
+def _reclone_shallow(world: World) -> None:
+    shutil.rmtree(world.work)
+    git(
+        "clone",
+        "--quiet",
+        "--depth",
+        "1",
+        "--branch",
+        "trunk",
+        world.server.url(REPO),
+        str(world.work),
+    )
+    assert (world.work / ".git" / "shallow").exists()
