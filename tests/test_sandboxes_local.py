@@ -85,6 +85,28 @@ def test_refuses_to_start_unless_unsandboxed_running_is_allowed(tmp_path: Path) 
 # --- acp: a folder, commands over stdio --------------------------------------------------------
 
 
+async def test_a_sandbox_path_as_cwd_is_that_place_in_the_folder(
+    provider: LocalProvider, tmp_path: Path
+) -> None:
+    handle = await provider.create(spec())
+    workspace = Path(handle.id) / "workspace"
+    (workspace / "sub").mkdir()
+
+    async def pwd(cwd: str) -> str:
+        process = await provider.exec(handle, ["pwd"], cwd=cwd)
+        await process.close_stdin()
+        output = await read_all(process)
+        assert await process.wait() == 0
+        return output.decode().strip()
+
+    assert await pwd("/workspace") == str(workspace)
+    assert await pwd("/workspace/sub") == str(workspace / "sub")
+    assert await pwd(str(tmp_path)) == str(tmp_path)  # a path on this machine stays one
+    with pytest.raises(SandboxError, match="workspace"):
+        await provider.exec(handle, ["pwd"], cwd="/workspace/../etc")
+    await provider.destroy(handle.id)
+
+
 async def test_an_acp_sandbox_runs_commands_over_stdio_in_its_folder(
     provider: LocalProvider,
 ) -> None:
