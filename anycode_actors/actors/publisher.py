@@ -300,8 +300,9 @@ def _fresh_folder(path: Path) -> None:
 async def _run(
     provider: SandboxProvider, handle: SandboxHandle, command: SandboxCommand, within: float
 ) -> str:
-    """Run `command` in the sandbox to its end; its stdout. PublishError on a non-zero exit."""
-    with trio.fail_after(within):
+    """Run `command` in the sandbox to its end; its stdout. PublishError on a non-zero exit or
+    after `within` seconds."""
+    with trio.move_on_after(within) as scope:
         process = await provider.exec(handle, command.argv, env=command.env, cwd=command.cwd)
         try:
             await process.close_stdin()
@@ -314,6 +315,8 @@ async def _run(
             code = await process.wait()
         finally:
             await process.aclose()
+    if scope.cancelled_caught:
+        raise PublishError(f"git in the sandbox did not finish within {within:g} s")
     output = b"".join(chunks).decode("utf-8", "replace")
     if code != 0:
         detail = process.stderr_tail().strip().splitlines()
