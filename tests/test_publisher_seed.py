@@ -3,13 +3,14 @@
 Real parts throughout: a git server (git http-backend, Basic auth required to fetch the private
 repository), the GitHub stand-in for the repository lookup, the daemon's mirror cache and clone,
 and the local provider, whose `write_file` and `exec` put the bundle in and clone from it as the
-Docker and ECS providers do in their sandboxes.
+Docker and ECS providers do in their sandboxes. The last test runs a session actor (fake
+provider and agent) to show the order: copy first, then the agent, and a failed copy said.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,8 +22,11 @@ from anycode_actors.git import Forge, GitCredential, MirrorCache, RepoRef
 from anycode_actors.git.forges import GitHubForge
 from anycode_actors.sandboxes import SandboxHandle, SandboxSpec
 from anycode_actors.sandboxes.local import LocalProvider
+from anycode_actors.store import Store
+from tests.actor_fakes import FakeAgent, FakeProvider, memory_store, said
 from tests.fakes.git_server import GitServer, basic_auth_header, git
 from tests.fakes.github import FakeGitHub
+from tests.session_rig import config_with, start
 
 TOKEN = "ghp_seedToken0123456789abcdefABCDEF"
 REPO = "acme/web"
@@ -141,7 +145,7 @@ async def test_the_private_repository_is_copied_in_on_the_session_branch_without
     assert "extraheader" not in config.lower() and "@" not in config
     # The token is nowhere in the sandbox, and no bundle is left behind.
     assert_no_token_under(Path(handle.id))
-    assert list((Path(handle.id) / "workspace" / ".anycode").glob("*.bundle")) == []
+    assert entries(Path(handle.id) / "workspace" / ".anycode") == ["clone-status"]  # no bundle
     process = await provider.exec(handle, ["env"])
     await process.close_stdin()
     env = b""
@@ -173,6 +177,7 @@ async def test_a_copy_that_fails_is_said_and_leaves_the_agent_a_folder_to_work_i
     assert publisher.problem == message
     assert not any(secret in message for secret in SECRETS)
     assert entries(workdir) == ["stray.txt"]
+    assert entries(Path(handle.id) / "workspace" / ".anycode") == ["clone-status"]  # no bundle
     # Nothing can be published from a sandbox without the repository: said, not attempted.
     with pytest.raises(PublishError, match="could not be copied into the sandbox"):
         await publisher.publish(provider, handle)
@@ -193,3 +198,44 @@ async def test_without_a_clone_the_sandbox_gets_an_empty_folder_and_no_second_me
     assert entries(workdir) == []
     await provider.destroy(handle.id)
     await publisher.aclose()
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[Store]:
+    async with memory_store() as opened:
+        yield opened
+
+
+async def test_the_session_copies_the_repository_in_before_the_agent_starts_and_says_a_failure(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    server: GitServer,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    publisher = await publisher_for(nursery, tmp_path, server)
+    provider = FakeProvider()  # takes the bundle, but runs no command: the clone fails
+    agent = FakeAgent([said("Done.")])
+    config = config_with(idle_minutes=0)
+    rig = await start(nursery, store, monkeypatch, agent, config, provider, publisher)
+    told_id = await rig.client.wait_for_text("could not be copied into the sandbox", within=60)
+    told = rig.client.text_of(told_id)
+    repo = server.url(REPO).removesuffix(".git")
+    assert told.startswith(f"{repo} could not be copied into the sandbox (")
+    assert told.endswith(". The session runs without it, and without pull requests.")
+    await agent.wait_for_prompts(1, within=60)
+    [spec] = provider.specs
+    assert spec.seeded
+    assert not any(secret in value for value in spec.env.values() for secret in SECRETS)
+    # What went in: the daemon's clone, the session branch and the default branch.
+    [(path, data)] = provider.written.items()
+    assert path == f"/workspace/.anycode/seed-{SESSION[:8]}.bundle"
+    bundle = tmp_path / "written.bundle"
+    await trio.Path(bundle).write_bytes(data)
+    heads = git("bundle", "list-heads", str(bundle)).stdout.split()
+    trunk = server.branch_sha(REPO, "trunk")
+    assert heads == [trunk, "refs/heads/anycode/5eed0123", trunk, "refs/heads/trunk"]
+    await rig.wait_closed(within=60)
+    # The copy was tried, and said, before the agent's first word.
+    shown = rig.client.texts()
+    assert shown.index(told) < next(i for i, text in enumerate(shown) if "Done." in text)

@@ -187,7 +187,14 @@ class Publisher:
             log.warning("%s: %s", self._session_id[:8], self.problem)
         # An agent whose working folder is missing cannot start: it is made, empty (a failed
         # `git clone` removes what it had made).
-        await _run(provider, handle, SandboxCommand(("mkdir", "-p", "--", workdir), {}, "/"), 30)
+        try:
+            await _run(
+                provider, handle, SandboxCommand(("mkdir", "-p", "--", workdir), {}, "/"), 30
+            )
+        except (AnycodeError, trio.TooSlowError) as exc:
+            log.warning("%s: %s not made: %r", self._session_id[:8], workdir, exc)
+            if clone is None:
+                raise PublishError(f"the sandbox has no folder {workdir} to work in") from None
         if clone is not None:
             raise PublishError(self.problem)
 

@@ -713,8 +713,8 @@ async def seed_bundle(clone: SessionClone, out: Path, *, within: float = LOCAL_T
 
 def seed_command(folder: str, *, bundle: str, dest: str, clone: SessionClone) -> SandboxCommand:
     """Clone the bundle `seed_bundle` made (at `bundle`, copied into the sandbox) into `dest`
-    on the session branch, then point `origin` at the repository's public URL and remove the
-    bundle. Both paths are relative to `folder`, where it runs.
+    on the session branch, then point `origin` at the repository's public URL. The bundle is
+    removed whether that worked or not. Both paths are relative to `folder`, where it runs.
 
     `origin` carries no credential, like every other part of the sandbox's `.git/config`; the
     bundle's branches stay as `origin/<branch>` (the default branch included, for a diff).
@@ -722,9 +722,9 @@ def seed_command(folder: str, *, bundle: str, dest: str, clone: SessionClone) ->
     git = _git_prefix()
     script = (
         "set -e\n"
+        "trap 'rm -f -- \"$1\"' EXIT\n"
         f'{git} clone --quiet --no-tags --branch "$3" -- "$1" "$2"\n'
         f'{git} -C "$2" remote set-url origin "$4"\n'
-        'rm -f -- "$1"\n'
     )
     return SandboxCommand(
         ("sh", "-c", script, "sh", bundle, dest, clone.branch, clone.repo.clone_url),
