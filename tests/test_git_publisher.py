@@ -1,7 +1,8 @@
-"""The publisher end to end below the chat: a local sandbox (a folder, real processes) holding a
-clone of a repository on the real git server (git http-backend, Basic auth to push), the GitHub
-and GitLab stand-ins, and the cards the user would see. Every failure path ends in a card that
-says what happened, with the patch attached, and a later publish (what /pr does) that succeeds.
+"""The publisher end to end below the chat: a local sandbox (a folder, real processes) holding the
+daemon's copy of a repository on the real git server (git http-backend, Basic auth to push),
+the GitHub and GitLab stand-ins, and the cards the user would see. Every failure path ends in a
+card that says what happened, with the patch attached, and a later publish (what /pr does) that
+succeeds.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ async def _world(
         protocol="acp",
         env={},
         repo=server.url(REPO),
+        seeded=True,
     )
     handle = await provider.create(spec)
     repo = RepoRef(Forge(kind, server.url(), api_url), REPO)  # type: ignore[arg-type]
@@ -100,6 +102,7 @@ async def _world(
     )
     await publisher.prepare()
     assert publisher.problem is None
+    await publisher.seed(provider, handle)  # the daemon's clone, copied in
     return provider, handle, publisher
 
 
