@@ -38,11 +38,14 @@ from anycode_actors.agents import (
 from anycode_actors.agents.acp import Turn
 from anycode_actors.chat.auth import AccessPolicy
 from anycode_actors.chat.base import (
+    Attachment,
     Button,
     ButtonPress,
+    ChatError,
     ChatEvent,
     ChatLimits,
     ChatRef,
+    FileTooLarge,
     RateLane,
     User,
 )
@@ -146,6 +149,7 @@ class RecordingChat:
     platform = "telegram"
     access = AccessPolicy.open()
     rate_lanes: Mapping[str, RateLane] = {}
+    task_threads = False
 
     def __init__(self, limits: ChatLimits = GENEROUS) -> None:
         self.limits = limits
@@ -154,6 +158,8 @@ class RecordingChat:
         self.presses: list[tuple[ButtonPress, str]] = []
         self.uploads: list[tuple[str, bytes, str]] = []
         self.refusals: list[tuple[ChatEvent, str]] = []
+        # What `download` serves, by Attachment.ref; a ChatError stands for a failed fetch.
+        self.files: dict[str, bytes | ChatError] = {}
         self._ids = itertools.count(1)
         self._changed = trio.Event()
 
@@ -256,6 +262,17 @@ class RecordingChat:
         self.messages[message_id] = (f"[file {filename}]", ())
         self._record(Call(trio.current_time(), "upload", message_id, filename))
         return message_id
+
+    async def download(self, attachment: Attachment, max_bytes: int) -> bytes:
+        await trio.lowlevel.checkpoint()
+        found = self.files.get(attachment.ref)
+        if found is None:
+            raise ChatError(f"no file {attachment.ref}", code="not_found")
+        if isinstance(found, ChatError):
+            raise found
+        if len(found) > max_bytes:
+            raise FileTooLarge(f"{attachment.name} is too large", size=len(found))
+        return found
 
 
 # --- the sandbox provider -----------------------------------------------------------------------
