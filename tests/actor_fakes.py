@@ -317,6 +317,7 @@ class FakeProvider:
         self.links: dict[str, str] = {}
         self.output = ""
         self.reads = 0
+        self.written: dict[str, bytes] = {}  # path → data, from write_file
         self._ids = itertools.count(1)
 
     # -- for tests
@@ -421,6 +422,12 @@ class FakeProvider:
             too_big=tuple((name, len(data)) for name, data in files if len(data) > max_bytes),
             links=tuple(sorted(self.links.items())),
         )
+
+    async def write_file(self, handle: SandboxHandle, path: str, data: bytes) -> None:
+        await trio.lowlevel.checkpoint()
+        if handle.id not in self.sandboxes:
+            raise SandboxError(f"sandbox {handle.id} does not exist (any more)")
+        self.written[path] = data
 
 
 # --- the agent ----------------------------------------------------------------------------------

@@ -986,6 +986,39 @@ async def test_read_files_streams_the_outbox_out_of_a_real_sandbox(
     await provider.aclose()
 
 
+async def test_write_file_puts_a_file_the_agent_owns_into_a_real_sandbox(
+    client: Any, sandbox_image: str, daemon_id: str
+) -> None:
+    provider = DockerProvider(real_config(sandbox_image), daemon_id)
+    handle = await provider.create(spec(protocol="acp"))
+    data = bytes(range(256)) * 4096  # 1 MiB, every byte value
+    try:
+        await provider.write_file(handle, "/workspace/inbox/sub/data.bin", data)
+        odd = 'it\'s a "name"; rm -rf $HOME'
+        await provider.write_file(handle, f"/tmp/odd/{odd}", b"odd")
+        listing = await provider.read_files(handle, "/workspace/inbox", max_bytes=2 << 20)
+        assert listing == OutboxListing(files=(SandboxFile("sub/data.bin", data),))
+        listing = await provider.read_files(handle, "/tmp/odd", max_bytes=10)
+        assert listing == OutboxListing(files=(SandboxFile(odd, b"odd"),))
+        # The agent's own: it can change the file and add to the folder made for it.
+        await run_script(
+            provider,
+            handle,
+            "set -e; test -O /workspace/inbox/sub/data.bin; test -O /workspace/inbox/sub;"
+            " printf x >> /workspace/inbox/sub/data.bin; touch /workspace/inbox/sub/mine;"
+            ' test -d "$HOME"',
+        )
+        with pytest.raises(SandboxError, match="could not write /proc/1/nope"):
+            await provider.write_file(handle, "/proc/1/nope/x", b"x")
+        with pytest.raises(SandboxError, match="is not an absolute file path"):
+            await provider.write_file(handle, "inbox/x", b"x")
+    finally:
+        await provider.destroy(handle.id)
+    with pytest.raises(SandboxError):
+        await provider.write_file(handle, "/workspace/inbox/a", b"x")
+    await provider.aclose()
+
+
 async def test_read_files_skips_a_huge_file_without_holding_it_in_memory(
     client: Any, sandbox_image: str, daemon_id: str
 ) -> None:

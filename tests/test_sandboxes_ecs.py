@@ -960,3 +960,33 @@ async def test_read_files_goes_through_the_sandbox_agent_of_the_handle(
     no_endpoint = SandboxHandle(id=handle.id, session_id="s", provider="ecs", endpoint=None)
     with pytest.raises(SandboxError, match="has no sandbox-agent endpoint"):
         await provider.read_files(no_endpoint, "/workspace/outbox", max_bytes=10)
+
+
+async def test_write_file_goes_through_the_sandbox_agent_of_the_handle(
+    moto: MotoServer, world: EcsWorld, tmp_path: Path
+) -> None:
+    provider = make_provider(moto, world)
+    inbox = tmp_path / "sandbox" / "inbox"
+    with running_sandbox_agent(tmp_path / "home") as agent:
+        handle = SandboxHandle(
+            id="arn:aws:ecs:us-east-1:123456789012:task/anycode/0123",
+            session_id="s",
+            provider="ecs",
+            endpoint=agent.endpoint,
+            token=agent.token,
+        )
+        await provider.write_file(handle, str(inbox / "deep" / "photo.png"), b"\x89PNG" * 1000)
+        assert (inbox / "deep" / "photo.png").read_bytes() == b"\x89PNG" * 1000
+        wrong = SandboxHandle(
+            id=handle.id, session_id="s", provider="ecs", endpoint=agent.endpoint, token="nope"
+        )
+        with pytest.raises(SandboxError, match="refused the sandbox's token") as refused:
+            await provider.write_file(wrong, str(inbox / "x"), b"x")
+        assert agent.token not in str(refused.value)
+        with pytest.raises(SandboxError, match="sandbox-agent could not write /proc/x"):
+            await provider.write_file(handle, "/proc/x", b"x")
+    no_endpoint = SandboxHandle(id=handle.id, session_id="s", provider="ecs", endpoint=None)
+    with pytest.raises(SandboxError, match="has no sandbox-agent endpoint"):
+        await provider.write_file(no_endpoint, "/workspace/inbox/x", b"x")
+    with pytest.raises(SandboxError, match="cannot write files through sandbox-agent"):
+        await provider.write_file(handle, "/workspace/inbox/x", b"x")

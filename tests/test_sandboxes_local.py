@@ -325,6 +325,34 @@ async def test_read_files_of_a_missing_folder_is_empty_and_paths_outside_are_ref
         await provider.read_files(handle, "/workspace/outbox", max_bytes=10)
 
 
+async def test_write_file_makes_folders_and_never_follows_a_link(
+    provider: LocalProvider, tmp_path: Path
+) -> None:
+    handle = await provider.create(spec())
+    workspace = Path(handle.id) / "workspace"
+    await provider.write_file(handle, "/workspace/inbox/deep/photo.png", b"\x89PNG")
+    assert (workspace / "inbox" / "deep" / "photo.png").read_bytes() == b"\x89PNG"
+    await provider.write_file(handle, "/workspace/inbox/deep/photo.png", b"new")
+    assert (workspace / "inbox" / "deep" / "photo.png").read_bytes() == b"new"
+    # A link planted in the workspace, as a folder on the way or as the file itself.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim").write_text("keep")
+    (workspace / "to-outside").symlink_to(outside)
+    (workspace / "inbox" / "victim").symlink_to(outside / "victim")
+    for path in ("/workspace/to-outside/victim", "/workspace/inbox/victim"):
+        with pytest.raises(SandboxError, match=f"could not write {path}"):
+            await provider.write_file(handle, path, b"overwritten")
+    assert (outside / "victim").read_text() == "keep"
+    assert sorted(p.name for p in outside.iterdir()) == ["victim"]
+    for path in ("/etc/passwd", "/workspace/../x", "/workspace", "inbox/x"):
+        with pytest.raises(SandboxError):
+            await provider.write_file(handle, path, b"x")
+    await provider.destroy(handle.id)
+    with pytest.raises(SandboxError, match="does not exist"):
+        await provider.write_file(handle, "/workspace/inbox/a", b"x")
+
+
 # --- reattaching after a restart ---------------------------------------------------------------
 
 

@@ -219,6 +219,46 @@ class SandboxProvider(Protocol):
         """
         ...
 
+    async def write_file(self, handle: SandboxHandle, path: str, data: bytes) -> None:
+        """Put `data` into the sandbox as the file `path` (absolute), replacing it and making
+        its missing folders: how the daemon hands the agent what it did not make itself (a
+        repository's bundle, a file sent in the chat).
+
+        The file belongs to the sandbox's own user, so the agent can read and change it. A
+        missing sandbox, a path that is not a file's, or a full disk is a SandboxError. The
+        local provider takes only paths under /workspace (its sandboxes have no other folder).
+        """
+        ...
+
+
+WRITE_SCRIPT: Final = 'mkdir -p -- "$(dirname -- "$1")" && cat > "$1"'
+"""The shell script `write_by_exec` runs: the file's path is its one argument, never part of the
+script, so no path can inject a command."""
+
+
+async def write_by_exec(
+    provider: SandboxProvider, handle: SandboxHandle, path: str, data: bytes
+) -> None:
+    """`write_file` for providers that can run a command with piped stdin: `sh` in the sandbox
+    makes the folders and copies stdin into the file, as the sandbox's user."""
+    if not path.startswith("/") or path.endswith("/") or ".." in path.split("/"):
+        raise SandboxError(f"{path!r} is not an absolute file path inside the sandbox")
+    process = await provider.exec(handle, ["sh", "-c", WRITE_SCRIPT, "sh", path], cwd="/")
+    try:
+        await process.send_all(data)
+        await process.close_stdin()
+        while await process.receive_some():
+            pass
+        code = await process.wait()
+    finally:
+        await process.aclose()
+    if code != 0:
+        detail = process.stderr_tail().strip().splitlines()
+        raise SandboxError(
+            f"could not write {path} in sandbox {handle.id[:12]} (exit {code})"
+            + (f": {detail[-1][:300]}" if detail else "")
+        )
+
 
 LOST: Final = "the sandbox stopped unexpectedly"
 LOSS_LOOKUP: Final = 10.0

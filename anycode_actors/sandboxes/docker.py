@@ -63,6 +63,7 @@ from anycode_actors.sandboxes.base import (
     SandboxUnavailable,
     hard_links,
     new_agent_token,
+    write_by_exec,
 )
 from anycode_actors.sandboxes.docker_exec import start_exec
 from anycode_actors.sandboxes.ports import LOOPBACK, PortAllocator
@@ -499,6 +500,12 @@ class DockerProvider:
                 raise SandboxError(f"sandbox {_short(handle.id)} does not exist (any more)")
             return OutboxListing()
         return listing
+
+    async def write_file(self, handle: SandboxHandle, path: str, data: bytes) -> None:
+        """`sh` in the container copies `data` from its stdin into `path` (`write_by_exec`):
+        unlike `put_archive`, it writes as the container's user, whatever its uid, and makes
+        missing folders that user's too."""
+        await write_by_exec(self, handle, path, data)
 
     # --- beyond the interface ------------------------------------------------------------------
 

@@ -56,7 +56,10 @@ from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
 from anycode_actors.config import EcsConfig
 from anycode_actors.sandboxes._redaction import redact, secret_values
-from anycode_actors.sandboxes.agent_fs import read_files_via_sandbox_agent
+from anycode_actors.sandboxes.agent_fs import (
+    read_files_via_sandbox_agent,
+    write_file_via_sandbox_agent,
+)
 from anycode_actors.sandboxes.base import (
     LABEL_AGENT,
     LABEL_CREATED_AT,
@@ -393,6 +396,16 @@ class EcsProvider:
                 "files through"
             )
         return await read_files_via_sandbox_agent(handle.endpoint, handle.token, path, max_bytes)
+
+    async def write_file(self, handle: SandboxHandle, path: str, data: bytes) -> None:
+        """Through the sandbox-agent of the handle (`agent_fs`): ECS cannot pipe into a command
+        in a task."""
+        if not handle.endpoint or not handle.token:
+            raise SandboxError(
+                f"ecs sandbox {_task_id(handle.id)} has no sandbox-agent endpoint to write "
+                "files through"
+            )
+        await write_file_via_sandbox_agent(handle.endpoint, handle.token, path, data)
 
     # --- create, step by step -------------------------------------------------------------------
 

@@ -424,6 +424,16 @@ class LocalProvider:
             _read_tree, folder, parts, max_bytes, abandon_on_cancel=True
         )
 
+    async def write_file(self, handle: SandboxHandle, path: str, data: bytes) -> None:
+        """Write under the folder's workspace/ (`path` is /workspace/...), opening every folder
+        and the file itself without following links: a link the agent planted in the workspace
+        cannot point the write onto the daemon's machine."""
+        folder = self._folder(handle.id)
+        parts = _workspace_parts(folder / "workspace", path)
+        if not parts:
+            raise SandboxError(f"{path!r} is not a file path inside the sandbox")
+        await trio.to_thread.run_sync(_write_file, folder, parts, data)
+
     # --- internals ----------------------------------------------------------------------------
 
     def _orphan(self, folder: Path) -> _Sandbox | None:
@@ -884,6 +894,35 @@ def _open_folder(base_fd: int, names: Iterable[str]) -> int | None:
         os.close(current)
         current = following
     return current
+
+
+def _write_file(folder: Path, parts: builtins.list[str], data: bytes) -> None:
+    """In a worker thread: `data` as workspace/<parts> of `folder`, making missing folders; no
+    component is followed if it is a link (O_NOFOLLOW), so the write stays in the workspace."""
+    shown = "/".join([_SANDBOX_WORKSPACE, *parts])
+    try:
+        current = os.open(folder / "workspace", _DIR_FLAGS)
+    except OSError as exc:
+        raise SandboxError(f"local sandbox {folder.name} does not exist (any more)") from exc
+    try:
+        for name in parts[:-1]:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, 0o755, dir_fd=current)
+            following = os.open(name, _DIR_FLAGS, dir_fd=current)
+            os.close(current)
+            current = following
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+        target = os.open(parts[-1], flags, 0o644, dir_fd=current)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(target, view) :]
+        finally:
+            os.close(target)
+    except OSError as exc:
+        raise SandboxError(f"could not write {shown}: {exc.strerror}") from None
+    finally:
+        os.close(current)
 
 
 def _read_tree(folder: Path, parts: builtins.list[str], max_bytes: int) -> OutboxListing:
