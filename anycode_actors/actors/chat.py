@@ -484,7 +484,7 @@ class ChatActor(Actor[ChatInbox]):
             newest = candidates[-1].session_id if candidates else None
             session = await self._store.get_session(newest) if newest else None
             if session is None:
-                session = await self._moved_here(user)
+                session = await self._elsewhere(user, any_thread=True)
         if session is None:
             await self._say(missing)
         return session
@@ -532,18 +532,20 @@ class ChatActor(Actor[ChatInbox]):
 
     # --- plain messages and buttons ------------------------------------------------------------
 
-    async def _moved_here(self, user: str) -> Session | None:
-        """The newest active session of `user` that another chat actor runs but whose record
-        says it is in this (main) chat: its thread was closed. None in a thread."""
+    async def _elsewhere(self, user: str, *, any_thread: bool) -> Session | None:
+        """From the main chat, the newest active session of `user` that another chat actor of
+        this chat runs: one in a thread (`any_thread`), or one whose record says it is in the
+        main chat because its thread was closed. None inside a thread."""
         if self.chat.thread is not None:
             return None
+        # Newest first.
         sessions = await self._store.active_sessions(self.chat.platform, self.chat.chat_id)
-        moved = [
+        found = [
             s
             for s in sessions
-            if s.thread is None and s.user == user and s.id not in self._sessions
+            if s.user == user and s.id not in self._sessions and (any_thread or s.thread is None)
         ]
-        return moved[-1] if moved else None
+        return found[0] if found else None
 
     async def _plain(self, message: Message) -> None:
         if not message.text.strip() and not message.attachments:
@@ -567,7 +569,7 @@ class ChatActor(Actor[ChatInbox]):
                 mine = [sid for sid, h in self._sessions.items() if h.user_id == user]
                 target = mine[-1] if mine else None
             if target is None:
-                moved = await self._moved_here(user)
+                moved = await self._elsewhere(user, any_thread=False)
                 if moved is not None and await self._tell(moved.id, follow_up):
                     return
                 if not message.text.strip():
