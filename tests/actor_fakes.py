@@ -36,6 +36,7 @@ from anycode_actors.agents import (
     TurnEnded,
 )
 from anycode_actors.agents.acp import Turn
+from anycode_actors.agents.events import PromptFile
 from anycode_actors.chat.auth import AccessPolicy
 from anycode_actors.chat.base import (
     Attachment,
@@ -477,6 +478,7 @@ class FakeAgent:
         self.connect_error = connect_error
         self.permissions = AsksUser() if permissions is None else permissions
         self.prompts: list[str] = []
+        self.prompt_files: list[tuple[PromptFile, ...]] = []  # by prompt
         self.responses: list[tuple[str, str]] = []
         self.cancels = 0
         self.connects: list[Resume | None] = []
@@ -529,13 +531,14 @@ class FakeAgent:
     def turn_running(self) -> bool:
         return self._running
 
-    async def prompt(self, text: str) -> Turn:
+    async def prompt(self, text: str, files: Sequence[PromptFile] = ()) -> Turn:
         await trio.lowlevel.checkpoint()
         if self._ended:
             raise AgentClosedError("the session has ended")
         if self._running:
             raise TurnInProgressError("still answering the previous prompt")
         self.prompts.append(text)
+        self.prompt_files.append(tuple(files))
         self._running = True
         self._changed_now()
         if self._turns:
