@@ -352,6 +352,8 @@ class ChatActor(Actor[ChatInbox]):
                     StartHere(session, command.attachments),
                 )
                 return
+            # The acknowledgement was refused, or is still held up (a long 429): the session
+            # runs here, where the acknowledgement is or will be.
         else:
             await self._say("\n".join(lines))
         await self._launch(session, command.attachments)
