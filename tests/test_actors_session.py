@@ -1003,3 +1003,22 @@ async def test_a_file_too_big_or_unreadable_is_left_out_with_a_word_and_the_text
     [told] = [t for t in client.texts() if "Not given to the agent" in t]
     assert "big.bin: over 1 MB (session.max_download_mb)" in told
     assert "shot.png: could not be fetched" in told
+
+
+async def test_a_follow_up_of_files_that_all_fail_asks_the_agent_nothing(
+    autojump_clock: trio.abc.Clock,
+    nursery: trio.Nursery,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    agent = FakeAgent([[TextDelta(text="ok"), TurnEnded(stop_reason="end_turn")]])
+    client = RecordingChat()
+    rig = await start_session(nursery, store, monkeypatch, agent, client=client, idle_minutes=10)
+    await agent.wait_for_prompts(1)
+    await client.wait_for_text("ok")
+    lost = Attachment("document", "gone.txt", "text/plain", "missing")
+    await rig.actor.send(FollowUp("", ADA, (lost,)))
+    await client.wait_for_text("Not given to the agent")
+    await rig.actor.send(FollowUp("and now?", ADA))
+    await agent.wait_for_prompts(2)
+    assert agent.prompts == ["fix the login bug", "and now?"]

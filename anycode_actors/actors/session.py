@@ -496,6 +496,11 @@ class SessionActor(Actor[SessionInbox]):
         if attachments:
             files, notes = await self._fetch(attachments)
             text = _with_files(text, files, notes)
+            if not text.strip():
+                # Only files were sent and none of them made it: nothing to ask the agent.
+                self._turn_running = False
+                self._arm_idle_timer()
+                return
         await self._to_stream(Prompt(text, files))
 
     async def _fetch(
