@@ -5,6 +5,8 @@ sandbox with sandbox-agent and Claude Code, and the scripted model.
   reach only that topic's session, and each session's output shows only in its topic.
 - A photo sent with /task (its caption) reaches the model as an image content block.
 - A document sent with /task lands in /workspace/inbox/ and the agent reads it from there.
+- A topic deleted while its session runs: the rest goes to the main chat, where a plain
+  message then reaches the session.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from pathlib import Path
 import pytest
 import trio
 
+from anycode_actors.actors.flusher import THREAD_GONE_NOTICE
 from tests.e2e.harness import World, running_world
-from tests.fakes.model import ModelScript, Text, ToolUse
+from tests.fakes.model import Delay, ModelScript, Text, ToolUse
 from tests.fakes.telegram import User
 
 pytestmark = pytest.mark.docker
@@ -37,6 +40,7 @@ def script() -> ModelScript:
     s.add("alpha", [Text("Alpha ", "here.")])
     s.add("beta", [Text("Beta ", "here.")])
     s.add("look", [Text("I see ", "a picture.")])
+    s.add("long", [Text("Part one."), Delay(4), Text(" Part two.")])
     s.add(
         "read",
         [Text("Reading it."), ToolUse("Read", {"file_path": "/workspace/inbox/notes.txt"})],
@@ -151,3 +155,30 @@ async def test_a_document_lands_in_the_inbox_and_the_agent_reads_it(
             if request.scenario == "read" and request.last_user is not None
         )
         assert "/workspace/inbox/notes.txt" in prompt
+
+
+async def test_a_topic_deleted_mid_session_moves_it_to_the_main_chat_with_nothing_lost(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    async with running_world(nursery, tmp_path, script(), idle_minutes=0.5) as world:
+        tg = world.telegram
+        tg.add_chat(GROUP, "supergroup", is_forum=True)
+        topic = tg.create_topic(GROUP, "ops")
+        with trio.fail_after(30):
+            await tg.wait_until_polling()
+        tg.inject_message(GROUP, ADA, "/task [[long]] go", "supergroup", thread_id=topic)
+        sid = session_id(await in_topic(world, topic, "Starting claude-code session"))
+        await in_topic(world, topic, "Part one.")
+        tg.delete_topic(GROUP, topic)
+        with trio.fail_after(180):
+            await tg.wait_for_message(GROUP, THREAD_GONE_NOTICE)
+            await tg.wait_for_message(GROUP, "Part one. Part two.")
+        main = tg.topic_messages(GROUP, None)
+        assert all(m.thread_id is None for m in main)
+        stored = await world.daemon.store.find_session_by_prefix("telegram", str(GROUP), sid)
+        assert stored is not None and stored.thread is None
+        tg.inject_message(GROUP, ADA, "are you still there?", "supergroup")
+        with trio.fail_after(180):
+            await tg.wait_for_message(GROUP, "You said: are you still there?")
+            await tg.wait_for_message(GROUP, f"Session `{sid}` completed")
+        await world.wait_until_no_containers()
