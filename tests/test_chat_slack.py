@@ -1007,3 +1007,20 @@ async def test_threads_false_is_read_from_the_config(
     slack: FakeSlack, http: httpx.AsyncClient
 ) -> None:
     assert client_for(slack, http, threads=False).task_threads is False
+
+
+async def test_a_mention_that_shares_files_is_one_command(
+    nursery: trio.Nursery, slack: FakeSlack, http: httpx.AsyncClient
+) -> None:
+    general = slack.add_channel("general")
+    _, events = await connected(nursery, slack, http)
+    post = await slack.share_files(
+        general,
+        ADA,
+        f"<@{slack.bot_user_id}> /task look",
+        [("shot.png", "image/png", b"\x89PNG")],
+    )
+    assert [d.payload["event"]["type"] for d in post.deliveries] == ["message", "app_mention"]
+    task = await next_event(events)
+    assert isinstance(task, Command) and [a.name for a in task.attachments] == ["shot.png"]
+    await no_event(events)

@@ -924,8 +924,9 @@ def _dedupe_keys(envelope_id: str, kind: str, payload: dict[str, Any]) -> list[t
         if payload.get("event_id"):
             keys.append(("event", str(payload["event_id"])))
         event = payload.get("event")
-        # A person's @mention comes as `message` and as `app_mention`, with the same ts.
-        if not isinstance(event, dict) or event.get("subtype"):
+        # A person's @mention comes as `message` and as `app_mention`, with the same ts; so does
+        # one that shares files (the `message` then has the subtype file_share).
+        if not isinstance(event, dict) or event.get("subtype") not in (None, "", "file_share"):
             return keys
         if event.get("type") in ("message", "app_mention") and event.get("ts"):
             keys.append(("message", str(event.get("channel")), str(event["ts"])))

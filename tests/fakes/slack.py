@@ -716,6 +716,11 @@ class FakeSlack:
         if thread_ts:
             event["thread_ts"] = thread_ts
         deliveries.append(await self._deliver_event(event))
+        if f"<@{self.bot_user_id}>" in text and chan.kind != "im":
+            # The mention comes again as app_mention, without the subtype but with the files.
+            mention = {k: v for k, v in event.items() if k not in ("channel_type", "subtype")}
+            mention["type"] = "app_mention"
+            deliveries.append(await self._deliver_event(mention))
         return UserPost(message, deliveries)
 
     def _file_object(self, entry: SlackFile) -> dict[str, Any]:
