@@ -54,7 +54,7 @@ from anycode_actors.agents import (
 )
 from anycode_actors.agents.events import UnknownEvent
 from anycode_actors.agents.session import Resume
-from anycode_actors.chat.base import ButtonPress, ChatClient, ChatRef
+from anycode_actors.chat.base import Attachment, ButtonPress, ChatClient, ChatRef
 from anycode_actors.config import Config
 from anycode_actors.errors import AnycodeError
 from anycode_actors.git import GitCredential, MirrorCache, parse_repo_ref
@@ -256,8 +256,18 @@ class Daemon:
     ) -> trio.MemorySendChannel[ChatInbox]:
         client = self._clients_by_platform[chat.platform]
 
-        async def start_session(session: Session, recovered: Recovered | None) -> SessionHandle:
-            return await self._start_session(session, chat, actor, flusher, client, recovered)
+        async def start_session(
+            session: Session,
+            recovered: Recovered | None,
+            attachments: tuple[Attachment, ...] = (),
+            /,
+        ) -> SessionHandle:
+            return await self._start_session(
+                session, chat, actor, flusher, client, recovered, attachments
+            )
+
+        async def hand_over(to: ChatRef, message: ChatInbox) -> None:
+            await self.router.send(Deliver(to, message))
 
         budget = self._budgets.get(chat.platform)
         # The chat actor and its flusher address each other: the actor's inbox comes first.
@@ -279,6 +289,7 @@ class Daemon:
             start_session=start_session,
             access=client.access,
             directory=self.directory.address(),
+            hand_over=hand_over,
             idle_after=float(self.config.session.chat_idle_minutes) * 60,
             inbox=inbox,
         )
@@ -334,6 +345,7 @@ class Daemon:
         flusher: Flusher,
         client: ChatClient,
         recovered: Recovered | None = None,
+        attachments: tuple[Attachment, ...] = (),
     ) -> SessionHandle:
         async def answer_press(press: ButtonPress, text: str) -> None:
             try:
@@ -353,6 +365,8 @@ class Daemon:
             answer_press=answer_press,
             recovered=recovered,
             publisher=self._publisher_for(session),
+            download=client.download,
+            attachments=attachments,
         )
         spec = actor.spec(
             f"session:{short_id(session.id)}", restart=Restart.TEMPORARY, shutdown=SESSION_SHUTDOWN

@@ -18,6 +18,7 @@ import trio.testing
 
 from anycode_actors.chat.auth import NOT_AUTHORIZED, AccessPolicy
 from anycode_actors.chat.base import (
+    Attachment,
     Button,
     ButtonPress,
     ChatClient,
@@ -26,6 +27,7 @@ from anycode_actors.chat.base import (
     ChatRef,
     ChatUnavailable,
     Command,
+    FileTooLarge,
     Message,
     MessageGone,
     NotModified,
@@ -999,3 +1001,60 @@ async def test_tokens_never_appear_in_logs_or_errors(
     texts += [str(e.__cause__) for e in errors]
     for secret in secrets:
         assert all(secret not in text for text in texts), secret
+
+
+async def test_shared_files_arrive_as_attachments_fetched_with_the_bot_token(
+    nursery: trio.Nursery, slack: FakeSlack, http: httpx.AsyncClient
+) -> None:
+    general = slack.add_channel("general")
+    client, events = await connected(nursery, slack, http)
+    assert client.task_threads is True  # [slack] threads defaults to true
+    await slack.share_files(
+        general,
+        ADA,
+        "/task what is in these?",
+        [("shot.png", "image/png", b"\x89PNG"), ("notes.txt", "text/plain", b"hello")],
+    )
+    task = await next_event(events)
+    assert isinstance(task, Command) and task.args == "what is in these?"
+    image, notes = task.attachments
+    assert (image.kind, image.name, image.size) == ("image", "shot.png", 4)
+    assert (notes.kind, notes.mime_type) == ("document", "text/plain")
+    assert await client.download(image, 100) == b"\x89PNG"
+    with pytest.raises(FileTooLarge):
+        await client.download(notes, 3)
+    assert slack.file_fetches == [(image.ref.split("/")[-2].split("-")[1], slack.bot_token)]
+
+    await slack.share_files(general, ADA, "", [("log.txt", "text/plain", b"x")])
+    plain = await next_event(events)
+    assert isinstance(plain, Message) and plain.text == ""
+    assert [a.name for a in plain.attachments] == ["log.txt"]
+    # The token never goes to a host that is not Slack's.
+    elsewhere = Attachment("document", "x", "text/plain", "https://example.com/files-pri/T-F/x")
+    with pytest.raises(ChatError) as refused:
+        await client.download(elsewhere, 100)
+    assert refused.value.code == "foreign_url"
+    assert len(slack.file_fetches) == 1
+
+
+async def test_threads_false_is_read_from_the_config(
+    slack: FakeSlack, http: httpx.AsyncClient
+) -> None:
+    assert client_for(slack, http, threads=False).task_threads is False
+
+
+async def test_a_mention_that_shares_files_is_one_command(
+    nursery: trio.Nursery, slack: FakeSlack, http: httpx.AsyncClient
+) -> None:
+    general = slack.add_channel("general")
+    _, events = await connected(nursery, slack, http)
+    post = await slack.share_files(
+        general,
+        ADA,
+        f"<@{slack.bot_user_id}> /task look",
+        [("shot.png", "image/png", b"\x89PNG")],
+    )
+    assert [d.payload["event"]["type"] for d in post.deliveries] == ["message", "app_mention"]
+    task = await next_event(events)
+    assert isinstance(task, Command) and [a.name for a in task.attachments] == ["shot.png"]
+    await no_event(events)

@@ -969,3 +969,35 @@ async def test_users_info_gives_the_profile_and_needs_users_read(
         "missing_scope",
         "users:read",
     )
+
+
+async def test_a_file_share_carries_files_whose_url_private_wants_the_bot_token(
+    slack: FakeSlack, http: httpx.AsyncClient
+) -> None:
+    general = slack.add_channel("general")
+    parent = await slack.user_message(general, BOB, "the parent")
+    async with trio_websocket.open_websocket_url(await socket_url(http, slack)) as ws:
+        await frame(ws)
+        await slack.share_files(
+            general,
+            ADA,
+            "have a look",
+            [("shot.png", "image/png", b"\x89PNG")],
+            thread_ts=parent.ts,
+        )
+        event = (await frame(ws))["payload"]["event"]
+    assert (event["subtype"], event["text"], event["thread_ts"]) == (
+        "file_share",
+        "have a look",
+        parent.ts,
+    )
+    (shared,) = event["files"]
+    assert (shared["name"], shared["mimetype"], shared["size"]) == ("shot.png", "image/png", 4)
+    url = shared["url_private"]
+    fetched = await http.get(url, headers={"Authorization": f"Bearer {slack.bot_token}"})
+    assert (fetched.status_code, fetched.content) == (200, b"\x89PNG")
+    anonymous = await http.get(url)
+    assert anonymous.status_code == 302  # to the sign-in page, never the file
+    app_token = await http.get(url, headers={"Authorization": f"Bearer {slack.app_token}"})
+    assert app_token.status_code == 302
+    assert [token for _, token in slack.file_fetches] == [slack.bot_token, None, slack.app_token]

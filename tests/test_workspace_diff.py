@@ -68,6 +68,7 @@ async def test_the_workspace_is_a_repository_from_the_start_and_diff_shows_the_a
     put(root, "logo.bin", bytes(range(256)))
     put(root, "notes.md", "there before\r\nand after\r\n")
     put(root, "outbox/report.pdf", b"%PDF-1.4 not part of the diff")
+    put(root, "inbox/1-photo.png", b"\x89PNG the user's, not part of the diff")
     card = await diff.diff(provider, handle)
     assert card.text == "3 files changed, +3 −1"
     assert card.patch_name == f"anycode-{SHORT}.diff"
@@ -75,6 +76,7 @@ async def test_the_workspace_is_a_repository_from_the_start_and_diff_shows_the_a
     assert b"+Hello\n" in card.patch and b"GIT binary patch" in card.patch
     assert b"+there before\r\n+and after\r\n" in card.patch
     assert b"report.pdf" not in card.patch and b".anycode" not in card.patch
+    assert b"photo.png" not in card.patch
     final = await diff.final(provider, handle)
     assert final is not None and final.patch == card.patch
     assert final.text == f"Changes of session `{SHORT}`: 3 files changed, +3 −1"

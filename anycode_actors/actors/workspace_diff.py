@@ -5,8 +5,9 @@ still shows what the agent changed, and the patch is attached when the session e
 changes. At the start (`begin`, before the agent runs) the sandbox records a starting point:
 - with a clone in /workspace/repo (a repository named but no token for its forge), its HEAD;
 - otherwise /workspace itself becomes a git repository (`git init`) whose first commit holds
-  whatever is there; the outbox (files for the chat, sent on their own) and .anycode (the
-  sandbox's own markers) are excluded (`.git/info/exclude`).
+  whatever is there; the outbox (files for the chat, sent on their own), the inbox (files the
+  user sent, actors/session.py) and .anycode (the sandbox's own markers) are excluded
+  (`.git/info/exclude`).
 The starting point is the ref `refs/anycode/base`, so a restarted daemon finds it again. `diff`
 compares it with the working tree as it is: every file the agent wrote, committed or not,
 binary files as git binary patches, bytes exactly as written (CRLF kept). The agent's own index
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 WORKSPACE: Final = "/workspace"
 BASE_REF: Final = "refs/anycode/base"
 #: Folders of the workspace that are not the agent's work (see the module docstring).
-EXCLUDED: Final = ("/.anycode/", "/outbox/")
+EXCLUDED: Final = ("/.anycode/", "/outbox/", "/inbox/")
 #: Seconds `begin` may take; the agent waits for it.
 BEGIN_TIMEOUT: Final = 30.0
 _BOT: Final = {

@@ -439,6 +439,9 @@ class SlackConfig(_Section):
     allow_everyone: StrictBool = False
     admins: tuple[SlackUserId, ...] = ()
     api_base_url: str = SLACK_API_BASE_URL
+    # A /task posted in a channel: its acknowledgement stays in the channel and the session's
+    # output goes into a thread under it; false keeps every session's output in the channel.
+    threads: StrictBool = True
 
     @field_validator("app_token")
     @classmethod
@@ -916,6 +919,9 @@ class SessionConfig(_Section):
     # Per turn, besides the per-file limit: how many files and how many MB in all.
     max_upload_files: StrictInt = 20
     max_upload_total_mb: StrictInt = 50
+    # Files people send (a photo, a document, a voice note): each is fetched only up to this
+    # size and written into the sandbox's /workspace/inbox/. Telegram bots fetch 20 MB at most.
+    max_download_mb: StrictInt = 20
     # Follow-ups waiting for the agent's turn to end; past this the sender is told.
     max_queued_follow_ups: StrictInt = 10
     # A chat with no live session is forgotten (its actors stopped) after this long.
@@ -957,6 +963,13 @@ class SessionConfig(_Section):
                 "must be 0 or more minutes",
                 "0 ends a session as soon as the agent's turn ends; 10 waits for a follow-up",
             )
+        return value
+
+    @field_validator("max_download_mb")
+    @classmethod
+    def _check_download(cls, value: int) -> int:
+        if value < 1:
+            raise _invalid("must be at least 1", "Telegram bots may download up to 20 MB")
         return value
 
     @field_validator("max_upload_mb")

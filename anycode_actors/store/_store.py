@@ -349,6 +349,20 @@ class Store:
 
         await self._call(update)
 
+    async def set_thread(self, session_id: str, thread: str | None) -> None:
+        """Move the session to another thread of its chat (None: the main chat): where its
+        output goes, and where a restarted daemon takes it up again."""
+
+        def update() -> None:
+            cursor = self._sync_db.execute(
+                "UPDATE sessions SET thread = ?, updated_at = ? WHERE id = ?",
+                [thread, utc_now(), session_id],
+            )
+            if cursor.rowcount != 1:
+                raise UnknownSession(session_id)
+
+        await self._call(update)
+
     async def _update_session(self, session_id: str, **fields: str) -> None:
         def update() -> None:
             assignments = ", ".join(f"{name} = ?" for name in fields)
