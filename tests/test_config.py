@@ -395,9 +395,11 @@ def test_sqlite_memory_database_is_not_a_path(tmp_path: Path) -> None:
 
 
 def test_effective_toml_is_valid_toml_with_every_section() -> None:
-    config = parse(LEGACY_EXAMPLE + '\n[gitlab]\ntoken = "glpat-0123456789abcdefghij"\n')
+    api = '\n[api.users.ada]\ntoken_env = "ANYCODE_API_TOKEN_ADA"\n'
+    config = parse(LEGACY_EXAMPLE + '\n[gitlab]\ntoken = "glpat-0123456789abcdefghij"\n' + api)
     dumped = tomllib.loads(config.effective_toml())
     assert set(dumped) == set(Config.model_fields)
+    assert dumped["api"]["users"]["ada"]["token_env"] == "ANYCODE_API_TOKEN_ADA"
     assert dumped["agents"]["default_agent"] == "claude-code"
     assert dumped["agents"]["claude-code"]["sandbox_agent_id"] == "claude"
     assert dumped["docker"]["port_range_start"] == 12000

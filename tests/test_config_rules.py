@@ -38,7 +38,8 @@ def slack(app: str = SLACK_APP, bot: str = SLACK_BOT, extra: str = "") -> str:
 def test_config_without_any_messaging_platform_is_rejected() -> None:
     problem = problem_at("[session]\nmax_concurrent = 2\n", "telegram/slack")
     assert (
-        problem.message == "at least one messaging platform must be configured (telegram or slack)"
+        problem.message
+        == "at least one messaging platform must be configured (telegram, slack or api)"
     )
     assert "ANYCODE_TELEGRAM_BOT_TOKEN" in problem.fix
 

@@ -155,7 +155,7 @@ class _Loader:
 
         self._problems.extend(
             cross_section_problems(
-                has_platform="telegram" in raw or "slack" in raw,
+                has_platform=any(name in raw for name in ("telegram", "slack", "api")),
                 sandbox=_as(sections["sandbox"], SandboxConfig),
                 ecs=raw["ecs"] if isinstance(raw.get("ecs"), dict) else {},
                 agents=_as(sections["agents"], AgentsConfig),

@@ -1020,6 +1020,20 @@ class LimitsConfig(_Section):
         return value
 
 
+def _host_port(value: str) -> str:
+    """`host:port` (an IPv6 host in brackets), stripped; the problem otherwise."""
+    host, _, port = value.strip().rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    bare = host[1:-1] if bracketed else host
+    if not bare or not port.isdigit() or (":" in bare) != bracketed or "[" in bare:
+        raise _invalid(
+            f"must be host:port, like 127.0.0.1:7070, not {value!r}",
+            "write an IPv6 address in brackets: [::1]:7070; remove listen to stay local",
+        )
+    _check_port(int(port))
+    return value.strip()
+
+
 class AdminConfig(_Section):
     """`[admin]`: where the daemon serves the live actor tree to `anycode tree`.
 
@@ -1038,16 +1052,7 @@ class AdminConfig(_Section):
     def _check_listen(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        host, _, port = value.strip().rpartition(":")
-        bracketed = host.startswith("[") and host.endswith("]")
-        bare = host[1:-1] if bracketed else host
-        if not bare or not port.isdigit() or (":" in bare) != bracketed or "[" in bare:
-            raise _invalid(
-                f"must be host:port, like 127.0.0.1:7070, not {value!r}",
-                "write an IPv6 address in brackets: [::1]:7070; remove listen to stay local",
-            )
-        _check_port(int(port))
-        return value.strip()
+        return _host_port(value)
 
     @field_validator("token")
     @classmethod
@@ -1061,6 +1066,83 @@ class AdminConfig(_Section):
         if len(value) < _MIN_ADMIN_TOKEN_CHARS:
             raise _invalid(f"must be at least {_MIN_ADMIN_TOKEN_CHARS} characters", fix)
         return SecretStr(value)
+
+
+_SHA256_HEX: Final = re.compile(r"[0-9a-f]{64}")
+_API_USER_NAME: Final = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
+
+
+class ApiUserConfig(_Section):
+    """`[api.users.<name>]`: one person's bearer token for the HTTP API.
+
+    Either `token_env`, the name of an environment variable of the daemon that holds the token,
+    or `token_sha256`, the token's SHA-256 as lower-case hex (`printf %s TOKEN | sha256sum`),
+    so the file never holds the token itself."""
+
+    token_env: OptionalText = None
+    token_sha256: OptionalText = Field(default=None, validate_default=True)
+
+    @field_validator("token_sha256")
+    @classmethod
+    def _check_token(cls, value: str | None, info: ValidationInfo) -> str | None:
+        has_env = info.data.get("token_env") is not None
+        if (value is None) == (not has_env):
+            raise _invalid(
+                "set exactly one of token_env and token_sha256",
+                'token_env = "ANYCODE_API_TOKEN_ADA", or token_sha256 = the hex of '
+                "printf %s TOKEN | sha256sum",
+            )
+        if value is not None and not _SHA256_HEX.fullmatch(value.strip().lower()):
+            raise _invalid("must be 64 hex digits (a SHA-256)", "printf %s TOKEN | sha256sum")
+        return value.strip().lower() if value is not None else None
+
+
+class ApiConfig(_Section):
+    """`[api]`: the HTTP API, its live events and the web dashboard (anycode_actors/api/).
+
+    Off unless the table is there. Each `[api.users.<name>]` is a person: their token lets them
+    in as user `<name>` of platform "api", under the same ownership rules and `[limits]` as
+    chat users; `admins` may see and steer everyone's API sessions."""
+
+    listen: str = "127.0.0.1:7080"
+    users: dict[str, ApiUserConfig] = Field(default_factory=dict)
+    admins: tuple[str, ...] = ()
+    max_body_kb: int = 64
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        return _host_port(value)
+
+    @field_validator("users")
+    @classmethod
+    def _check_users(cls, users: dict[str, ApiUserConfig]) -> dict[str, ApiUserConfig]:
+        for name in users:
+            if not _API_USER_NAME.fullmatch(name):
+                raise _invalid(
+                    f"user name {name!r} must be 1-64 letters, digits or _.@-",
+                    "rename the [api.users.<name>] table",
+                )
+        return users
+
+    @field_validator("admins")
+    @classmethod
+    def _check_admins(cls, admins: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        users = info.data.get("users") or {}
+        unknown = [name for name in admins if name not in users]
+        if unknown:
+            raise _invalid(
+                f"names users without a token: {', '.join(unknown)}",
+                "add an [api.users.<name>] table for each admin",
+            )
+        return admins
+
+    @field_validator("max_body_kb")
+    @classmethod
+    def _check_body(cls, value: int) -> int:
+        if not 1 <= value <= 10240:
+            raise _invalid("must be between 1 and 10240 (KiB)")
+        return value
 
 
 class Config(BaseModel):
@@ -1082,11 +1164,12 @@ class Config(BaseModel):
     session: SessionConfig = Field(default_factory=SessionConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
+    api: ApiConfig | None = None
 
     @model_validator(mode="after")
     def _cross_section_rules(self) -> Config:
         problems = cross_section_problems(
-            has_platform=self.telegram is not None or self.slack is not None,
+            has_platform=any(s is not None for s in (self.telegram, self.slack, self.api)),
             sandbox=self.sandbox,
             ecs=self.ecs.model_dump(),
             agents=self.agents,
@@ -1120,6 +1203,15 @@ class Config(BaseModel):
                         f"set allow_everyone = true in [{name}] to let anyone in on purpose",
                     )
                 )
+        if self.api is not None and not self.api.users:
+            problems.append(
+                ConfigProblem(
+                    "api.users",
+                    "is empty, so nobody could use the API",
+                    'add an [api.users.<name>] table with token_env = "VARIABLE" or '
+                    "token_sha256 for each person, or remove [api]",
+                )
+            )
         return problems
 
     def known_agents(self) -> tuple[str, ...]:
@@ -1176,7 +1268,7 @@ def cross_section_problems(
         problems.append(
             ConfigProblem(
                 "telegram/slack",
-                "at least one messaging platform must be configured (telegram or slack)",
+                "at least one messaging platform must be configured (telegram, slack or api)",
                 "add a [telegram] section with bot_token (or set ANYCODE_TELEGRAM_BOT_TOKEN), "
                 "or a [slack] section with app_token and bot_token",
             )
@@ -1271,7 +1363,8 @@ SECTIONS: Final[Mapping[str, type[BaseModel]]] = MappingProxyType(
         "session": SessionConfig,
         "limits": LimitsConfig,
         "admin": AdminConfig,
+        "api": ApiConfig,
     }
 )
 #: Sections that are None in `Config` when the file leaves them out.
-OPTIONAL_SECTIONS: Final = frozenset({"telegram", "slack", "github", "gitlab"})
+OPTIONAL_SECTIONS: Final = frozenset({"telegram", "slack", "github", "gitlab", "api"})

@@ -65,7 +65,10 @@ def _emit_entries(path: tuple[str, ...], table: Mapping[str, Any], lines: list[s
 
 
 def _is_inline(table: Mapping[str, Any]) -> bool:
-    return bool(table) and not any(isinstance(v, Mapping | list | tuple) for v in table.values())
+    # None has no inline form: a table with an unset key is written as a [table] with a comment.
+    return bool(table) and not any(
+        v is None or isinstance(v, Mapping | list | tuple) for v in table.values()
+    )
 
 
 def toml_key(key: str) -> str:
