@@ -13,7 +13,8 @@
     ├── router       platform events → chat actors; paces each user's commands
     ├── recovery     reattaches what a previous run left running, then exits
     ├── telegram     long polling            (when configured)
-    └── slack        Socket Mode             (when configured)
+    ├── slack        Socket Mode             (when configured)
+    └── api          the HTTP API and dashboard on hypercorn (when [api] is configured)
 
 Children start in this order and stop in reverse, so on shutdown the platform clients stop first
 (no new work comes in), then every session removes its sandbox and says goodbye in its chat
@@ -54,6 +55,7 @@ from anycode_actors.agents import (
 )
 from anycode_actors.agents.events import UnknownEvent
 from anycode_actors.agents.session import Resume
+from anycode_actors.api import ApiPlatform
 from anycode_actors.chat.base import Attachment, ButtonPress, ChatClient, ChatRef
 from anycode_actors.config import Config
 from anycode_actors.errors import AnycodeError
@@ -111,6 +113,8 @@ def make_clients(config: Config) -> list[ChatClient]:
         from anycode_actors.chat.slack import SlackClient
 
         clients.append(SlackClient(config.slack))
+    if config.api is not None:
+        clients.append(ApiPlatform(config))
     return clients
 
 
@@ -219,6 +223,9 @@ class Daemon:
             self._store = store
             if self._provider is None:
                 self._provider = make_provider(self.config, self.daemon_id)
+            for client in self._clients:
+                if isinstance(client, ApiPlatform):
+                    client.attach(store, self.admin.snapshot)
             await self._root().run(task_status=task_status)
 
     # --- static children ------------------------------------------------------------------------

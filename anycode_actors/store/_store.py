@@ -394,6 +394,28 @@ class Store:
         )
         return await self._call(lambda: [session_from_row(r) for r in self._rows(sql, params)])
 
+    async def list_sessions(
+        self,
+        platform: str,
+        *,
+        chat: str | None = None,
+        thread: str | None = None,
+        limit: int = 100,
+    ) -> list[Session]:
+        """The platform's sessions, ended ones too, newest first: at most `limit`, narrowed to
+        one chat and to one thread of it when given (the HTTP API lists and finds its own)."""
+        where, params = ["platform = ?"], [platform]
+        for column, value in (("chat", chat), ("thread", thread)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        sql = (
+            f"SELECT * FROM sessions WHERE {' AND '.join(where)}"
+            " ORDER BY created_at DESC, rowid DESC LIMIT ?"
+        )
+        args = [*params, limit]
+        return await self._call(lambda: [session_from_row(r) for r in self._rows(sql, args)])
+
     async def count_active(self, platform: str, chat: str) -> int:
         sql = (
             "SELECT count(*) AS n FROM sessions WHERE platform = ? AND chat = ?"
