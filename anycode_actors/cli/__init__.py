@@ -2,7 +2,8 @@
 
 - `app`: the parser and `main`, which dispatches to a subcommand.
 - `common`: what the subcommands share (`CommandIO`, loading a runnable config, logging).
-- `check_config`, `run`, `tree`, `demo`, `setup`: one module per subcommand.
+- `check_config`, `run`, `tree`, `demo`, `setup`: one module per subcommand; `client`: `task`,
+  `sessions` and `cancel`, the terminal client of the HTTP API.
 - `console`: the rich view of the live actor tree (`anycode tree`, `anycode run --console`).
 - `demo_agent`: the scripted ACP agent `anycode demo` runs as a subprocess.
 

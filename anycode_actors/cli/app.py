@@ -17,6 +17,7 @@ from rich.console import Console
 
 from anycode_actors import __version__
 from anycode_actors.cli.check_config import add_check_config
+from anycode_actors.cli.client import add_client_commands
 from anycode_actors.cli.common import CommandIO, Handler, Subparsers
 from anycode_actors.cli.demo import add_demo
 from anycode_actors.cli.run import add_run
@@ -69,4 +70,5 @@ _SUBCOMMANDS: Final[tuple[Callable[[Subparsers], None], ...]] = (
     add_tree,
     add_demo,
     add_setup,
+    add_client_commands,
 )
