@@ -27,6 +27,7 @@ DASHBOARD_HTML: Final = """<!doctype html>
 <style>
   :root { color-scheme: light dark; --line: #8884; --accent: #2a7de1; }
   * { box-sizing: border-box; }
+  [hidden] { display: none !important; }
   body { margin: 0; font: 15px/1.4 system-ui, sans-serif; }
   header { display: flex; gap: .5rem; align-items: center; padding: .6rem 1rem;
            border-bottom: 1px solid var(--line); flex-wrap: wrap; }
