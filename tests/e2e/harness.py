@@ -186,3 +186,33 @@ async def _running_daemon(config: Config) -> AsyncIterator[Daemon]:
             yield daemon
         finally:
             inner.cancel_scope.cancel()
+
+
+@dataclass
+class ApiWorld(_Daemon):
+    url: str
+
+
+@asynccontextmanager
+async def running_api_world(
+    nursery: trio.Nursery, tmp: Path, script: ModelScript, tokens: dict[str, str], **session: Any
+) -> AsyncIterator[ApiWorld]:
+    """The same world with the HTTP API as the only platform, one user per entry of `tokens`
+    (name → token); `url` is where it listens."""
+    from anycode_actors.api import ApiPlatform, hash_token
+    from tests.api_rig import free_port
+
+    docker, gateway = await _docker_and_gateway()
+    model = ScriptedModel(script)
+    served = await nursery.start(serve_asgi, model.app, gateway)
+    data = _daemon_config_data(tmp, served.base_url, **session)
+    data["api"] = {
+        "listen": f"127.0.0.1:{free_port()}",
+        "users": {name: {"token_sha256": hash_token(token)} for name, token in tokens.items()},
+    }
+    config = config_from_mapping(data, environ={}, base_dir=tmp)
+    async with _running_daemon(config) as daemon:
+        platform = next(c for c in daemon._clients if isinstance(c, ApiPlatform))
+        yield ApiWorld(
+            model=model, daemon=daemon, config=config, docker=docker, url=platform.urls[0]
+        )
