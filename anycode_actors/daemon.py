@@ -56,6 +56,7 @@ from anycode_actors.agents import (
 from anycode_actors.agents.events import UnknownEvent
 from anycode_actors.agents.session import Resume
 from anycode_actors.api import ApiPlatform
+from anycode_actors.api.platform import ApiTokenMissing
 from anycode_actors.chat.base import Attachment, ButtonPress, ChatClient, ChatRef
 from anycode_actors.config import Config
 from anycode_actors.errors import AnycodeError
@@ -509,7 +510,11 @@ async def run_until_signalled(config: Config) -> int:
 
     Returns 1 with a plain message when the daemon cannot start (another one holds the admin
     socket, a chat token is refused, ...)."""
-    daemon = Daemon(config)
+    try:
+        daemon = Daemon(config)
+    except ApiTokenMissing as missing:
+        log.error("anycode could not start: %s", missing)
+        return 1
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             try:

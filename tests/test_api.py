@@ -4,6 +4,7 @@ against the OpenAPI document the server serves."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,10 @@ import trio
 from openapi_spec_validator import validate as validate_openapi
 
 from anycode_actors.agents import TextDelta, TurnEnded
+from anycode_actors.api import ApiPlatform, hash_token
 from anycode_actors.api.openapi import openapi_document
+from anycode_actors.api.platform import ApiTokenMissing
+from anycode_actors.config import ConfigError, config_from_mapping
 from tests.actor_fakes import FakeAgent, asks, said
 from tests.api_rig import TOKENS, api_config, check, running_api, sse_events
 
@@ -331,3 +335,52 @@ async def test_bad_bodies_get_clear_errors(tmp_path: Path, monkeypatch: pytest.M
         assert "GET or POST" in wrong_method.json()["error"]
         assert (await ada.get("/v1/nothing")).status_code == 404
         assert (await ada.get(S)).json() == {"sessions": []}
+
+
+# --- configuration --------------------------------------------------------------------------------
+
+
+def test_tokens_come_from_the_environment_or_as_sha256_and_are_matched_by_digest(
+    tmp_path: Path,
+) -> None:
+    config = api_config(
+        tmp_path,
+        api={
+            "users": {
+                "ada": {"token_env": "ADA_TOKEN"},
+                "bob": {"token_sha256": hash_token("bob-secret")},
+            },
+            "admins": [],
+        },
+    )
+    platform = ApiPlatform(config, environ={"ADA_TOKEN": "ada-secret\n"})
+    assert platform.user_for("ada-secret") == "ada"
+    assert platform.user_for("bob-secret") == "bob"
+    assert platform.user_for("ada-secret ") is None
+    assert platform.user_for("") is None
+    assert platform.access.may_use("ada") and not platform.access.is_admin("ada")
+    with pytest.raises(ApiTokenMissing, match="ADA_TOKEN"):
+        ApiPlatform(config, environ={})
+
+
+@pytest.mark.parametrize(
+    ("table", "words"),
+    [
+        ({"users": {"ada": {}}}, "set exactly one of token_env and token_sha256"),
+        ({"users": {"ada": {"token_sha256": "abc"}}}, "must be 64 hex digits"),
+        ({"users": {"a b": {"token_env": "X"}}}, "user name 'a b'"),
+        ({"users": {"ada": {"token_env": "X"}}, "admins": ["zed"]}, "without a token: zed"),
+        ({"listen": "7080"}, "must be host:port"),
+        ({"max_body_kb": 0}, "between 1 and 10240"),
+    ],
+)
+def test_bad_api_tables_are_refused_with_the_key_and_a_fix(
+    table: dict[str, Any], words: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        config_from_mapping({"api": table}, environ={})
+
+
+def test_an_api_without_users_may_not_run() -> None:
+    config = config_from_mapping({"api": {}}, environ={})
+    assert [p.path for p in config.access_problems()] == ["api.users"]

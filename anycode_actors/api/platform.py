@@ -64,7 +64,7 @@ if TYPE_CHECKING:
     from anycode_actors.actors.admin import TreeSnapshot
     from anycode_actors.store import Store
 
-__all__ = ["API_LIMITS", "PLATFORM", "ApiPlatform", "StoredFile", "hash_token"]
+__all__ = ["API_LIMITS", "PLATFORM", "ApiPlatform", "ApiTokenMissing", "StoredFile", "hash_token"]
 
 log = logging.getLogger(__name__)
 

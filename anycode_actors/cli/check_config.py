@@ -64,6 +64,12 @@ def _print_summary(console: Console, path: str, config: Config, environ: Mapping
                 f"{platform}.allow_everyone is true: anyone who can message the bot can run "
                 "agents with your credentials"
             )
+    if config.api is not None:
+        users, admins = len(config.api.users), len(config.api.admins)
+        chats.append(
+            f"api on {config.api.listen} ({users} user{'' if users == 1 else 's'}"
+            + (f", {admins} admin{'' if admins == 1 else 's'})" if admins else ")")
+        )
     rows.append(("chat", ", ".join(chats)))
     rows.append(("sandbox", f"{config.sandbox.provider}, protocol {config.sandbox.protocol}"))
     agents = []
