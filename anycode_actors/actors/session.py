@@ -272,6 +272,8 @@ class SessionActor(Actor[SessionInbox]):
                     "pull requests."
                 )
             )
+        elif publisher.notice is not None:
+            await self._flusher.send(Post(publisher.notice))
 
     async def finish(self) -> None:
         # Closed before cleanup (which can take a while): whoever writes to this session now
