@@ -272,7 +272,8 @@ class SessionActor(Actor[SessionInbox]):
                     "pull requests."
                 )
             )
-        elif publisher.notice is not None:
+        elif publisher.notice is not None and self._recovered is None:
+            # A reattached session's chat was told at the start; a problem found now is new.
             await self._flusher.send(Post(publisher.notice))
 
     async def finish(self) -> None:
