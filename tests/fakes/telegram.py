@@ -1829,13 +1829,17 @@ class FakeTelegram:
         chat_type: str = "private",
         thread_id: int | None = None,
         size: int | None = None,
+        media_group_id: str | None = None,
     ) -> MessageView:
         """A user sends a photo, document or voice note (`kind`), optionally with a caption;
         the bot receives a ``message`` update whose ``photo`` (sizes, largest last),
         ``document`` or ``voice`` names a file the bot can fetch with getFile (A3,
         https://core.telegram.org/bots/api#photosize). A command in the caption gets
         ``caption_entities``. `size` overrides the reported ``file_size`` (and what getFile
-        checks), to play a file over the download limit without allocating it."""
+        checks), to play a file over the download limit without allocating it.
+        `media_group_id`: the part of an album (photos or documents sent together), each part
+        its own message and update carrying the album's ``media_group_id``
+        (https://core.telegram.org/bots/api#message)."""
         if kind not in ("photo", "document", "voice"):
             raise ValueError(f"unknown file kind {kind!r}")
         self.add_chat(chat_id, chat_type, user=user if chat_type == "private" else None)
@@ -1899,6 +1903,8 @@ class FakeTelegram:
                     "file_size": reported,
                 }
             }
+        if media_group_id is not None:
+            media["media_group_id"] = media_group_id
         message = self._store(
             chat,
             _Message(
