@@ -77,6 +77,7 @@ from typing import Any, Final
 import httpx
 import trio
 
+from anycode_actors.chat._download import read_capped
 from anycode_actors.chat._recent import Recent
 from anycode_actors.chat.auth import NOT_AUTHORIZED, AccessPolicy
 from anycode_actors.chat.base import (
@@ -733,14 +734,7 @@ class TelegramClient:
                         code=f"HTTP {response.status_code}",
                     )
                 else:
-                    data = bytearray()
-                    async for chunk in response.aiter_bytes():
-                        data += chunk
-                        if len(data) > limit:
-                            raise FileTooLarge(
-                                f"{attachment.name} is over {limit} bytes", size=len(data)
-                            )
-                    return bytes(data)
+                    return await read_capped(response, limit, attachment.name)
         except httpx.TimeoutException:
             failure = ChatUnavailable(
                 f"Telegram did not send {attachment.name} in time", code="timeout"
