@@ -161,6 +161,8 @@ class RecordingChat:
         self.refusals: list[tuple[ChatEvent, str]] = []
         # What `download` serves, by Attachment.ref; a ChatError stands for a failed fetch.
         self.files: dict[str, bytes | ChatError] = {}
+        # Seconds each `download` takes (a large file on a slow link).
+        self.download_delay = 0.0
         self._ids = itertools.count(1)
         self._changed = trio.Event()
 
@@ -266,6 +268,8 @@ class RecordingChat:
 
     async def download(self, attachment: Attachment, max_bytes: int) -> bytes:
         await trio.lowlevel.checkpoint()
+        if self.download_delay:
+            await trio.sleep(self.download_delay)
         found = self.files.get(attachment.ref)
         if found is None:
             raise ChatError(f"no file {attachment.ref}", code="not_found")

@@ -134,3 +134,30 @@ async def test_many_flushers_share_the_budget_and_lose_or_repeat_nothing(
     # Coalesced: far fewer calls than the 1000 deltas, and never faster than the budget.
     assert calls < 200
     assert calls <= 2 + 2 * (trio.current_time() - start + 5.0 + 1)
+
+
+async def test_a_lane_made_on_demand_paces_every_asker_and_is_forgotten_when_full(
+    autojump_clock: trio.abc.Clock, nursery: trio.Nursery
+) -> None:
+    budget = await start_budget(nursery, per_second=100, burst=100)
+    group = Lane(per_second=1 / 3, burst=3)
+    granted: list[float] = []
+
+    async def caller() -> None:
+        await draw(budget.address(), "group:-100", URGENT, group)
+        granted.append(trio.current_time())
+
+    start = trio.current_time()
+    async with trio.open_nursery() as callers:
+        for _ in range(6):
+            callers.start_soon(caller)
+    # One bucket for all six: 3 at once, then one every 3 s.
+    assert [t - start for t in sorted(granted)] == [pytest_approx(t) for t in (0, 0, 0, 3, 6, 9)]
+    await trio.sleep(9.5)  # full again, and nobody waits: the lane is gone
+    await trio.testing.wait_all_tasks_blocked()
+    assert "group:-100" not in budget._lanes
+    # A pause of a lane made on demand holds it even before anyone asked.
+    await budget.send(Pause("group:-200", 20, group))
+    start = trio.current_time()
+    await draw(budget.address(), "group:-200", URGENT, group)
+    assert trio.current_time() - start == pytest_approx(20)

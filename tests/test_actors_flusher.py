@@ -28,6 +28,7 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from anycode_actors.actors.budget import Budget, Lane
 from anycode_actors.actors.flusher import (
     MAX_ATTEMPTS,
     THREAD_GONE_NOTICE,
@@ -1196,3 +1197,40 @@ def test_bench_agents_streaming_into_telegram_chats() -> None:
     print()
     for name, figures in rows.items():
         print(f"{name:34s} " + "  ".join(f"{k} {v:g}" for k, v in figures.items()))
+
+
+async def test_telegram_three_busy_topics_of_one_group_share_its_pace_with_no_429(
+    autojump_clock: trio.abc.Clock, nursery: trio.Nursery
+) -> None:
+    """Telegram's 20 a minute holds for the whole group: the topics' flushers draw from one
+    lane of the budget, so together they stay within it, and every word arrives once."""
+    async with telegram(nursery) as (fake, client, _):
+        fake.add_chat(TG_GROUP, "supergroup", is_forum=True)
+        topics = [fake.create_topic(TG_GROUP, name) for name in ("ui", "api", "db")]
+        budget = Budget(
+            {lane.name: Lane(lane.per_second, lane.burst) for lane in client.rate_lanes.values()}
+        )
+        await nursery.start(budget.run)
+        flushers = [
+            await start(
+                nursery,
+                client,
+                ChatRef("telegram", str(TG_GROUP), str(topic)),
+                budget=budget.address(),
+            )
+            for topic in topics
+        ]
+        for n in range(300):
+            for index, flusher in enumerate(flushers):
+                await flusher.send(Append("s1", f"{index}:{n} "))
+            await trio.sleep(0.1)
+        for flusher in flushers:
+            await flusher.send(EndStream("s1"))
+        with trio.fail_after(600):
+            for flusher in flushers:
+                await flusher.drain()
+        assert errors(fake) == []  # no 429 from the group's bucket
+        for index, topic in enumerate(topics):
+            texts = [m.text for m in fake.topic_messages(TG_GROUP, topic) if m.from_bot]
+            expected = "".join(f"{index}:{n} " for n in range(300))
+            assert arrived_in_order(expected, texts), texts

@@ -1022,3 +1022,64 @@ async def test_a_follow_up_of_files_that_all_fail_asks_the_agent_nothing(
     await rig.actor.send(FollowUp("and now?", ADA))
     await agent.wait_for_prompts(2)
     assert agent.prompts == ["fix the login bug", "and now?"]
+
+
+async def test_cancel_during_a_slow_download_answers_at_once_and_the_agent_gets_nothing_more(
+    autojump_clock: trio.abc.Clock,
+    nursery: trio.Nursery,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    agent = FakeAgent([[TextDelta(text="ok"), TurnEnded(stop_reason="end_turn")], []])
+    client = RecordingChat()
+    client.files = {"big": b"x" * 1000}
+    rig = await start_session(nursery, store, monkeypatch, agent, client=client, idle_minutes=10)
+    await agent.wait_for_prompts(1)
+    await client.wait_for_text("ok")
+    client.download_delay = 100  # a large file on a slow link
+    big = Attachment("document", "big.bin", "application/octet-stream", "big")
+    await rig.actor.send(FollowUp("look at this", ADA, (big,)))
+    await trio.sleep(1)
+    # Meanwhile a follow-up queues behind the prompt being fetched, in order.
+    await rig.send(FollowUp("and then this", ADA))
+    await client.wait_for_text("Queued")
+    asked = trio.current_time()
+    await rig.send(Cancel("by @ada"))
+    assert await rig.closed(within=10) == SessionClosed(rig.sid, "cancelled")
+    assert trio.current_time() - asked < 10  # not after the download
+    await trio.sleep(200)  # long past when the download would have ended
+    assert agent.prompts == ["fix the login bug"]
+    assert rig.provider.written == {}
+    assert await rig.status() == (SessionStatus.CANCELLED, "by @ada")
+    told = "\n".join(client.texts())
+    assert "Not delivered to the agent: “look at this”" in told
+    assert "Not delivered to the agent: “and then this”" in told
+
+
+async def test_a_prompt_with_slow_files_goes_before_the_follow_ups_sent_while_they_came(
+    autojump_clock: trio.abc.Clock,
+    nursery: trio.Nursery,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    agent = FakeAgent(
+        [
+            [TextDelta(text="ok"), TurnEnded(stop_reason="end_turn")],
+            [TextDelta(text="seen"), TurnEnded(stop_reason="end_turn")],
+            [TextDelta(text="done"), TurnEnded(stop_reason="end_turn")],
+        ]
+    )
+    client = RecordingChat()
+    client.files = {"d": b"a,b\n"}
+    rig = await start_session(nursery, store, monkeypatch, agent, client=client, idle_minutes=10)
+    await agent.wait_for_prompts(1)
+    await client.wait_for_text("ok")
+    client.download_delay = 30
+    notes = Attachment("document", "notes.csv", "text/csv", "d", 4)
+    await rig.actor.send(FollowUp("read this", ADA, (notes,)))
+    await trio.sleep(1)
+    await rig.send(FollowUp("then fix it", ADA))
+    await agent.wait_for_prompts(3)
+    assert agent.prompts[1].startswith("read this\n\n")
+    assert agent.prompts[2] == "then fix it"
+    assert [f.path for f in agent.prompt_files[1]] == ["/workspace/inbox/notes.csv"]

@@ -47,6 +47,7 @@ from anycode_actors.chat.base import (
 )
 from anycode_actors.chat.markdown import Rich
 from anycode_actors.chat.telegram import (
+    ALBUM_QUIET,
     DEFAULT_COMMANDS,
     ONLY_TEXT,
     POLL_READ_MARGIN,
@@ -1168,3 +1169,61 @@ async def test_photos_documents_and_voice_notes_arrive_as_attachments_and_downlo
         with pytest.raises(FileTooLarge):
             await client.download(unsized, 100 * 1024 * 1024)
     assert len(fake.downloads) == 1  # nothing over a limit was fetched
+
+
+async def test_an_album_is_one_command_with_every_file_once_no_part_came_for_a_second(
+    autojump_clock: trio.abc.Clock, fake: FakeTelegram
+) -> None:
+    fake.add_chat(GROUP, "supergroup", is_forum=True)
+    topic = fake.create_topic(GROUP, "ui")
+    async with connected(fake) as (_, events):
+        where = {"chat_type": "supergroup", "thread_id": topic, "media_group_id": "1357"}
+        fake.inject_file(GROUP, ADA, "photo", b"\xff\xd8one", caption="/task compare", **where)
+        await trio.sleep(0.5)
+        fake.inject_file(GROUP, ADA, "photo", b"\xff\xd8two", **where)
+        await trio.sleep(0.5)
+        last = fake.inject_file(
+            GROUP, ADA, "document", b"a,b\n", filename="data.csv", mime_type="text/csv", **where
+        )
+        sent_at = trio.current_time()
+        task = await receive(events)
+        waited = trio.current_time() - sent_at
+        await trio.sleep(5)
+        assert nothing_pending(events)  # one event for the album, not three
+    assert isinstance(task, Command)
+    assert (task.name, task.args, task.chat.thread) == ("task", "compare", str(topic))
+    assert [(a.kind, a.name) for a in task.attachments] == [
+        ("image", task.attachments[0].name),
+        ("image", task.attachments[1].name),
+        ("document", "data.csv"),
+    ]
+    assert task.attachments[0].name != task.attachments[1].name
+    assert ALBUM_QUIET <= waited < ALBUM_QUIET + 0.5
+    assert last.message_id > int(task.message_id)  # the command's own message
+
+
+async def test_an_albums_captions_make_its_text_and_what_its_sender_types_next_comes_after(
+    autojump_clock: trio.abc.Clock, fake: FakeTelegram
+) -> None:
+    async with connected(fake) as (_, events):
+        fake.inject_file(ADA.id, ADA, "document", b"1", filename="a.txt", media_group_id="9")
+        fake.inject_file(
+            ADA.id, ADA, "document", b"2", filename="b.txt", caption="both", media_group_id="9"
+        )
+        fake.inject_message(ADA.id, ADA, "and fix them")
+        album, typed = await receive(events), await receive(events)
+    assert isinstance(album, Message) and album.text == "both"
+    assert [a.name for a in album.attachments] == ["a.txt", "b.txt"]
+    assert isinstance(typed, Message) and typed.text == "and fix them"
+
+
+async def test_someone_not_allowed_is_told_once_per_album(
+    autojump_clock: trio.abc.Clock, fake: FakeTelegram
+) -> None:
+    async with connected(fake, allowed=("111",)) as (_, events):
+        for n in range(3):
+            fake.inject_file(BOB.id, BOB, "photo", bytes([n]), media_group_id="77")
+        await wait_for(fake, lambda: fake.bot_messages(BOB.id) or None)
+        await trio.sleep(10)
+        assert nothing_pending(events)
+    assert [m.text for m in fake.bot_messages(BOB.id)] == [NOT_AUTHORIZED]

@@ -776,6 +776,9 @@ async def test_closed_and_deleted_topics_refuse_sends_with_the_servers_words(
     ok(await call(bot, "sendMessage", chat_id=GROUP, text="here"))
     plain = await call(bot, "createForumTopic", chat_id=-100999, name="x")
     assert error(plain)[0] == 400
+    telegram.add_chat(-100777, "supergroup")  # a group without topics
+    no_topics = await call(bot, "createForumTopic", chat_id=-100777, name="x")
+    assert error(no_topics) == (400, "Bad Request: the chat is not a forum")
 
 
 async def test_files_users_send_are_fetched_with_get_file_and_the_download_path(

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from anycode_actors.actors.publisher import Card, Publisher, Requester
+from anycode_actors.actors import publisher as publisher_module
+from anycode_actors.actors.publisher import Card, Publisher, PublishError, Requester
 from anycode_actors.config import LocalConfig
 from anycode_actors.git import Forge, GitCredential, MirrorCache, RepoRef
 from anycode_actors.git.forges import Forge as ForgeApi
@@ -29,6 +30,7 @@ from tests.fakes.github import FakeGitHub
 from tests.fakes.gitlab import FakeGitLab
 
 TOKEN = "ghs_publisherTokenABCDEFGHIJKLMNOPQRSTUV01"
+READ_TOKEN = "ghs_readOnlyTokenABCDEFGHIJKLMNOPQRSTUV02"  # fetches, gets 403 on push
 REPO = "acme/web"
 ADA = Requester("Ada Lovelace", "telegram-111")
 DOMAIN = "users.example.org"
@@ -67,7 +69,14 @@ def _server_commits(server: GitServer) -> Callable[[str, str], list[str] | None]
 
 
 async def _world(
-    tmp: Path, kind: str, forge: ForgeApi, api_url: str, server: GitServer, max_patch: int
+    tmp: Path,
+    kind: str,
+    forge: ForgeApi,
+    api_url: str,
+    server: GitServer,
+    max_patch: int,
+    token: str = TOKEN,
+    full_name: str = REPO,
 ) -> tuple[LocalProvider, SandboxHandle, Publisher]:
     session_id = uuid.uuid4().hex
     provider = LocalProvider(
@@ -80,16 +89,16 @@ async def _world(
         agent="claude-code",
         protocol="acp",
         env={},
-        repo=server.url(REPO),
+        repo=server.url(full_name),
         seeded=True,
     )
     handle = await provider.create(spec)
-    repo = RepoRef(Forge(kind, server.url(), api_url), REPO)  # type: ignore[arg-type]
+    repo = RepoRef(Forge(kind, server.url(), api_url), full_name)  # type: ignore[arg-type]
     publisher = Publisher(
         session_id=session_id,
         repo=repo,
         forge=forge,
-        credential=GitCredential.for_forge(repo.kind, TOKEN),
+        credential=GitCredential.for_forge(repo.kind, token),
         mirrors=MirrorCache(tmp / "cache"),
         work_root=tmp / "sessions",
         branch_prefix="anycode/",
@@ -108,7 +117,7 @@ async def _world(
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[GitServer]:
-    with GitServer(tmp_path / "git-server", token=TOKEN) as started:
+    with GitServer(tmp_path / "git-server", token=TOKEN, read_token=READ_TOKEN) as started:
         await trio.to_thread.run_sync(
             lambda: started.create_repo(REPO, default_branch="trunk", files={"README.md": "# w\n"})
         )
@@ -126,11 +135,17 @@ async def github(nursery: trio.Nursery, server: GitServer) -> FakeGitHub:
 
 
 async def github_world(
-    tmp: Path, server: GitServer, github: FakeGitHub, *, max_patch: int = 1 << 20
+    tmp: Path,
+    server: GitServer,
+    github: FakeGitHub,
+    *,
+    max_patch: int = 1 << 20,
+    token: str = TOKEN,
+    repo: str = REPO,
 ) -> AsyncIterator[World]:
-    forge = GitHubForge(github.api_url, TOKEN)
+    forge = GitHubForge(github.api_url, token)
     provider, handle, publisher = await _world(
-        tmp, "github", forge, github.api_url, server, max_patch
+        tmp, "github", forge, github.api_url, server, max_patch, token, repo
     )
     try:
         yield World(server, provider, handle, publisher, Path(handle.workdir))
@@ -263,6 +278,128 @@ async def test_a_pull_request_opened_before_a_restart_is_found_again(
     assert len(github.pulls(REPO)) == 1
 
 
+async def test_a_restart_after_the_default_branch_moved_keeps_publishing_the_agents_work_only(
+    tmp_path: Path, server: GitServer, github: FakeGitHub, world: World
+) -> None:
+    world.write("hello.txt", "Hello\n")
+    first = await world.publish()
+    assert first is not None
+    [pull] = github.pulls(REPO)
+    started_at = server.branch_sha(REPO, "trunk")
+    # Meanwhile someone else lands a commit on the default branch.
+    await trio.to_thread.run_sync(_push_to_trunk, tmp_path / "upstream", server, "theirs.txt")
+    assert server.branch_sha(REPO, "trunk") != started_at
+    # The daemon restarts: recovery makes a new publisher for the session, whose `prepare`
+    # clones the default branch where it is now, a commit the sandbox never had.
+    restarted = _publisher_like(world.publisher, tmp_path, github)
+    await restarted.prepare()
+    assert restarted.problem is None
+    world.write("more.txt", "More\n")
+    card = await restarted.publish(world.provider, world.handle)
+    await restarted.aclose()
+    assert card is not None
+    assert card.text == f"Pull request: {pull['html_url']}\n{stat_line(world, 2, 2)}"
+    assert card.patch is not None and b"theirs.txt" not in card.patch
+    assert len(github.pulls(REPO)) == 1
+    # On the server: the branch is the agent's two commits on top of where the session started.
+    bare = str(server.repo_path(REPO))
+    own = git("--git-dir", bare, "rev-list", f"trunk..{branch_of(world)}").stdout.split()
+    assert len(own) == 2
+    base = git("--git-dir", bare, "merge-base", "trunk", branch_of(world)).stdout.strip()
+    assert base == started_at
+    changed = git(
+        "--git-dir", bare, "diff", "--name-only", f"trunk...{branch_of(world)}"
+    ).stdout.split()
+    assert changed == ["hello.txt", "more.txt"]
+
+
+def _publisher_like(publisher: Publisher, tmp: Path, github: FakeGitHub) -> Publisher:
+    """What the daemon's recovery makes for a session it reattaches: a new publisher, same
+    session, same folders."""
+    return Publisher(
+        session_id=publisher._session_id,
+        repo=publisher.repo,
+        forge=GitHubForge(github.api_url, TOKEN),
+        credential=GitCredential.for_forge("github", TOKEN),
+        mirrors=MirrorCache(tmp / "cache"),
+        work_root=tmp / "sessions",
+        branch_prefix="anycode/",
+        email_domain=DOMAIN,
+        draft=True,
+        max_patch_bytes=1 << 20,
+        prompt="add a greeting",
+        requester=ADA,
+        within=60.0,
+    )
+
+
+def _push_to_trunk(scratch: Path, server: GitServer, name: str) -> None:
+    git("clone", "--quiet", "--branch", "trunk", server.url(REPO), str(scratch))
+    (scratch / name).write_text("theirs\n")
+    git("add", "-A", cwd=scratch)
+    git("commit", "--quiet", "-m", f"add {name}", cwd=scratch)
+    git("push", "--quiet", str(server.repo_path(REPO)), "HEAD:trunk", cwd=scratch)
+
+
+# --- a token that may read but not push ----------------------------------------------------------
+
+
+async def test_a_read_only_token_is_said_at_the_start_and_each_turn_attaches_the_patch(
+    tmp_path: Path, server: GitServer, github: FakeGitHub
+) -> None:
+    github.add_token(READ_TOKEN, "reader")  # not among the repository's writers
+    async for world in github_world(tmp_path, server, github, token=READ_TOKEN):
+        assert not world.publisher.can_push
+        assert world.publisher.notice == (
+            "The token may read acme/web but not push to it: changes will be attached as "
+            "patches, no pull request."
+        )
+        world.write("hello.txt", "Hello\n")
+        card = await world.publish()
+        assert card is not None
+        assert card.text == (
+            "Not pushed: the token may not push to acme/web; the patch is attached.\n"
+            f"{stat_line(world, 1, 1)}"
+        )
+        assert card.patch is not None and b"+Hello" in card.patch
+        assert await world.publish() is None  # nothing new: nothing said
+        world.write("more.txt", "More\n")
+        again = await world.publish()
+        assert again is not None and again.patch is not None and b"+More" in again.patch
+        assert stat_line(world, 2, 2) in again.text
+    assert server.requests_for(REPO, "git-receive-pack") == []  # no push was tried
+    assert server.branch_sha(REPO, branch_of(world)) is None
+    assert github.pulls(REPO) == []
+
+
+async def test_a_push_refused_with_403_turns_the_session_to_patches(
+    tmp_path: Path, server: GitServer, github: FakeGitHub
+) -> None:
+    # The forge says the account may push; the token itself may not (a fine-grained token
+    # without write access to contents): the git server answers the push with 403.
+    github.add_token(READ_TOKEN, "acme")
+    async for world in github_world(tmp_path, server, github, token=READ_TOKEN):
+        assert world.publisher.can_push and world.publisher.notice is None
+        world.write("hello.txt", "Hello\n")
+        card = await world.publish()
+        assert card is not None
+        assert card.text == (
+            f"Not pushed: {server.url()}/{REPO}: the token may not push this repository (it "
+            "lacks write access). The patch is attached; from now on changes are attached as "
+            f"patches, no pull request.\n{stat_line(world, 1, 1)}"
+        )
+        assert card.patch is not None and b"+Hello" in card.patch
+        assert await world.publish() is None
+        world.write("more.txt", "More\n")
+        again = await world.publish()
+        assert again is not None and again.text.startswith("Not pushed: the token may not push")
+        assert again.patch is not None and b"+More" in again.patch
+        assert server.branch_sha(REPO, branch_of(world)) is None
+    pushes = [r for r in server.requests_for(REPO, "git-receive-pack") if r.method == "POST"]
+    assert pushes == []  # refused at the advertisement, before any pack was sent
+    assert github.pulls(REPO) == []
+
+
 # --- what the card says about the diff -----------------------------------------------------------
 
 
@@ -301,6 +438,69 @@ async def test_binary_and_crlf_files_travel_intact(world: World) -> None:
         ["git", "--git-dir", bare, "show", f"{sha}:logo.bin"], capture_stdout=True
     )
     assert shown.stdout == logo
+
+
+async def test_a_crlf_file_edited_by_the_agent_keeps_its_crlf(
+    tmp_path: Path, server: GitServer, github: FakeGitHub
+) -> None:
+    await trio.to_thread.run_sync(
+        lambda: server.create_repo(
+            "acme/win", default_branch="trunk", files={"win.txt": b"one\r\ntwo\r\n"}
+        )
+    )
+    github.add_repo("acme/win", default_branch="trunk")
+    async for world in github_world(tmp_path, server, github, repo="acme/win"):
+        assert (world.work / "win.txt").read_bytes() == b"one\r\ntwo\r\n"
+        # The agent's config asks git to turn CRLF into LF on commit; the daemon's commit
+        # keeps the bytes as written.
+        git("config", "core.autocrlf", "true", cwd=world.work)
+        world.write("win.txt", b"one\r\nTWO\r\nthree\r\n")
+        world.write("new.txt", b"new\r\n")
+        card = await world.publish()
+        assert card is not None and card.patch is not None
+        assert stat_line(world, 2, 3, 1) in card.text
+        assert b"-two\r\n+TWO\r\n+three\r\n" in card.patch
+        assert b"+new\r\n" in card.patch
+        bare = str(server.repo_path("acme/win"))
+        sha = server.branch_sha("acme/win", branch_of(world))
+        for name, data in (("win.txt", b"one\r\nTWO\r\nthree\r\n"), ("new.txt", b"new\r\n")):
+            shown = await trio.run_process(
+                ["git", "--git-dir", bare, "show", f"{sha}:{name}"], capture_stdout=True
+            )
+            assert shown.stdout == data
+
+
+async def test_a_large_binary_file_is_pushed_whole_and_its_patch_is_not_attached(
+    world: World,
+) -> None:
+    blob = os.urandom(6 << 20)  # incompressible: the bundle is as large as the file
+    world.write("assets/video.bin", blob)
+    world.write("notes.txt", "a video\n")
+    card = await world.publish()
+    assert card is not None and card.text.startswith("Pull request: ")
+    assert stat_line(world, 2, 1) in card.text  # the binary file counts no lines
+    assert card.patch is None
+    assert card.text.endswith("The patch is over 1024 KB (git.max_patch_kb); not attached.")
+    sha = world.server.branch_sha(REPO, branch_of(world))
+    bare = str(world.server.repo_path(REPO))
+    shown = await trio.run_process(
+        ["git", "--git-dir", bare, "show", f"{sha}:assets/video.bin"], capture_stdout=True
+    )
+    assert shown.stdout == blob
+
+
+async def test_a_bundle_over_the_read_out_bound_is_said(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(publisher_module, "MAX_BUNDLE_BYTES", 64 * 1024)
+    world.write("big.bin", os.urandom(256 * 1024))
+    with pytest.raises(PublishError) as raised:
+        await world.publish()
+    assert str(raised.value) == (
+        "the agent's commits make a git bundle over the 65,536 bytes the daemon reads out of "
+        "a sandbox"
+    )
+    assert world.server.branch_sha(REPO, branch_of(world)) is None
 
 
 # --- a refused push -------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
 
 from anycode_actors.git import (
     AuthFailed,
@@ -43,7 +44,7 @@ from anycode_actors.git import (
     push_branch,
     repo_ref_from_prompt,
 )
-from anycode_actors.git.repo import NO_NEW_COMMITS, NOTHING_TO_COMMIT
+from anycode_actors.git.repo import BASE_REF, NO_NEW_COMMITS, NOTHING_TO_COMMIT
 from tests.fakes.git_server import GIT_TEST_ENV, RECEIVE, GitServer, git
 
 TOKEN = "ghs_pushtokenABCDEFGHIJKLMNOPQRSTUVWXYZ0123"
@@ -599,3 +600,40 @@ async def test_a_bundle_whose_base_the_daemon_lacks_is_refused(
     garbage.write_bytes(b"not a bundle")
     with pytest.raises(BundleInvalid, match="not valid"):
         await import_bundle(clone, garbage)
+
+
+async def test_the_bundle_is_bounded_by_the_sandboxs_starting_point_when_it_lacks_the_base(
+    server: GitServer, tmp_path: Path
+) -> None:
+    server.create_repo("acme/web")
+    started = server.branch_sha("acme/web", "main")
+    assert started is not None
+    work = sandbox_clone(server, "acme/web", tmp_path / "sandbox")
+    # The default branch moves on the server; the daemon's new clone starts there.
+    upstream = sandbox_clone(server, "acme/web", tmp_path / "upstream")
+    (upstream / "theirs.txt").write_text("theirs\n")
+    git("add", "-A", cwd=upstream)
+    git("commit", "--quiet", "-m", "theirs", cwd=upstream)
+    git("push", "--quiet", str(server.repo_path("acme/web")), "HEAD:main", cwd=upstream)
+    clone = await session_for(server, tmp_path, "acme/web")
+    assert clone.base_sha != started
+    (work / "mine.txt").write_text("mine\n")
+    run_in_sandbox(commit_command(str(work), author=USER, committer=BOT, message="mine"))
+    bundle = tmp_path / "out.bundle"
+    command = bundle_command(str(work), base_sha=clone.base_sha, out_path=str(bundle))
+    # Neither the daemon's base nor a recorded starting point: nothing is bundled.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")} | GIT_TEST_ENV
+    refused = await trio.run_process(
+        list(command.argv), cwd=command.cwd, env=env, capture_stderr=True, check=False
+    )
+    assert refused.returncode == 3
+    assert b"neither" in refused.stderr and not bundle.exists()
+    # With the starting point recorded (as seeding does), only the agent's commit goes out.
+    git("update-ref", BASE_REF, started, cwd=work)
+    assert run_in_sandbox(command) == str(bundle)
+    listed = git("bundle", "list-heads", str(bundle)).stdout.split()
+    head = git("rev-parse", "HEAD", cwd=work).stdout.strip()
+    assert listed == [head, "HEAD"]
+    assert await import_bundle(clone, bundle) == head
+    changed = git("diff", "--name-only", f"main...{clone.branch}", cwd=clone.path).stdout.split()
+    assert changed == ["mine.txt"]

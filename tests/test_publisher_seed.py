@@ -239,3 +239,45 @@ async def test_the_session_copies_the_repository_in_before_the_agent_starts_and_
     # The copy was tried, and said, before the agent's first word.
     shown = rig.client.texts()
     assert shown.index(told) < next(i for i, text in enumerate(shown) if "Done." in text)
+
+
+async def test_a_token_that_may_not_push_is_said_when_the_task_starts(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    reader = "ghp_readOnly0123456789abcdefABCDEFGH"
+    with GitServer(tmp_path / "ro-server", token=TOKEN, read_token=reader) as server:
+        await trio.to_thread.run_sync(
+            lambda: server.create_repo(REPO, default_branch="trunk", private=True)
+        )
+        github = FakeGitHub()
+        api_url = await github.start(nursery)
+        github.add_token(reader, "reader")
+        github.add_repo(REPO, default_branch="trunk", private=True, readers={"reader"})
+        publisher = Publisher(
+            session_id=SESSION,
+            repo=RepoRef(Forge("github", server.url(), api_url), REPO),
+            forge=GitHubForge(api_url, reader),
+            credential=GitCredential.for_forge("github", reader),
+            mirrors=MirrorCache(tmp_path / "mirrors"),
+            work_root=tmp_path / "sessions",
+            branch_prefix="anycode/",
+            email_domain="users.example.invalid",
+            draft=True,
+            max_patch_bytes=1 << 20,
+            prompt="add a greeting",
+            requester=Requester("Ada", "telegram-111"),
+            within=60.0,
+        )
+        agent = FakeAgent([said("Done.")])
+        rig = await start(
+            nursery, store, monkeypatch, agent, config_with(idle_minutes=0), None, publisher
+        )
+        told_id = await rig.client.wait_for_text("but not push to it", within=60)
+        assert rig.client.text_of(told_id) == (
+            "The token may read acme/web but not push to it: changes will be attached as "
+            "patches, no pull request."
+        )
+        await rig.wait_closed(within=60)

@@ -14,6 +14,13 @@ stream (`ROUTINE`) — and in the order asked within a priority.
 
 A 429 that a platform gives for the whole bot (a Slack method's tier, say) pauses the lane for
 `retry_after` (`Pause`); one for a single chat pauses only that chat, in its flusher.
+
+A lane may also be named by the ask itself (`Ask.define`): a limit that holds for one chat but
+is shared by several senders. Telegram counts "20 messages per minute to the same group"
+(https://core.telegram.org/bots/faq#my-bot-is-hitting-limits-how-do-i-avoid-this) for the whole
+group, so the chat units of its forum topics, each with its own flusher, and the lobby draw from
+one lane per group. Such a lane is made on the first ask and forgotten once it is full again and
+nobody waits: a full bucket and no bucket pace alike.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from typing import Final
 
 import trio
 
+from anycode_actors.chat.base import ChatClient, ChatRef
 from supervisors import Actor, current_child
 
 URGENT: Final = 0
@@ -53,17 +61,22 @@ class Ticket:
 
 @dataclass(frozen=True)
 class Ask:
+    """`define`: the lane's rate, for a lane made on demand (see the module docstring)."""
+
     lane: str
     priority: int
     ticket: Ticket
+    define: Lane | None = None
 
 
 @dataclass(frozen=True)
 class Pause:
-    """The platform said the whole bot must wait: nothing in `lane` for `seconds`."""
+    """The platform said every sender in `lane` must wait: nothing in it for `seconds`.
+    `define` as in `Ask`."""
 
     lane: str
     seconds: float
+    define: Lane | None = None
 
 
 BudgetInbox = Ask | Pause
@@ -77,6 +90,7 @@ class _LaneState:
     paused_until: float = -math.inf
     waiting: list[tuple[int, int, Ticket]] = field(default_factory=list)
     granted: int = 0
+    on_demand: bool = False
 
     def refill(self, now: float) -> None:
         self.tokens = min(
@@ -90,6 +104,11 @@ class _LaneState:
         # A little late rather than a rounding error early: waking at a moment when the bucket
         # holds 0.9999… would wake again at once, forever.
         return max(self.paused_until, now + (1 - self.tokens) / self.lane.per_second + SLACK)
+
+    def full_at(self, now: float) -> float:
+        """When the bucket holds `burst` tokens again and no pause holds it."""
+        missing = max(0.0, self.lane.burst - self.tokens)
+        return max(self.paused_until, now + missing / self.lane.per_second + SLACK)
 
 
 class Budget(Actor[BudgetInbox]):
@@ -115,6 +134,10 @@ class Budget(Actor[BudgetInbox]):
 
     async def handle(self, message: BudgetInbox) -> None:
         state = self._lanes.get(message.lane)
+        if state is None and message.define is not None:
+            define = message.define
+            state = _LaneState(define, float(define.burst), trio.current_time(), on_demand=True)
+            self._lanes[message.lane] = state
         if isinstance(message, Pause):
             if state is not None:
                 self.pauses += 1
@@ -144,9 +167,22 @@ class Budget(Actor[BudgetInbox]):
                     ticket.granted.set()
                 if state.waiting:
                     wake = min(wake, state.ready_at(now))
+                elif state.on_demand:
+                    wake = min(wake, state.full_at(now))
+            self._forget_idle(now)
             self._report()
             with trio.move_on_at(wake):
                 await self._changed.wait()
+
+    def _forget_idle(self, now: float) -> None:
+        """Drop the lanes made on demand that are full, unpaused and unwaited for."""
+        idle = [
+            name
+            for name, s in self._lanes.items()
+            if s.on_demand and not s.waiting and now >= s.paused_until and s.tokens >= s.lane.burst
+        ]
+        for name in idle:
+            del self._lanes[name]
 
     def _report(self) -> None:
         context = current_child()
@@ -156,15 +192,32 @@ class Budget(Actor[BudgetInbox]):
             **{
                 f"{name}": f"waiting {len(s.waiting)} · granted {s.granted}"
                 for name, s in self._lanes.items()
+                if not s.on_demand
             },
+            on_demand=sum(s.on_demand for s in self._lanes.values()),
             pauses=self.pauses,
         )
 
 
-async def draw(budget: trio.MemorySendChannel[BudgetInbox], lane: str, priority: int) -> None:
-    """Wait for a grant in `lane`; withdraws the ask if cancelled while waiting."""
+def group_lane(client: ChatClient, chat: ChatRef) -> tuple[str, Lane] | None:
+    """The lane made on demand for `chat`'s group limit (`ChatLimits.group_per_minute`), shared
+    by every thread of the chat; None for a chat that is not a group or a platform without one."""
+    per_minute = client.limits.group_per_minute
+    if not per_minute or not client.is_group(chat):
+        return None
+    return f"group:{chat.platform}:{chat.chat_id}", Lane(per_minute / 60, client.limits.burst)
+
+
+async def draw(
+    budget: trio.MemorySendChannel[BudgetInbox],
+    lane: str,
+    priority: int,
+    define: Lane | None = None,
+) -> None:
+    """Wait for a grant in `lane` (made on demand at `define`'s rate if the budget lacks it);
+    withdraws the ask if cancelled while waiting."""
     ticket = Ticket()
-    await budget.send(Ask(lane, priority, ticket))
+    await budget.send(Ask(lane, priority, ticket, define))
     try:
         await ticket.granted.wait()
     except BaseException:

@@ -37,8 +37,11 @@ client still raise `NotModified` (its platform removes a few more invisible char
 
 Pacing and failures. One token bucket per chat (`burst` tokens, refilled at `per_second`), and in
 group chats a second one (also `burst` tokens) refilled at `group_per_minute`; a call needs a token
-from both, and a wait for a token ends `PACING_SLACK` late rather than a rounding error early. On
-`RateLimited` the whole chat pauses for exactly `retry_after` seconds and the operation keeps its
+from both. With a budget, the group's bucket is not the flusher's own but a lane of the budget
+shared by every thread of the group (`budget.group_lane`), since the platform counts the group's
+limit for the group as a whole; a per-chat `RateLimited` then pauses that lane too. A wait for a
+token ends `PACING_SLACK` late rather than a rounding error early. On `RateLimited` the whole
+chat pauses for exactly `retry_after` seconds and the operation keeps its
 place (and keeps coalescing); after the pause one call may go at once, then the buckets refill at
 their rates. On `ChatUnavailable` the chat pauses 1, 2, 4 … (at most 30) seconds between attempts;
 after `MAX_ATTEMPTS` consecutive failures of one operation it is dropped with an ERROR log naming
@@ -91,7 +94,15 @@ from typing import ClassVar, Final, TypeAlias, TypeVar
 
 import trio
 
-from anycode_actors.actors.budget import ROUTINE, URGENT, BudgetInbox, Pause, draw
+from anycode_actors.actors.budget import (
+    ROUTINE,
+    URGENT,
+    BudgetInbox,
+    Lane,
+    Pause,
+    draw,
+    group_lane,
+)
 from anycode_actors.chat.base import (
     Button,
     ChatClient,
@@ -541,6 +552,11 @@ class Flusher(Actor[FlusherMessage]):
         self._context: ChildContext | None = None
         self._spoken_at = spoken_at
         self._winding_up = False
+        # A group's limit holds for all its threads: with a budget, this flusher draws from the
+        # group's lane there, shared with the other threads' flushers, instead of pacing it alone.
+        self._group: tuple[str, Lane] | None = (
+            group_lane(client, chat) if budget is not None else None
+        )
 
     # --- public -----------------------------------------------------------------------------------
 
@@ -570,7 +586,11 @@ class Flusher(Actor[FlusherMessage]):
         if not self._buckets:
             now = trio.current_time()
             self._buckets.append(_TokenBucket(self.limits.burst, self.limits.per_second, now))
-            if self.limits.group_per_minute and self.client.is_group(self.chat):
+            if (
+                self.limits.group_per_minute
+                and self.client.is_group(self.chat)
+                and self._group is None
+            ):
                 rate = self.limits.group_per_minute / 60
                 self._buckets.append(_TokenBucket(self.limits.burst, rate, now))
             if self._spoken_at is not None:
@@ -723,10 +743,17 @@ class Flusher(Actor[FlusherMessage]):
                 continue
             if self._budget is not None:
                 lane = self.client.rate_lanes.get(_call_kind(op))
+                drew = False
+                if self._group is not None:
+                    # The group's pace first, shared with the flushers of its other threads.
+                    await draw(self._budget, self._group[0], self._priority(op), self._group[1])
+                    drew = True
                 if lane is not None:
                     # Waits while the bot's budget is short; meanwhile the reader goes on
                     # coalescing, so the call made after the grant carries the newest text.
                     await draw(self._budget, lane.name, self._priority(op))
+                    drew = True
+                if drew:
                     newest = self._ops.get(op.key)
                     if newest is None or self._paused_until > trio.current_time():
                         continue
@@ -779,6 +806,11 @@ class Flusher(Actor[FlusherMessage]):
                     self._budget.send_nowait(Pause(lane.name, max(0.0, error.retry_after)))
             else:
                 self._pause(max(0.0, error.retry_after))
+                if self._group is not None and self._budget is not None:
+                    # The group's other threads must wait too.
+                    name, define = self._group
+                    with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
+                        self._budget.send_nowait(Pause(name, max(0.0, error.retry_after), define))
             self._requeue(op)
         except ChatUnavailable as error:
             op.attempts += 1

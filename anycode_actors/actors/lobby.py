@@ -28,9 +28,16 @@ from typing import Final
 
 import trio
 
-from anycode_actors.actors.budget import URGENT, BudgetInbox, Pause, draw
+from anycode_actors.actors.budget import URGENT, BudgetInbox, Pause, draw, group_lane
 from anycode_actors.actors.commands import stateless_answer
-from anycode_actors.chat.base import ChatClient, ChatError, ChatEvent, Command, RateLimited
+from anycode_actors.chat.base import (
+    ChatClient,
+    ChatError,
+    ChatEvent,
+    ChatRef,
+    Command,
+    RateLimited,
+)
 from anycode_actors.config import Config
 from supervisors import Actor, current_child
 
@@ -96,7 +103,7 @@ class Lobby(Actor[LobbyInbox]):
                 log.info("%s: no client for its platform; nothing said", event.chat.key)
                 return
             for attempt in range(ATTEMPTS):
-                await self._draw(client)
+                await self._draw(client, event.chat)
                 try:
                     if isinstance(message, Answer):
                         text = stateless_answer(message.command.name, self._config)
@@ -117,10 +124,16 @@ class Lobby(Actor[LobbyInbox]):
             self._slots.release()
             self._report()
 
-    async def _draw(self, client: ChatClient) -> None:
+    async def _draw(self, client: ChatClient, chat: ChatRef) -> None:
         budget = self._budgets.get(client.platform)
+        if budget is None:
+            return
+        group = group_lane(client, chat)
+        if group is not None:
+            # The group's own limit, shared with the flushers of its topics (budget.py).
+            await draw(budget, group[0], URGENT, group[1])
         lane = client.rate_lanes.get("send")
-        if budget is not None and lane is not None:
+        if lane is not None:
             await draw(budget, lane.name, URGENT)
 
     async def _wait_out(self, client: ChatClient, limited: RateLimited) -> None:

@@ -15,6 +15,16 @@ needs no token in the sandbox). `publish` then, after a turn:
 It returns a card for the chat (the link, the branch, files changed, +/− lines) and the patch.
 Whatever fails on the way (a rejected push, the forge refusing or unreachable) is said in the
 card, and the patch is attached all the same: the work is never lost, and `/pr` tries again.
+
+A token the forge says may read the repository but not push to it (`RepoInfo.can_push`) makes
+the publisher read-only: `notice` says so when the task starts, and each turn's card attaches
+the patch without trying to push.
+
+Sizes: the sandbox's repository goes in as one bundle of the branch's whole history, and the
+agent's commits come out as one bundle of the commits the default branch lacks; each is held
+in the daemon's memory once, while it is copied. A bundle coming out may be at most
+`MAX_BUNDLE_BYTES`; a larger one is not read, and the chat is told. The patch shown in the
+chat stops at `git.max_patch_kb` (git is stopped there, so a large diff is never held whole).
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ from anycode_actors.git import (
     Identity,
     MirrorCache,
     Patch,
+    PermissionDenied,
     RepoRef,
     SandboxCommand,
     SessionClone,
@@ -77,6 +88,8 @@ container and in a local sandbox's folder."""
 BOT: Final = "anycode"
 OUTPUT_LIMIT: Final = 64 * 1024
 """Bytes of a sandbox command's output kept; the commands here print a line or two."""
+MAX_BUNDLE_BYTES: Final = 1 << 30
+"""The largest bundle of the agent's commits read out of a sandbox (it is held in memory)."""
 
 
 class PublishError(AnycodeError):
@@ -133,10 +146,17 @@ class Publisher:
         self._within = within
         self._clone: SessionClone | None = None
         self._pushed: str | None = None
+        # A read-only publisher: the commit whose patch the chat last got.
+        self._attached: str | None = None
         self._pr: PullRequest | None = None
         self._lock = trio.Lock()
         self.ready = trio.Event()
         self.problem: str | None = None
+        self.can_push = True
+        """False when the forge says the token may not push: patches only, no pull request."""
+        self.notice: str | None = None
+        """For the chat when the task starts, beside `problem`: a repository worked on without
+        pull requests (the token may not push)."""
 
     # --- before the first turn -----------------------------------------------------------------
 
@@ -157,6 +177,11 @@ class Publisher:
                 )
             if not info.can_push:
                 log.info("%s: the token may not push to %s", self._session_id[:8], self.repo)
+                self.can_push = False
+                self.notice = (
+                    f"The token may read {self.repo.path} but not push to it: changes will be "
+                    f"attached as patches, no {self._pr_noun.lower()}."
+                )
         except (GitError, ForgeError) as exc:
             self.problem = str(exc)
         except trio.TooSlowError:
@@ -230,7 +255,10 @@ class Publisher:
         pull request is open. A push whose pull request could not be opened (the forge refused
         or was down) is not "nothing new": the next call opens it."""
         async with self._lock:
-            clone, new = await self._take_work(provider, handle)
+            clone, sha = await self._take_work(provider, handle)
+            if not self.can_push:
+                return await self._patch_only(clone, sha)
+            new = sha is not None and sha != self._pushed
             if not new and (self._pr is not None or self._pushed is None):
                 return None
             stat = await diff_stat(clone, within=self._within)
@@ -253,6 +281,16 @@ class Publisher:
                         body=self._body(),
                         draft=self._draft,
                     )
+            except PermissionDenied as exc:
+                # The forge said the token may push, the server says otherwise (a fine-grained
+                # token without write access to contents): patches from now on.
+                self.can_push = False
+                self._attached = sha
+                text = (
+                    f"Not pushed: {exc}. The patch is attached; from now on changes are "
+                    f"attached as patches, no {self._pr_noun.lower()}."
+                )
+                return _card(text + "\n" + _stat_line(head, stat), patch, self._patch_name)
             except (GitError, ForgeError) as exc:
                 text = (
                     f"Not published: {exc}\nThe commit stays in the sandbox and the patch is "
@@ -261,6 +299,16 @@ class Publisher:
                 return _card(text + "\n" + _stat_line(head, stat), patch, self._patch_name)
             link = f"{self._pr_noun}: {self._pr.url}"
             return _card(f"{link}\n{_stat_line(head, stat)}", patch, self._patch_name)
+
+    async def _patch_only(self, clone: SessionClone, sha: str | None) -> Card | None:
+        """A read-only publisher's card: the stat and the patch, once per new commit."""
+        if sha is None or sha == self._attached:
+            return None
+        stat = await diff_stat(clone, within=self._within)
+        patch = await self._patch(clone)
+        self._attached = sha
+        text = f"Not pushed: the token may not push to {self.repo.path}; the patch is attached."
+        return _card(f"{text}\n{_stat_line(clone.branch, stat)}", patch, self._patch_name)
 
     async def diff(self, provider: SandboxProvider, handle: SandboxHandle) -> Card:
         """The session's changes so far (committed in the sandbox first), not pushed."""
@@ -282,9 +330,10 @@ class Publisher:
 
     async def _take_work(
         self, provider: SandboxProvider, handle: SandboxHandle
-    ) -> tuple[SessionClone, bool]:
-        """Commit and bundle in the sandbox, import into the daemon's clone; the clone, and
-        whether the sandbox had commits the daemon had not taken yet."""
+    ) -> tuple[SessionClone, str | None]:
+        """Commit and bundle in the sandbox, import into the daemon's clone; the clone, and the
+        commit the session branch now points at (None when the sandbox has no commits of its
+        own yet)."""
         await self.ready.wait()
         if self._clone is None:
             raise PublishError(self.problem or f"{self.repo} could not be cloned")
@@ -303,7 +352,10 @@ class Publisher:
         await _run(provider, handle, commit, self._within)
         name = f"{short_id(self._session_id)}.bundle"
         out = f"{BUNDLE_FROM_REPO}/{name}"
-        mkdir = SandboxCommand(("mkdir", "-p", BUNDLE_FROM_REPO), {}, REPO_DIR)
+        # Emptied first: what is read out is this bundle and nothing else, and the last
+        # turn's bundle does not stay on the sandbox's disk.
+        fresh = 'rm -rf -- "$1" && mkdir -p -- "$1"'
+        mkdir = SandboxCommand(("sh", "-c", fresh, "sh", BUNDLE_FROM_REPO), {}, REPO_DIR)
         await _run(provider, handle, mkdir, 30)
         bundled = await _run(
             provider,
@@ -312,17 +364,21 @@ class Publisher:
             self._within,
         )
         if NO_NEW_COMMITS in bundled:
-            return clone, False
-        listing = await provider.read_files(handle, BUNDLE_DIR, max_bytes=1 << 30)
+            return clone, None
+        listing = await provider.read_files(handle, BUNDLE_DIR, max_bytes=MAX_BUNDLE_BYTES)
         data = next((f.data for f in listing.files if f.name == name), None)
         if data is None:
+            if any(big == name for big, _ in listing.too_big):
+                raise PublishError(
+                    f"the agent's commits make a git bundle over the {MAX_BUNDLE_BYTES:,} bytes "
+                    "the daemon reads out of a sandbox"
+                )
             raise PublishError("the agent's commits could not be read out of the sandbox")
         with tempfile.TemporaryDirectory() as folder:
             local = Path(folder) / "work.bundle"
             await trio.Path(local).write_bytes(data)
             head = await import_bundle(clone, local, within=self._within)
-        new = head != self._pushed
-        return clone, new
+        return clone, head
 
     async def _patch(self, clone: SessionClone) -> Patch:
         return await diff_patch(clone, max_bytes=self._max_patch, within=self._within)
@@ -391,4 +447,4 @@ async def _run(
     return output
 
 
-__all__ = ["Card", "PublishError", "Publisher", "Requester", "forges_for"]
+__all__ = ["MAX_BUNDLE_BYTES", "Card", "PublishError", "Publisher", "Requester", "forges_for"]

@@ -12,7 +12,9 @@ through the chat client (`download`, at most `session.max_download_mb` each) and
 sandbox under `INBOX` before the prompt goes out; the prompt names them and carries them as
 `PromptFile`s (image blocks or resource links, see AcpSession.prompt). A file that is too big or
 cannot be fetched or written is left out with a word to the chat; the text still goes to the
-agent.
+agent. The fetching is done by a task of the session, not by its handler, so a /cancel during a
+large download is handled at once (and cancels the download); the turn counts as running from
+the start of the fetch, so follow-ups sent meanwhile queue behind that prompt, in order.
 """
 
 from __future__ import annotations
@@ -161,8 +163,23 @@ class _Resume:
     before any message that came after the restart."""
 
 
+@dataclass(frozen=True)
+class _Fetched:
+    """A prompt's files are in the sandbox (or said to be missing): the prompt may go."""
+
+    text: str
+    files: tuple[PromptFile, ...]
+
+
 SessionInbox = (
-    SessionMessage | StreamReport | Posted | _Started | _StartFailed | _IdleExpired | _Resume
+    SessionMessage
+    | StreamReport
+    | Posted
+    | _Started
+    | _StartFailed
+    | _IdleExpired
+    | _Resume
+    | _Fetched
 )
 
 
@@ -245,6 +262,7 @@ class SessionActor(Actor[SessionInbox]):
         self._unconfirmed: set[int] = set()
         self._redactor: OutputRedactor | None = None
         self._unanswered: FollowUp | None = None
+        self._fetching: trio.CancelScope | None = None  # a prompt's files being fetched
         # The stream actor's supervisor, run inside `run` for as long as the session lives.
         self._streams = Supervisor(name="streams", intensity=Intensity(max_restarts=0, period=1.0))
 
@@ -272,6 +290,9 @@ class SessionActor(Actor[SessionInbox]):
                     "pull requests."
                 )
             )
+        elif publisher.notice is not None and self._recovered is None:
+            # A reattached session's chat was told at the start; a problem found now is new.
+            await self._flusher.send(Post(publisher.notice))
 
     async def finish(self) -> None:
         # Closed before cleanup (which can take a while): whoever writes to this session now
@@ -312,6 +333,8 @@ class SessionActor(Actor[SessionInbox]):
                 await self._on_stream_lost(message.error)
         elif isinstance(message, FollowUp):
             await self._on_follow_up(message)
+        elif isinstance(message, _Fetched):
+            await self._on_fetched(message)
         elif isinstance(message, PublishNow):
             await self._publish(asked=True)
         elif isinstance(message, ShowDiff):
@@ -528,16 +551,34 @@ class SessionActor(Actor[SessionInbox]):
     async def _prompt(self, text: str, attachments: tuple[Attachment, ...] = ()) -> None:
         self._turn_running = True
         self._idle_generation += 1
-        files: tuple[PromptFile, ...] = ()
         if attachments:
+            # Fetched by a task, which hands the prompt back (`_Fetched`) when the files are in.
+            self._fetching = trio.CancelScope()
+            self.tasks.start_soon(self._fetch_then_prompt, text, attachments, self._fetching)
+            return
+        await self._to_stream(Prompt(text))
+
+    async def _fetch_then_prompt(
+        self, text: str, attachments: tuple[Attachment, ...], scope: trio.CancelScope
+    ) -> None:
+        with scope:
             files, notes = await self._fetch(attachments)
-            text = _with_files(text, files, notes)
-            if not text.strip():
-                # Only files were sent and none of them made it: nothing to ask the agent.
-                self._turn_running = False
-                self._arm_idle_timer()
-                return
-        await self._to_stream(Prompt(text, files))
+            await self._outbox.send(_Fetched(_with_files(text, files, notes), files))
+
+    async def _on_fetched(self, fetched: _Fetched) -> None:
+        self._fetching = None
+        if self._outcome is not None:
+            return  # cancelled or ended meanwhile: the agent is asked nothing more
+        if fetched.text.strip():
+            await self._to_stream(Prompt(fetched.text, fetched.files))
+            return
+        # Only files were sent and none of them made it: nothing to ask the agent.
+        self._turn_running = False
+        if self._queued:
+            queued = self._queued.popleft()
+            await self._prompt(queued.text, queued.attachments)
+            return
+        self._arm_idle_timer()
 
     async def _fetch(
         self, attachments: tuple[Attachment, ...]
@@ -783,6 +824,8 @@ class SessionActor(Actor[SessionInbox]):
         status = SessionStatus(cancel.status)
         self._finish(status, cancel.reason)
         self._start_scope.cancel()
+        if self._fetching is not None:
+            self._fetching.cancel()  # a download under way: its prompt will not go
         if self._stream is not None and self._stream_ready:
             # Ends the turn and answers every pending permission "cancelled", so the agent never
             # waits on a decision that will not come. Waited for: stopping the stream (next,

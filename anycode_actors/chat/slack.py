@@ -73,6 +73,7 @@ import trio
 import trio_websocket
 from wsproto.utilities import LocalProtocolError
 
+from anycode_actors.chat._download import read_capped
 from anycode_actors.chat._recent import Recent
 from anycode_actors.chat.auth import NOT_AUTHORIZED, AccessPolicy
 from anycode_actors.chat.base import (
@@ -841,14 +842,7 @@ class SlackClient:
                         code=f"http_{response.status_code}",
                     )
                 else:
-                    data = bytearray()
-                    async for chunk in response.aiter_bytes():
-                        data += chunk
-                        if len(data) > max_bytes:
-                            raise FileTooLarge(
-                                f"{attachment.name} is over {max_bytes} bytes", size=len(data)
-                            )
-                    return bytes(data)
+                    return await read_capped(response, max_bytes, attachment.name)
         except httpx.HTTPError as exc:
             failure = ChatUnavailable(
                 f"Slack file download: no answer ({type(exc).__name__})", code="unreachable"

@@ -49,7 +49,14 @@ Photos, documents and voice notes are forwarded as the `Attachment`s of a `Comma
 caption is one) or a `Message` (the caption, maybe empty); `download` fetches one with getFile
 and the file path (https://core.telegram.org/bots/api#getfile: bots fetch at most 20 MB). Other
 non-text messages (stickers, locations) are not forwarded; in a private chat the client replies
-`ONLY_TEXT`, in groups it stays silent.
+`ONLY_TEXT`, in groups it stays silent. An album (photos or documents sent together) arrives as
+one message per part, all with the same ``media_group_id``
+(https://core.telegram.org/bots/api#message); the client holds the parts until none has come for
+`ALBUM_QUIET` seconds and hands them on as one `Command` or `Message` with every attachment: the
+part whose caption is a command makes it a command, the other captions follow its arguments (or
+make the message's text). Someone the access policy keeps out is told so once per album. The
+updates of an album held back are confirmed to Telegram with the next poll; an album still held
+when the client stops is handed on then, one a daemon killed outright held is lost.
 
 Forum topics: a message in a topic of a forum supergroup names its topic (`message_thread_id`
 with `is_topic_message`), which becomes `ChatRef.thread`; what is sent to that ChatRef goes
@@ -59,6 +66,7 @@ found", as the Bot API server words TDLib's errors) raises `ThreadGone`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import mimetypes
@@ -69,6 +77,7 @@ from typing import Any, Final
 import httpx
 import trio
 
+from anycode_actors.chat._download import read_capped
 from anycode_actors.chat._recent import Recent
 from anycode_actors.chat.auth import NOT_AUTHORIZED, AccessPolicy
 from anycode_actors.chat.base import (
@@ -166,6 +175,12 @@ NETWORK_BACKOFF_FACTOR: Final = 2.0
 NETWORK_BACKOFF_CAP: Final = 30.0
 NETWORK_BACKOFF_JITTER: Final = 0.5
 
+#: The parts of an album are collected until none has come for this long (Telegram sends them
+#: one message each, within moments).
+ALBUM_QUIET: Final = 1.0
+#: How many albums are remembered, to tell someone who may not use the bot once per album.
+ALBUMS_REMEMBERED: Final = 256
+
 #: A forwarded press the consumer has not answered by then is answered by the client, so the
 #: user's progress bar always stops. Telegram accepts answers for some seconds only.
 PRESS_ANSWER_DEADLINE: Final = 10.0
@@ -244,6 +259,10 @@ class TelegramClient:
         # Forwarded presses not answered yet → when the client answers them itself.
         self._unanswered: dict[str, float] = {}
         self._press_arrived = trio.Event()
+        # Albums being collected, by (chat key, media_group_id), in the order they began.
+        self._albums: dict[tuple[str, str], _Album] = {}
+        self._album_arrived = trio.Event()
+        self._albums_refused: Recent[tuple[str, str], bool] = Recent(ALBUMS_REMEMBERED)
         self._redactor = _RedactToken(self._token)
         logging.getLogger("httpx").addFilter(self._redactor)
 
@@ -294,6 +313,7 @@ class TelegramClient:
         log.info("Telegram: connected as @%s", self._bot_username)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._answer_forgotten_presses)
+            nursery.start_soon(self._hand_on_albums, events)
             task_status.started()
             fatal = await self._poll(events)
             nursery.cancel_scope.cancel()
@@ -384,6 +404,7 @@ class TelegramClient:
                     await self._handle(update, events)
                     offset = max(offset or 0, update_id + 1)
         finally:
+            self._hand_on_every_album(events)
             if offset is not None and offset != confirmed:
                 await self._confirm(offset)
 
@@ -410,6 +431,15 @@ class TelegramClient:
                 error,
             )
             return
+        album = _media_group(update)
+        if album is not None and isinstance(inbound, Command | Message) and inbound.attachments:
+            self._collect(inbound, album)
+            return
+        if album is not None and isinstance(inbound, _Reply):
+            key = (inbound.chat.key, album)
+            if key in self._albums_refused:
+                return  # told once for the whole album
+            self._albums_refused.put(key, True)
         if isinstance(inbound, _Reply):
             await self._reply_itself(inbound)
         elif isinstance(inbound, _Answer):
@@ -418,6 +448,10 @@ class TelegramClient:
             if isinstance(inbound, ButtonPress):
                 self._unanswered[inbound.press_id] = trio.current_time() + PRESS_ANSWER_DEADLINE
                 self._press_arrived.set()
+            else:
+                # The sender's album came first: it goes first, complete, since its parts are
+                # all sent before anything the person types next.
+                await self._hand_on_albums_of(inbound.chat, inbound.user, events)
             await events.send(inbound)
 
     def _translate(self, update: dict[str, Any]) -> ChatEvent | _Reply | _Answer | None:
@@ -483,6 +517,50 @@ class TelegramClient:
             await self._answer(answer.press_id, answer.text, alert=answer.alert)
         except ChatError as error:
             log.warning("Telegram: could not answer a button press (%s)", error)
+
+    def _collect(self, part: Command | Message, album: str) -> None:
+        key = (part.chat.key, album)
+        held = self._albums.get(key)
+        due = trio.current_time() + ALBUM_QUIET
+        if held is None:
+            self._albums[key] = _Album([part], due)
+        else:
+            held.parts.append(part)
+            held.due = due
+        self._album_arrived.set()
+
+    async def _hand_on_albums(self, events: trio.MemorySendChannel[ChatEvent]) -> None:
+        """Hand on each album once none of its parts has come for `ALBUM_QUIET` seconds."""
+        while True:
+            if not self._albums:
+                self._album_arrived = trio.Event()
+                await self._album_arrived.wait()
+                continue
+            key, held = min(self._albums.items(), key=lambda item: item[1].due)
+            if trio.current_time() < held.due:
+                with trio.move_on_at(held.due):
+                    self._album_arrived = trio.Event()
+                    await self._album_arrived.wait()
+                continue
+            del self._albums[key]
+            await events.send(_merge_album(held.parts))
+
+    async def _hand_on_albums_of(
+        self, chat: ChatRef, user: User, events: trio.MemorySendChannel[ChatEvent]
+    ) -> None:
+        for key, held in list(self._albums.items()):
+            if key[0] == chat.key and held.parts[0].user.id == user.id:
+                del self._albums[key]
+                await events.send(_merge_album(held.parts))
+
+    def _hand_on_every_album(self, events: trio.MemorySendChannel[ChatEvent]) -> None:
+        """As the client stops: hand on what is held, as far as the consumer takes it now."""
+        albums, self._albums = list(self._albums.values()), {}
+        for held in albums:
+            try:
+                events.send_nowait(_merge_album(held.parts))
+            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                log.warning("Telegram: an album of %d files was not handed on", len(held.parts))
 
     async def _answer_forgotten_presses(self) -> None:
         """Answer forwarded presses nobody answered in time; Telegram would spin forever."""
@@ -656,14 +734,7 @@ class TelegramClient:
                         code=f"HTTP {response.status_code}",
                     )
                 else:
-                    data = bytearray()
-                    async for chunk in response.aiter_bytes():
-                        data += chunk
-                        if len(data) > limit:
-                            raise FileTooLarge(
-                                f"{attachment.name} is over {limit} bytes", size=len(data)
-                            )
-                    return bytes(data)
+                    return await read_capped(response, limit, attachment.name)
         except httpx.TimeoutException:
             failure = ChatUnavailable(
                 f"Telegram did not send {attachment.name} in time", code="timeout"
@@ -856,6 +927,36 @@ class _Reply:
     chat: ChatRef
     text: str
     reply_to: str
+
+
+@dataclass
+class _Album:
+    """The parts of an album received so far, and when to hand them on if no more come."""
+
+    parts: list[Command | Message]
+    due: float
+
+
+def _media_group(update: dict[str, Any]) -> str | None:
+    message = update.get("message")
+    group = message.get("media_group_id") if isinstance(message, dict) else None
+    return str(group) if isinstance(group, str | int) else None
+
+
+def _merge_album(parts: Sequence[Command | Message]) -> Command | Message:
+    """One event for an album: every part's attachments, in order; the first part whose caption
+    is a command makes it one, and the other captions follow."""
+    attachments = tuple(a for part in parts for a in part.attachments)
+    command = next((part for part in parts if isinstance(part, Command)), None)
+    captions = [
+        part.text.strip() for part in parts if isinstance(part, Message) and part.text.strip()
+    ]
+    if command is not None:
+        args = "\n\n".join(text for text in (command.args.strip(), *captions) if text)
+        return dataclasses.replace(command, args=args, attachments=attachments)
+    first = parts[0]
+    assert isinstance(first, Message)
+    return dataclasses.replace(first, text="\n\n".join(captions), attachments=attachments)
 
 
 @dataclass(frozen=True)

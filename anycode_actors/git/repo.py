@@ -49,6 +49,7 @@ from anycode_actors.actors.commands import detect_repo
 from anycode_actors.errors import AnycodeError
 
 __all__ = [
+    "BASE_REF",
     "DEFAULT_FORGES",
     "AuthFailed",
     "BundleInvalid",
@@ -591,6 +592,11 @@ class SandboxCommand:
     cwd: str
 
 
+#: The sandbox repository's starting point: the default branch's commit it was seeded at
+#: (`seed_command`). A daemon restarted later clones the default branch where it is by then,
+#: which the sandbox may not have; the bundle is made relative to this ref as well.
+BASE_REF: Final = "refs/anycode/base"
+
 #: Printed by `commit_command` and `bundle_command` when there is nothing to do.
 NOTHING_TO_COMMIT: Final = "anycode: nothing to commit"
 NO_NEW_COMMITS: Final = "anycode: no new commits"
@@ -609,6 +615,11 @@ SANDBOX_GIT_CONFIG: Final = (
     "gc.auto=0",
     "maintenance.auto=false",
     "credential.helper=",
+    # The bytes the agent wrote are committed as they are: a `core.autocrlf` in the agent's
+    # config would turn a new file's CRLF into LF (https://git-scm.com/docs/git-config#Documentation/git-config.txt-coreautocrlf).
+    # The repository's own `.gitattributes` still applies.
+    "core.autocrlf=false",
+    "core.safecrlf=false",
 )
 
 _NAME_UNSAFE: Final = re.compile(r"[<>\n\r\t\0]+")
@@ -670,16 +681,31 @@ def commit_command(
 
 
 def bundle_command(repo_dir: str, *, base_sha: str, out_path: str) -> SandboxCommand:
-    """Write the commits of the sandbox's HEAD that `base_sha` lacks into a bundle at
-    `out_path`, or print `NO_NEW_COMMITS`. The bundle needs only `base_sha`, which the daemon's
-    clone has, so it also works from a shallow clone."""
+    """Write the commits of the sandbox's HEAD that the daemon's clone lacks into a bundle at
+    `out_path`, or print `NO_NEW_COMMITS`.
+
+    Left out are `base_sha` (the daemon's base commit) when the sandbox has it, and `BASE_REF`
+    (where the sandbox started) when it is there. Both are commits the daemon's clone holds,
+    so the bundle needs only those, and it also works from a shallow clone. After a restart
+    the daemon's base is the default branch's newer tip, which the sandbox lacks: `BASE_REF`
+    still bounds the bundle to the agent's own commits. Without either, nothing is bundled and
+    the command fails."""
     _require_sha(base_sha, "base_sha")
     git = _git_prefix()
+    # `$exclude` is split on purpose: it holds commit ids only (checked above, or from
+    # rev-parse).
     script = (
         "set -e\n"
-        f'if [ "$({git} rev-list --count "$1..HEAD")" = 0 ]; then echo \'{NO_NEW_COMMITS}\'; '
-        "exit 0; fi\n"
-        f'{git} bundle create --quiet "$2" HEAD "^$1"\n'
+        'exclude=""\n'
+        f'if {git} cat-file -e "$1^{{commit}}" 2>/dev/null; then exclude="^$1"; fi\n'
+        f"if start=\"$({git} rev-parse -q --verify '{BASE_REF}^{{commit}}')\"; then "
+        'exclude="$exclude ^$start"; fi\n'
+        'if [ -z "$exclude" ]; then\n'
+        '  echo "the sandbox\'s repository has neither $1 nor its starting point" >&2; exit 3\n'
+        "fi\n"
+        f'if [ "$({git} rev-list --count HEAD $exclude)" = 0 ]; then '
+        f"echo '{NO_NEW_COMMITS}'; exit 0; fi\n"
+        f'{git} bundle create --quiet "$2" HEAD $exclude\n'
         'echo "$2"\n'
     )
     return SandboxCommand(("sh", "-c", script, "sh", base_sha, out_path), {}, repo_dir)
@@ -719,6 +745,7 @@ def seed_command(folder: str, *, bundle: str, dest: str, clone: SessionClone) ->
 
     `origin` carries no credential, like every other part of the sandbox's `.git/config`; the
     bundle's branches stay as `origin/<branch>` (the default branch included, for a diff).
+    `BASE_REF` records the clone's base commit, for `bundle_command` after a restart.
     """
     git = _git_prefix()
     script = (
@@ -726,9 +753,20 @@ def seed_command(folder: str, *, bundle: str, dest: str, clone: SessionClone) ->
         "trap 'rm -f -- \"$1\"' EXIT\n"
         f'{git} clone --quiet --no-tags --branch "$3" -- "$1" "$2"\n'
         f'{git} -C "$2" remote set-url origin "$4"\n'
+        f'{git} -C "$2" update-ref {BASE_REF} "$5"\n'
     )
     return SandboxCommand(
-        ("sh", "-c", script, "sh", bundle, dest, clone.branch, clone.repo.clone_url),
+        (
+            "sh",
+            "-c",
+            script,
+            "sh",
+            bundle,
+            dest,
+            clone.branch,
+            clone.repo.clone_url,
+            _require_sha(clone.base_sha, "base_sha"),
+        ),
         {"GIT_TERMINAL_PROMPT": "0"},
         folder,
     )

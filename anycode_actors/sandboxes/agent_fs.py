@@ -46,7 +46,13 @@ from typing import Any, Final
 
 import httpx
 
-from anycode_actors.sandboxes.base import OutboxListing, SandboxError, SandboxFile, hard_links
+from anycode_actors.sandboxes.base import (
+    OutboxListing,
+    SandboxError,
+    SandboxFile,
+    check_file_path,
+    hard_links,
+)
 
 __all__ = ["FS_TIMEOUT", "read_files_via_sandbox_agent", "write_file_via_sandbox_agent"]
 
@@ -76,12 +82,7 @@ async def read_files_via_sandbox_agent(
     folder = _absolute_folder(path)
     listing: list[SandboxFile] = []
     too_big: list[tuple[str, int]] = []
-    async with httpx.AsyncClient(
-        base_url=endpoint.rstrip("/"),
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=request_timeout,
-        trust_env=False,
-    ) as client:
+    async with _client(endpoint, token, request_timeout) as client:
         api = _FsApi(client, endpoint)
         parent, name = posixpath.split(folder)
         siblings = await api.entries(parent)
@@ -123,15 +124,18 @@ async def write_file_via_sandbox_agent(
 ) -> None:
     """Write `data` as the file `path` of the sandbox whose sandbox-agent listens at `endpoint`;
     see `SandboxProvider.write_file`. sandbox-agent writes as its own user, the agent's."""
-    if not path.startswith("/") or path.endswith("/") or ".." in path.split("/"):
-        raise SandboxError(f"{path!r} is not an absolute file path inside the sandbox")
-    async with httpx.AsyncClient(
+    check_file_path(path)
+    async with _client(endpoint, token, request_timeout) as client:
+        await _FsApi(client, endpoint).write(path, data)
+
+
+def _client(endpoint: str, token: str, timeout: float) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
         base_url=endpoint.rstrip("/"),
         headers={"Authorization": f"Bearer {token}"},
-        timeout=request_timeout,
+        timeout=timeout,
         trust_env=False,
-    ) as client:
-        await _FsApi(client, endpoint).write(path, data)
+    )
 
 
 def _absolute_folder(path: str) -> str:

@@ -258,13 +258,19 @@ WRITE_SCRIPT: Final = 'mkdir -p -- "$(dirname -- "$1")" && cat > "$1"'
 script, so no path can inject a command."""
 
 
+def check_file_path(path: str) -> None:
+    """SandboxError unless `path` is an absolute file path with no `..` (what `write_file`
+    takes)."""
+    if not path.startswith("/") or path.endswith("/") or ".." in path.split("/"):
+        raise SandboxError(f"{path!r} is not an absolute file path inside the sandbox")
+
+
 async def write_by_exec(
     provider: SandboxProvider, handle: SandboxHandle, path: str, data: bytes
 ) -> None:
     """`write_file` for providers that can run a command with piped stdin: `sh` in the sandbox
     makes the folders and copies stdin into the file, as the sandbox's user."""
-    if not path.startswith("/") or path.endswith("/") or ".." in path.split("/"):
-        raise SandboxError(f"{path!r} is not an absolute file path inside the sandbox")
+    check_file_path(path)
     process = await provider.exec(handle, ["sh", "-c", WRITE_SCRIPT, "sh", path], cwd="/")
     try:
         await process.send_all(data)

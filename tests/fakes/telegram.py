@@ -19,6 +19,20 @@ and, where the documentation is silent, the Bot API server's own source
 cited as ``Client.cpp``, ``MessageEntity.cpp`` and so on. The MarkdownV2, Markdown and HTML
 parsers are ports of TDLib's and pass TDLib's own parser test vectors.
 
+Forum topic errors, as the server words them. ``Client::fail_query_with_error`` (``Client.cpp``)
+prefixes a 400 with "Bad Request: " and lowercases the first letter of the message unless the
+second is upper case or "_" (an MTProto error name stays as it is), so:
+
+- a deleted or unknown topic: ``TdOnCheckForumTopicCallback`` fails with its default message
+  "Message thread not found", and the General topic's id is refused with "Bad Request: message
+  thread not found" outright → "Bad Request: message thread not found" (`THREAD_NOT_FOUND`);
+- a closed topic: the MTProto error ``TOPIC_CLOSED`` ("This topic was closed, you can't send
+  messages to it anymore", https://core.telegram.org/method/messages.sendMessage) passes
+  through → "Bad Request: TOPIC_CLOSED" (`TOPIC_CLOSED`);
+- a topic method in a chat without topics: TDLib's ``ForumTopicManager::is_forum``
+  (``td/telegram/ForumTopicManager.cpp``) fails with "The chat is not a forum" → "Bad Request:
+  the chat is not a forum" (`NOT_A_FORUM`).
+
 Start it in the test's nursery. It runs in the same Trio run as the test, so every wait and every
 rate limit follows ``trio.current_time()``, and the ``autojump_clock`` fixture makes long polls
 and ``retry_after`` waits take no real time. The fake itself never uses threads (multipart bodies
@@ -107,9 +121,11 @@ DOWNLOAD_MAX_BYTES: Final = 20 * 1024 * 1024
 #: Forum topics (https://core.telegram.org/bots/api#forumtopic): a new topic's default colour.
 TOPIC_ICON_COLOR: Final = 7322096
 #: Sending into a closed topic (not as an admin with can_manage_topics) and into a deleted or
-#: unknown one, as the Bot API server words TDLib's errors (``Client.cpp``).
+#: unknown one, and topic methods in a chat without topics, as the Bot API server words them
+#: (see the module docstring).
 TOPIC_CLOSED: Final = "Bad Request: TOPIC_CLOSED"
 THREAD_NOT_FOUND: Final = "Bad Request: message thread not found"
+NOT_A_FORUM: Final = "Bad Request: the chat is not a forum"
 FILE_TOO_BIG: Final = "Bad Request: file is too big"
 INVALID_FILE_ID: Final = "Bad Request: invalid file_id"
 #: Unix time of trio time 0 in ``date`` fields: deterministic dates for deterministic tests.
@@ -1829,13 +1845,17 @@ class FakeTelegram:
         chat_type: str = "private",
         thread_id: int | None = None,
         size: int | None = None,
+        media_group_id: str | None = None,
     ) -> MessageView:
         """A user sends a photo, document or voice note (`kind`), optionally with a caption;
         the bot receives a ``message`` update whose ``photo`` (sizes, largest last),
         ``document`` or ``voice`` names a file the bot can fetch with getFile (A3,
         https://core.telegram.org/bots/api#photosize). A command in the caption gets
         ``caption_entities``. `size` overrides the reported ``file_size`` (and what getFile
-        checks), to play a file over the download limit without allocating it."""
+        checks), to play a file over the download limit without allocating it.
+        `media_group_id`: the part of an album (photos or documents sent together), each part
+        its own message and update carrying the album's ``media_group_id``
+        (https://core.telegram.org/bots/api#message)."""
         if kind not in ("photo", "document", "voice"):
             raise ValueError(f"unknown file kind {kind!r}")
         self.add_chat(chat_id, chat_type, user=user if chat_type == "private" else None)
@@ -1899,6 +1919,8 @@ class FakeTelegram:
                     "file_size": reported,
                 }
             }
+        if media_group_id is not None:
+            media["media_group_id"] = media_group_id
         message = self._store(
             chat,
             _Message(
@@ -1962,7 +1984,7 @@ class FakeTelegram:
 
     def _new_topic(self, chat: _Chat, name: str) -> _Topic:
         if not chat.is_forum:
-            raise _bad_request("the chat is not a forum")
+            raise BotApiError(400, NOT_A_FORUM)
         service = self._store(chat, _Message(chat.id, 0, self.bot, trio.current_time(), None, []))
         service.media = {"forum_topic_created": {"name": name, "icon_color": TOPIC_ICON_COLOR}}
         topic = _Topic(service.message_id, name)
@@ -2873,7 +2895,7 @@ class FakeTelegram:
     def _forum(self, request: _Request) -> _Chat:
         chat = self._resolve_chat(request)
         if not chat.is_forum:
-            raise _bad_request("the chat is not a forum")
+            raise BotApiError(400, NOT_A_FORUM)
         return chat
 
     def _managed_topic(self, request: _Request) -> tuple[_Chat, _Topic]:
