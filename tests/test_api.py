@@ -304,6 +304,29 @@ async def test_quotas_apply_to_api_users_as_to_chat_users(
         check(await ada.delete(f"{S}/{session_id}"), ONE, "DELETE", 202)
 
 
+async def test_requests_faster_than_the_command_rate_get_429(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The router drops commands over the rate, so the API refuses them first, never says 202
+    # for a cancel or a follow-up that would then be dropped.
+    config = api_config(tmp_path, limits={"command_burst": 2, "commands_per_second": 0.01})
+    async with running_api(tmp_path, monkeypatch, asking_agent, config) as api, api.client() as ada:
+        session_id = (await start(ada))["id"]
+        message = await ada.post(f"{S}/{session_id}/messages", json={"text": "and then?"})
+        check(message, MESSAGES, "POST", 202)
+        too_fast = await ada.post(S, json={"prompt": "another"})
+        assert "slow down" in check(too_fast, S, "POST", 429)["error"]
+        check(
+            await ada.post(f"{S}/{session_id}/messages", json={"text": "hi"}), MESSAGES, "POST", 429
+        )
+        check(await ada.delete(f"{S}/{session_id}"), ONE, "DELETE", 429)
+        # Reading is not held back, nor is answering a permission (a button press in chat).
+        pending = (await read_events(ada, session_id, asking))[-1]["data"]["pending"][0]
+        path = f"{S}/{session_id}/permissions/{pending['id']}"
+        check(await ada.post(path, json={"option": 0}), PERMISSION, "POST", 202)
+        await api.agents[0].wait_until(lambda: api.agents[0].responses == [("0", "allow")])
+
+
 # --- bad requests ------------------------------------------------------------------------------
 
 

@@ -427,6 +427,7 @@ class ApiApp:
     async def _cancel(self, request: Request, session: Session, send: Send) -> None:
         if session.is_terminal:
             raise HttpError(409, f"session {session.id} has already ended ({session.status})")
+        self._admit(request)
         assert request.user is not None
         command = Command(
             _chat_of(session),

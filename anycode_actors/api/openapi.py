@@ -99,7 +99,10 @@ def openapi_document() -> dict[str, Any]:
                 "delete": {
                     "summary": "Cancel the session",
                     "operationId": "cancelSession",
-                    "responses": {"202": _answer("Cancelling", _ACCEPTED), **_errors(404, 409)},
+                    "responses": {
+                        "202": _answer("Cancelling", _ACCEPTED),
+                        **_errors(404, 409, 429),
+                    },
                 },
             },
             "/v1/sessions/{id}/events": {
