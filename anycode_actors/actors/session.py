@@ -32,6 +32,7 @@ from anycode_actors.actors.flusher import (
     Posted,
     Upload,
 )
+from anycode_actors.actors.pool import PoolInbox, claim
 from anycode_actors.actors.publisher import Card, Publisher
 from anycode_actors.actors.redaction import OutputRedactor
 from anycode_actors.actors.session_api import (
@@ -173,6 +174,7 @@ class SessionActor(Actor[SessionInbox]):
         answer_press: AnswerPress,
         recovered: Recovered | None = None,
         publisher: Publisher | None = None,
+        pool: trio.MemorySendChannel[PoolInbox] | None = None,
     ) -> None:
         super().__init__()
         self.session = session
@@ -187,6 +189,10 @@ class SessionActor(Actor[SessionInbox]):
         self._publisher = publisher
         self._recovered = recovered
         self._handle: SandboxHandle | None = recovered.handle if recovered else None
+        # The warm pool (actors/pool.py), and where the agent session of a sandbox taken from
+        # it is attached.
+        self._pool = pool
+        self._warm: Resume | None = None
         self._stream: StreamActor | None = None
         self._stream_ready = False
         self._turn_running = False
@@ -399,6 +405,15 @@ class SessionActor(Actor[SessionInbox]):
             repo=self.session.repo,
         )
         with self._start_scope:
+            if self._pool is not None:
+                # A task with a repository needs a sandbox made for it: the pool only makes
+                # room for it within the limits.
+                claimed = await claim(self._pool, self.session.agent, take=not self.session.repo)
+                if claimed is not None:
+                    self._handle = claimed.handle  # owned from here, as below
+                    self._warm = claimed.resume
+                    await self._outbox.send(_Started(claimed.handle))
+                    return
             try:
                 handle = await self._provider.create(spec)
             except SandboxUnavailable as exc:
@@ -422,7 +437,7 @@ class SessionActor(Actor[SessionInbox]):
         await self._store.set_sandbox(self._id, handle.id, handle.endpoint or "")
         if self._outcome is not None:
             return  # cancelled while the sandbox was being made; cleanup removes it
-        await self._start_stream(streams, handle, None)
+        await self._start_stream(streams, handle, self._warm)
 
     async def _start_stream(
         self, streams: Supervisor, handle: SandboxHandle, resume: Resume | None
