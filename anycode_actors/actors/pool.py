@@ -144,6 +144,10 @@ class SandboxPool(Actor[PoolInbox]):
     def enabled(self) -> bool:
         return any(size > 0 for size in self._config.pool.agents.values())
 
+    def ready(self, agent: str) -> int:
+        """How many sandboxes of `agent` are ready to be claimed now."""
+        return sum(1 for e in self._entries.values() if e.agent == agent and e.state == "ready")
+
     def held(self) -> frozenset[str]:
         """The sandboxes the pool holds or just handed over: the watchdog leaves them alone."""
         now = trio.current_time()
