@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -97,6 +98,10 @@ log = logging.getLogger(__name__)
 DESTROY_GRACE: Final = 60.0
 # Time for the last output and the final notice to reach the chat before the actor ends.
 DRAIN_GRACE: Final = 10.0
+REPORT_EVERY: Final = 0.25
+"""Seconds between reports to the actor tree while only output streams."""
+EVENT_BATCH: Final = 64
+"""The most agent events stored in one transaction (see `_with_queued_events`)."""
 UPLOADS_IN_FLIGHT: Final = 64
 """Room for upload confirmations; a task of the session records them as they come."""
 # Where agents leave files for the user (documented in the README and the agent's prompt).
@@ -211,6 +216,10 @@ class SessionActor(Actor[SessionInbox]):
         self._unconfirmed: set[int] = set()
         self._redactor: OutputRedactor | None = None
         self._unanswered: FollowUp | None = None
+        # A message taken from the inbox behind a batch of agent events, handled next.
+        self._deferred: list[SessionInbox] = []
+        self._reported_at = -math.inf
+        self._report_now = False  # an event that changes more than the count was handled
         # The stream actor's supervisor, run inside `run` for as long as the session lives.
         self._streams = Supervisor(name="streams", intensity=Intensity(max_restarts=0, period=1.0))
 
@@ -256,7 +265,15 @@ class SessionActor(Actor[SessionInbox]):
             # removes its sandbox.
             log.error("session %s: %s", short_id(self._id), exc)
             self._finish(SessionStatus.FAILED, f"the database failed: {exc}")
-        self._report()
+        # Streamed output moves only the event count: the tree hears of it a few times a
+        # second, not once per event (each report copies the actor's info).
+        if (
+            not isinstance(message, AgentEventArrived)
+            or self._report_now
+            or self._outcome is not None
+            or trio.current_time() - self._reported_at >= REPORT_EVERY
+        ):
+            self._report()
 
     async def _dispatch(self, message: SessionInbox) -> None:
         if isinstance(message, _Resume):
@@ -270,9 +287,12 @@ class SessionActor(Actor[SessionInbox]):
         elif isinstance(message, StreamReady):
             await self._on_stream_ready(message)
         elif isinstance(message, AgentEventArrived):
-            if _took_it_up(message.event):
+            batch = self._with_queued_events(message)
+            if any(_took_it_up(arrived.event) for arrived in batch):
                 self._unanswered = None
-            await self._on_event(message.event)
+            await self._on_events([arrived.event for arrived in batch])
+            if self._deferred:
+                await self._dispatch(self._deferred.pop())
         elif isinstance(message, StreamEnded):
             if self._outcome is None:
                 await self._on_stream_lost(message.error)
@@ -304,6 +324,8 @@ class SessionActor(Actor[SessionInbox]):
         self.stop()
 
     def _report(self) -> None:
+        self._reported_at = trio.current_time()
+        self._report_now = False
         context = current_child()
         if context is None:
             return
@@ -495,7 +517,26 @@ class SessionActor(Actor[SessionInbox]):
 
     # --- agent events ---------------------------------------------------------------------------
 
-    async def _on_event(self, agent_event: AgentEvent) -> None:
+    def _with_queued_events(self, first: AgentEventArrived) -> list[AgentEventArrived]:
+        """`first` and the agent events queued right behind it, taken together so that they are
+        stored in one transaction (one trip to the database's thread instead of one each).
+        The batch ends at an event that does more than add output (a permission, the end of
+        a turn or of the connection), which is handled last, as it would be alone; a message
+        of another kind taken from the inbox meanwhile waits in `_deferred`, to be handled
+        next."""
+        batch = [first]
+        while len(batch) < EVENT_BATCH and _only_output(batch[-1].event):
+            try:
+                message = self._inbox.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+            if not isinstance(message, AgentEventArrived):
+                self._deferred.append(message)
+                break
+            batch.append(message)
+        return batch
+
+    async def _on_events(self, agent_events: Sequence[AgentEvent]) -> None:
         # The credentials the sandbox was given never reach the event log or the chat: every
         # event is redacted first, and a piece of streamed text that may end in the beginning
         # of one waits for the next event (see OutputRedactor). Made at the first event, when
@@ -504,10 +545,14 @@ class SessionActor(Actor[SessionInbox]):
             self._redactor = _output_redactor(
                 self._config, self.session.agent, self._handle, self._recovered
             )
-        for event in self._redactor.feed(agent_event):
-            # Stored before shown: after a crash, the store is the truth of what happened. A
-            # seq stored already is a repeat (a resumed stream delivering it again): handled.
-            if not await self._store.append_event(self._id, event):
+        redactor = self._redactor
+        events = [event for agent_event in agent_events for event in redactor.feed(agent_event)]
+        # Stored before shown: after a crash, the store is the truth of what happened. A seq
+        # stored already is a repeat (a resumed stream delivering it again): handled.
+        stored = await self._store.append_events(self._id, events)
+        self._report_now = not all(_only_output(event) for event in events)
+        for event, new in zip(events, stored, strict=True):
+            if not new:
                 continue
             self._events += 1
             text = chat_text(event)
@@ -794,7 +839,7 @@ class SessionActor(Actor[SessionInbox]):
     # --- the end --------------------------------------------------------------------------------
 
     def _take_the_rest(self) -> list[SessionInbox]:
-        rest = []
+        rest, self._deferred = self._deferred, []
         while True:
             try:
                 rest.append(self._inbox.receive_nowait())
@@ -882,6 +927,13 @@ class SessionActor(Actor[SessionInbox]):
         with trio.move_on_after(5):
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await self._closed.send(SessionClosed(self._id, str(status)))
+
+
+def _only_output(event: AgentEvent) -> bool:
+    """Whether handling `event` does nothing but store it and show its output."""
+    return not isinstance(
+        event, PermissionRequested | PermissionResolved | TurnEnded | ErrorEvent | SessionEnded
+    )
 
 
 def _took_it_up(event: AgentEvent) -> bool:
