@@ -477,7 +477,7 @@ def measure_throughput(events: int) -> list[Figure]:
                             if count >= events:
                                 end = now
                                 break
-                            await trio.sleep(0.002)
+                            await trio.sleep(0.01)
                 nursery.cancel_scope.cancel()
         return bare, (events - 1) / (end - first)
 
