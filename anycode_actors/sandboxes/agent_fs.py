@@ -44,6 +44,7 @@ from typing import Any, Final
 
 import httpx
 
+from anycode_actors._tls import shared_ssl_context
 from anycode_actors.sandboxes.base import OutboxListing, SandboxError, SandboxFile, hard_links
 
 __all__ = ["FS_TIMEOUT", "read_files_via_sandbox_agent"]
@@ -79,6 +80,7 @@ async def read_files_via_sandbox_agent(
         headers={"Authorization": f"Bearer {token}"},
         timeout=request_timeout,
         trust_env=False,
+        verify=shared_ssl_context(trust_env=False),
     ) as client:
         api = _FsApi(client, endpoint)
         parent, name = posixpath.split(folder)
