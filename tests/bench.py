@@ -149,14 +149,18 @@ async def _dispatch(
                 await tg.wait_for_message(user.id, containing="completed")
         if daemon_pool is not None:
             details = {"claims": daemon_pool.claims, "misses": daemon_pool.misses}
-        floor = await _floor(world.config, floor_runs)
+        floor, prompts = await _floor(world.config, world.model, floor_runs)
+        if prompts:
+            details["prompt_to_model_s"] = prompts
         nursery.cancel_scope.cancel()
     return latencies, details, floor
 
 
-async def _floor(config: Config, runs: int) -> list[float]:
+async def _floor(config: Config, model: Any, runs: int) -> tuple[list[float], list[float]]:
     """Seconds for a bare `docker run` of the image until sandbox-agent is healthy, then ACP
-    initialize and session/new, as `DockerProvider` would give the agent (same environment)."""
+    initialize and session/new, as `DockerProvider` would give the agent (same environment);
+    and, after that, from session/prompt to the prompt reaching the scripted `model` (what no
+    pool can save)."""
     from anycode_actors.agents import open_sandbox_agent_client
     from anycode_actors.sandboxes.base import new_agent_token
     from anycode_actors.sandboxes.docker import AGENT_PORT
@@ -164,8 +168,8 @@ async def _floor(config: Config, runs: int) -> list[float]:
     from tests.e2e.harness import IMAGE
 
     client = await trio.to_thread.run_sync(docker_client)
-    times = []
-    for _ in range(runs):
+    times, prompts = [], []
+    for run in range(runs):
         token = new_agent_token()
         env = {
             **config.sandbox_env("claude-code"),
@@ -191,11 +195,18 @@ async def _floor(config: Config, runs: int) -> list[float]:
             ) as acp:
                 with trio.fail_after(120):
                     await acp.initialize()
-                    await acp.new_session("/workspace")
-            times.append(time.perf_counter() - start)
+                    session = await acp.new_session("/workspace")
+                times.append(time.perf_counter() - start)
+                asked = time.perf_counter()
+                await session.prompt(f"[[bench]] floor {run}")
+                with trio.fail_after(120):
+                    await model.wait_for_request(
+                        lambda r, n=run: r.is_messages and f"floor {n}" in str(r.body)
+                    )
+                prompts.append(time.perf_counter() - asked)
         finally:
             await trio.to_thread.run_sync(lambda c=container: c.remove(force=True))
-    return times
+    return times, prompts
 
 
 def _docker_or_skip() -> None:
@@ -216,7 +227,8 @@ def measure_dispatch(quick: bool) -> list[Figure]:
     async def main() -> tuple[list[float], dict[str, Any], list[float], list[float]]:
         with tempfile.TemporaryDirectory() as warm_dir, tempfile.TemporaryDirectory() as cold_dir:
             warm, pool, _ = await _dispatch(Path(warm_dir), warm_tasks, POOL_SIZE)
-            cold, _, floor = await _dispatch(Path(cold_dir), cold_tasks, 0, cold_tasks)
+            cold, found, floor = await _dispatch(Path(cold_dir), cold_tasks, 0, cold_tasks)
+        pool["prompt_to_model_p50_ms"] = 1000 * statistics.median(found["prompt_to_model_s"])
         return warm, pool, cold, floor
 
     warm, pool, cold, floor = trio.run(main)

@@ -13,7 +13,14 @@ import pytest
 import trio
 
 from anycode_actors.actors.directory import SessionDirectory
-from anycode_actors.actors.pool import POOL_PREFIX, TICK, Claimed, SandboxPool, claim
+from anycode_actors.actors.pool import (
+    CLAIM_WAIT,
+    POOL_PREFIX,
+    TICK,
+    Claimed,
+    SandboxPool,
+    claim,
+)
 from anycode_actors.actors.watchdog import ORPHAN_AGE, Watchdog
 from anycode_actors.agents.session import Resume
 from anycode_actors.config import AgentConfig, Config, config_from_mapping
@@ -244,21 +251,47 @@ async def test_a_session_takes_its_sandbox_from_the_pool_and_attaches_to_its_age
     assert all(spec.session_id.startswith(POOL_PREFIX) for spec in provider.specs)
 
 
-async def test_a_session_creates_its_own_sandbox_when_the_pool_has_none_ready(
+async def test_a_session_waits_for_a_sandbox_on_its_way_rather_than_make_its_own(
     autojump_clock: trio.abc.Clock,
     nursery: trio.Nursery,
     store: Store,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     config = pool_config(1)
-    pool, provider, _, _ = await start_pool(nursery, store, config)
-    # At once, before the pooled sandbox is ready: the session does not wait for it.
+    pool, provider, prepared, _ = await start_pool(nursery, store, config)
+    # At once, while the pooled sandbox is still coming up (half a second).
+    agent = FakeAgent([said("done")])
+    rig = await start(nursery, store, monkeypatch, agent, config, provider, pool=pool.address())
+    closed = await rig.wait_closed()
+    assert closed.status == "completed"
+    [pooled, *_] = prepared.handles
+    assert agent.connects == [Resume(f"acp-{pooled.id}", 0, "2", False)]
+    assert [s.session_id for s in provider.specs].count(rig.session.id) == 0
+    assert (pool.claims, pool.misses) == (1, 0)
+
+
+async def test_a_session_makes_its_own_sandbox_when_the_pool_has_none_soon_enough(
+    autojump_clock: trio.abc.Clock,
+    nursery: trio.Nursery,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def slow(agent: AgentConfig, handle: SandboxHandle) -> Resume:
+        await trio.sleep(CLAIM_WAIT * 10)
+        return Resume("late", 0, None, False)
+
+    config = pool_config(1)
+    provider = FakeProvider()
+    pool = SandboxPool(config, provider, store, prepare=slow)
+    await nursery.start(Supervisor([pool.spec("pool")], registry=Registry()).run)
     agent = FakeAgent([said("done")])
     rig = await start(nursery, store, monkeypatch, agent, config, provider, pool=pool.address())
     closed = await rig.wait_closed()
     assert closed.status == "completed"
     assert agent.connects == [None]
     assert [s.session_id for s in provider.specs].count(rig.session.id) == 1
+    await trio.sleep(CLAIM_WAIT * 10)
+    assert pool.ready("claude-code") == 1  # kept for the next claim
 
 
 async def test_a_claim_of_a_pool_that_stopped_is_answered_with_nothing() -> None:

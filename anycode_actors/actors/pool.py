@@ -7,9 +7,10 @@ prompt. With the stdio protocols ("acp", "acpx") the agent runs as a process of 
 own connection, so a pooled sandbox is only created and the session starts its agent in it.
 
 - A session asks with `claim(pool, agent)` and gets a `Claimed` (the sandbox, and where its
-  agent session is to be attached) or None, and then creates its sandbox as before. A task with
-  a repository never takes one (its sandbox is made for the repository); it asks with
-  `take=False`, which only makes room (below).
+  agent session is to be attached) or None, and then creates its sandbox as before. With none
+  ready but one on its way (not promised to an earlier claim), the claim waits for that one.
+  A task with a repository never takes one (its sandbox is made for the repository); it asks
+  with `take=False`, which only makes room (below).
 - Sandboxes and sessions share `limits.max_sessions_total`: the pool fills only what the live
   sessions in the store leave free, and before a session that found nothing ready creates its
   own sandbox, the pool removes ready ones until the two fit together again.
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -136,6 +138,7 @@ class SandboxPool(Actor[PoolInbox]):
         self._tick = tick
         self._entries: dict[str, _Entry] = {}
         self._handed: dict[str, float] = {}  # sandbox id → trio time it was claimed
+        self._waiting: deque[Claim] = deque()  # claims for a sandbox still warming, oldest first
         self._swept = False
         self.claims = 0
         self.misses = 0
@@ -173,6 +176,10 @@ class SandboxPool(Actor[PoolInbox]):
         handles = [e.handle for e in self._entries.values() if e.handle is not None]
         self._entries.clear()
         # A claim still waiting is answered: nothing, so its session goes on by itself.
+        for claim in self._waiting:
+            with trio.move_on_after(1):
+                await _answer(claim, None)
+        self._waiting.clear()
         while True:
             try:
                 message = self._inbox.receive_nowait()
@@ -199,11 +206,14 @@ class SandboxPool(Actor[PoolInbox]):
                 entry.resume = message.resume
                 entry.since = trio.current_time()
                 entry.created_at = _utc_now()
+                await self._serve_waiting(entry)
         elif isinstance(message, _WarmFailed):
             entry = self._entries.pop(message.pool_id, None)
             log.warning("pool: sandbox %s did not come up: %s", message.pool_id, message.error)
-            if entry is not None and entry.handle is not None:
-                self.tasks.start_soon(self._destroy, entry.handle.id)
+            if entry is not None:
+                if entry.handle is not None:
+                    self.tasks.start_soon(self._destroy, entry.handle.id)
+                await self._release_waiting(entry.agent)
         self._report()
 
     # --- claims ---------------------------------------------------------------------------------
@@ -220,17 +230,48 @@ class SandboxPool(Actor[PoolInbox]):
                 None,
             )
         if entry is not None:
-            assert entry.handle is not None
-            if await _answer(claim, Claimed(entry.handle, entry.resume)):
-                del self._entries[entry.pool_id]
-                self._handed[entry.handle.id] = trio.current_time()
-                self.claims += 1
-                await self._refill()
+            await self._hand_over(entry, claim)
+            return
+        if claim.take and self._warming(claim.agent) > self._waiting_for(claim.agent):
+            # One is on its way, and sooner ready than a sandbox made from scratch: the claim
+            # waits for it (or, at the claimant's CLAIM_WAIT, creates its own after all).
+            self._waiting.append(claim)
             return
         if claim.take:
             self.misses += 1
         await self._make_room()
         await _answer(claim, None)
+
+    async def _hand_over(self, entry: _Entry, claim: Claim) -> bool:
+        assert entry.handle is not None
+        if not await _answer(claim, Claimed(entry.handle, entry.resume)):
+            return False  # the claimant stopped waiting: the sandbox stays in the pool
+        del self._entries[entry.pool_id]
+        self._handed[entry.handle.id] = trio.current_time()
+        self.claims += 1
+        await self._refill()
+        return True
+
+    async def _serve_waiting(self, entry: _Entry) -> None:
+        """Hand the sandbox that just became ready to the longest-waiting claim for it."""
+        for claim in [c for c in self._waiting if c.agent == entry.agent]:
+            self._waiting.remove(claim)
+            if await self._hand_over(entry, claim):
+                return
+
+    async def _release_waiting(self, agent: str) -> None:
+        """Send the claims that no sandbox on its way will serve to make their own."""
+        waiting = [c for c in self._waiting if c.agent == agent]
+        for claim in waiting[self._warming(agent) :]:
+            self._waiting.remove(claim)
+            self.misses += 1
+            await _answer(claim, None)
+
+    def _warming(self, agent: str) -> int:
+        return sum(1 for e in self._entries.values() if e.agent == agent and e.state == "warming")
+
+    def _waiting_for(self, agent: str) -> int:
+        return sum(1 for c in self._waiting if c.agent == agent)
 
     async def _make_room(self) -> None:
         """Remove ready sandboxes (the oldest first) until the live sessions, which include
