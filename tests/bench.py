@@ -19,7 +19,8 @@ JSON:
    its share: upper bounds.
 4. throughput: agent events per second through the daemon (SSE stream → stream actor → session
    actor, stored, handed to the flusher) ÷ events per second of a bare httpx-sse loop reading the
-   same stream from the same server (target ≥ 0.5).
+   same stream from the same server (target ≥ 0.5); both from the server starting the turn to
+   the last event read (the daemon's: counted by its session, polled every 10 ms).
 5. chat requests: sendMessage + editMessageText for one session streaming 100 deltas over 25 s ÷
    the least the per-chat limit allows (one a second while it streams), with the 429s and the
    no-op edits ("message is not modified") it got (targets ≤ 1.1, 0, 0).
@@ -57,7 +58,7 @@ from anycode_actors.sandboxes.base import SandboxHandle
 from supervisors import Backoff
 from tests.actor_fakes import FakeProvider
 from tests.fakes._http import Served
-from tests.fakes.sandbox_agent import serve, word
+from tests.fakes.sandbox_agent import ScriptedSandboxAgent, serve, word
 from tests.fakes.telegram import FakeTelegram, FloodLimits, User
 
 WARM_TASKS: Final = 20
@@ -67,7 +68,7 @@ SCALE_SESSIONS: Final = 1000
 SCALE_WORDS: Final = 100
 SCALE_PACE: Final = 0.01
 SCALE_WARM_UP: Final = 20
-THROUGHPUT_EVENTS: Final = 2000
+THROUGHPUT_EVENTS: Final = 20_000
 STEADY: Final = Backoff(initial=1.0, factor=2.0, cap=30.0, jitter=0.0)
 WAIT: Final = 900.0
 REPO: Final = Path(__file__).resolve().parent.parent
@@ -427,7 +428,7 @@ def measure_scale(sessions: int) -> list[Figure]:
     ]
 
 
-async def _bare_rate(base_url: str, events: int) -> float:
+async def _bare_rate(base_url: str, app: ScriptedSandboxAgent, events: int) -> float:
     """Events per second of a bare httpx-sse loop over a fresh server of the scripted agent."""
     path = "/v1/acp/bare"
     async with httpx.AsyncClient(base_url=base_url, timeout=60) as http:
@@ -440,7 +441,7 @@ async def _bare_rate(base_url: str, events: int) -> float:
         )
         session_id = new.json()["result"]["sessionId"]
         seen = 0
-        first = last = 0.0
+        last = 0.0
         async with (
             trio.open_nursery() as nursery,
             httpx_sse.aconnect_sse(http, "GET", path) as source,
@@ -462,12 +463,10 @@ async def _bare_rate(base_url: str, events: int) -> float:
                 if "agent_message_chunk" not in sse.data:
                     continue
                 seen += 1
-                if seen == 1:
-                    first = time.perf_counter()
                 if seen == events:
                     last = time.perf_counter()
                     break
-    return (events - 1) / (last - first)
+    return events / (last - app.turns_started[-1])
 
 
 def measure_throughput(events: int) -> list[Figure]:
@@ -475,15 +474,15 @@ def measure_throughput(events: int) -> list[Figure]:
         telegram = FakeTelegram()
         with tempfile.TemporaryDirectory() as tmp:
             async with trio.open_nursery() as nursery:
-                served, _app = await nursery.start(serve, events, 0.0)
+                served, app = await nursery.start(serve, events, 0.0)
                 assert isinstance(served, Served)
-                bare = await _bare_rate(served.base_url, events)
+                bare = await _bare_rate(served.base_url, app, events)
                 await telegram.start(nursery)
                 config = _daemon_config(Path(tmp), telegram, 1)
                 async with _running_daemon(telegram, config, served.base_url) as daemon:
                     ada = User(4242, "ada")
                     telegram.inject_message(ada.id, ada, "/task stream")
-                    first = end = 0.0
+                    end = 0.0
                     with trio.fail_after(WAIT):
                         while True:
                             counts = [
@@ -492,15 +491,12 @@ def measure_throughput(events: int) -> list[Figure]:
                                 if "session" in e.info and "agent" in e.info
                             ]
                             count = counts[0] if counts and isinstance(counts[0], int) else 0
-                            now = time.perf_counter()
-                            if count >= 1 and not first:
-                                first = now
                             if count >= events:
-                                end = now
+                                end = time.perf_counter()
                                 break
                             await trio.sleep(0.01)
                 nursery.cancel_scope.cancel()
-        return bare, (events - 1) / (end - first)
+        return bare, events / (end - app.turns_started[-1])
 
     bare, through = trio.run(main)
     ratio = through / bare

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,6 +63,7 @@ class ScriptedSandboxAgent:
         self.servers: dict[str, _Server] = {}
         self.prompts = 0
         self.turns_done = 0
+        self.turns_started: list[float] = []  # time.perf_counter() as each turn began
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -109,6 +111,7 @@ class ScriptedSandboxAgent:
             result = {"sessionId": f"{server_id}-s{server.sessions}"}
         elif method == "session/prompt":
             self.prompts += 1
+            self.turns_started.append(time.perf_counter())
             session_id = message["params"]["sessionId"]
             for n in range(self.words):
                 if self.pace:
