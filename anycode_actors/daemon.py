@@ -56,11 +56,11 @@ from anycode_actors.agents import (
 )
 from anycode_actors.agents.events import UnknownEvent
 from anycode_actors.agents.session import Resume
-from anycode_actors.chat.base import ButtonPress, ChatClient, ChatRef
+from anycode_actors.chat.base import Attachment, ButtonPress, ChatClient, ChatRef
 from anycode_actors.config import Config
 from anycode_actors.errors import AnycodeError
 from anycode_actors.git import GitCredential, MirrorCache, parse_repo_ref
-from anycode_actors.git.forges import GitHubForge
+from anycode_actors.git.forges import Forge, GitHubForge, GitLabForge
 from anycode_actors.sandboxes.base import SandboxProvider
 from anycode_actors.store import Session, SessionStatus, Store, StoreUnavailable
 from supervisors import (
@@ -270,8 +270,18 @@ class Daemon:
     ) -> trio.MemorySendChannel[ChatInbox]:
         client = self._clients_by_platform[chat.platform]
 
-        async def start_session(session: Session, recovered: Recovered | None) -> SessionHandle:
-            return await self._start_session(session, chat, actor, flusher, client, recovered)
+        async def start_session(
+            session: Session,
+            recovered: Recovered | None,
+            attachments: tuple[Attachment, ...] = (),
+            /,
+        ) -> SessionHandle:
+            return await self._start_session(
+                session, chat, actor, flusher, client, recovered, attachments
+            )
+
+        async def hand_over(to: ChatRef, message: ChatInbox) -> None:
+            await self.router.send(Deliver(to, message))
 
         budget = self._budgets.get(chat.platform)
         # The chat actor and its flusher address each other: the actor's inbox comes first.
@@ -293,6 +303,7 @@ class Daemon:
             start_session=start_session,
             access=client.access,
             directory=self.directory.address(),
+            hand_over=hand_over,
             idle_after=float(self.config.session.chat_idle_minutes) * 60,
             inbox=inbox,
         )
@@ -348,6 +359,7 @@ class Daemon:
         flusher: Flusher,
         client: ChatClient,
         recovered: Recovered | None = None,
+        attachments: tuple[Attachment, ...] = (),
     ) -> SessionHandle:
         async def answer_press(press: ButtonPress, text: str) -> None:
             try:
@@ -367,6 +379,8 @@ class Daemon:
             answer_press=answer_press,
             recovered=recovered,
             publisher=self._publisher_for(session),
+            download=client.download,
+            attachments=attachments,
             pool=self.pool.address() if self.pool is not None else None,
         )
         spec = actor.spec(
@@ -379,29 +393,36 @@ class Daemon:
 
     def _publisher_for(self, session: Session) -> Publisher | None:
         """A publisher when the session's repository is on a forge the daemon has a token for
-        (GitHub: `[github] token`) and `[git] auto_pr` is not off, or /pr and /diff could still
-        use it: made whenever the repository and the token are there."""
-        if not session.repo or self.config.github is None:
+        (GitHub: `[github] token`; GitLab: `[gitlab] token`), whatever `[git] auto_pr` says:
+        /pr and /diff use it too."""
+        if not session.repo:
             return None
         git = self.config.git
         repo = parse_repo_ref(session.repo, forges_for(git))
-        if repo is None or repo.kind != "github":
+        forge: Forge
+        if repo is not None and repo.kind == "github" and self.config.github is not None:
+            token = self.config.github.token.get_secret_value()
+            forge = GitHubForge(git.github_api_url, token)
+        elif repo is not None and repo.kind == "gitlab" and self.config.gitlab is not None:
+            token = self.config.gitlab.token.get_secret_value()
+            forge = GitLabForge(git.gitlab_api_url, token)
+        else:
             return None
-        token = self.config.github.token.get_secret_value()
-        root = git.cache_dir
         return Publisher(
             session_id=session.id,
             repo=repo,
-            forge=GitHubForge(git.github_api_url, token),
-            credential=GitCredential.for_forge("github", token),
+            forge=forge,
+            credential=GitCredential.for_forge(repo.kind, token),
             mirrors=self._mirrors,
-            work_root=root / "sessions",
+            work_root=git.cache_dir / "sessions",
             branch_prefix=git.branch_prefix,
             email_domain=git.email_domain,
             draft=git.draft,
             max_patch_bytes=git.max_patch_kb * 1024,
             prompt=session.prompt,
-            requester=Requester(session.user, f"{session.platform}-{session.user}"),
+            requester=Requester(
+                session.user_name or session.user, f"{session.platform}-{session.user}"
+            ),
             within=float(git.timeout_secs),
         )
 

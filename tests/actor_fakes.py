@@ -36,13 +36,17 @@ from anycode_actors.agents import (
     TurnEnded,
 )
 from anycode_actors.agents.acp import Turn
+from anycode_actors.agents.events import PromptFile
 from anycode_actors.chat.auth import AccessPolicy
 from anycode_actors.chat.base import (
+    Attachment,
     Button,
     ButtonPress,
+    ChatError,
     ChatEvent,
     ChatLimits,
     ChatRef,
+    FileTooLarge,
     RateLane,
     User,
 )
@@ -146,6 +150,7 @@ class RecordingChat:
     platform = "telegram"
     access = AccessPolicy.open()
     rate_lanes: Mapping[str, RateLane] = {}
+    task_threads = False
 
     def __init__(self, limits: ChatLimits = GENEROUS) -> None:
         self.limits = limits
@@ -154,6 +159,8 @@ class RecordingChat:
         self.presses: list[tuple[ButtonPress, str]] = []
         self.uploads: list[tuple[str, bytes, str]] = []
         self.refusals: list[tuple[ChatEvent, str]] = []
+        # What `download` serves, by Attachment.ref; a ChatError stands for a failed fetch.
+        self.files: dict[str, bytes | ChatError] = {}
         self._ids = itertools.count(1)
         self._changed = trio.Event()
 
@@ -257,6 +264,17 @@ class RecordingChat:
         self._record(Call(trio.current_time(), "upload", message_id, filename))
         return message_id
 
+    async def download(self, attachment: Attachment, max_bytes: int) -> bytes:
+        await trio.lowlevel.checkpoint()
+        found = self.files.get(attachment.ref)
+        if found is None:
+            raise ChatError(f"no file {attachment.ref}", code="not_found")
+        if isinstance(found, ChatError):
+            raise found
+        if len(found) > max_bytes:
+            raise FileTooLarge(f"{attachment.name} is too large", size=len(found))
+        return found
+
 
 # --- the sandbox provider -----------------------------------------------------------------------
 
@@ -300,6 +318,7 @@ class FakeProvider:
         self.links: dict[str, str] = {}
         self.output = ""
         self.reads = 0
+        self.written: dict[str, bytes] = {}  # path → data, from write_file
         self._ids = itertools.count(1)
 
     # -- for tests
@@ -405,6 +424,12 @@ class FakeProvider:
             links=tuple(sorted(self.links.items())),
         )
 
+    async def write_file(self, handle: SandboxHandle, path: str, data: bytes) -> None:
+        await trio.lowlevel.checkpoint()
+        if handle.id not in self.sandboxes:
+            raise SandboxError(f"sandbox {handle.id} does not exist (any more)")
+        self.written[path] = data
+
 
 # --- the agent ----------------------------------------------------------------------------------
 
@@ -453,6 +478,7 @@ class FakeAgent:
         self.connect_error = connect_error
         self.permissions = AsksUser() if permissions is None else permissions
         self.prompts: list[str] = []
+        self.prompt_files: list[tuple[PromptFile, ...]] = []  # by prompt
         self.responses: list[tuple[str, str]] = []
         self.cancels = 0
         self.connects: list[Resume | None] = []
@@ -505,13 +531,14 @@ class FakeAgent:
     def turn_running(self) -> bool:
         return self._running
 
-    async def prompt(self, text: str) -> Turn:
+    async def prompt(self, text: str, files: Sequence[PromptFile] = ()) -> Turn:
         await trio.lowlevel.checkpoint()
         if self._ended:
             raise AgentClosedError("the session has ended")
         if self._running:
             raise TurnInProgressError("still answering the previous prompt")
         self.prompts.append(text)
+        self.prompt_files.append(tuple(files))
         self._running = True
         self._changed_now()
         if self._turns:

@@ -12,6 +12,7 @@ import trio
 
 from anycode_actors.actors.flusher import Flusher
 from anycode_actors.actors.pool import PoolInbox
+from anycode_actors.actors.publisher import Publisher
 from anycode_actors.actors.session import SessionActor
 from anycode_actors.actors.session_api import SessionClosed
 from anycode_actors.config import Config, config_from_mapping
@@ -54,6 +55,7 @@ async def start(
     agent: FakeAgent,
     config: Config,
     provider: FakeProvider | None = None,
+    publisher: Publisher | None = None,
     pool: trio.MemorySendChannel[PoolInbox] | None = None,
 ) -> Rig:
     """Start a session actor for `/task fix the login bug` under a supervisor, as the daemon
@@ -80,6 +82,7 @@ async def start(
         provider=provider,
         config=config,
         answer_press=client.answer_press,
+        publisher=publisher,
         pool=pool,
     )
     sessions = Supervisor(name="sessions", registry=Registry())

@@ -242,6 +242,7 @@ async def test_task_records_a_pending_session_announces_it_and_starts_its_actor(
         ADA.id,
     )
     assert session.repo == "https://github.com/acme/web.git"
+    assert session.user_name == ADA.author_name == "@ada"  # no full name given: the mention
     assert session.status == SessionStatus.PENDING
     assert started.recovered is None
     assert replies == [

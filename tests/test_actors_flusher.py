@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 
 from anycode_actors.actors.flusher import (
     MAX_ATTEMPTS,
+    THREAD_GONE_NOTICE,
     Append,
     Drain,
     Edit,
@@ -39,6 +40,7 @@ from anycode_actors.actors.flusher import (
     Post,
     Posted,
     StreamStarted,
+    ThreadClosed,
     Upload,
     split_point,
 )
@@ -1041,6 +1043,51 @@ async def test_telegram_a_deleted_stream_message_is_sent_again_as_a_new_one(
         assert [(c.status, c.description) for c in fake.calls if c.status != 200] == [
             (400, "Bad Request: message to edit not found")
         ]
+
+
+@pytest.mark.parametrize("how", ["closed", "deleted"])
+async def test_telegram_a_topic_that_goes_away_moves_the_output_to_the_main_chat(
+    autojump_clock: trio.abc.Clock, nursery: trio.Nursery, how: str
+) -> None:
+    async with telegram(nursery) as (fake, client, _):
+        fake.add_chat(TG_GROUP, "supergroup", is_forum=True)
+        topic = fake.create_topic(TG_GROUP, "bugs")
+        thread = ChatRef("telegram", str(TG_GROUP), str(topic))
+        notify_in, notify_out = trio.open_memory_channel[StreamStarted | ThreadClosed](10)
+        flusher = await start(nursery, client, thread, notify=notify_in)
+        await flusher.send(Append("s1", "Looking at the logs"))
+        await flusher.send(Flush("s1"))
+        await flusher.drain()
+        (fake.close_topic if how == "closed" else fake.delete_topic)(TG_GROUP, topic)
+        await flusher.send(Append("s1", ", found the bug."))
+        await flusher.send(EndStream("s1"))
+        posted_in, posted_out = trio.open_memory_channel[Posted](1)
+        await flusher.send(Post("Allow the edit?", ALLOW, tag="p1", reply_to=posted_in))
+        await flusher.drain()
+        main = [m.text for m in fake.topic_messages(TG_GROUP, None) if m.from_bot]
+        in_topic = [m.text for m in fake.topic_messages(TG_GROUP, topic) if m.from_bot]
+        if how == "closed":
+            # Its message is still there and can still be edited: the stream ends in it.
+            assert in_topic == ["Looking at the logs, found the bug."]
+            assert main == [THREAD_GONE_NOTICE, "Allow the edit?"]
+        else:
+            # Deleted with the topic: the whole text goes out again, in the main chat.
+            assert in_topic == []
+            assert main == [
+                THREAD_GONE_NOTICE,
+                "Looking at the logs, found the bug.",
+                "Allow the edit?",
+            ]
+        assert (await posted_out.receive()).message_id is not None
+        assert flusher.chat == ChatRef("telegram", str(TG_GROUP))
+        reports = [notify_out.receive_nowait() for _ in range(2)]
+        assert isinstance(reports[0], StreamStarted)
+        assert reports[1] == ThreadClosed(thread)
+        # Later output goes straight to the main chat.
+        await flusher.send(Post("Done."))
+        await flusher.drain()
+        assert fake.topic_messages(TG_GROUP, None)[-1].text == "Done."
+        assert flusher.stats.dropped == 0
 
 
 # --- benchmark (run with -m bench) ----------------------------------------------------------------

@@ -35,7 +35,7 @@ from anycode_actors.agents import (
     ToolCall,
     TurnEnded,
 )
-from anycode_actors.chat.base import ButtonPress, User
+from anycode_actors.chat.base import Attachment, ButtonPress, ChatError, User
 from anycode_actors.errors import AgentError
 from anycode_actors.sandboxes.base import SandboxError
 from anycode_actors.store import (
@@ -116,6 +116,7 @@ async def start_session(
     session: Session | None = None,
     recovered: Recovered | None = None,
     client: RecordingChat | None = None,
+    attachments: tuple[Attachment, ...] = (),
     **settings: float,
 ) -> SessionRig:
     """Start a session actor for a fresh `/task fix the login bug` (or `session`)."""
@@ -145,6 +146,8 @@ async def start_session(
         config=config,
         answer_press=client.answer_press,
         recovered=recovered,
+        download=client.download,
+        attachments=attachments,
     )
     # Under a supervisor, as in the daemon: the actor supervises its stream actor.
     sessions = Supervisor(name="sessions", registry=Registry())
@@ -915,6 +918,111 @@ async def test_a_recovered_session_whose_turn_had_ended_sends_the_files_not_yet_
         ("sent.txt", len(b"already there")),
         ("report.md", len(b"# the report")),
     }
+
+
+# --- files sent with the task and with follow-ups -----------------------------------------------
+
+
+async def test_files_are_written_into_the_inbox_and_go_with_the_prompt(
+    autojump_clock: trio.abc.Clock,
+    nursery: trio.Nursery,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    agent = FakeAgent([[TextDelta(text="A cat."), TurnEnded(stop_reason="end_turn")], []])
+    client = RecordingChat()
+    client.files = {"p": b"\xff\xd8jpeg", "v": b"OggS", "d": b"a,b\n"}
+    photo = Attachment("image", "photo_7.jpg", "image/jpeg", "p", 6)
+    voice = Attachment("audio", "voice_8.ogg", "audio/ogg", "v", 4)
+    provider = FakeProvider()
+    rig = await start_session(
+        nursery,
+        store,
+        monkeypatch,
+        agent,
+        provider,
+        client=client,
+        attachments=(photo, voice),
+        idle_minutes=10,
+    )
+    await agent.wait_for_prompts(1)
+    assert provider.written == {
+        "/workspace/inbox/photo_7.jpg": b"\xff\xd8jpeg",
+        "/workspace/inbox/voice_8.ogg": b"OggS",
+    }
+    [image, audio] = agent.prompt_files[0]
+    assert (image.path, image.mime_type, image.data) == (
+        "/workspace/inbox/photo_7.jpg",
+        "image/jpeg",
+        b"\xff\xd8jpeg",
+    )
+    assert (audio.path, audio.data) == ("/workspace/inbox/voice_8.ogg", None)
+    prompt = agent.prompts[0]
+    assert prompt.startswith("fix the login bug\n\nFiles sent with this message are in")
+    assert "/workspace/inbox/voice_8.ogg is a voice note" in prompt
+    assert "not transcribed" in prompt
+
+    # A follow-up's file with the same name gets a name of its own.
+    again = Attachment("document", "photo_7.jpg", "image/jpeg", "d", 4)
+    await rig.actor.send(FollowUp("and this one?", ADA, (again,)))
+    await agent.wait_for_prompts(2)
+    assert "/workspace/inbox/2-photo_7.jpg" in provider.written
+    assert [f.path for f in agent.prompt_files[1]] == ["/workspace/inbox/2-photo_7.jpg"]
+    assert agent.prompts[1].startswith("and this one?\n\n")
+
+
+async def test_a_file_too_big_or_unreadable_is_left_out_with_a_word_and_the_text_still_goes(
+    autojump_clock: trio.abc.Clock,
+    nursery: trio.Nursery,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    agent = FakeAgent([[TextDelta(text="ok"), TurnEnded(stop_reason="end_turn")]])
+    client = RecordingChat()
+    client.files = {
+        "big": b"x" * (2 * 1024 * 1024),
+        "broken": ChatError("HTTP 500", code="http_500"),
+    }
+    big = Attachment("document", "big.bin", "application/octet-stream", "big")
+    broken = Attachment("image", "shot.png", "image/png", "broken")
+    provider = FakeProvider()
+    await start_session(
+        nursery,
+        store,
+        monkeypatch,
+        agent,
+        provider,
+        client=client,
+        attachments=(big, broken),
+        max_download_mb=1,
+    )
+    await agent.wait_for_prompts(1)
+    assert agent.prompts == ["fix the login bug"]
+    assert agent.prompt_files == [()]
+    assert provider.written == {}
+    await client.wait_for_text("Not given to the agent")
+    [told] = [t for t in client.texts() if "Not given to the agent" in t]
+    assert "big.bin: over 1 MB (session.max_download_mb)" in told
+    assert "shot.png: could not be fetched" in told
+
+
+async def test_a_follow_up_of_files_that_all_fail_asks_the_agent_nothing(
+    autojump_clock: trio.abc.Clock,
+    nursery: trio.Nursery,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    agent = FakeAgent([[TextDelta(text="ok"), TurnEnded(stop_reason="end_turn")]])
+    client = RecordingChat()
+    rig = await start_session(nursery, store, monkeypatch, agent, client=client, idle_minutes=10)
+    await agent.wait_for_prompts(1)
+    await client.wait_for_text("ok")
+    lost = Attachment("document", "gone.txt", "text/plain", "missing")
+    await rig.actor.send(FollowUp("", ADA, (lost,)))
+    await client.wait_for_text("Not given to the agent")
+    await rig.actor.send(FollowUp("and now?", ADA))
+    await agent.wait_for_prompts(2)
+    assert agent.prompts == ["fix the login bug", "and now?"]
 
 
 async def test_events_queued_together_are_stored_together_and_a_follow_up_among_them_waits(

@@ -33,6 +33,7 @@ from anycode_actors.agents import (
     open_local_stdio_client,
 )
 from anycode_actors.agents.acp import EVENTS_QUEUE_LIMIT, INITIALIZE_TIMEOUT
+from anycode_actors.agents.events import PromptFile
 from anycode_actors.agents.jsonrpc import decode_line, parse_message
 from anycode_actors.agents.transport import Received
 from anycode_actors.errors import (
@@ -61,6 +62,7 @@ class ScriptedPeer:
         self._wakeup = trio.Event()
         self.end: AgentClosedError | None = None
         self.after_new_session: list[dict[str, Any]] = []
+        self.agent_capabilities: dict[str, Any] = {"loadSession": True}
         self.on_send: Callable[[dict[str, Any]], Awaitable[None]] | None = None
 
     # The Transport interface, as the client sees it.
@@ -139,7 +141,7 @@ class ScriptedPeer:
             initialize,
             {
                 "protocolVersion": 1,
-                "agentCapabilities": {"loadSession": True},
+                "agentCapabilities": self.agent_capabilities,
                 "agentInfo": {"name": "fake-agent", "version": "1.0"},
                 "authMethods": [],
             },
@@ -151,8 +153,12 @@ class ScriptedPeer:
 
 
 @asynccontextmanager
-async def connected() -> AsyncIterator[tuple[ScriptedPeer, AcpClient, AcpSession]]:
+async def connected(
+    capabilities: dict[str, Any] | None = None,
+) -> AsyncIterator[tuple[ScriptedPeer, AcpClient, AcpSession]]:
     peer = ScriptedPeer()
+    if capabilities is not None:
+        peer.agent_capabilities = capabilities
     async with trio.open_nursery() as nursery, open_acp_client(peer) as client:
         nursery.start_soon(peer.serve_setup)
         await client.initialize()
@@ -265,6 +271,42 @@ async def test_prompt_returns_at_once_and_the_turn_ends_with_the_stop_reason(
         ]
         assert await turn.wait() == "end_turn"
         assert session.last_seq == 3
+
+
+@pytest.mark.parametrize("images", [True, False])
+async def test_files_follow_the_text_as_image_blocks_or_resource_links(
+    autojump_clock: Any, images: bool
+) -> None:
+    capabilities = {"loadSession": True, "promptCapabilities": {"image": images}}
+    photo = PromptFile("/workspace/inbox/a.png", "a.png", "image/png", 4, b"\x89PNG")
+    notes = PromptFile("/workspace/inbox/n.txt", "n.txt", "text/plain", 5)
+    link = {
+        "type": "resource_link",
+        "uri": "file:///workspace/inbox/n.txt",
+        "name": "n.txt",
+        "mimeType": "text/plain",
+        "size": 5,
+    }
+    async with connected(capabilities) as (peer, _, session):
+        await session.prompt("look", [photo, notes])
+        prompt = await peer.received("session/prompt")
+    first = (
+        {
+            "type": "image",
+            "mimeType": "image/png",
+            "data": "iVBORw==",
+            "uri": "file:///workspace/inbox/a.png",
+        }
+        if images
+        else {
+            "type": "resource_link",
+            "uri": "file:///workspace/inbox/a.png",
+            "name": "a.png",
+            "mimeType": "image/png",
+            "size": 4,
+        }
+    )
+    assert prompt["params"]["prompt"] == [{"type": "text", "text": "look"}, first, link]
 
 
 async def test_a_prompt_during_a_turn_is_refused_and_a_follow_up_after_it_works(

@@ -18,6 +18,7 @@ import trio.testing
 
 from anycode_actors.chat.auth import NOT_AUTHORIZED, AccessPolicy
 from anycode_actors.chat.base import (
+    Attachment,
     Button,
     ButtonPress,
     ChatClient,
@@ -26,6 +27,7 @@ from anycode_actors.chat.base import (
     ChatRef,
     ChatUnavailable,
     Command,
+    FileTooLarge,
     Message,
     MessageGone,
     NotModified,
@@ -328,6 +330,40 @@ async def test_a_slash_command_is_acked_in_time_and_becomes_a_command(
     [ack] = slack.acks
     assert ack.on_time and ack.payload is None
     assert slack.messages(general, viewer=ADA) == []  # the actors answer, not the ack
+
+
+async def test_a_task_carries_the_senders_profile_name_asked_once(
+    nursery: trio.Nursery, slack: FakeSlack, http: httpx.AsyncClient
+) -> None:
+    grace = slack.add_user("grace", real_name="Grace Hopper", display_name="grace")
+    general = slack.add_channel("general")
+    _, events = await connected(nursery, slack, http)
+    await slack.slash_command(general, grace, "/task", "fix it")
+    first = await next_event(events)
+    await slack.user_message(general, grace, "/task and again")
+    second = await next_event(events)
+    await slack.user_message(general, grace, "/status")
+    status = await next_event(events)
+    assert isinstance(first, Command) and isinstance(second, Command)
+    assert isinstance(status, Command)
+    assert (first.user.full_name, first.user.author_name) == ("Grace Hopper", "Grace Hopper")
+    assert second.user.full_name == "Grace Hopper"
+    assert status.user.full_name == ""  # only a task needs it
+    assert len(slack.calls_to("users.info")) == 1
+
+
+async def test_without_users_read_a_task_goes_on_with_the_user_name_and_is_not_asked_again(
+    nursery: trio.Nursery, slack: FakeSlack, http: httpx.AsyncClient
+) -> None:
+    slack.users_read = False
+    general = slack.add_channel("general")
+    _, events = await connected(nursery, slack, http)
+    for text in ("fix it", "and again"):
+        await slack.slash_command(general, ADA, "/task", text)
+        command = await next_event(events)
+        assert isinstance(command, Command)
+        assert (command.user.full_name, command.user.author_name) == ("", "ada")
+    assert len(slack.calls_to("users.info")) == 1
 
 
 async def test_a_button_press_becomes_a_button_press(
@@ -965,3 +1001,60 @@ async def test_tokens_never_appear_in_logs_or_errors(
     texts += [str(e.__cause__) for e in errors]
     for secret in secrets:
         assert all(secret not in text for text in texts), secret
+
+
+async def test_shared_files_arrive_as_attachments_fetched_with_the_bot_token(
+    nursery: trio.Nursery, slack: FakeSlack, http: httpx.AsyncClient
+) -> None:
+    general = slack.add_channel("general")
+    client, events = await connected(nursery, slack, http)
+    assert client.task_threads is True  # [slack] threads defaults to true
+    await slack.share_files(
+        general,
+        ADA,
+        "/task what is in these?",
+        [("shot.png", "image/png", b"\x89PNG"), ("notes.txt", "text/plain", b"hello")],
+    )
+    task = await next_event(events)
+    assert isinstance(task, Command) and task.args == "what is in these?"
+    image, notes = task.attachments
+    assert (image.kind, image.name, image.size) == ("image", "shot.png", 4)
+    assert (notes.kind, notes.mime_type) == ("document", "text/plain")
+    assert await client.download(image, 100) == b"\x89PNG"
+    with pytest.raises(FileTooLarge):
+        await client.download(notes, 3)
+    assert slack.file_fetches == [(image.ref.split("/")[-2].split("-")[1], slack.bot_token)]
+
+    await slack.share_files(general, ADA, "", [("log.txt", "text/plain", b"x")])
+    plain = await next_event(events)
+    assert isinstance(plain, Message) and plain.text == ""
+    assert [a.name for a in plain.attachments] == ["log.txt"]
+    # The token never goes to a host that is not Slack's.
+    elsewhere = Attachment("document", "x", "text/plain", "https://example.com/files-pri/T-F/x")
+    with pytest.raises(ChatError) as refused:
+        await client.download(elsewhere, 100)
+    assert refused.value.code == "foreign_url"
+    assert len(slack.file_fetches) == 1
+
+
+async def test_threads_false_is_read_from_the_config(
+    slack: FakeSlack, http: httpx.AsyncClient
+) -> None:
+    assert client_for(slack, http, threads=False).task_threads is False
+
+
+async def test_a_mention_that_shares_files_is_one_command(
+    nursery: trio.Nursery, slack: FakeSlack, http: httpx.AsyncClient
+) -> None:
+    general = slack.add_channel("general")
+    _, events = await connected(nursery, slack, http)
+    post = await slack.share_files(
+        general,
+        ADA,
+        f"<@{slack.bot_user_id}> /task look",
+        [("shot.png", "image/png", b"\x89PNG")],
+    )
+    assert [d.payload["event"]["type"] for d in post.deliveries] == ["message", "app_mention"]
+    task = await next_event(events)
+    assert isinstance(task, Command) and [a.name for a in task.attachments] == ["shot.png"]
+    await no_event(events)

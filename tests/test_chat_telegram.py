@@ -18,6 +18,7 @@ import random
 import traceback
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -36,10 +37,12 @@ from anycode_actors.chat.base import (
     ChatRef,
     ChatUnavailable,
     Command,
+    FileTooLarge,
     Message,
     MessageGone,
     NotModified,
     RateLimited,
+    ThreadGone,
     User,
 )
 from anycode_actors.chat.markdown import Rich
@@ -315,6 +318,22 @@ async def test_long_poll_delivers_a_message_and_a_command(
     )
 
 
+async def test_a_senders_full_name_is_their_first_and_last_name(
+    autojump_clock: trio.abc.Clock, fake: FakeTelegram
+) -> None:
+    grace = TgUser(333, "Grace", username="grace", last_name="Hopper")
+    async with connected(fake) as (_, events):
+        fake.inject_message(grace.id, grace, "/task fix it")
+        fake.inject_message(BOB.id, BOB, "/task fix it")
+        by_grace = await receive(events)
+        by_bob = await receive(events)
+    assert isinstance(by_grace, Command) and isinstance(by_bob, Command)
+    assert (by_grace.user.name, by_grace.user.full_name) == ("@grace", "Grace Hopper")
+    assert by_grace.user.author_name == "Grace Hopper"
+    # No last name, no username: the first name is both.
+    assert (by_bob.user.name, by_bob.user.author_name) == ("Bob", "Bob")
+
+
 async def test_each_update_is_delivered_once_across_polls(
     autojump_clock: trio.abc.Clock, fake: FakeTelegram
 ) -> None:
@@ -429,21 +448,28 @@ async def test_forum_topics_are_threads_but_replies_in_plain_groups_are_not(
     assert fake.calls_to("sendMessage")[-1].params["message_thread_id"] == "7"
 
 
-async def test_non_text_messages_are_not_forwarded(
+async def test_stickers_and_other_non_file_messages_are_not_forwarded(
     autojump_clock: trio.abc.Clock, fake: FakeTelegram
 ) -> None:
     fake.add_chat(ADA.id, user=ADA)
     fake.add_chat(GROUP, "supergroup")
-    photo = [{"file_id": "AgAD", "file_unique_id": "u", "width": 90, "height": 90}]
+    sticker = {"file_id": "CAAD", "file_unique_id": "u", "width": 512, "height": 512}
     private = {"id": ADA.id, "type": "private", "first_name": "Ada"}
     group = {"id": GROUP, "type": "supergroup", "title": "Ops"}
     async with connected(fake) as (_, events):
         group_update(
             fake,
-            {"message_id": 50, "date": 0, "chat": private, "from": ADA.to_api(), "photo": photo},
+            {
+                "message_id": 50,
+                "date": 0,
+                "chat": private,
+                "from": ADA.to_api(),
+                "sticker": sticker,
+            },
         )
         group_update(
-            fake, {"message_id": 1, "date": 0, "chat": group, "from": ADA.to_api(), "photo": photo}
+            fake,
+            {"message_id": 1, "date": 0, "chat": group, "from": ADA.to_api(), "sticker": sticker},
         )
         # A service message (someone joined) is no content at all.
         group_update(
@@ -461,7 +487,7 @@ async def test_non_text_messages_are_not_forwarded(
         await wait_for(fake, lambda: fake.bot_messages(ADA.id))
     assert isinstance(after, Message) and after.text == "text again"
     [reply] = fake.bot_messages(ADA.id)
-    assert (reply.text, reply.reply_to) == (ONLY_TEXT, None)  # the photo is not in the fake
+    assert (reply.text, reply.reply_to) == (ONLY_TEXT, None)  # the sticker is not in the fake
     assert fake.calls_to("sendMessage")[0].params["reply_parameters"] == (
         '{"message_id":50,"allow_sending_without_reply":true}'
     )
@@ -1054,3 +1080,91 @@ async def test_httpx_logs_are_redacted_only_while_the_client_is_open(
         await client.send(ADA_CHAT, "hi")
     assert httpx_logger.filters == before
     assert f"/bot{REDACTED_TOKEN}/sendMessage" in caplog.text
+
+
+# --- forum topics and files -----------------------------------------------------------------------
+
+
+async def test_a_topic_is_a_thread_and_sends_to_it_land_in_the_topic(
+    autojump_clock: trio.abc.Clock, fake: FakeTelegram
+) -> None:
+    fake.add_chat(GROUP, "supergroup", is_forum=True)
+    topic = fake.create_topic(GROUP, "bugs")
+    async with connected(fake) as (client, events):
+        fake.inject_message(GROUP, ADA, "/task fix it", "supergroup", thread_id=topic)
+        fake.inject_message(GROUP, ADA, "more", "supergroup", thread_id=topic)
+        command, follow_up = await receive(events), await receive(events)
+        chat = ChatRef("telegram", str(GROUP), str(topic))
+        assert isinstance(command, Command) and command.chat == chat
+        # The topic's first message is not something this message replies to.
+        assert isinstance(follow_up, Message) and follow_up.reply_to is None
+        await client.send(chat, "in the topic")
+        await client.send(GROUP_CHAT, "in the main chat")
+        await client.upload(chat, "a.txt", b"x")
+    assert [m.text for m in fake.topic_messages(GROUP, topic) if m.from_bot] == ["in the topic", ""]
+    assert [m.text for m in fake.topic_messages(GROUP, None) if m.from_bot] == ["in the main chat"]
+
+
+async def test_closed_and_deleted_topics_raise_thread_gone(
+    autojump_clock: trio.abc.Clock, fake: FakeTelegram
+) -> None:
+    fake.add_chat(GROUP, "supergroup", is_forum=True)
+    closed, deleted = fake.create_topic(GROUP, "a"), fake.create_topic(GROUP, "b")
+    async with connected(fake) as (client, _):
+        sent = await client.send(ChatRef("telegram", str(GROUP), str(deleted)), "hello")
+        fake.close_topic(GROUP, closed)
+        fake.delete_topic(GROUP, deleted)
+        with pytest.raises(ThreadGone) as refused:
+            await client.send(ChatRef("telegram", str(GROUP), str(closed)), "hi")
+        assert refused.value.code == "Bad Request: TOPIC_CLOSED"
+        with pytest.raises(ThreadGone):
+            await client.upload(ChatRef("telegram", str(GROUP), str(closed)), "a.txt", b"x")
+        with pytest.raises(ThreadGone):
+            await client.send(ChatRef("telegram", str(GROUP), str(deleted)), "hi")
+        with pytest.raises(MessageGone):
+            await client.edit(ChatRef("telegram", str(GROUP), str(deleted)), sent, "hello!")
+
+
+async def test_photos_documents_and_voice_notes_arrive_as_attachments_and_download(
+    autojump_clock: trio.abc.Clock, fake: FakeTelegram
+) -> None:
+    fake.add_chat(GROUP, "supergroup", is_forum=True)
+    topic = fake.create_topic(GROUP, "bugs")
+    async with connected(fake) as (client, events):
+        fake.inject_file(
+            GROUP,
+            ADA,
+            "photo",
+            b"\xff\xd8jpeg",
+            caption="/task what is this?",
+            chat_type="supergroup",
+            thread_id=topic,
+        )
+        fake.inject_file(
+            ADA.id, ADA, "document", b"a,b\n", filename="data.csv", mime_type="text/csv"
+        )
+        fake.inject_file(ADA.id, ADA, "voice", b"OggS", caption="listen")
+        fake.inject_file(ADA.id, ADA, "document", b"x", filename="huge.iso", size=30 * 1024 * 1024)
+        task, document, voice, huge = [await receive(events) for _ in range(4)]
+        assert isinstance(task, Command)
+        assert (task.name, task.args, task.chat.thread) == ("task", "what is this?", str(topic))
+        [image] = task.attachments
+        assert (image.kind, image.mime_type, image.size) == ("image", "image/jpeg", 6)
+        assert await client.download(image, 1024) == b"\xff\xd8jpeg"
+        assert isinstance(document, Message) and document.text == ""
+        assert [(a.kind, a.name, a.mime_type) for a in document.attachments] == [
+            ("document", "data.csv", "text/csv")
+        ]
+        assert isinstance(voice, Message) and voice.text == "listen"
+        assert [(a.kind, a.mime_type) for a in voice.attachments] == [("audio", "audio/ogg")]
+        assert voice.attachments[0].name.endswith(".ogg")
+        with pytest.raises(FileTooLarge):
+            await client.download(document.attachments[0], 2)  # over the caller's cap
+        assert isinstance(huge, Message)
+        with pytest.raises(FileTooLarge):
+            await client.download(huge.attachments[0], 100 * 1024 * 1024)  # over Telegram's
+        # getFile's own refusal counts too, when the update did not say how big the file was.
+        unsized = replace(huge.attachments[0], size=None)
+        with pytest.raises(FileTooLarge):
+            await client.download(unsized, 100 * 1024 * 1024)
+    assert len(fake.downloads) == 1  # nothing over a limit was fetched

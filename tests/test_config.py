@@ -395,7 +395,7 @@ def test_sqlite_memory_database_is_not_a_path(tmp_path: Path) -> None:
 
 
 def test_effective_toml_is_valid_toml_with_every_section() -> None:
-    config = parse(LEGACY_EXAMPLE)
+    config = parse(LEGACY_EXAMPLE + '\n[gitlab]\ntoken = "glpat-0123456789abcdefghij"\n')
     dumped = tomllib.loads(config.effective_toml())
     assert set(dumped) == set(Config.model_fields)
     assert dumped["agents"]["default_agent"] == "claude-code"

@@ -96,13 +96,13 @@ def test_rules_name_their_key() -> None:
     assert "each_turn" in auto.message + auto.fix
 
 
-def test_the_agent_token_is_on_by_default_and_off_keeps_the_token_out_of_sandboxes() -> None:
-    on = parse('[github]\ntoken = "ghp_abc"\n')
+def test_the_agent_token_is_off_by_default_and_on_gives_sandboxes_the_token() -> None:
+    default = parse('[github]\ntoken = "ghp_abc"\n')
+    assert default.github is not None and default.github.agent_token is False
+    assert "ghp_abc" not in default.sandbox_env("claude-code").values()
+    on = parse('[github]\ntoken = "ghp_abc"\nagent_token = true\n')
     assert on.github is not None and on.github.agent_token is True
     assert on.sandbox_env("claude-code")["GITHUB_TOKEN"] == "ghp_abc"
-    off = parse('[github]\ntoken = "ghp_abc"\nagent_token = false\n')
-    assert off.github is not None and off.github.agent_token is False
-    assert "GITHUB_TOKEN" not in off.sandbox_env("claude-code")
 
 
 def test_the_section_is_frozen_and_in_the_effective_config() -> None:
@@ -111,3 +111,30 @@ def test_the_section_is_frozen_and_in_the_effective_config() -> None:
         config.git.draft = False  # type: ignore[misc]
     assert "[git]" in config.effective_toml()
     assert GitConfig().auto_pr == "each_turn"
+
+
+def test_a_gitlab_token_from_the_file_or_the_environment_is_kept_from_sight_and_sandboxes() -> None:
+    secret = "glpat-Zq3xT9vB2mK8wL4nR7pY"
+    from_file = parse(f'[gitlab]\ntoken = "{secret}"\n')
+    from_env = parse_config(TELEGRAM, environ={"ANYCODE_GITLAB_TOKEN": secret})
+    for config in (from_file, from_env):
+        assert config.gitlab is not None
+        assert config.gitlab.token.get_secret_value() == secret
+        assert secret not in config.effective_toml() + repr(config.gitlab)
+        assert secret not in config.sandbox_env("claude-code").values()
+    assert parse("").gitlab is None
+    empty = problem_at('[gitlab]\ntoken = " "\n', "gitlab.token")
+    assert "ANYCODE_GITLAB_TOKEN" in empty.fix
+
+
+def test_the_gitlab_api_can_be_served_apart_from_its_server() -> None:
+    git = parse(
+        '[git]\ngitlab_url = "http://172.17.0.1:8929"\n'
+        'gitlab_api_url = "http://127.0.0.1:9000/api/v4/"\n'
+    ).git
+    assert (git.gitlab_url, git.gitlab_api_url) == (
+        "http://172.17.0.1:8929",
+        "http://127.0.0.1:9000/api/v4",
+    )
+    bad = problem_at('[git]\ngitlab_api_url = "gitlab.com/api/v4"\n', "git.gitlab_api_url")
+    assert "http(s) URL" in bad.message

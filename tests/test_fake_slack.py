@@ -944,3 +944,60 @@ async def test_an_unknown_method_is_unknown_method(
         "error": "unknown_method",
         "req_method": "chat.frobnicate",
     }
+
+
+async def test_users_info_gives_the_profile_and_needs_users_read(
+    slack: FakeSlack, http: httpx.AsyncClient
+) -> None:
+    grace = slack.add_user("grace", real_name="Grace Hopper", display_name="amazing grace")
+    answer = await api(http, slack, "users.info", user=grace)
+    assert answer["ok"] is True
+    user = answer["user"]
+    assert (user["id"], user["name"], user["real_name"]) == (grace, "grace", "Grace Hopper")
+    assert (user["profile"]["real_name"], user["profile"]["display_name"]) == (
+        "Grace Hopper",
+        "amazing grace",
+    )
+    assert await api(http, slack, "users.info", user="U0NOBODY") == {
+        "ok": False,
+        "error": "user_not_found",
+    }
+    slack.users_read = False
+    refused = await api(http, slack, "users.info", user=grace)
+    assert (refused["ok"], refused["error"], refused["needed"]) == (
+        False,
+        "missing_scope",
+        "users:read",
+    )
+
+
+async def test_a_file_share_carries_files_whose_url_private_wants_the_bot_token(
+    slack: FakeSlack, http: httpx.AsyncClient
+) -> None:
+    general = slack.add_channel("general")
+    parent = await slack.user_message(general, BOB, "the parent")
+    async with trio_websocket.open_websocket_url(await socket_url(http, slack)) as ws:
+        await frame(ws)
+        await slack.share_files(
+            general,
+            ADA,
+            "have a look",
+            [("shot.png", "image/png", b"\x89PNG")],
+            thread_ts=parent.ts,
+        )
+        event = (await frame(ws))["payload"]["event"]
+    assert (event["subtype"], event["text"], event["thread_ts"]) == (
+        "file_share",
+        "have a look",
+        parent.ts,
+    )
+    (shared,) = event["files"]
+    assert (shared["name"], shared["mimetype"], shared["size"]) == ("shot.png", "image/png", 4)
+    url = shared["url_private"]
+    fetched = await http.get(url, headers={"Authorization": f"Bearer {slack.bot_token}"})
+    assert (fetched.status_code, fetched.content) == (200, b"\x89PNG")
+    anonymous = await http.get(url)
+    assert anonymous.status_code == 302  # to the sign-in page, never the file
+    app_token = await http.get(url, headers={"Authorization": f"Bearer {slack.app_token}"})
+    assert app_token.status_code == 302
+    assert [token for _, token in slack.file_fetches] == [slack.bot_token, None, slack.app_token]

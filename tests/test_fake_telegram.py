@@ -719,3 +719,105 @@ async def test_html_parse_mode(telegram: FakeTelegram, bot: httpx.AsyncClient) -
         400,
         'Bad Request: can\'t parse entities: Unsupported start tag "div" at byte offset 2',
     )
+
+
+# ---- forum topics and files (A3, A4) ----------------------------------------------------------
+
+
+async def test_topic_messages_carry_their_thread_and_sends_land_in_it(
+    telegram: FakeTelegram, bot: httpx.AsyncClient
+) -> None:
+    telegram.add_chat(GROUP, "supergroup", is_forum=True)
+    topic = telegram.create_topic(GROUP, "bugs")
+    telegram.inject_message(GROUP, ADA, "/task fix it", "supergroup", thread_id=topic)
+    telegram.inject_message(GROUP, ADA, "outside", "supergroup")
+    first, second = (u["message"] for u in ok(await call(bot, "getUpdates")))
+    assert first["chat"]["is_forum"] is True
+    assert (first["message_thread_id"], first["is_topic_message"]) == (topic, True)
+    # Not a reply of its own: it "replies" to the topic's first message, as in Telegram.
+    assert first["reply_to_message"]["message_id"] == topic
+    assert first["reply_to_message"]["forum_topic_created"]["name"] == "bugs"
+    assert "message_thread_id" not in second and "reply_to_message" not in second
+
+    sent = ok(await call(bot, "sendMessage", chat_id=GROUP, text="on it", message_thread_id=topic))
+    assert sent["message_thread_id"] == topic
+    assert [m.text for m in telegram.topic_messages(GROUP, topic) if m.from_bot] == ["on it"]
+    assert (await telegram.wait_for_message(GROUP, "on it", topic=topic)).thread_id == topic
+
+
+async def test_closed_and_deleted_topics_refuse_sends_with_the_servers_words(
+    telegram: FakeTelegram, bot: httpx.AsyncClient
+) -> None:
+    telegram.add_chat(GROUP, "supergroup", is_forum=True)
+    topic = ok(await call(bot, "createForumTopic", chat_id=GROUP, name="deploys"))
+    thread = topic["message_thread_id"]
+    sent = ok(await call(bot, "sendMessage", chat_id=GROUP, text="one", message_thread_id=thread))
+    assert ok(await call(bot, "closeForumTopic", chat_id=GROUP, message_thread_id=thread)) is True
+    closed = await call(bot, "sendMessage", chat_id=GROUP, text="two", message_thread_id=thread)
+    assert error(closed) == (400, "Bad Request: TOPIC_CLOSED")
+    document = await bot.post(
+        "sendDocument",
+        data={"chat_id": str(GROUP), "message_thread_id": str(thread)},
+        files={"document": ("a.txt", b"x", "text/plain")},
+    )
+    assert error(document) == (400, "Bad Request: TOPIC_CLOSED")
+    ok(await call(bot, "reopenForumTopic", chat_id=GROUP, message_thread_id=thread))
+    ok(await call(bot, "sendMessage", chat_id=GROUP, text="two", message_thread_id=thread))
+
+    assert ok(await call(bot, "deleteForumTopic", chat_id=GROUP, message_thread_id=thread))
+    gone = await call(bot, "sendMessage", chat_id=GROUP, text="3", message_thread_id=thread)
+    assert error(gone) == (400, "Bad Request: message thread not found")
+    # Its messages went with it.
+    edit = await call(
+        bot, "editMessageText", chat_id=GROUP, message_id=sent["message_id"], text="1!"
+    )
+    assert error(edit) == (400, "Bad Request: message to edit not found")
+    # The main chat still takes messages.
+    ok(await call(bot, "sendMessage", chat_id=GROUP, text="here"))
+    plain = await call(bot, "createForumTopic", chat_id=-100999, name="x")
+    assert error(plain)[0] == 400
+
+
+async def test_files_users_send_are_fetched_with_get_file_and_the_download_path(
+    telegram: FakeTelegram, bot: httpx.AsyncClient
+) -> None:
+    telegram.add_chat(GROUP, "supergroup", is_forum=True)
+    topic = telegram.create_topic(GROUP, "bugs")
+    telegram.inject_file(
+        GROUP,
+        ADA,
+        "photo",
+        b"\xff\xd8jpeg",
+        caption="/task look",
+        chat_type="supergroup",
+        thread_id=topic,
+    )
+    telegram.inject_file(
+        ADA.id, ADA, "document", b"notes", filename="n.txt", mime_type="text/plain"
+    )
+    telegram.inject_file(ADA.id, ADA, "voice", b"OggS")
+    telegram.inject_file(ADA.id, ADA, "document", b"x", filename="big.bin", size=21 * 1024 * 1024)
+    photo, document, voice, big = (u["message"] for u in ok(await call(bot, "getUpdates")))
+    assert photo["caption"] == "/task look" and photo["message_thread_id"] == topic
+    assert photo["caption_entities"] == [{"type": "bot_command", "offset": 0, "length": 5}]
+    assert "text" not in photo
+    largest = photo["photo"][-1]
+    assert largest["width"] > photo["photo"][0]["width"]
+    assert document["document"]["file_name"] == "n.txt"
+    assert voice["voice"]["mime_type"] == "audio/ogg"
+
+    described = ok(await call(bot, "getFile", file_id=largest["file_id"]))
+    assert described["file_size"] == 6
+    async with httpx.AsyncClient() as plain:
+        url = f"{telegram.base_url}/file/bot{telegram.token}/{described['file_path']}"
+        downloaded = await plain.get(url)
+        assert (downloaded.status_code, downloaded.content) == (200, b"\xff\xd8jpeg")
+        wrong = await plain.get(f"{telegram.base_url}/file/bot{telegram.token}/photos/nope.jpg")
+        assert wrong.status_code == 404
+        other = await plain.get(f"{telegram.base_url}/file/bot1:other/{described['file_path']}")
+        assert other.status_code == 401
+    assert telegram.downloads == [described["file_path"]]
+    too_big = await call(bot, "getFile", file_id=big["document"]["file_id"])
+    assert error(too_big) == (400, "Bad Request: file is too big")
+    unknown = await call(bot, "getFile", file_id="nope")
+    assert error(unknown) == (400, "Bad Request: invalid file_id")

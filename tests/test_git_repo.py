@@ -170,6 +170,18 @@ def test_a_prompt_on_a_configured_enterprise_host_names_that_host() -> None:
 # --- commit message and identity ---------------------------------------------------------------
 
 
+def test_a_gitlab_under_a_path_of_the_github_host_is_told_apart() -> None:
+    forges = [
+        Forge("github", "http://git.acme.io", "http://git.acme.io/api/v3"),
+        Forge("gitlab", "http://git.acme.io/lab", "http://git.acme.io/lab/api/v4"),
+    ]
+    lab = repo_ref_from_prompt("fix http://git.acme.io/lab/g/sub/proj please", forges)
+    assert lab is not None and (lab.kind, lab.path) == ("gitlab", "g/sub/proj")
+    assert lab.clone_url == "http://git.acme.io/lab/g/sub/proj.git"
+    hub = repo_ref_from_prompt("fix http://git.acme.io/team/tool please", forges)
+    assert hub is not None and (hub.kind, hub.path) == ("github", "team/tool")
+
+
 def test_author_is_the_chat_user_and_the_message_is_the_prompts_first_line() -> None:
     who = author_identity("Ada <Lovelace>\n", "Telegram:42", "users.example.org")
     assert who == Identity("Ada  Lovelace", "telegram-42@users.example.org")

@@ -527,6 +527,28 @@ async def test_a_restarted_provider_reattaches_with_the_handle_create_gave(
     await restarted.aclose()
 
 
+async def test_a_seeded_sandbox_works_in_the_repo_folder_but_does_not_clone_it_even_after_a_restart(
+    client: Any, tiny: str, daemon_id: str
+) -> None:
+    config = tiny_config(tiny)
+    first = DockerProvider(config, daemon_id)
+    handle = await first.create(
+        spec(protocol="acp", repo="https://github.com/org/private", seeded=True)
+    )
+    assert handle.workdir == "/workspace/repo"
+    attrs = client.api.inspect_container(handle.id)
+    env = dict(item.split("=", 1) for item in attrs["Config"]["Env"])
+    # No ANYCODE_REPO: the image's entrypoint would clone it (without a credential).
+    assert "ANYCODE_REPO" not in env
+    assert env["ANYCODE_WORKDIR"] == "/workspace/repo"
+    await first.aclose()
+
+    restarted = DockerProvider(config, daemon_id)
+    assert await restarted.reattach(handle.id) == handle
+    await restarted.destroy(handle.id)
+    await restarted.aclose()
+
+
 async def test_reattach_gives_none_for_a_removed_stopped_or_foreign_container(
     client: Any, tiny: str, daemon_id: str
 ) -> None:
@@ -983,6 +1005,39 @@ async def test_read_files_streams_the_outbox_out_of_a_real_sandbox(
         await provider.destroy(handle.id)
     with pytest.raises(SandboxError, match="does not exist"):
         await provider.read_files(handle, "/workspace/outbox", max_bytes=1024)
+    await provider.aclose()
+
+
+async def test_write_file_puts_a_file_the_agent_owns_into_a_real_sandbox(
+    client: Any, sandbox_image: str, daemon_id: str
+) -> None:
+    provider = DockerProvider(real_config(sandbox_image), daemon_id)
+    handle = await provider.create(spec(protocol="acp"))
+    data = bytes(range(256)) * 4096  # 1 MiB, every byte value
+    try:
+        await provider.write_file(handle, "/workspace/inbox/sub/data.bin", data)
+        odd = 'it\'s a "name"; rm -rf $HOME'
+        await provider.write_file(handle, f"/tmp/odd/{odd}", b"odd")
+        listing = await provider.read_files(handle, "/workspace/inbox", max_bytes=2 << 20)
+        assert listing == OutboxListing(files=(SandboxFile("sub/data.bin", data),))
+        listing = await provider.read_files(handle, "/tmp/odd", max_bytes=10)
+        assert listing == OutboxListing(files=(SandboxFile(odd, b"odd"),))
+        # The agent's own: it can change the file and add to the folder made for it.
+        await run_script(
+            provider,
+            handle,
+            "set -e; test -O /workspace/inbox/sub/data.bin; test -O /workspace/inbox/sub;"
+            " printf x >> /workspace/inbox/sub/data.bin; touch /workspace/inbox/sub/mine;"
+            ' test -d "$HOME"',
+        )
+        with pytest.raises(SandboxError, match="could not write /proc/1/nope"):
+            await provider.write_file(handle, "/proc/1/nope/x", b"x")
+        with pytest.raises(SandboxError, match="is not an absolute file path"):
+            await provider.write_file(handle, "inbox/x", b"x")
+    finally:
+        await provider.destroy(handle.id)
+    with pytest.raises(SandboxError):
+        await provider.write_file(handle, "/workspace/inbox/a", b"x")
     await provider.aclose()
 
 

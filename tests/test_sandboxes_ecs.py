@@ -837,6 +837,7 @@ async def test_a_restarted_daemon_reattaches_its_running_task_from_ecs_alone(
     with trio.fail_after(WAIT):
         handle = await first.create(make_spec())
         plain = await first.create(make_spec(repo=None))
+        seeded = await first.create(make_spec(seeded=True))
     moto.set_task_transition({"progression": "manual", "times": FOREVER})
 
     restarted = make_provider(moto, world, daemon_id=daemon_id)
@@ -846,6 +847,12 @@ async def test_a_restarted_daemon_reattaches_its_running_task_from_ecs_alone(
     assert reattached.workdir == "/workspace/repo"
     assert await restarted.reattach(plain.id) == plain
     assert plain.workdir == "/workspace"
+    # A seeded task has no ANYCODE_REPO (its entrypoint would clone it): ANYCODE_WORKDIR says.
+    assert await restarted.reattach(seeded.id) == seeded
+    assert seeded.workdir == "/workspace/repo"
+    seeded_env = environment_of(await describe(moto, world, seeded.id))
+    assert "ANYCODE_REPO" not in seeded_env
+    assert seeded_env["ANYCODE_WORKDIR"] == "/workspace/repo"
     assert await restarted.reattach(handle.id.rsplit("/", 1)[-1]) == handle
 
     # What the task prints is masked as if this instance had created it.
@@ -876,6 +883,7 @@ async def test_a_restarted_daemon_reattaches_its_running_task_from_ecs_alone(
     missing = f"arn:aws:ecs:{REGION}:123456789012:task/{world.cluster}/{uuid.uuid4()}"
     assert await restarted.reattach(missing) is None
     await restarted.destroy(plain.id)
+    await restarted.destroy(seeded.id)
     assert_no_secret(logs.text)
     assert handle.token not in logs.text
 
@@ -960,6 +968,36 @@ async def test_read_files_goes_through_the_sandbox_agent_of_the_handle(
     no_endpoint = SandboxHandle(id=handle.id, session_id="s", provider="ecs", endpoint=None)
     with pytest.raises(SandboxError, match="has no sandbox-agent endpoint"):
         await provider.read_files(no_endpoint, "/workspace/outbox", max_bytes=10)
+
+
+async def test_write_file_goes_through_the_sandbox_agent_of_the_handle(
+    moto: MotoServer, world: EcsWorld, tmp_path: Path
+) -> None:
+    provider = make_provider(moto, world)
+    inbox = tmp_path / "sandbox" / "inbox"
+    with running_sandbox_agent(tmp_path / "home") as agent:
+        handle = SandboxHandle(
+            id="arn:aws:ecs:us-east-1:123456789012:task/anycode/0123",
+            session_id="s",
+            provider="ecs",
+            endpoint=agent.endpoint,
+            token=agent.token,
+        )
+        await provider.write_file(handle, str(inbox / "deep" / "photo.png"), b"\x89PNG" * 1000)
+        assert (inbox / "deep" / "photo.png").read_bytes() == b"\x89PNG" * 1000
+        wrong = SandboxHandle(
+            id=handle.id, session_id="s", provider="ecs", endpoint=agent.endpoint, token="nope"
+        )
+        with pytest.raises(SandboxError, match="refused the sandbox's token") as refused:
+            await provider.write_file(wrong, str(inbox / "x"), b"x")
+        assert agent.token not in str(refused.value)
+        with pytest.raises(SandboxError, match="sandbox-agent could not write /proc/x"):
+            await provider.write_file(handle, "/proc/x", b"x")
+    no_endpoint = SandboxHandle(id=handle.id, session_id="s", provider="ecs", endpoint=None)
+    with pytest.raises(SandboxError, match="has no sandbox-agent endpoint"):
+        await provider.write_file(no_endpoint, "/workspace/inbox/x", b"x")
+    with pytest.raises(SandboxError, match="cannot write files through sandbox-agent"):
+        await provider.write_file(handle, "/workspace/inbox/x", b"x")
 
 
 async def test_the_warm_pool_keeps_ecs_tasks_ready_and_stops_them_on_shutdown(

@@ -85,6 +85,28 @@ def test_refuses_to_start_unless_unsandboxed_running_is_allowed(tmp_path: Path) 
 # --- acp: a folder, commands over stdio --------------------------------------------------------
 
 
+async def test_a_sandbox_path_as_cwd_is_that_place_in_the_folder(
+    provider: LocalProvider, tmp_path: Path
+) -> None:
+    handle = await provider.create(spec())
+    workspace = Path(handle.id) / "workspace"
+    (workspace / "sub").mkdir()
+
+    async def pwd(cwd: str) -> str:
+        process = await provider.exec(handle, ["pwd"], cwd=cwd)
+        await process.close_stdin()
+        output = await read_all(process)
+        assert await process.wait() == 0
+        return output.decode().strip()
+
+    assert await pwd("/workspace") == str(workspace)
+    assert await pwd("/workspace/sub") == str(workspace / "sub")
+    assert await pwd(str(tmp_path)) == str(tmp_path)  # a path on this machine stays one
+    with pytest.raises(SandboxError, match="workspace"):
+        await provider.exec(handle, ["pwd"], cwd="/workspace/../etc")
+    await provider.destroy(handle.id)
+
+
 async def test_an_acp_sandbox_runs_commands_over_stdio_in_its_folder(
     provider: LocalProvider,
 ) -> None:
@@ -325,6 +347,34 @@ async def test_read_files_of_a_missing_folder_is_empty_and_paths_outside_are_ref
         await provider.read_files(handle, "/workspace/outbox", max_bytes=10)
 
 
+async def test_write_file_makes_folders_and_never_follows_a_link(
+    provider: LocalProvider, tmp_path: Path
+) -> None:
+    handle = await provider.create(spec())
+    workspace = Path(handle.id) / "workspace"
+    await provider.write_file(handle, "/workspace/inbox/deep/photo.png", b"\x89PNG")
+    assert (workspace / "inbox" / "deep" / "photo.png").read_bytes() == b"\x89PNG"
+    await provider.write_file(handle, "/workspace/inbox/deep/photo.png", b"new")
+    assert (workspace / "inbox" / "deep" / "photo.png").read_bytes() == b"new"
+    # A link planted in the workspace, as a folder on the way or as the file itself.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim").write_text("keep")
+    (workspace / "to-outside").symlink_to(outside)
+    (workspace / "inbox" / "victim").symlink_to(outside / "victim")
+    for path in ("/workspace/to-outside/victim", "/workspace/inbox/victim"):
+        with pytest.raises(SandboxError, match=f"could not write {path}"):
+            await provider.write_file(handle, path, b"overwritten")
+    assert (outside / "victim").read_text() == "keep"
+    assert sorted(p.name for p in outside.iterdir()) == ["victim"]
+    for path in ("/etc/passwd", "/workspace/../x", "/workspace", "inbox/x"):
+        with pytest.raises(SandboxError):
+            await provider.write_file(handle, path, b"x")
+    await provider.destroy(handle.id)
+    with pytest.raises(SandboxError, match="does not exist"):
+        await provider.write_file(handle, "/workspace/inbox/a", b"x")
+
+
 # --- reattaching after a restart ---------------------------------------------------------------
 
 
@@ -370,6 +420,22 @@ async def test_the_repo_is_cloned_into_the_workspace(provider: LocalProvider, re
     assert (state / "clone-status").read_text() == "ok\n"
     status = await run(provider, handle, ["sh", "-c", 'echo "$ANYCODE_CLONE_STATUS $ANYCODE_REPO"'])
     assert status.strip() == f"ok {repo}"
+    await provider.destroy(handle.id)
+
+
+async def test_a_seeded_sandbox_has_an_empty_repo_folder_to_work_in_and_clones_nothing(
+    provider: LocalProvider, repo: Path
+) -> None:
+    handle = await provider.create(spec(repo=str(repo), seeded=True))
+    workdir = Path(handle.workdir)
+    assert workdir == Path(handle.id) / "workspace" / "repo"
+    assert os.listdir(workdir) == []  # the daemon copies the repository in
+    state = Path(handle.id) / "workspace" / ".anycode"
+    assert (state / "clone-status").read_text() == "skipped\n"
+    status = await run(provider, handle, ["sh", "-c", 'echo "${ANYCODE_REPO-unset}"; pwd'])
+    assert status.split() == ["unset", str(workdir)]
+    metadata = json.loads((Path(handle.id) / "sandbox.json").read_text())
+    assert metadata["workdir"] == str(workdir)
     await provider.destroy(handle.id)
 
 

@@ -96,6 +96,32 @@ async def test_an_older_file_is_migrated_and_keeps_its_data(
     assert {"sessions_active", "sessions_by_chat"} <= indexes
 
 
+async def test_sessions_from_before_user_names_have_none_and_new_ones_keep_theirs(
+    tmp_path: Path, raw: Callable[[], sqlite3.Connection]
+) -> None:
+    old = Database(raw())
+    assert migrate(old, MIGRATIONS[:5]) == [1, 2, 3, 4, 5]
+    old.execute(
+        "INSERT INTO sessions (id, platform, chat, user, agent, prompt, status, created_at,"
+        " updated_at) VALUES ('0ld5e55', 'telegram', '7', 'u', 'claude', 'p', 'running',"
+        " '2025-01-02T03:04:05.000006+00:00', '2025-01-02T03:04:05.000006+00:00')"
+    )
+    async with Store.open(tmp_path / "store.db") as store:
+        (before,) = await store.active_sessions()
+        assert before.user_name is None
+        made = await store.create_session(
+            platform="telegram",
+            chat="7",
+            user="111",
+            agent="claude",
+            prompt="p",
+            user_name="Grace Hopper",
+        )
+        assert made.user_name == "Grace Hopper"
+        again = await store.get_session(made.id)
+        assert again is not None and again.user_name == "Grace Hopper"
+
+
 def test_a_callable_migration_gets_the_sqlite_utils_database(
     raw: Callable[[], sqlite3.Connection],
 ) -> None:

@@ -291,3 +291,22 @@ async def test_the_message_a_session_streams_into_is_remembered(tmp_path: Path) 
         again = await store.get_session(session.id)
         assert again is not None
         assert (again.stream_message_id, again.stream_mark, again.stream_offset) == ("42", 7, 3)
+
+
+async def test_a_session_moves_to_another_thread_and_a_reopened_store_knows_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "store.db"
+    async with Store.open(path) as store:
+        session = await store.create_session(
+            platform="telegram", chat="-100", thread="5", user="1", agent="a", prompt="p"
+        )
+        await store.set_thread(session.id, None)  # its forum topic was closed
+        moved = await store.get_session(session.id)
+        assert moved is not None and moved.thread is None
+        await store.set_thread(session.id, "1700000000.000100")
+        with pytest.raises(UnknownSession):
+            await store.set_thread("0" * 32, None)
+    async with Store.open(path) as reopened:
+        [active] = await reopened.active_sessions("telegram", "-100")
+        assert active.thread == "1700000000.000100"

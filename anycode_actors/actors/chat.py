@@ -3,24 +3,34 @@
 Two fast messages in one chat are handled in order; different chats never wait on each other.
 It answers commands, starts session actors, routes follow-ups and button presses to the right
 session, and speaks only through its flusher (the one caller of send/edit for the chat).
+
+A conversation is a chat or one thread of it (a Slack thread, a Telegram forum topic): each has
+its own chat actor, so a session started in a topic lives there, its output goes there and a
+plain message there is its follow-up. `/status` lists the sessions of the whole chat; `/cancel`
+and the other commands without an id take this thread's sessions. Where the client asks for it
+(`ChatClient.task_threads`, Slack's `[slack] threads`), a /task posted outside a thread is
+acknowledged here and its session handed to the thread under the acknowledgement
+(`StartHere`). A thread that closes moves its sessions' records to the main chat
+(`ThreadClosed` from the flusher), where plain messages and /cancel reach them from then on.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import re
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Final
+from typing import Final, Protocol
 
 import trio
 
 from anycode_actors.actors.commands import BadTask, parse_task, short_id, stateless_answer
 from anycode_actors.actors.directory import DirectoryInbox, Unregister, route
-from anycode_actors.actors.flusher import FlusherMessage, Post, StreamStarted
+from anycode_actors.actors.flusher import FlusherMessage, Post, Posted, StreamStarted, ThreadClosed
 from anycode_actors.actors.publisher import forges_for
 from anycode_actors.actors.session_api import (
     Cancel,
@@ -34,7 +44,15 @@ from anycode_actors.actors.session_api import (
     ShowDiff,
 )
 from anycode_actors.chat.auth import AccessPolicy
-from anycode_actors.chat.base import ButtonPress, ChatClient, ChatEvent, ChatRef, Command, Message
+from anycode_actors.chat.base import (
+    Attachment,
+    ButtonPress,
+    ChatClient,
+    ChatEvent,
+    ChatRef,
+    Command,
+    Message,
+)
 from anycode_actors.config import Config
 from anycode_actors.git import repo_ref_from_prompt
 from anycode_actors.store import (
@@ -63,7 +81,24 @@ NOT_YOURS_TO_ANSWER: Final = (
 # How many message ids of session output the chat remembers for reply-to routing.
 REPLY_MAP_SIZE: Final = 512
 
-StartSession = Callable[[Session, "Recovered | None"], Awaitable[SessionHandle]]
+
+class StartSession(Protocol):
+    """Starts a session's actor. `attachments` are the files sent with its /task (fetched into
+    its sandbox for the first prompt); they are passed only when there are some."""
+
+    def __call__(
+        self,
+        session: Session,
+        recovered: Recovered | None,
+        attachments: tuple[Attachment, ...] = (),
+        /,
+    ) -> Awaitable[SessionHandle]: ...
+
+
+# Delivers a message to the chat actor of another conversation (another thread of this chat).
+HandOver = Callable[[ChatRef, "ChatInbox"], Awaitable[None]]
+# How long a /task waits for its acknowledgement's message id before it runs where it was typed.
+ACK_WAIT: Final = 30.0
 
 
 @dataclass(frozen=True)
@@ -86,7 +121,25 @@ class Reattach:
     recovered: Recovered
 
 
-ChatInbox = ChatEvent | SessionClosed | StreamStarted | Notice | Reattach | _IdleCheck
+@dataclass(frozen=True)
+class StartHere:
+    """A session recorded (and acknowledged) by the chat actor of the main chat, to run in this
+    thread: its output, follow-ups and /cancel belong here."""
+
+    session: Session
+    attachments: tuple[Attachment, ...] = ()
+
+
+ChatInbox = (
+    ChatEvent
+    | SessionClosed
+    | StreamStarted
+    | ThreadClosed
+    | Notice
+    | Reattach
+    | StartHere
+    | _IdleCheck
+)
 
 
 def permission_button_data(interaction_id: str, option_index: int) -> str:
@@ -116,6 +169,7 @@ class ChatActor(Actor[ChatInbox]):
         start_session: StartSession,
         access: AccessPolicy | None = None,
         directory: trio.MemorySendChannel[DirectoryInbox] | None = None,
+        hand_over: HandOver | None = None,
         idle_after: float | None = None,
         inbox_size: int | None = None,
         inbox: Inbox[ChatInbox] | None = None,
@@ -129,6 +183,7 @@ class ChatActor(Actor[ChatInbox]):
         self._start_session = start_session
         self._access = access if access is not None else client.access
         self._directory = directory
+        self._hand_over = hand_over
         # Live sessions started from this chat, oldest first: the last is "the most recent".
         self._sessions: OrderedDict[str, SessionHandle] = OrderedDict()
         self._message_session: OrderedDict[str, str] = OrderedDict()
@@ -206,6 +261,12 @@ class ChatActor(Actor[ChatInbox]):
             await self._say(message.text)
         elif isinstance(message, Reattach):
             await self._reattach(message)
+        elif isinstance(message, StartHere):
+            await self._launch(message.session, message.attachments)
+        elif isinstance(message, ThreadClosed):
+            # The flusher now posts in the main chat: so do these sessions after a restart.
+            for session_id in self._sessions:
+                await self._store.set_thread(session_id, None)
         else:
             # The flusher began a new message of a session's output: replies to it go there,
             # and a restarted daemon continues the output in it.
@@ -259,6 +320,7 @@ class ChatActor(Actor[ChatInbox]):
                 chat=self.chat.chat_id,
                 thread=self.chat.thread,
                 user=command.user.id,
+                user_name=command.user.author_name,
                 agent=request.agent,
                 prompt=request.prompt,
                 repo=self._repository(request.prompt) or request.repo,
@@ -278,9 +340,42 @@ class ChatActor(Actor[ChatInbox]):
         ]
         if session.repo:
             lines.append(f"Repository: {session.repo}")
-        await self._say("\n".join(lines))
+        if command.attachments:
+            names = ", ".join(a.name for a in command.attachments)
+            lines.append(f"Files: {names}")
+        if self._hand_over is not None and self._client.task_threads and not self.chat.thread:
+            thread = await self._acknowledge("\n".join(lines))
+            if thread is not None:
+                await self._store.set_thread(session.id, thread)
+                session = dataclasses.replace(session, thread=thread)
+                await self._hand_over(
+                    ChatRef(self.chat.platform, self.chat.chat_id, thread),
+                    StartHere(session, command.attachments),
+                )
+                return
+            # The acknowledgement was refused, or is still held up (a long 429): the session
+            # runs here, where the acknowledgement is or will be.
+        else:
+            await self._say("\n".join(lines))
+        await self._launch(session, command.attachments)
+
+    async def _acknowledge(self, text: str) -> str | None:
+        """Post `text` and return its message id, the thread the session will run in; None
+        when it could not be posted in time (the session then runs here)."""
+        send, receive = trio.open_memory_channel[Posted](1)
+        await self._flusher.send(Post(text, tag="ack", reply_to=send))
+        with trio.move_on_after(ACK_WAIT):
+            posted = await receive.receive()
+            return posted.message_id
+        return None
+
+    async def _launch(self, session: Session, attachments: tuple[Attachment, ...] = ()) -> None:
+        """Start the session's actor here, or settle its record when the daemon cannot."""
         try:
-            handle = await self._start_session(session, None)
+            if attachments:
+                handle = await self._start_session(session, None, attachments)
+            else:
+                handle = await self._start_session(session, None)
         except SupervisorError as exc:
             # The daemon is stopping (or its sessions supervisor gave up): the record must not
             # stay pending and count against the chat's limit.
@@ -391,6 +486,8 @@ class ChatActor(Actor[ChatInbox]):
             candidates = mine or theirs
             newest = candidates[-1].session_id if candidates else None
             session = await self._store.get_session(newest) if newest else None
+            if session is None:
+                session = await self._elsewhere(user, any_thread=True)
         if session is None:
             await self._say(missing)
         return session
@@ -438,10 +535,25 @@ class ChatActor(Actor[ChatInbox]):
 
     # --- plain messages and buttons ------------------------------------------------------------
 
+    async def _elsewhere(self, user: str, *, any_thread: bool) -> Session | None:
+        """From the main chat, the newest active session of `user` that another chat actor of
+        this chat runs: one in a thread (`any_thread`), or one whose record says it is in the
+        main chat because its thread was closed. None inside a thread."""
+        if self.chat.thread is not None:
+            return None
+        # Newest first.
+        sessions = await self._store.active_sessions(self.chat.platform, self.chat.chat_id)
+        found = [
+            s
+            for s in sessions
+            if s.user == user and s.id not in self._sessions and (any_thread or s.thread is None)
+        ]
+        return found[0] if found else None
+
     async def _plain(self, message: Message) -> None:
-        if not message.text.strip():
+        if not message.text.strip() and not message.attachments:
             return
-        follow_up = FollowUp(message.text, message.user)
+        follow_up = FollowUp(message.text, message.user, message.attachments)
         user = message.user.id
         while True:  # each round either delivers or forgets a session that has ended
             target = None
@@ -460,6 +572,11 @@ class ChatActor(Actor[ChatInbox]):
                 mine = [sid for sid, h in self._sessions.items() if h.user_id == user]
                 target = mine[-1] if mine else None
             if target is None:
+                moved = await self._elsewhere(user, any_thread=False)
+                if moved is not None and await self._tell(moved.id, follow_up):
+                    return
+                if not message.text.strip():
+                    return  # a file posted in passing, with no session to take it
                 await self._say("No active session. Start one with /task <prompt>")
                 return
             if await self._tell(target, follow_up):

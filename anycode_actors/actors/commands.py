@@ -143,11 +143,12 @@ def detect_repo(
     only when it cannot be a path, a file, a fraction or an English pair: "src/main.rs",
     "and/or" and "https://x.com/a/b" are not repositories.
 
-    `forges` adds self-hosted servers as (base URL, "github" | "gitlab") pairs, checked first:
-    a GitHub Enterprise URL keeps `owner/repo`, a GitLab one every group. A shorthand names a
+    `forges` adds self-hosted servers as (base URL, "github" | "gitlab") pairs, checked first,
+    the longest base first (a server under a path of another's host is the more specific): a
+    GitHub Enterprise URL keeps `owner/repo`, a GitLab one every group. A shorthand names a
     repository on `shorthand_base` (the configured GitHub).
     """
-    for base, kind in forges:
+    for base, kind in sorted(forges, key=lambda forge: len(forge[0].rstrip("/")), reverse=True):
         base = base.rstrip("/")
         found = re.search(re.escape(base) + "/" + _URL_PATH, prompt, re.IGNORECASE)
         if found:

@@ -49,6 +49,13 @@ that operation with a WARNING naming the platform's error code. A dropped `Post`
 answers its `reply_to`, with `message_id=None`. Each client decides which of its platform's
 answers these types stand for; the flusher never reads an error's text.
 
+A thread that goes away. When the chat is a thread or forum topic and the platform says it is
+closed or deleted (`ThreadGone`), the flusher moves to the conversation's main chat for good:
+it says so there (`THREAD_GONE_NOTICE`), tells its `notify` channel (`ThreadClosed`, so the chat
+actor can move its sessions' records), and runs the refused operation again there, with nothing
+dropped; a stream whose message was in the thread goes out whole as a new message, and an edit
+of a message left in the thread is dropped (it cannot be edited any more).
+
 Concurrency. The actor runs two tasks over state only it owns: one reads the inbox and folds each
 message into the pending operations (no I/O, so senders never wait behind a slow API call), the
 other runs due operations one at a time. While a call is in flight, new deltas for that stream
@@ -95,6 +102,7 @@ from anycode_actors.chat.base import (
     MessageGone,
     NotModified,
     RateLimited,
+    ThreadGone,
 )
 from supervisors import Actor, Backoff, ChildContext, current_child
 
@@ -107,6 +115,7 @@ __all__ = [
     "PACING_SLACK",
     "REPLY_TIMEOUT",
     "TEXT_MARGIN",
+    "THREAD_GONE_NOTICE",
     "Adopt",
     "Append",
     "Drain",
@@ -119,6 +128,7 @@ __all__ = [
     "Post",
     "Posted",
     "StreamStarted",
+    "ThreadClosed",
     "Upload",
     "split_point",
 ]
@@ -147,6 +157,12 @@ REPLY_TIMEOUT: Final = 10.0
 dropped with a warning (the calls for the chat wait meanwhile)."""
 REMEMBERED_MESSAGES: Final = 256
 """Messages whose last-set text and buttons are kept, to skip identical edits."""
+
+THREAD_GONE_NOTICE: Final = (
+    "The thread (or topic) this conversation was in has been closed or deleted: its sessions "
+    "carry on here. Reply to their messages here to reach them."
+)
+"""Said in the main chat when the flusher's thread takes no more messages."""
 
 PACING_SLACK: Final = 0.001
 """Seconds added to every wait for a token, so float rounding never makes a call a hair early
@@ -177,6 +193,14 @@ class StreamStarted:
     message_id: str
     mark: int | None = None
     offset: int = 0
+
+
+@dataclass(frozen=True)
+class ThreadClosed:
+    """Sent to the flusher's `notify` channel when the thread `chat` named is closed or deleted:
+    from now on this flusher posts into the conversation's main chat."""
+
+    chat: ChatRef
 
 
 @dataclass(frozen=True)
@@ -477,7 +501,7 @@ class Flusher(Actor[FlusherMessage]):
         debounce: float,
         limits: ChatLimits | None = None,
         inbox_size: int | None = None,
-        notify: trio.MemorySendChannel[StreamStarted] | None = None,
+        notify: trio.MemorySendChannel[StreamStarted | ThreadClosed] | None = None,
         max_pending: int = MAX_PENDING,
         budget: trio.MemorySendChannel[BudgetInbox] | None = None,
         spoken_at: float | None = None,
@@ -742,6 +766,8 @@ class Flusher(Actor[FlusherMessage]):
                 await self._run_post(op)
             elif isinstance(op, _UploadOp):
                 await self._run_upload(op)
+        except ThreadGone as error:
+            await self._leave_thread(op, error)
         except RateLimited as error:
             self.stats.rate_limited_count += 1
             lane = None
@@ -773,6 +799,41 @@ class Flusher(Actor[FlusherMessage]):
             self._room.set()
             self._settle_drains()
             self._report()
+
+    async def _leave_thread(self, op: _Op, error: ThreadGone) -> None:
+        """Move to the main chat for good and run `op` again there (see the module docstring)."""
+        thread = self.chat
+        if thread.thread is None:
+            self._refused(op, error)  # a main chat cannot be left; nothing better to do
+            if isinstance(op, _PostOp | _UploadOp):
+                await self._reply(op.reply_to, Posted(op.tag, None))
+            return
+        self.chat = ChatRef(thread.platform, thread.chat_id)
+        log.warning(
+            "flusher %s: the thread is closed or deleted (%s); continuing in %s",
+            thread.key,
+            error.code or type(error).__name__,
+            self.chat.key,
+        )
+        await self._reply(self._notify, ThreadClosed(thread))
+        self._spend()
+        try:
+            await self.client.send(self.chat, THREAD_GONE_NOTICE)
+            self.stats.sends += 1
+        except ChatError as failed:
+            log.warning("flusher %s: could not say so: %s", self.chat.key, failed)
+        if isinstance(op, _EditOp):
+            self._refused(op, error)  # the message stays in the thread, as it is
+            return
+        for other in (op, *self._ops.values()):
+            if isinstance(other, _StreamOp) and other.stream.message_id is not None:
+                # Its message is in the thread: the whole text goes out again, here.
+                stream = other.stream
+                stream.shift(len(stream.shown))
+                stream.pending = stream.shown + stream.pending
+                stream.message_id, stream.shown = None, ""
+        op.due = min(op.due, trio.current_time())
+        self._requeue(op)
 
     def _priority(self, op: _Op) -> int:
         """Intermediate edits of a live stream can wait; everything else the user is waiting
@@ -842,7 +903,7 @@ class Flusher(Actor[FlusherMessage]):
             editing = stream.message_id is not None
             try:
                 await self._stream_call(stream, head)
-            except (RateLimited, ChatUnavailable):
+            except (RateLimited, ChatUnavailable, ThreadGone):
                 raise
             except NotModified:
                 pass  # the message shows `head` already
@@ -904,7 +965,7 @@ class Flusher(Actor[FlusherMessage]):
         self._spend()
         try:
             await self.client.edit(self.chat, op.message_id, text, buttons=op.buttons or None)
-        except (RateLimited, ChatUnavailable):
+        except (RateLimited, ChatUnavailable, ThreadGone):
             raise
         except NotModified:
             pass  # the message shows `text` already
@@ -920,7 +981,7 @@ class Flusher(Actor[FlusherMessage]):
         self._spend()
         try:
             message_id = await self.client.send(self.chat, op.chunks[0], buttons=buttons)
-        except (RateLimited, ChatUnavailable):
+        except (RateLimited, ChatUnavailable, ThreadGone):
             raise
         except ChatError as error:
             self._refused(op, error)
@@ -938,7 +999,7 @@ class Flusher(Actor[FlusherMessage]):
         self._spend()
         try:
             message_id = await self.client.upload(self.chat, op.filename, op.data, op.caption)
-        except (RateLimited, ChatUnavailable):
+        except (RateLimited, ChatUnavailable, ThreadGone):
             raise
         except ChatError as error:
             self._refused(op, error)

@@ -3,8 +3,9 @@ never sees.
 
 A task whose prompt names a repository gets a publisher. `prepare` asks the forge about the
 repository (its default branch, whether the token may push), fetches the daemon's mirror and
-makes the session's clone on `<branch_prefix><short id>` from the default branch. `publish`
-then, after a turn:
+makes the session's clone on `<branch_prefix><short id>` from the default branch; `seed` copies
+that clone into the sandbox, which never clones the repository itself (so a private repository
+needs no token in the sandbox). `publish` then, after a turn:
 1. commits what the agent left in the sandbox's repository (hooks off, author the chat user,
    committer the bot) and bundles the commits the default branch lacks (anycode_actors.git);
 2. reads the bundle out through the provider and imports it into the daemon's clone;
@@ -19,6 +20,7 @@ card, and the patch is attached all the same: the work is never lost, and `/pr` 
 from __future__ import annotations
 
 import logging
+import posixpath
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -36,6 +38,7 @@ from anycode_actors.git import (
     GitError,
     Identity,
     MirrorCache,
+    Patch,
     RepoRef,
     SandboxCommand,
     SessionClone,
@@ -50,16 +53,27 @@ from anycode_actors.git import (
     push_branch,
 )
 from anycode_actors.git.forges import Forge, ForgeError, PullRequest
-from anycode_actors.git.repo import NO_NEW_COMMITS
+from anycode_actors.git.repo import NO_NEW_COMMITS, seed_bundle, seed_command
 from anycode_actors.git.repo import Forge as RepoForge
-from anycode_actors.sandboxes.base import SandboxHandle, SandboxProvider
+from anycode_actors.sandboxes.base import (
+    REPO_WORKDIR,
+    WORKSPACE,
+    SandboxHandle,
+    SandboxProvider,
+)
 
 log = logging.getLogger(__name__)
 
-REPO_DIR: Final = "/workspace/repo"
-"""Where the sandbox's entrypoint clones the task's repository."""
-BUNDLE_DIR: Final = "/tmp/anycode-git"
-"""Where the sandbox writes the bundle the daemon reads out; outside the repository."""
+REPO_DIR: Final = REPO_WORKDIR
+"""Where the task's repository is in the sandbox (`seed` copies it there)."""
+SEED_DIR: Final = ".anycode"
+"""Where, below the sandbox's /workspace, `seed` writes the bundle it clones from."""
+BUNDLE_DIR: Final = f"{WORKSPACE}/{SEED_DIR}/git"
+"""Where the sandbox writes the bundle the daemon reads out: outside the repository, inside the
+workspace (the one folder every provider reads files from)."""
+BUNDLE_FROM_REPO: Final = f"../{SEED_DIR}/git"
+"""BUNDLE_DIR as the commands in REPO_DIR name it: a relative path means the same folder in a
+container and in a local sandbox's folder."""
 BOT: Final = "anycode"
 OUTPUT_LIMIT: Final = 64 * 1024
 """Bytes of a sandbox command's output kept; the commands here print a line or two."""
@@ -150,16 +164,74 @@ class Publisher:
         finally:
             self.ready.set()
 
+    async def seed(self, provider: SandboxProvider, handle: SandboxHandle) -> None:
+        """Copy the daemon's clone into the sandbox (made with `SandboxSpec.seeded`), once
+        `prepare` is done: a bundle of the session branch and the default branch, written in
+        through the provider and cloned into the sandbox's workdir on the session branch, with
+        `origin` the repository's public URL. The sandbox never holds the token, so a private
+        repository is worked on all the same.
+
+        Without a clone (`prepare` failed; the user was told) the workdir is made empty. When
+        the copy fails, `problem` says why and PublishError carries it: the session runs
+        without the repository, in an empty workdir, and nothing is published.
+        """
+        await self.ready.wait()
+        clone = self._clone
+        workdir = handle.workdir
+        if clone is not None:
+            try:
+                with trio.fail_after(self._within):
+                    await self._copy_in(provider, handle, clone)
+                return
+            except AnycodeError as exc:
+                why = str(exc)
+            except trio.TooSlowError:
+                why = f"it took over {self._within:g} s"
+            self._clone = None
+            self.problem = f"{self.repo} could not be copied into the sandbox ({why})"
+            log.warning("%s: %s", self._session_id[:8], self.problem)
+        # An agent whose working folder is missing cannot start: it is made, empty (a failed
+        # `git clone` removes what it had made).
+        try:
+            await _run(
+                provider, handle, SandboxCommand(("mkdir", "-p", "--", workdir), {}, "/"), 30
+            )
+        except (AnycodeError, trio.TooSlowError) as exc:
+            log.warning("%s: %s not made: %r", self._session_id[:8], workdir, exc)
+            if clone is None:
+                raise PublishError(f"the sandbox has no folder {workdir} to work in") from None
+        if clone is not None:
+            raise PublishError(self.problem)
+
+    async def _copy_in(
+        self, provider: SandboxProvider, handle: SandboxHandle, clone: SessionClone
+    ) -> None:
+        workspace, name = posixpath.split(handle.workdir)
+        bundle = f"{SEED_DIR}/seed-{short_id(self._session_id)}.bundle"
+        with tempfile.TemporaryDirectory() as folder:
+            local = Path(folder) / "seed.bundle"
+            await seed_bundle(clone, local, within=self._within)
+            data = await trio.Path(local).read_bytes()
+        await provider.write_file(handle, f"{WORKSPACE}/{bundle}", data)
+        await _run(
+            provider,
+            handle,
+            seed_command(workspace, bundle=bundle, dest=name, clone=clone),
+            self._within,
+        )
+
     async def aclose(self) -> None:
         await self._forge.aclose()
 
     # --- after a turn --------------------------------------------------------------------------
 
     async def publish(self, provider: SandboxProvider, handle: SandboxHandle) -> Card | None:
-        """Commit, push and open the pull request; None when the branch has nothing new."""
+        """Commit, push and open the pull request; None when the branch has nothing new and its
+        pull request is open. A push whose pull request could not be opened (the forge refused
+        or was down) is not "nothing new": the next call opens it."""
         async with self._lock:
             clone, new = await self._take_work(provider, handle)
-            if not new:
+            if not new and (self._pr is not None or self._pushed is None):
                 return None
             stat = await diff_stat(clone, within=self._within)
             patch = await self._patch(clone)
@@ -186,8 +258,9 @@ class Publisher:
                     f"Not published: {exc}\nThe commit stays in the sandbox and the patch is "
                     "attached; /pr tries again."
                 )
-                return Card(text + "\n" + _stat_line(head, stat), *patch)
-            return Card(f"Pull request: {self._pr.url}\n{_stat_line(head, stat)}", *patch)
+                return _card(text + "\n" + _stat_line(head, stat), patch, self._patch_name)
+            link = f"{self._pr_noun}: {self._pr.url}"
+            return _card(f"{link}\n{_stat_line(head, stat)}", patch, self._patch_name)
 
     async def diff(self, provider: SandboxProvider, handle: SandboxHandle) -> Card:
         """The session's changes so far (committed in the sandbox first), not pushed."""
@@ -196,7 +269,16 @@ class Publisher:
             stat = await diff_stat(clone, within=self._within)
             if stat.empty:
                 return Card(f"No changes on {self.branch} yet.")
-            return Card(_stat_line(clone.branch, stat), *await self._patch(clone))
+            patch = await self._patch(clone)
+            return _card(_stat_line(clone.branch, stat), patch, self._patch_name)
+
+    @property
+    def _patch_name(self) -> str:
+        return f"{self.branch.replace('/', '-')}.diff"
+
+    @property
+    def _pr_noun(self) -> str:
+        return "Merge request" if self.repo.kind == "gitlab" else "Pull request"
 
     async def _take_work(
         self, provider: SandboxProvider, handle: SandboxHandle
@@ -219,8 +301,10 @@ class Publisher:
             message=commit_message(self._prompt, co_author=agent),
         )
         await _run(provider, handle, commit, self._within)
-        out = f"{BUNDLE_DIR}/{short_id(self._session_id)}.bundle"
-        await _run(provider, handle, SandboxCommand(("mkdir", "-p", BUNDLE_DIR), {}, "/"), 30)
+        name = f"{short_id(self._session_id)}.bundle"
+        out = f"{BUNDLE_FROM_REPO}/{name}"
+        mkdir = SandboxCommand(("mkdir", "-p", BUNDLE_FROM_REPO), {}, REPO_DIR)
+        await _run(provider, handle, mkdir, 30)
         bundled = await _run(
             provider,
             handle,
@@ -230,7 +314,7 @@ class Publisher:
         if NO_NEW_COMMITS in bundled:
             return clone, False
         listing = await provider.read_files(handle, BUNDLE_DIR, max_bytes=1 << 30)
-        data = next((f.data for f in listing.files if out.endswith(f.name)), None)
+        data = next((f.data for f in listing.files if f.name == name), None)
         if data is None:
             raise PublishError("the agent's commits could not be read out of the sandbox")
         with tempfile.TemporaryDirectory() as folder:
@@ -240,10 +324,8 @@ class Publisher:
         new = head != self._pushed
         return clone, new
 
-    async def _patch(self, clone: SessionClone) -> tuple[bytes | None, str]:
-        patch = await diff_patch(clone, max_bytes=self._max_patch, within=self._within)
-        name = f"{self.branch.replace('/', '-')}.diff"
-        return (None if patch.too_large or not patch.data else patch.data), name
+    async def _patch(self, clone: SessionClone) -> Patch:
+        return await diff_patch(clone, max_bytes=self._max_patch, within=self._within)
 
     def _body(self) -> str:
         return (
@@ -254,11 +336,19 @@ class Publisher:
 
 def forges_for(git: GitConfig) -> tuple[RepoForge, ...]:
     """The forges the configuration names: GitHub (or Enterprise Server) and GitLab."""
-    gitlab = git.gitlab_url.rstrip("/")
     return (
         RepoForge("github", git.github_url, git.github_api_url),
-        RepoForge("gitlab", gitlab, f"{gitlab}/api/v4"),
+        RepoForge("gitlab", git.gitlab_url, git.gitlab_api_url),
     )
+
+
+def _card(text: str, patch: Patch, name: str) -> Card:
+    """`text` with the patch attached, or a line saying why it is not: over `git.max_patch_kb`
+    (the stat above still says what changed)."""
+    if patch.too_large:
+        kb = max(patch.limit // 1024, 1)
+        return Card(f"{text}\nThe patch is over {kb} KB (git.max_patch_kb); not attached.")
+    return Card(text, patch.data or None, name if patch.data else "")
 
 
 def _stat_line(branch: str, stat: DiffStat) -> str:
@@ -275,8 +365,9 @@ def _fresh_folder(path: Path) -> None:
 async def _run(
     provider: SandboxProvider, handle: SandboxHandle, command: SandboxCommand, within: float
 ) -> str:
-    """Run `command` in the sandbox to its end; its stdout. PublishError on a non-zero exit."""
-    with trio.fail_after(within):
+    """Run `command` in the sandbox to its end; its stdout. PublishError on a non-zero exit or
+    after `within` seconds."""
+    with trio.move_on_after(within) as scope:
         process = await provider.exec(handle, command.argv, env=command.env, cwd=command.cwd)
         try:
             await process.close_stdin()
@@ -289,6 +380,8 @@ async def _run(
             code = await process.wait()
         finally:
             await process.aclose()
+    if scope.cancelled_caught:
+        raise PublishError(f"git in the sandbox did not finish within {within:g} s")
     output = b"".join(chunks).decode("utf-8", "replace")
     if code != 0:
         detail = process.stderr_tail().strip().splitlines()

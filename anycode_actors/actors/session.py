@@ -6,6 +6,13 @@ events into chat output (through the chat's flusher) and permission prompts (but
 follow-ups and cancel in every state, and whatever way it ends it removes the sandbox inside a
 shielded, bounded scope and writes its final status with a compare-and-set. Every agent event is
 written to the event log with its sequence number before anything is shown.
+
+Files people send with the /task or a follow-up (photos, documents, voice notes) are fetched
+through the chat client (`download`, at most `session.max_download_mb` each) and written into the
+sandbox under `INBOX` before the prompt goes out; the prompt names them and carries them as
+`PromptFile`s (image blocks or resource links, see AcpSession.prompt). A file that is too big or
+cannot be fetched or written is left out with a word to the chat; the text still goes to the
+agent.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import re
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -57,6 +65,7 @@ from anycode_actors.actors.stream import (
     StreamReady,
     StreamReport,
 )
+from anycode_actors.actors.workspace_diff import WorkspaceDiff
 from anycode_actors.agents import (
     AgentEvent,
     AnswersByPolicy,
@@ -69,8 +78,15 @@ from anycode_actors.agents import (
     ToolCall,
     TurnEnded,
 )
-from anycode_actors.agents.events import StoredEvent
-from anycode_actors.chat.base import Button, ButtonPress, ChatRef
+from anycode_actors.agents.events import PromptFile, StoredEvent
+from anycode_actors.chat.base import (
+    Attachment,
+    Button,
+    ButtonPress,
+    ChatError,
+    ChatRef,
+    FileTooLarge,
+)
 from anycode_actors.chat.text import clean_display_text
 from anycode_actors.config import Config, SessionConfig
 from anycode_actors.errors import AnycodeError
@@ -98,6 +114,8 @@ log = logging.getLogger(__name__)
 DESTROY_GRACE: Final = 60.0
 # Time for the last output and the final notice to reach the chat before the actor ends.
 DRAIN_GRACE: Final = 10.0
+# Time for the patch of a session without a repository to be read out as it ends.
+FINAL_DIFF_GRACE: Final = 30.0
 REPORT_EVERY: Final = 0.25
 """Seconds between reports to the actor tree while only output streams."""
 EVENT_BATCH: Final = 64
@@ -106,6 +124,8 @@ UPLOADS_IN_FLIGHT: Final = 64
 """Room for upload confirmations; a task of the session records them as they come."""
 # Where agents leave files for the user (documented in the README and the agent's prompt).
 OUTBOX: Final = "/workspace/outbox"
+# Where files people send are written for the agent (documented in the README).
+INBOX: Final = "/workspace/inbox"
 SESSION_INBOX: Final = 64
 # Tags of uploads in flight, answered by the flusher's `Posted`: "upload:<n>".
 UPLOAD_TAG: Final = "upload:"
@@ -122,6 +142,8 @@ OPTION_LABELS: Final = {
 DECISION_MARKS: Final = {"allow_once": "✅", "allow_always": "✅", "reject_once": "🚫"}
 
 AnswerPress = Callable[[ButtonPress, str], Awaitable[None]]
+# Fetches a file a person sent, at most the given number of bytes (ChatClient.download).
+Download = Callable[[Attachment, int], Awaitable[bytes]]
 
 
 @dataclass(frozen=True)
@@ -179,8 +201,12 @@ class SessionActor(Actor[SessionInbox]):
         answer_press: AnswerPress,
         recovered: Recovered | None = None,
         publisher: Publisher | None = None,
+        download: Download | None = None,
+        attachments: tuple[Attachment, ...] = (),
         pool: trio.MemorySendChannel[PoolInbox] | None = None,
     ) -> None:
+        """`attachments`: the files sent with the /task, for the first prompt; `download`
+        fetches them and those of follow-ups (without it, files are declined)."""
         super().__init__()
         self.session = session
         self._id = session.id
@@ -192,6 +218,20 @@ class SessionActor(Actor[SessionInbox]):
         self._config = config
         self._answer_press = answer_press
         self._publisher = publisher
+        # Without a publisher, /diff and the end of the session compare the workspace with
+        # what it was at the start (actors/workspace_diff.py).
+        self._workspace = (
+            None
+            if publisher is not None
+            else WorkspaceDiff(
+                session.id,
+                max_patch_bytes=config.git.max_patch_bytes,
+                within=float(config.git.timeout_secs),
+            )
+        )
+        self._download = download
+        self._attachments = attachments
+        self._inbox_names: set[str] = set()
         self._recovered = recovered
         self._handle: SandboxHandle | None = recovered.handle if recovered else None
         # The warm pool (actors/pool.py), and where the agent session of a sandbox taken from
@@ -425,6 +465,8 @@ class SessionActor(Actor[SessionInbox]):
             protocol=self._config.sandbox.protocol,
             env=self._config.sandbox_env(self.session.agent),
             repo=self.session.repo,
+            # With a publisher the daemon clones the repository and copies it in (`_seed`).
+            seeded=self._publisher is not None,
         )
         with self._start_scope:
             if self._pool is not None:
@@ -452,13 +494,33 @@ class SessionActor(Actor[SessionInbox]):
             # Owned from this moment, before the next checkpoint: a cancel that comes now ends
             # the actor without reading `_Started`, and the cleanup must still remove it.
             self._handle = handle
+            if self._publisher is not None:
+                await self._seed(self._publisher, handle)
             await self._outbox.send(_Started(handle))
+
+    async def _seed(self, publisher: Publisher, handle: SandboxHandle) -> None:
+        """Copy the repository into the sandbox before the agent starts in it. A copy that
+        fails is said; the agent starts all the same, in an empty folder."""
+        try:
+            await publisher.seed(self._provider, handle)
+        except (AnycodeError, trio.TooSlowError) as exc:
+            log.warning("session %s: repository not copied: %s", short_id(self._id), exc)
+            what = str(exc) or f"{publisher.repo} could not be copied into the sandbox"
+            await self._flusher.send(
+                Post(f"{what}. The session runs without it, and without pull requests.")
+            )
 
     async def _on_started(self, handle: SandboxHandle, streams: Supervisor) -> None:
         self._handle = handle
         await self._store.set_sandbox(self._id, handle.id, handle.endpoint or "")
         if self._outcome is not None:
             return  # cancelled while the sandbox was being made; cleanup removes it
+        if self._workspace is not None:
+            # Before the agent starts: the starting point must not hold its first changes.
+            try:
+                await self._workspace.begin(self._provider, handle)
+            except AnycodeError as exc:
+                log.warning("session %s: /diff will not work: %s", short_id(self._id), exc)
         await self._start_stream(streams, handle, self._warm)
 
     async def _start_stream(
@@ -498,12 +560,79 @@ class SessionActor(Actor[SessionInbox]):
             await self._flusher.send(
                 Post(f"Permissions follow {decider}'s {policy} policy; no buttons will be shown.")
             )
-        await self._prompt(self.session.prompt)
+        await self._prompt(self.session.prompt, self._attachments)
 
-    async def _prompt(self, text: str) -> None:
+    async def _prompt(self, text: str, attachments: tuple[Attachment, ...] = ()) -> None:
         self._turn_running = True
         self._idle_generation += 1
-        await self._to_stream(Prompt(text))
+        files: tuple[PromptFile, ...] = ()
+        if attachments:
+            files, notes = await self._fetch(attachments)
+            text = _with_files(text, files, notes)
+            if not text.strip():
+                # Only files were sent and none of them made it: nothing to ask the agent.
+                self._turn_running = False
+                self._arm_idle_timer()
+                return
+        await self._to_stream(Prompt(text, files))
+
+    async def _fetch(
+        self, attachments: tuple[Attachment, ...]
+    ) -> tuple[tuple[PromptFile, ...], list[str]]:
+        """Fetch each file into the sandbox's inbox: the files that made it, and a note for the
+        agent per voice note. What did not make it is said in the chat."""
+        limit_mb = self._config.session.max_download_mb
+        files: list[PromptFile] = []
+        notes: list[str] = []
+        problems: list[str] = []
+        for attachment in attachments:
+            name = clean_display_text(attachment.name) or "file"
+            if self._download is None or self._handle is None:
+                problems.append(f"{name}: files cannot be received here")
+                continue
+            try:
+                data = await self._download(attachment, limit_mb * 1024 * 1024)
+            except FileTooLarge:
+                problems.append(f"{name}: over {limit_mb} MB (session.max_download_mb)")
+                continue
+            except ChatError as exc:
+                log.warning("session %s: could not fetch %s: %s", short_id(self._id), name, exc)
+                problems.append(f"{name}: could not be fetched")
+                continue
+            path = f"{INBOX}/{self._inbox_name(attachment.name)}"
+            try:
+                await self._provider.write_file(self._handle, path, data)
+            except AnycodeError as exc:
+                log.warning("session %s: could not write %s: %s", short_id(self._id), path, exc)
+                problems.append(f"{name}: could not be put into the sandbox")
+                continue
+            image = attachment.kind == "image" and attachment.mime_type.startswith("image/")
+            files.append(
+                PromptFile(
+                    path, attachment.name, attachment.mime_type, len(data), data if image else None
+                )
+            )
+            if attachment.kind == "audio":
+                notes.append(
+                    f"{path} is a voice note (audio, {attachment.mime_type}); it was not "
+                    "transcribed."
+                )
+        if problems:
+            await self._flusher.send(
+                Post("Not given to the agent:\n" + "\n".join(f"- {p}" for p in problems))
+            )
+        return tuple(files), notes
+
+    def _inbox_name(self, name: str) -> str:
+        """A file name for the inbox: the sent name's last part, in safe characters, numbered
+        when the session already has a file of that name."""
+        base = _UNSAFE_NAME.sub("_", name.rsplit("/", 1)[-1]).lstrip(".") or "file"
+        candidate, number = base[-120:], 1
+        while candidate in self._inbox_names:
+            number += 1
+            candidate = f"{number}-{base}"[-120:]
+        self._inbox_names.add(candidate)
+        return candidate
 
     async def _to_stream(self, command: StreamCommand) -> bool:
         """Hand `command` to the stream actor; False when its connection has ended (its
@@ -628,7 +757,8 @@ class SessionActor(Actor[SessionInbox]):
         if self._config.git.auto_pr == "each_turn":
             await self._publish(asked=False)
         if self._queued:
-            await self._prompt(self._queued.popleft().text)
+            queued = self._queued.popleft()
+            await self._prompt(queued.text, queued.attachments)
             return
         self._arm_idle_timer()
 
@@ -693,7 +823,7 @@ class SessionActor(Actor[SessionInbox]):
             # Not yet answered: if the session ends before the agent says a word, the sender
             # is told that this message went nowhere.
             self._unanswered = follow_up
-            await self._prompt(follow_up.text)
+            await self._prompt(follow_up.text, follow_up.attachments)
             return
         limit = self._config.session.max_queued_follow_ups
         if len(self._queued) >= limit:
@@ -821,15 +951,32 @@ class SessionActor(Actor[SessionInbox]):
 
     async def _show_diff(self) -> None:
         publisher, handle = self._publisher, self._handle
-        if publisher is None or handle is None:
-            await self._flusher.send(Post("This session has no repository to compare with."))
+        if handle is None:
+            await self._flusher.send(Post("The session's sandbox is not ready yet."))
             return
         try:
-            card = await publisher.diff(self._provider, handle)
+            if publisher is not None:
+                card = await publisher.diff(self._provider, handle)
+            else:
+                assert self._workspace is not None
+                card = await self._workspace.diff(self._provider, handle)
         except AnycodeError as exc:
             await self._flusher.send(Post(f"No diff: {exc}"))
             return
         await self._show(card)
+
+    async def _show_final_diff(self) -> None:
+        """A session without a publisher that changed the workspace: the stat and the patch,
+        before the sandbox (and the work in it) is removed."""
+        if self._workspace is None or self._handle is None:
+            return
+        try:
+            card = await self._workspace.final(self._provider, self._handle)
+        except AnycodeError as exc:
+            log.warning("session %s: no final diff: %s", short_id(self._id), exc)
+            return
+        if card is not None:
+            await self._show(card)
 
     async def _show(self, card: Card) -> None:
         await self._flusher.send(Post(card.text))
@@ -887,6 +1034,8 @@ class SessionActor(Actor[SessionInbox]):
         ):
             with trio.move_on_after(self._config.git.timeout_secs):
                 await self._publish(asked=False)
+        with trio.move_on_after(FINAL_DIFF_GRACE):
+            await self._show_final_diff()
         for interaction in pending:
             prompt = self._prompts.pop(interaction.id, None)
             message_id = (prompt.message_id if prompt else None) or interaction.chat_message_id
@@ -934,6 +1083,20 @@ def _only_output(event: AgentEvent) -> bool:
     return not isinstance(
         event, PermissionRequested | PermissionResolved | TurnEnded | ErrorEvent | SessionEnded
     )
+
+
+_UNSAFE_NAME: Final = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def _with_files(text: str, files: Sequence[PromptFile], notes: Sequence[str]) -> str:
+    """The prompt's text, followed by where the files sent with it are."""
+    if not files:
+        return text
+    lines = [f"- {f.path} ({f.mime_type}, {_size_text(f.size)})" for f in files]
+    said = f"Files sent with this message are in {INBOX}/:\n" + "\n".join(lines)
+    if notes:
+        said += "\n" + "\n".join(notes)
+    return f"{text}\n\n{said}" if text.strip() else said
 
 
 def _took_it_up(event: AgentEvent) -> bool:

@@ -11,16 +11,18 @@ from dataclasses import dataclass
 import trio
 
 from anycode_actors.agents import Resume
-from anycode_actors.chat.base import ButtonPress, User
+from anycode_actors.chat.base import Attachment, ButtonPress, User
 from anycode_actors.sandboxes.base import SandboxHandle
 
 
 @dataclass(frozen=True)
 class FollowUp:
-    """A plain message for the session: the next prompt, or the answer to its question."""
+    """A plain message for the session: the next prompt, or the answer to its question, with
+    the files sent with it (fetched into the sandbox's inbox before the agent gets it)."""
 
     text: str
     user: User
+    attachments: tuple[Attachment, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from anycode_actors.agents import (
     Resume,
     open_session,
 )
+from anycode_actors.agents.events import PromptFile
 from anycode_actors.config import AgentConfig, SandboxConfig
 from anycode_actors.errors import AgentError
 from anycode_actors.sandboxes.base import AgentProcess, SandboxHandle, SandboxProvider
@@ -45,6 +46,7 @@ STREAM_INBOX: Final = 16
 @dataclass(frozen=True)
 class Prompt:
     text: str
+    files: tuple[PromptFile, ...] = ()  # already in the sandbox; see AcpSession.prompt
 
 
 @dataclass(frozen=True)
@@ -185,7 +187,10 @@ class StreamActor(Actor[StreamCommand]):
         assert session is not None
         try:
             if isinstance(command, Prompt):
-                await session.prompt(command.text)
+                if command.files:
+                    await session.prompt(command.text, command.files)
+                else:
+                    await session.prompt(command.text)
             elif isinstance(command, Respond):
                 if command.option_id is None:
                     await session.cancel_permission(command.key)

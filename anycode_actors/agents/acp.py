@@ -30,10 +30,16 @@ Design decisions, each for a reason:
   can answer a permission without ever deadlocking on its own full channel.
 - Answers that create state (session/new, session/prompt) are handled inside the read loop, so
   an update that follows an answer on the wire can never overtake it.
+- Files sent with a prompt (`PromptFile`s, already in the sandbox) go as content blocks after
+  its text: an image block when the agent declared `promptCapabilities.image` in its initialize
+  answer, else a resource link, which every agent must accept
+  (https://agentclientprotocol.com/protocol/prompt-turn#1-user-message,
+  https://agentclientprotocol.com/protocol/initialization#prompt-capabilities).
 """
 
 from __future__ import annotations
 
+import base64
 import logging
 import math
 import secrets
@@ -54,6 +60,7 @@ from anycode_actors.agents.events import (
     ErrorEvent,
     PermissionRequested,
     PermissionResolved,
+    PromptFile,
     Raw,
     ResolvedBy,
     SessionEnded,
@@ -277,9 +284,10 @@ class AcpSession:
 
     # --- for the caller -------------------------------------------------------------------------
 
-    async def prompt(self, text: str) -> Turn:
+    async def prompt(self, text: str, files: Sequence[PromptFile] = ()) -> Turn:
         """Start a turn; returns once the prompt is sent. Raises TurnInProgressError while the
-        previous turn runs, AgentClosedError when the session is over."""
+        previous turn runs, AgentClosedError when the session is over. `files` follow the text
+        as image blocks or resource links (see the module docstring)."""
         if self._ended:
             raise AgentClosedError(f"session {self.session_id} has ended")
         if self.turn_running:
@@ -294,7 +302,11 @@ class AcpSession:
         async def on_answer(answer: Response | ErrorResponse, cursor: str | None) -> None:
             await self._end_turn(turn, answer, cursor)
 
-        params = {"sessionId": self.session_id, "prompt": [{"type": "text", "text": text}]}
+        content: list[dict[str, Any]] = [{"type": "text", "text": text}]
+        agent = self._client.agent
+        takes_images = agent is not None and _takes_images(agent.capabilities)
+        content += [_content_block(file, images=takes_images) for file in files]
+        params = {"sessionId": self.session_id, "prompt": content}
         try:
             await self._client._send_request("session/prompt", params, on_answer)
         except BaseException:
@@ -693,3 +705,29 @@ async def open_acp_client(
         finally:
             client._close()
             nursery.cancel_scope.cancel()
+
+
+def _takes_images(capabilities: Mapping[str, Any]) -> bool:
+    """Whether the agent's initialize answer declared `promptCapabilities.image`."""
+    prompt = capabilities.get("promptCapabilities")
+    return isinstance(prompt, Mapping) and prompt.get("image") is True
+
+
+def _content_block(file: PromptFile, *, images: bool) -> dict[str, Any]:
+    """An ACP content block for a file in the sandbox: an image block (with its path as `uri`)
+    when the agent takes images and the bytes are at hand, else a resource link."""
+    uri = f"file://{file.path}"
+    if images and file.data is not None and file.mime_type.startswith("image/"):
+        return {
+            "type": "image",
+            "mimeType": file.mime_type,
+            "data": base64.b64encode(file.data).decode("ascii"),
+            "uri": uri,
+        }
+    return {
+        "type": "resource_link",
+        "uri": uri,
+        "name": file.name,
+        "mimeType": file.mime_type,
+        "size": file.size,
+    }

@@ -46,6 +46,7 @@ from anycode_actors.agents.events import (
     ErrorEvent,
     PermissionRequested,
     PermissionResolved,
+    PromptFile,
     Raw,
     ToolCall,
     ToolCallMemory,
@@ -289,7 +290,9 @@ class AcpxSession:
     def pending_permissions(self) -> tuple[PermissionRequested, ...]:
         return ()
 
-    async def prompt(self, text: str) -> Turn:
+    async def prompt(self, text: str, files: Sequence[PromptFile] = ()) -> Turn:
+        """acpx reads the prompt as text (``--file -``): files are named by their paths, which
+        the caller has put in `text` already, so `files` adds nothing here."""
         if self._closed:
             raise AgentClosedError(f"acpx session {self.name} is closed")
         if self.turn_running:

@@ -60,6 +60,7 @@ __all__ = [
     "PermissionOption",
     "PermissionRequested",
     "PermissionResolved",
+    "PromptFile",
     "Raw",
     "ResolvedBy",
     "SessionEnded",
@@ -78,6 +79,20 @@ __all__ = [
     "to_record",
     "turn_ended",
 ]
+
+
+@dataclass(frozen=True)
+class PromptFile:
+    """A file that goes with a prompt, already in the sandbox at `path`: sent to the agent as
+    ACP content (an image block when `data` is given and the agent takes images, else a
+    resource link; https://agentclientprotocol.com/protocol/content)."""
+
+    path: str
+    name: str
+    mime_type: str
+    size: int
+    data: bytes | None = None  # an image's bytes, for an image block
+
 
 UPDATE_METHOD: Final = "session/update"
 PERMISSION_METHOD: Final = "session/request_permission"

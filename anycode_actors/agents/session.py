@@ -31,7 +31,7 @@ import trio
 
 from anycode_actors.agents.acp import Turn, open_acp_client
 from anycode_actors.agents.acpx import AcpxLaunch, Spawn, open_acpx_session
-from anycode_actors.agents.events import AgentEvent, PermissionRequested
+from anycode_actors.agents.events import AgentEvent, PermissionRequested, PromptFile
 from anycode_actors.agents.sandbox_agent import (
     open_sandbox_agent_client,
     open_sandbox_agent_transport,
@@ -51,7 +51,7 @@ class AgentSession(Protocol):
     @property
     def turn_running(self) -> bool: ...
 
-    async def prompt(self, text: str) -> Turn: ...
+    async def prompt(self, text: str, files: Sequence[PromptFile] = ()) -> Turn: ...
 
     async def cancel(self) -> None: ...
 

@@ -17,6 +17,9 @@ module, so nothing outside `anycode_actors.chat` reads a platform's error text:
 - `ChatUnavailable`: not reached or answered 5xx; retry with backoff;
 - `MessageGone`: the message to edit or delete no longer exists (someone deleted it);
 - `NotModified`: an edit that would leave the message as it is; it shows the text already;
+- `ThreadGone`: the thread or forum topic the call was for is closed or deleted; the
+  conversation's main chat still takes messages;
+- `FileTooLarge`: a file a person sent is bigger than the caller (or the platform) will fetch;
 - any other `ChatError`: a refusal that retrying the same call cannot fix.
 
 Questions whose answer depends on the platform (is this conversation a group?) are answered by
@@ -26,7 +29,7 @@ the client too (`ChatClient.is_group`), never by comparing `ChatRef.platform` wi
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import trio
@@ -55,6 +58,15 @@ class ChatRef:
 class User:
     id: str
     name: str = ""  # display name or @username, for "answered by …"
+    full_name: str = field(default="", compare=False)
+    """The person's name as the platform shows it (Telegram: first and last name), if it
+    says; the author name of the commits made for them. Not part of who the user is."""
+
+    @property
+    def author_name(self) -> str:
+        """Who the commits of this person's tasks are by: their full name, else `name`, else
+        the id."""
+        return clean_display_text(self.full_name) or self.mention
 
     @property
     def mention(self) -> str:
@@ -64,25 +76,45 @@ class User:
 
 
 @dataclass(frozen=True)
+class Attachment:
+    """A file a person sent with a message: what it is, and how its client fetches it.
+
+    `kind` is "image", "audio" (a voice note) or "document" (anything else); `ref` is the
+    platform's handle for the bytes (a Telegram file_id, a Slack url_private), only meaningful
+    to the client that made it (`ChatClient.download`). `size` is what the platform reported,
+    None when it did not say."""
+
+    kind: str
+    name: str
+    mime_type: str
+    ref: str
+    size: int | None = None
+
+
+@dataclass(frozen=True)
 class Command:
-    """`/task fix it`: `name` is "task" (lower case, without / and @bot), `args` the rest."""
+    """`/task fix it`: `name` is "task" (lower case, without / and @bot), `args` the rest.
+    `attachments`: files sent with it (a Telegram caption, a Slack file share)."""
 
     chat: ChatRef
     user: User
     name: str
     args: str
     message_id: str = ""
+    attachments: tuple[Attachment, ...] = ()
 
 
 @dataclass(frozen=True)
 class Message:
-    """Plain text that is not a command. `reply_to` is the message id it replies to, if any."""
+    """Plain text that is not a command. `reply_to` is the message id it replies to, if any.
+    `attachments`: files sent with it; `text` may then be empty."""
 
     chat: ChatRef
     user: User
     text: str
     message_id: str = ""
     reply_to: str | None = None
+    attachments: tuple[Attachment, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -167,6 +199,21 @@ class NotModified(ChatError):
     those buttons, so the edit counts as done."""
 
 
+class ThreadGone(ChatError):
+    """The thread or forum topic `chat.thread` names is closed or deleted: nothing more can be
+    posted there, but the conversation's main chat (`ChatRef(platform, chat_id)`) still takes
+    messages."""
+
+
+class FileTooLarge(ChatError):
+    """A file to download is over the size the caller accepts or the platform serves; `size`
+    is its size in bytes when known."""
+
+    def __init__(self, message: str, *, size: int | None = None, code: str = "too_large") -> None:
+        super().__init__(message, code=code)
+        self.size = size
+
+
 class ChatClient(Protocol):
     """A connected chat platform."""
 
@@ -175,6 +222,9 @@ class ChatClient(Protocol):
     access: AccessPolicy
     # Bot-wide lanes by kind of call ("send", "edit", "upload"); a kind not listed is unpaced.
     rate_lanes: Mapping[str, RateLane]
+    # Whether a /task outside a thread runs its session in a new thread under the
+    # acknowledgement (Slack's `[slack] threads`); platforms without such threads say False.
+    task_threads: bool
 
     def is_group(self, chat: ChatRef) -> bool:
         """Whether `chat` is a group conversation, paced at `limits.group_per_minute` too."""
@@ -232,4 +282,10 @@ class ChatClient(Protocol):
 
     async def upload(self, chat: ChatRef, filename: str, data: bytes, caption: str = "") -> str:
         """Upload a file into the conversation; returns the message id."""
+        ...
+
+    async def download(self, attachment: Attachment, max_bytes: int) -> bytes:
+        """The bytes of a file a person sent. Raises `FileTooLarge` when it is over `max_bytes`
+        (or over what the platform lets bots fetch), another `ChatError` when it cannot be
+        fetched."""
         ...

@@ -51,8 +51,10 @@ from rich.text import Text
 
 from anycode_actors.chat.auth import AccessPolicy
 from anycode_actors.chat.base import (
+    Attachment,
     Button,
     ButtonPress,
+    ChatError,
     ChatEvent,
     ChatLimits,
     ChatRef,
@@ -117,6 +119,7 @@ class ConsoleChat:
     # The one person at the terminal runs the daemon; nobody else can type here.
     access = AccessPolicy.open()
     rate_lanes: Mapping[str, RateLane] = {}  # a terminal has no rate limit
+    task_threads = False
 
     def __init__(
         self,
@@ -323,6 +326,10 @@ class ConsoleChat:
         for preview in _preview(data):
             self._print(Text(f"{INDENT}│ {preview}", style="dim"))
         return self._next_id()
+
+    async def download(self, attachment: Attachment, max_bytes: int) -> bytes:
+        """Nobody can send a file from the terminal, so there is never one to fetch."""
+        raise ChatError(f"the console has no file {attachment.name!r}", code="no_files")
 
     # --- for the program around it --------------------------------------------------------------
 

@@ -30,10 +30,25 @@ notices a dead socket that no error would ever report. A lost connection is repl
 if that fails too (or the new one does not last), the next tries wait the `Backoff`'s growing
 delays, which start over once a connection has stayed up for `backoff.reset_after` seconds.
 
+A `/task` carries the person's name as their Slack profile shows it (`User.full_name`, the
+author of the commits made for them): users.info (https://docs.slack.dev/reference/methods/users.info,
+Tier 4, the `users:read` scope), asked by the forwarder, once per person while the answer is
+remembered. Without the scope the app does not ask again and the name stays empty.
+
 Outbound text is plain text: `&`, `<` and `>` are escaped, so nothing an agent writes can turn
 into a link or a mention, while Slack's mrkdwn (`*bold*`, `code`) still renders. Every message
 is sent as section blocks holding the text (so the text stays visible next to buttons) plus one
 actions block per row of buttons, and `text` as the notification fallback.
+
+Files people share (a `message` event of subtype `file_share`,
+https://api.slack.com/events/message/file_share) arrive as the `Attachment`s of the `Command` or
+`Message` their text makes; `download` fetches one from its `url_private` with the bot token in
+an `Authorization: Bearer` header (https://api.slack.com/types/file#authentication), and only
+from Slack's own hosts, so the token never goes anywhere else.
+
+Threads: a message in a thread names it (`thread_ts`), which becomes `ChatRef.thread`, and what
+is sent to that ChatRef goes into the thread. With `[slack] threads` (the default), `task_threads`
+asks the actors to run a /task posted in a channel in a thread under its acknowledgement.
 
 Web API refusals (`{"ok": false, "error": code}`) become `ChatError`s whose `code` is Slack's:
 `ratelimited` (or HTTP 429) raises `RateLimited`, 5xx and no answer `ChatUnavailable`, and
@@ -44,11 +59,12 @@ modified" error (same page), so this client never raises `NotModified`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -60,6 +76,7 @@ from wsproto.utilities import LocalProtocolError
 from anycode_actors.chat._recent import Recent
 from anycode_actors.chat.auth import NOT_AUTHORIZED, AccessPolicy
 from anycode_actors.chat.base import (
+    Attachment,
     Button,
     ButtonPress,
     ChatError,
@@ -68,6 +85,7 @@ from anycode_actors.chat.base import (
     ChatRef,
     ChatUnavailable,
     Command,
+    FileTooLarge,
     Message,
     MessageGone,
     RateLane,
@@ -148,6 +166,15 @@ SEEN_CAPACITY: Final = 4096
 RESPONSE_URLS_KEPT: Final = 512
 # Foreign workspaces already logged; beyond this many the oldest may be logged again.
 FOREIGN_TEAMS_KEPT: Final = 256
+# People whose profile name is remembered, and for how long.
+FULL_NAMES_KEPT: Final = 512
+FULL_NAME_TTL: Final = 3600.0
+# How long a /task waits for the person's profile name before it goes on without it.
+FULL_NAME_TIMEOUT: Final = 5.0
+# users.info answers that asking again will not change (a missing scope, a token not allowed).
+NAMES_UNAVAILABLE_CODES: Final = frozenset(
+    {"missing_scope", "not_allowed_token_type", "no_permission", "invalid_auth"}
+)
 BUSY_TEXT: Final = "The bot is busy right now; please try again in a moment."
 # After the immediate first retry: 1 s doubling to 30 s, each wait up to 10% shorter, and from
 # 1 s again once a connection has lasted 30 s.
@@ -159,6 +186,9 @@ RECONNECT_HEALTHY_AFTER: Final = 30.0
 
 # --- Web API --------------------------------------------------------------------------------------
 HTTP_TIMEOUT: Final = 30.0
+DOWNLOAD_TIMEOUT: Final = httpx.Timeout(120.0, connect=10.0)
+#: Where Slack serves files (url_private), besides the Web API's own host.
+SLACK_FILES_HOST: Final = "files.slack.com"
 # slack_sdk waits this long on a 429 without Retry-After (apps.connections.open).
 DEFAULT_RETRY_AFTER: Final = 30.0
 # Slack's own failures, worth another try; any other ok:false code is final.
@@ -205,6 +235,7 @@ class SlackClient:
             raise ValueError(f"inbound_buffer must be at least 1, got {inbound_buffer}")
         self.platform = PLATFORM
         self.limits = SLACK_LIMITS
+        self.task_threads = config.threads
         self._app_token = config.app_token
         self._bot_token = config.bot_token
         self.access = AccessPolicy.of(
@@ -212,6 +243,8 @@ class SlackClient:
         )
         self.rate_lanes: Mapping[str, RateLane] = SLACK_LANES
         self._api = config.api_base_url.rstrip("/")
+        # Where url_private may point for the bot token to be sent along.
+        self._file_hosts = frozenset({httpx.URL(self._api).host, SLACK_FILES_HOST})
         self._owns_http = http is None
         # Tokens go into each request's headers, never into the client's defaults: the upload
         # URL must not receive them.
@@ -229,6 +262,8 @@ class SlackClient:
         self._foreign_teams: Recent[str, None] = Recent(FOREIGN_TEAMS_KEPT)
         self._seen: Recent[tuple[str, ...], None] = Recent(SEEN_CAPACITY)
         self._response_urls: Recent[str, str] = Recent(RESPONSE_URLS_KEPT)
+        self._full_names: Recent[str, tuple[float, str]] = Recent(FULL_NAMES_KEPT)
+        self._names_unavailable = False
         self._links = 0
         # Acked envelopes on their way to the actors, and the one being handed on right now.
         self._inbox, self._inbox_out = trio.open_memory_channel[_Inbound](inbound_buffer)
@@ -488,8 +523,57 @@ class SlackClient:
                 except ChatError as exc:
                     log.warning("Slack: could not tell a user they are not authorized: %s", exc)
             else:
+                if isinstance(item, Command) and item.name == "task" and not item.user.full_name:
+                    item = await self._with_full_name(item)
+                    self._handing_on = item
                 await events.send(item)
                 self._handing_on = None
+
+    async def _with_full_name(self, command: Command) -> Command:
+        """`command` with its sender's profile name, when Slack tells it in time."""
+        name = await self._full_name(command.user.id)
+        if not name:
+            return command
+        return dataclasses.replace(command, user=dataclasses.replace(command.user, full_name=name))
+
+    async def _full_name(self, user_id: str) -> str:
+        """The person's real name (else display name) from their profile; "" when unknown."""
+        if self._names_unavailable:
+            return ""
+        now = trio.current_time()
+        known = self._full_names.get(user_id)
+        if known is not None and now - known[0] < FULL_NAME_TTL:
+            return known[1]
+        body: dict[str, Any] | None = None
+        with trio.move_on_after(FULL_NAME_TIMEOUT):
+            try:
+                body = await self._call(
+                    "users.info", self._bot_token.get_secret_value(), {"user": user_id}
+                )
+            except ChatError as exc:
+                if exc.code in NAMES_UNAVAILABLE_CODES:
+                    self._names_unavailable = True
+                    log.info("Slack: no profile names (%s); commits name the Slack user", exc)
+                else:
+                    log.debug("Slack: no profile name for %s: %s", user_id, exc)
+        if body is None:
+            return ""
+        user: dict[str, Any] = body["user"] if isinstance(body.get("user"), dict) else {}
+        profile: dict[str, Any] = user["profile"] if isinstance(user.get("profile"), dict) else {}
+        name = next(
+            (
+                str(value).strip()
+                for value in (
+                    profile.get("real_name"),
+                    user.get("real_name"),
+                    profile.get("display_name"),
+                )
+                if isinstance(value, str) and value.strip()
+            ),
+            "",
+        )
+        self._full_names.put(user_id, (now, name))
+        return name
 
     async def _refuse(self, refusal: _Refusal) -> None:
         if refusal.response_url:
@@ -535,9 +619,10 @@ class SlackClient:
         kind = event.get("type")
         if kind not in ("message", "app_mention"):
             return None
-        # Edits, joins, file shares, bot posts (ours come back with bot_id) and the hidden
-        # message_replied that arrives without its subtype are not something a person said.
-        if event.get("subtype") or event.get("hidden") or event.get("bot_id"):
+        # Edits, joins, bot posts (ours come back with bot_id) and the hidden message_replied
+        # that arrives without its subtype are not something a person said; file shares are.
+        subtype = event.get("subtype")
+        if (subtype and subtype != "file_share") or event.get("hidden") or event.get("bot_id"):
             return None
         user = event.get("user")
         if not isinstance(user, str) or not user or user == self._bot_user_id:
@@ -560,7 +645,11 @@ class SlackClient:
                 reply_in = chat if direct else ChatRef(PLATFORM, chat.chat_id, thread or ts)
                 return _Refusal(reply_in)
             return None
-        return _parse_text(chat, User(user), plain, ts, reply_to=thread)
+        parsed = _parse_text(chat, User(user), plain, ts, reply_to=thread)
+        attachments = _attachments(event.get("files"))
+        if not attachments:
+            return parsed
+        return replace(parsed, attachments=attachments)
 
     def _translate_command(
         self, payload: dict[str, Any]
@@ -724,6 +813,48 @@ class SlackClient:
         await self._call("files.completeUploadExternal", token, params)
         return file_id
 
+    async def download(self, attachment: Attachment, max_bytes: int) -> bytes:
+        """GET the file's url_private with the bot token (only on Slack's hosts); raises
+        `FileTooLarge` over `max_bytes`, before fetching when Slack reported the size."""
+        if attachment.size is not None and attachment.size > max_bytes:
+            raise FileTooLarge(f"{attachment.name} is over {max_bytes} bytes", size=attachment.size)
+        try:
+            url = httpx.URL(attachment.ref)
+        except httpx.InvalidURL:
+            raise ChatError(f"{attachment.name} has no usable URL", code="bad_url") from None
+        if url.scheme not in ("https", "http") or url.host not in self._file_hosts:
+            raise ChatError(
+                f"{attachment.name} is not on Slack's file host; not fetched", code="foreign_url"
+            )
+        token = self._bot_token.get_secret_value()
+        headers = {"Authorization": f"Bearer {token}"}
+        failure: ChatError
+        try:
+            async with self._http.stream(
+                "GET", url, headers=headers, timeout=DOWNLOAD_TIMEOUT
+            ) as response:
+                if response.status_code != 200:
+                    # A redirect is Slack's sign-in page: the token was not accepted for it.
+                    failure = ChatError(
+                        f"Slack answered the download of {attachment.name} with HTTP "
+                        f"{response.status_code} (does the app have the files:read scope?)",
+                        code=f"http_{response.status_code}",
+                    )
+                else:
+                    data = bytearray()
+                    async for chunk in response.aiter_bytes():
+                        data += chunk
+                        if len(data) > max_bytes:
+                            raise FileTooLarge(
+                                f"{attachment.name} is over {max_bytes} bytes", size=len(data)
+                            )
+                    return bytes(data)
+        except httpx.HTTPError as exc:
+            failure = ChatUnavailable(
+                f"Slack file download: no answer ({type(exc).__name__})", code="unreachable"
+            )
+        raise failure
+
     # --- HTTP -------------------------------------------------------------------------------------
     async def _call(self, method: str, token: str, params: dict[str, str]) -> dict[str, Any]:
         """One Web API call, form-encoded (files.getUploadURLExternal takes no JSON)."""
@@ -859,8 +990,9 @@ def _dedupe_keys(envelope_id: str, kind: str, payload: dict[str, Any]) -> list[t
         if payload.get("event_id"):
             keys.append(("event", str(payload["event_id"])))
         event = payload.get("event")
-        # A person's @mention comes as `message` and as `app_mention`, with the same ts.
-        if not isinstance(event, dict) or event.get("subtype"):
+        # A person's @mention comes as `message` and as `app_mention`, with the same ts; so does
+        # one that shares files (the `message` then has the subtype file_share).
+        if not isinstance(event, dict) or event.get("subtype") not in (None, "", "file_share"):
             return keys
         if event.get("type") in ("message", "app_mention") and event.get("ts"):
             keys.append(("message", str(event.get("channel")), str(event["ts"])))
@@ -886,6 +1018,32 @@ def _thread(ts: str, thread_ts: object) -> str | None:
     if isinstance(thread_ts, str) and thread_ts and thread_ts != ts:
         return thread_ts
     return None
+
+
+def _attachments(files: object) -> tuple[Attachment, ...]:
+    """The files of a file share (https://api.slack.com/types/file) that can be fetched."""
+    if not isinstance(files, list):
+        return ()
+    found = []
+    for file in files:
+        if not isinstance(file, dict) or not isinstance(file.get("url_private"), str):
+            continue  # a file the app may not see comes as {"id", "mode": "hidden_by_limit"}
+        mime = str(file.get("mimetype") or "application/octet-stream")
+        name = str(file.get("name") or file.get("id") or "file")
+        kind = (
+            "image"
+            if mime.startswith("image/")
+            else "audio"
+            if mime.startswith("audio/")
+            else "document"
+        )
+        size = file.get("size")
+        found.append(
+            Attachment(
+                kind, name, mime, file["url_private"], size if isinstance(size, int) else None
+            )
+        )
+    return tuple(found)
 
 
 def _parse_text(

@@ -44,8 +44,17 @@ reach the actors: their commands and messages get the reply `NOT_AUTHORIZED`, th
 presses an alert with it.
 Every button press is answered: refused ones at once, forwarded ones by the consumer through
 `answer_press`, and any press still unanswered after `PRESS_ANSWER_DEADLINE` by the client.
-Non-text messages (photos, stickers, files) are not forwarded; in a private chat the client
-replies `ONLY_TEXT`, in groups it stays silent.
+
+Photos, documents and voice notes are forwarded as the `Attachment`s of a `Command` (when their
+caption is one) or a `Message` (the caption, maybe empty); `download` fetches one with getFile
+and the file path (https://core.telegram.org/bots/api#getfile: bots fetch at most 20 MB). Other
+non-text messages (stickers, locations) are not forwarded; in a private chat the client replies
+`ONLY_TEXT`, in groups it stays silent.
+
+Forum topics: a message in a topic of a forum supergroup names its topic (`message_thread_id`
+with `is_topic_message`), which becomes `ChatRef.thread`; what is sent to that ChatRef goes
+into the topic. A topic that was closed ("TOPIC_CLOSED") or deleted ("message thread not
+found", as the Bot API server words TDLib's errors) raises `ThreadGone`.
 """
 
 from __future__ import annotations
@@ -63,6 +72,7 @@ import trio
 from anycode_actors.chat._recent import Recent
 from anycode_actors.chat.auth import NOT_AUTHORIZED, AccessPolicy
 from anycode_actors.chat.base import (
+    Attachment,
     Button,
     ButtonPress,
     ChatError,
@@ -71,11 +81,13 @@ from anycode_actors.chat.base import (
     ChatRef,
     ChatUnavailable,
     Command,
+    FileTooLarge,
     Message,
     MessageGone,
     NotModified,
     RateLane,
     RateLimited,
+    ThreadGone,
     User,
 )
 from anycode_actors.chat.markdown import Rich
@@ -84,6 +96,7 @@ from supervisors import Backoff
 
 __all__ = [
     "DEFAULT_COMMANDS",
+    "DOWNLOAD_MAX_BYTES",
     "NOT_AUTHORIZED",
     "ONLY_TEXT",
     "PLATFORM",
@@ -126,7 +139,11 @@ DEFAULT_COMMANDS: Final[tuple[tuple[str, str], ...]] = (
     ("help", "Show what this bot can do"),
 )
 
-ONLY_TEXT: Final = "Only text messages are supported."
+ONLY_TEXT: Final = "Only text, photos, documents and voice notes are supported."
+#: "For the moment, bots can download files of up to 20MB in size"
+#: (https://core.telegram.org/bots/api#getfile).
+DOWNLOAD_MAX_BYTES: Final = 20 * 1024 * 1024
+DOWNLOAD_TIMEOUT: Final = httpx.Timeout(120.0, connect=10.0)
 
 #: The Bot API server holds a long poll for at most 50 s: it clamps getUpdates' timeout to
 #: LONG_POLL_MAX_TIMEOUT (https://github.com/tdlib/telegram-bot-api, telegram-bot-api/Client.h).
@@ -198,6 +215,8 @@ class TelegramClient:
     ) -> None:
         self.platform = PLATFORM
         self.limits = TELEGRAM_LIMITS
+        # Forum topics are made by people; a /task in the main chat stays there.
+        self.task_threads = False
         self._token = config.bot_token.get_secret_value()
         self._base_url = config.api_base_url.rstrip("/")
         self.access = AccessPolicy.of(
@@ -416,14 +435,20 @@ class TelegramClient:
         user = _user(sender)
         message_id = str(message["message_id"])
         text = message.get("text")
+        entities = message.get("entities")
+        attachments = _attachments(message)
+        if attachments:
+            text = message.get("caption")
+            text = text if isinstance(text, str) else ""
+            entities = message.get("caption_entities")
         if not isinstance(text, str):
             private = message["chat"].get("type") == "private"
             if not private or not _MEDIA_KEYS & message.keys():
-                return None  # service messages, and pictures posted in groups
+                return None  # service messages, and stickers posted in groups
             if not self.access.may_use(user.id):
                 return _Reply(chat, NOT_AUTHORIZED, message_id)
             return _Reply(chat, ONLY_TEXT, message_id)
-        command = _parse_command(text, message.get("entities"))
+        command = _parse_command(text, entities)
         ours = ("", (self._bot_username or "").lower())
         if command is not None and command[1].lower() not in ours:
             return None  # /cmd@otherbot is for another bot in the group
@@ -431,8 +456,10 @@ class TelegramClient:
             return _Reply(chat, NOT_AUTHORIZED, message_id)
         if command is not None:
             name, _, args = command
-            return Command(chat, user, name, args, message_id)
-        return Message(chat, user, text, message_id, reply_to=_reply_to(message))
+            return Command(chat, user, name, args, message_id, attachments)
+        return Message(
+            chat, user, text, message_id, reply_to=_reply_to(message), attachments=attachments
+        )
 
     def _translate_press(self, query: dict[str, Any]) -> ButtonPress | _Answer:
         press_id = str(query["id"])
@@ -599,6 +626,57 @@ class TelegramClient:
         )
         return str(sent["message_id"])
 
+    async def download(self, attachment: Attachment, max_bytes: int) -> bytes:
+        """getFile, then the file's bytes from ``/file/bot<token>/<file_path>``
+        (https://core.telegram.org/bots/api#getfile). Raises `FileTooLarge` over `max_bytes` or
+        the 20 MB bots may fetch, before fetching anything when the size is known."""
+        limit = min(max_bytes, DOWNLOAD_MAX_BYTES)
+        if attachment.size is not None and attachment.size > limit:
+            raise FileTooLarge(f"{attachment.name} is over {limit} bytes", size=attachment.size)
+        try:
+            described = await self._call("getFile", {"file_id": attachment.ref})
+        except _ApiError as error:
+            if "file is too big" in error.code.lower():
+                raise FileTooLarge(f"{attachment.name} is over 20 MB", code=error.code) from None
+            raise
+        size = described.get("file_size") if isinstance(described, dict) else None
+        path = described.get("file_path") if isinstance(described, dict) else None
+        if isinstance(size, int) and size > limit:
+            raise FileTooLarge(f"{attachment.name} is over {limit} bytes", size=size)
+        if not isinstance(path, str) or not path:
+            raise ChatError(f"Telegram gave no path for {attachment.name}", code="no_file_path")
+        url = f"{self._base_url}/file/bot{self._token}/{path}"
+        failure: ChatError
+        try:
+            async with self._http.stream("GET", url, timeout=DOWNLOAD_TIMEOUT) as response:
+                if response.status_code != 200:
+                    failure = ChatError(
+                        f"Telegram answered the download of {attachment.name} with HTTP "
+                        f"{response.status_code}",
+                        code=f"HTTP {response.status_code}",
+                    )
+                else:
+                    data = bytearray()
+                    async for chunk in response.aiter_bytes():
+                        data += chunk
+                        if len(data) > limit:
+                            raise FileTooLarge(
+                                f"{attachment.name} is over {limit} bytes", size=len(data)
+                            )
+                    return bytes(data)
+        except httpx.TimeoutException:
+            failure = ChatUnavailable(
+                f"Telegram did not send {attachment.name} in time", code="timeout"
+            )
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            reason = self._redactor.redact(str(exc)) or "no details"
+            failure = ChatUnavailable(
+                f"could not download {attachment.name} from Telegram: {type(exc).__name__}: "
+                f"{reason}",
+                code=type(exc).__name__,
+            )
+        raise failure
+
     async def _answer(self, press_id: str, text: str, *, alert: bool) -> None:
         params: dict[str, Any] = {"callback_query_id": press_id}
         if text:
@@ -681,6 +759,9 @@ class TelegramClient:
 _GONE_PHRASES: Final = ("message to edit not found", "message to delete not found")
 #: MESSAGE_NOT_MODIFIED, as `fail_query_with_error` words it (Client.cpp).
 _NOT_MODIFIED_PHRASE: Final = "message is not modified"
+#: A forum topic that takes no more messages: deleted (or never there), "message thread not
+#: found"; closed, TDLib's TOPIC_CLOSED (or TOPIC_DELETED), passed on in upper case.
+_THREAD_GONE_PHRASES: Final = ("message thread not found", "topic_closed", "topic_deleted")
 
 
 class _ApiError(ChatError):
@@ -734,6 +815,8 @@ def _result(method: str, response: httpx.Response) -> Any:
             raise MessageGone(f"Telegram refused {method}: {description}", code=description)
         if _NOT_MODIFIED_PHRASE in lowered:
             raise NotModified(f"Telegram refused {method}: {description}", code=description)
+        if any(phrase in lowered for phrase in _THREAD_GONE_PHRASES):
+            raise ThreadGone(f"Telegram refused {method}: {description}", code=description)
     raise _ApiError(method, error_code, description)
 
 
@@ -810,6 +893,42 @@ def _chat_ref(message: dict[str, Any]) -> ChatRef:
     )
 
 
+def _attachments(message: dict[str, Any]) -> tuple[Attachment, ...]:
+    """The photo (its largest size), document or voice note of a message
+    (https://core.telegram.org/bots/api#message), as attachments to fetch with getFile."""
+    number = message.get("message_id")
+    photo = message.get("photo")
+    if isinstance(photo, list) and photo and isinstance(photo[-1], dict):
+        largest = photo[-1]
+        return (
+            Attachment(
+                "image",
+                f"photo_{number}.jpg",
+                "image/jpeg",
+                str(largest["file_id"]),
+                _size(largest),
+            ),
+        )
+    document = message.get("document")
+    if isinstance(document, dict):
+        mime = str(document.get("mime_type") or "application/octet-stream")
+        name = str(document.get("file_name") or f"document_{number}")
+        kind = "image" if mime.startswith("image/") else "document"
+        return (Attachment(kind, name, mime, str(document["file_id"]), _size(document)),)
+    voice = message.get("voice")
+    if isinstance(voice, dict):
+        mime = str(voice.get("mime_type") or "audio/ogg")
+        extension = mimetypes.guess_extension(mime) or ".ogg"
+        name = f"voice_{number}{'.ogg' if extension == '.oga' else extension}"
+        return (Attachment("audio", name, mime, str(voice["file_id"]), _size(voice)),)
+    return ()
+
+
+def _size(file: dict[str, Any]) -> int | None:
+    size = file.get("file_size")
+    return size if isinstance(size, int) else None
+
+
 def _reply_to(message: dict[str, Any]) -> str | None:
     replied = message.get("reply_to_message")
     if not isinstance(replied, dict):
@@ -823,7 +942,9 @@ def _reply_to(message: dict[str, Any]) -> str | None:
 def _user(sender: dict[str, Any]) -> User:
     username = sender.get("username")
     name = f"@{username}" if username else str(sender.get("first_name") or "")
-    return User(str(sender["id"]), name)
+    # https://core.telegram.org/bots/api#user: first_name always, last_name optional.
+    full = " ".join(str(sender.get(key) or "") for key in ("first_name", "last_name")).strip()
+    return User(str(sender["id"]), name, full)
 
 
 # --- requests -------------------------------------------------------------------------------------

@@ -339,7 +339,8 @@ class SetupWizard:
         if platforms in ("slack", "both"):
             self._say(
                 "Slack: the app needs Socket Mode; the app-level token (xapp-) needs "
-                "connections:write, the bot token (xoxb-) chat:write and files:write."
+                "connections:write, the bot token (xoxb-) chat:write and files:write (and "
+                "users:read, for commit authors' names)."
             )
             self._ask_valid("Slack app-level token", ("slack", "app_token"), password=True)
             self._ask_valid("Slack bot token", ("slack", "bot_token"), password=True)
@@ -547,7 +548,10 @@ class SetupWizard:
                 self._say(f"! {', '.join(agents)} will run without {variable}.", "yellow")
 
     def _ask_github_token(self) -> None:
-        self._say("GitHub: sandboxes get this token as GITHUB_TOKEN (git clone/push, gh).")
+        self._say(
+            "GitHub: the daemon clones, pushes and opens pull requests with this token; "
+            "sandboxes never see it (unless [github] agent_token = true)."
+        )
         while True:
             token = self._ask("GitHub token (optional; Enter to skip)", password=True)
             if not token:

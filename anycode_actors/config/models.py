@@ -3,9 +3,9 @@
 Field checks raise `_invalid(message, fix)`, whose text the loader (`anycode_actors.config.loading`)
 passes on unchanged; other pydantic errors are reworded by `anycode_actors.config.problems`.
 
-Secrets (chat tokens, the GitHub token, agent credentials) are `SecretStr`: repr, str, logs and
-`Config.effective_toml()` show them masked. Code that must hand a secret on (an HTTP header, a
-sandbox's environment) asks explicitly: `config.telegram.bot_token.get_secret_value()` or
+Secrets (chat tokens, the GitHub and GitLab tokens, agent credentials) are `SecretStr`: repr,
+str, logs and `Config.effective_toml()` show them masked. Code that must hand a secret on (an HTTP
+header, a sandbox's environment) asks explicitly: `config.telegram.bot_token.get_secret_value()` or
 `config.sandbox_env(agent)`.
 """
 
@@ -58,6 +58,7 @@ __all__ = [
     "EcsConfig",
     "GitConfig",
     "GithubConfig",
+    "GitlabConfig",
     "LimitsConfig",
     "LocalConfig",
     "ProviderName",
@@ -89,6 +90,7 @@ SECRET_ENV_VARS: Final[Mapping[str, tuple[str, str]]] = MappingProxyType(
         "ANYCODE_SLACK_APP_TOKEN": ("slack", "app_token"),
         "ANYCODE_SLACK_BOT_TOKEN": ("slack", "bot_token"),
         "ANYCODE_GITHUB_TOKEN": ("github", "token"),
+        "ANYCODE_GITLAB_TOKEN": ("gitlab", "token"),
     }
 )
 
@@ -136,6 +138,7 @@ _LINUX_CAPABILITIES: Final = frozenset(
 # Prefixes that only name a token's kind; a masked secret may show these and nothing more.
 _PUBLIC_SECRET_PREFIXES: Final = (
     "github_pat_",
+    "glpat-",
     "sk-ant-",
     "sk-proj-",
     "xapp-",
@@ -436,6 +439,9 @@ class SlackConfig(_Section):
     allow_everyone: StrictBool = False
     admins: tuple[SlackUserId, ...] = ()
     api_base_url: str = SLACK_API_BASE_URL
+    # A /task posted in a channel: its acknowledgement stays in the channel and the session's
+    # output goes into a thread under it; false keeps every session's output in the channel.
+    threads: StrictBool = True
 
     @field_validator("app_token")
     @classmethod
@@ -770,21 +776,34 @@ class AgentsConfig(_Section):
 
 
 class GithubConfig(_Section):
-    """`[github]`: the token the daemon pushes and opens pull requests with (`[git]`), and,
-    with `agent_token = true` (the default), also gives every sandbox as GITHUB_TOKEN.
+    """`[github]`: the token the daemon fetches, pushes and opens pull requests with (`[git]`).
 
-    The daemon pushes the agent's work itself, so `agent_token = false` keeps the token out of
-    the sandbox altogether. The default stays true for now because the sandbox clones the
-    task's repository itself, which a private repository needs the token for.
+    The token stays out of the sandboxes by default: the daemon clones a task's repository
+    itself (a private one too), copies it into the sandbox, and pushes the agent's work from
+    its own clone. `agent_token = true` also gives every sandbox the token as GITHUB_TOKEN, for
+    agents that should use `gh` or push themselves; the agent can then read and use it.
     """
 
     token: SecretStr
-    agent_token: StrictBool = True
+    agent_token: StrictBool = False
 
     @field_validator("token")
     @classmethod
     def _check_token(cls, token: SecretStr) -> SecretStr:
         return SecretStr(_secret_text(token, "paste a GitHub token, or set ANYCODE_GITHUB_TOKEN"))
+
+
+class GitlabConfig(_Section):
+    """`[gitlab]`: the token the daemon pushes and opens merge requests with (`[git]`) on
+    gitlab.com or the self-managed GitLab at `[git] gitlab_url`. Unlike `[github] token`, it is
+    never given to a sandbox: only the daemon uses it."""
+
+    token: SecretStr
+
+    @field_validator("token")
+    @classmethod
+    def _check_token(cls, token: SecretStr) -> SecretStr:
+        return SecretStr(_secret_text(token, "paste a GitLab token, or set ANYCODE_GITLAB_TOKEN"))
 
 
 _BRANCH_PREFIX: Final = re.compile(r"[A-Za-z0-9._/-]*")
@@ -795,7 +814,8 @@ class GitConfig(_Section):
 
     The forge URLs default to the public GitHub and GitLab; set them for GitHub Enterprise
     Server (`github_url` and `github_api_url`, which is `https://HOST/api/v3` there) or a
-    self-managed GitLab (`gitlab_url`, whose API is under `/api/v4`).
+    self-managed GitLab (`gitlab_url`, whose API is under `/api/v4` unless `gitlab_api_url`
+    says otherwise).
     """
 
     branch_prefix: str = "anycode/"
@@ -808,6 +828,8 @@ class GitConfig(_Section):
     github_url: str = GITHUB_URL
     github_api_url: str = GITHUB_API_URL
     gitlab_url: str = GITLAB_URL
+    gitlab_api_url: str = ""
+    """Empty: `<gitlab_url>/api/v4`."""
 
     @field_validator("branch_prefix")
     @classmethod
@@ -858,6 +880,18 @@ class GitConfig(_Section):
     def _check_gitlab_url(cls, value: str) -> str:
         return _check_base_url(value, GITLAB_URL)
 
+    @field_validator("gitlab_api_url")
+    @classmethod
+    def _check_gitlab_api_url(cls, value: str) -> str:
+        return _check_base_url(value, f"{GITLAB_URL}/api/v4") if value.strip() else ""
+
+    @model_validator(mode="after")
+    def _gitlab_api_under_its_server(self) -> GitConfig:
+        if not self.gitlab_api_url:
+            # Frozen: set once here, as the validated value.
+            object.__setattr__(self, "gitlab_api_url", f"{self.gitlab_url}/api/v4")
+        return self
+
     @model_validator(mode="after")
     def _enterprise_needs_its_api(self) -> GitConfig:
         if self.github_url != GITHUB_URL and self.github_api_url == GITHUB_API_URL:
@@ -872,10 +906,6 @@ class GitConfig(_Section):
     def max_patch_bytes(self) -> int:
         return self.max_patch_kb * 1024
 
-    @property
-    def gitlab_api_url(self) -> str:
-        return f"{self.gitlab_url}/api/v4"
-
 
 class SessionConfig(_Section):
     """`[session]`: limits and pacing of agent sessions."""
@@ -889,6 +919,9 @@ class SessionConfig(_Section):
     # Per turn, besides the per-file limit: how many files and how many MB in all.
     max_upload_files: StrictInt = 20
     max_upload_total_mb: StrictInt = 50
+    # Files people send (a photo, a document, a voice note): each is fetched only up to this
+    # size and written into the sandbox's /workspace/inbox/. Telegram bots fetch 20 MB at most.
+    max_download_mb: StrictInt = 20
     # Follow-ups waiting for the agent's turn to end; past this the sender is told.
     max_queued_follow_ups: StrictInt = 10
     # A chat with no live session is forgotten (its actors stopped) after this long.
@@ -930,6 +963,13 @@ class SessionConfig(_Section):
                 "must be 0 or more minutes",
                 "0 ends a session as soon as the agent's turn ends; 10 waits for a follow-up",
             )
+        return value
+
+    @field_validator("max_download_mb")
+    @classmethod
+    def _check_download(cls, value: int) -> int:
+        if value < 1:
+            raise _invalid("must be at least 1", "Telegram bots may download up to 20 MB")
         return value
 
     @field_validator("max_upload_mb")
@@ -1070,6 +1110,7 @@ class Config(BaseModel):
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     agents: AgentsConfig = Field(default_factory=AgentsConfig)
     github: GithubConfig | None = None
+    gitlab: GitlabConfig | None = None
     git: GitConfig = Field(default_factory=GitConfig)
     session: SessionConfig = Field(default_factory=SessionConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
@@ -1138,7 +1179,8 @@ class Config(BaseModel):
             ) from None
 
     def sandbox_env(self, agent: str) -> dict[str, str]:
-        """Plain-text credentials to inject into `agent`'s sandbox: its env plus GITHUB_TOKEN.
+        """Plain-text credentials to inject into `agent`'s sandbox: its env, plus GITHUB_TOKEN
+        with `[github] agent_token = true`.
 
         The agent's own GITHUB_TOKEN wins over `[github]`, the more specific setting. The
         provider adds the ANYCODE_* variables itself. Never log the result.
@@ -1267,6 +1309,7 @@ SECTIONS: Final[Mapping[str, type[BaseModel]]] = MappingProxyType(
         "database": DatabaseConfig,
         "agents": AgentsConfig,
         "github": GithubConfig,
+        "gitlab": GitlabConfig,
         "git": GitConfig,
         "session": SessionConfig,
         "limits": LimitsConfig,
@@ -1275,4 +1318,4 @@ SECTIONS: Final[Mapping[str, type[BaseModel]]] = MappingProxyType(
     }
 )
 #: Sections that are None in `Config` when the file leaves them out.
-OPTIONAL_SECTIONS: Final = frozenset({"telegram", "slack", "github"})
+OPTIONAL_SECTIONS: Final = frozenset({"telegram", "slack", "github", "gitlab"})

@@ -12,6 +12,8 @@ against the running server):
     GET /v1/fs/stat?path=P       {"path", "entryType", "size", "modified"}, following links
     GET /v1/fs/file?path=P       the bytes (application/octet-stream); the server reads the whole
                                  file into memory first
+    PUT /v1/fs/file?path=P       writes the body as the file, making missing folders:
+                                 {"path", "bytesWritten"} (https://sandboxagent.dev/docs/file-system)
     errors                       problem+json: 400 invalid_request for a missing path ("path not
                                  found: ...") and for the wrong kind of entry ("path is not a
                                  directory", "path is not a file", which fifos, sockets and
@@ -47,7 +49,7 @@ import httpx
 from anycode_actors._tls import shared_ssl_context
 from anycode_actors.sandboxes.base import OutboxListing, SandboxError, SandboxFile, hard_links
 
-__all__ = ["FS_TIMEOUT", "read_files_via_sandbox_agent"]
+__all__ = ["FS_TIMEOUT", "read_files_via_sandbox_agent", "write_file_via_sandbox_agent"]
 
 #: Seconds any one request may take (connect, or between two chunks of an answer).
 FS_TIMEOUT: Final = 30.0
@@ -118,6 +120,22 @@ async def read_files_via_sandbox_agent(
     return OutboxListing(tuple(listing), tuple(too_big), hard_links(identities))
 
 
+async def write_file_via_sandbox_agent(
+    endpoint: str, token: str, path: str, data: bytes, *, request_timeout: float = FS_TIMEOUT
+) -> None:
+    """Write `data` as the file `path` of the sandbox whose sandbox-agent listens at `endpoint`;
+    see `SandboxProvider.write_file`. sandbox-agent writes as its own user, the agent's."""
+    if not path.startswith("/") or path.endswith("/") or ".." in path.split("/"):
+        raise SandboxError(f"{path!r} is not an absolute file path inside the sandbox")
+    async with httpx.AsyncClient(
+        base_url=endpoint.rstrip("/"),
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=request_timeout,
+        trust_env=False,
+    ) as client:
+        await _FsApi(client, endpoint).write(path, data)
+
+
 def _absolute_folder(path: str) -> str:
     folder = posixpath.normpath(path)
     if not path.startswith("/") or folder == "/" or ".." in path.split("/"):
@@ -126,7 +144,8 @@ def _absolute_folder(path: str) -> str:
 
 
 class _FsApi:
-    """The three /v1/fs routes; None for the 400 answers (missing path, wrong kind of entry)."""
+    """The /v1/fs routes; reading gives None for the 400 answers (missing path, wrong kind of
+    entry)."""
 
     def __init__(self, client: httpx.AsyncClient, endpoint: str) -> None:
         self._client = client
@@ -168,6 +187,17 @@ class _FsApi:
         except httpx.HTTPError as exc:
             raise self._unreachable(exc) from None
 
+    async def write(self, path: str, data: bytes) -> None:
+        try:
+            answer = await self._client.put("/v1/fs/file", params={"path": path}, content=data)
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc, doing="write") from None
+        if answer.status_code != 200:
+            raise self._failed(answer, path, doing="write")
+        written = self._json(answer, path)
+        if not isinstance(written, dict) or written.get("bytesWritten") != len(data):
+            raise self._unexpected(path)
+
     async def _get(self, route: str, path: str) -> httpx.Response | None:
         try:
             answer = await self._client.get(route, params={"path": path})
@@ -196,7 +226,7 @@ class _FsApi:
         except (KeyError, TypeError, ValueError):
             raise self._unexpected(path) from None
 
-    def _failed(self, answer: httpx.Response, path: str) -> SandboxError:
+    def _failed(self, answer: httpx.Response, path: str, *, doing: str = "read") -> SandboxError:
         if answer.status_code == 401:
             return SandboxError(f"sandbox-agent at {self._endpoint} refused the sandbox's token")
         detail = ""
@@ -207,7 +237,7 @@ class _FsApi:
         if isinstance(problem, dict):
             detail = str(problem.get("detail") or problem.get("title") or "")
         return SandboxError(
-            f"sandbox-agent could not read {path}: HTTP {answer.status_code}"
+            f"sandbox-agent could not {doing} {path}: HTTP {answer.status_code}"
             + (f": {detail[:_DETAIL_LIMIT]}" if detail else "")
         )
 
@@ -217,9 +247,9 @@ class _FsApi:
             "(is it sandbox-agent 0.4?)"
         )
 
-    def _unreachable(self, exc: httpx.HTTPError) -> SandboxError:
+    def _unreachable(self, exc: httpx.HTTPError, *, doing: str = "read") -> SandboxError:
         # httpx's messages name the URL and the error, never the request headers.
         return SandboxError(
-            f"cannot read files through sandbox-agent at {self._endpoint}: "
+            f"cannot {doing} files through sandbox-agent at {self._endpoint}: "
             f"{type(exc).__name__}: {str(exc)[:_DETAIL_LIMIT]}"
         )

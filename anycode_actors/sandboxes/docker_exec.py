@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import docker.errors
+import requests
 import trio
 
 from anycode_actors.sandboxes.base import SandboxError
@@ -143,7 +144,7 @@ class DockerExecProcess:
                     await self.wait()
                 if self._exit_code is None:
                     await self._kill()
-            except (docker.errors.DockerException, OSError) as exc:
+            except (SandboxError, OSError) as exc:
                 logger.warning("could not stop exec %s: %s", self.exec_id[:12], exc)
             finally:
                 await self._stream.aclose()
@@ -166,10 +167,18 @@ class DockerExecProcess:
                 return
 
     async def _inspect(self) -> dict[str, Any]:
-        info = await trio.to_thread.run_sync(
-            self._api.exec_inspect, self.exec_id, limiter=self._limiter, abandon_on_cancel=True
-        )
-        return dict(info)
+        """The engine's view of the exec; SandboxError when the engine fails or is gone."""
+        failure: SandboxError
+        try:
+            info = await trio.to_thread.run_sync(
+                self._api.exec_inspect, self.exec_id, limiter=self._limiter, abandon_on_cancel=True
+            )
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            # Not chained: the SDK's request carries nothing of ours, but its repr is noise.
+            failure = SandboxError(f"cannot inspect exec {self.exec_id[:12]}: {type(exc).__name__}")
+        else:
+            return dict(info)
+        raise failure
 
 
 def _plain_socket(raw: Any) -> socket.socket:
@@ -229,7 +238,8 @@ async def start_exec(
 
     `api` is a docker SDK low-level client (`DockerClient.api`); `env` is added to the
     container's environment for this process only (values never appear in errors); `limiter`
-    bounds the worker threads of the SDK calls. Raises SandboxError when the engine refuses.
+    bounds the worker threads of the SDK calls. Raises SandboxError when the engine refuses
+    or cannot be reached.
     """
     try:
         exec_id, sock = await trio.to_thread.run_sync(
@@ -243,6 +253,12 @@ async def start_exec(
     except docker.errors.DockerException as exc:
         raise SandboxError(
             f"cannot start {argv[0]!r} in container {container_id[:12]}: {type(exc).__name__}"
+        ) from None
+    except requests.exceptions.RequestException as exc:
+        # The SDK's HTTP layer: no engine at the socket, or no answer in time.
+        raise SandboxError(
+            f"cannot start {argv[0]!r} in container {container_id[:12]}: the Docker engine "
+            f"cannot be reached ({type(exc).__name__})"
         ) from None
     process = DockerExecProcess(
         api, exec_id, trio.SocketStream(trio.socket.from_stdlib_socket(sock)), limiter

@@ -56,12 +56,16 @@ from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
 from anycode_actors.config import EcsConfig
 from anycode_actors.sandboxes._redaction import redact, secret_values
-from anycode_actors.sandboxes.agent_fs import read_files_via_sandbox_agent
+from anycode_actors.sandboxes.agent_fs import (
+    read_files_via_sandbox_agent,
+    write_file_via_sandbox_agent,
+)
 from anycode_actors.sandboxes.base import (
     LABEL_AGENT,
     LABEL_CREATED_AT,
     LABEL_DAEMON,
     LABEL_SESSION,
+    WORKDIR_VARIABLE,
     AgentProcess,
     OutboxListing,
     SandboxError,
@@ -69,6 +73,7 @@ from anycode_actors.sandboxes.base import (
     SandboxInfo,
     SandboxSpec,
     new_agent_token,
+    workdir_from_env,
 )
 
 __all__ = [
@@ -123,7 +128,7 @@ DEFAULT_CLIENT_CONFIG: Final = BotocoreConfig(
 _STARTED_BY_INVALID: Final = re.compile(r"[^A-Za-z0-9_/-]")
 # The daemon's own variables in a task's environment that are no credentials (masked otherwise).
 _PLAIN_VARIABLES: Final = frozenset(
-    {"ANYCODE_AGENT", "ANYCODE_PROTOCOL", "ANYCODE_AGENT_PORT", "ANYCODE_REPO"}
+    {"ANYCODE_AGENT", "ANYCODE_PROTOCOL", "ANYCODE_AGENT_PORT", "ANYCODE_REPO", WORKDIR_VARIABLE}
 )
 
 
@@ -374,7 +379,7 @@ class EcsProvider:
             provider=self.name,
             endpoint=endpoint,
             token=token,
-            workdir="/workspace/repo" if env.get("ANYCODE_REPO") else "/workspace",
+            workdir=workdir_from_env(env),
         )
 
     async def read_files(
@@ -393,6 +398,16 @@ class EcsProvider:
                 "files through"
             )
         return await read_files_via_sandbox_agent(handle.endpoint, handle.token, path, max_bytes)
+
+    async def write_file(self, handle: SandboxHandle, path: str, data: bytes) -> None:
+        """Through the sandbox-agent of the handle (`agent_fs`): ECS cannot pipe into a command
+        in a task."""
+        if not handle.endpoint or not handle.token:
+            raise SandboxError(
+                f"ecs sandbox {_task_id(handle.id)} has no sandbox-agent endpoint to write "
+                "files through"
+            )
+        await write_file_via_sandbox_agent(handle.endpoint, handle.token, path, data)
 
     # --- create, step by step -------------------------------------------------------------------
 
@@ -422,7 +437,7 @@ class EcsProvider:
             provider=self.name,
             endpoint=endpoint,
             token=token,
-            workdir="/workspace/repo" if spec.repo else "/workspace",
+            workdir=spec.workdir,
         )
 
     def _run_task_request(
@@ -436,8 +451,10 @@ class EcsProvider:
             ANYCODE_AGENT_TOKEN=token,
             ANYCODE_AGENT_PORT=str(self._config.container_port),
         )
-        if spec.repo:
-            env["ANYCODE_REPO"] = spec.repo
+        if spec.clone_repo:
+            env["ANYCODE_REPO"] = spec.clone_repo
+        if spec.seeded:
+            env[WORKDIR_VARIABLE] = spec.workdir
         request: dict[str, Any] = {
             "cluster": self._config.cluster,
             "taskDefinition": task_definition,

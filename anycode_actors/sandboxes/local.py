@@ -12,7 +12,8 @@ Layout, under `<local.workdir>/<daemon id>/<session>-<random>/` (the sandbox id 
                             (mode 0600: the token is this sandbox's own secret; no credentials)
     server.log              sandbox-agent's stdout and stderr (what `logs` shows)
     workspace/              the agent's working folder, like /workspace in the image
-    workspace/repo/         the clone of `spec.repo`, when there is one
+    workspace/repo/         the clone of `spec.repo`, when there is one; empty for the daemon to
+                            fill when `spec.seeded`
     workspace/.anycode/     clone-status (ok | failed | skipped) and clone-failed, as the image's
                             entrypoint writes them
 
@@ -238,10 +239,13 @@ class LocalProvider:
             env = {**self._base_env, **spec.env}
             env["ANYCODE_AGENT"] = spec.agent
             env["ANYCODE_PROTOCOL"] = spec.protocol
-            if spec.repo:
-                env["ANYCODE_REPO"] = spec.repo
+            if spec.clone_repo:
+                env["ANYCODE_REPO"] = spec.clone_repo
             hidden = secret_values(spec.env.values())
-            env.update(await self._clone(spec.repo, workspace, env, hidden))
+            env.update(await self._clone(spec.clone_repo, workspace, env, hidden))
+            if spec.seeded:
+                # The daemon copies the repository in after `create`; the agent works there.
+                await trio.to_thread.run_sync(lambda: (workspace / "repo").mkdir(exist_ok=True))
             workdir = workspace / "repo" if (workspace / "repo").is_dir() else workspace
             metadata["workdir"] = str(workdir)
             await trio.to_thread.run_sync(_write_metadata, folder, metadata)
@@ -348,8 +352,10 @@ class LocalProvider:
     ) -> AgentProcess:
         """Start `argv` in the sandbox's folder with the sandbox's environment (plus `env`).
 
-        Its pid and start time go into sandbox.json before it is returned, so that a restarted
-        daemon can end its process group if this one dies without `destroy`.
+        `cwd` defaults to the handle's workdir; a sandbox path (/workspace/...) is its place in
+        the folder's workspace/, as in a container. Its pid and start time go into sandbox.json
+        before it is returned, so that a restarted daemon can end its process group if this one
+        dies without `destroy`.
         """
         sandbox = self._sandboxes.get(str(self._folder(handle.id)))
         if sandbox is None:
@@ -358,7 +364,9 @@ class LocalProvider:
             raise SandboxError("nothing to run: the command is empty")
         try:
             process = await LocalProcess.start(
-                argv, env={**sandbox.env, **(env or {})}, cwd=cwd or handle.workdir
+                argv,
+                env={**sandbox.env, **(env or {})},
+                cwd=_host_cwd(sandbox.folder, cwd) or handle.workdir,
             )
         except OSError as exc:
             raise SandboxError(
@@ -424,6 +432,16 @@ class LocalProvider:
         return await trio.to_thread.run_sync(
             _read_tree, folder, parts, max_bytes, abandon_on_cancel=True
         )
+
+    async def write_file(self, handle: SandboxHandle, path: str, data: bytes) -> None:
+        """Write under the folder's workspace/ (`path` is /workspace/...), opening every folder
+        and the file itself without following links: a link the agent planted in the workspace
+        cannot point the write onto the daemon's machine."""
+        folder = self._folder(handle.id)
+        parts = _workspace_parts(folder / "workspace", path)
+        if not parts:
+            raise SandboxError(f"{path!r} is not a file path inside the sandbox")
+        await trio.to_thread.run_sync(_write_file, folder, parts, data)
 
     # --- internals ----------------------------------------------------------------------------
 
@@ -861,6 +879,14 @@ def _read_metadata(folder: Path) -> dict[str, object] | None:
     return metadata if isinstance(metadata, dict) else None
 
 
+def _host_cwd(folder: Path, cwd: str | None) -> str | None:
+    """Where a process of the sandbox in `folder` runs: a sandbox path (/workspace/...) in the
+    folder's workspace/; anything else (None: the handle's workdir) unchanged."""
+    if cwd is None or not (cwd == _SANDBOX_WORKSPACE or cwd.startswith(_SANDBOX_WORKSPACE + "/")):
+        return cwd
+    return str(folder.joinpath("workspace", *_workspace_parts(folder / "workspace", cwd)))
+
+
 def _workspace_parts(workspace: Path, path: str) -> builtins.list[str]:
     """The components of `path` below the workspace: `path` is a sandbox path (/workspace/...)
     or a path inside the workspace folder on this machine."""
@@ -889,6 +915,35 @@ def _open_folder(base_fd: int, names: Iterable[str]) -> int | None:
         os.close(current)
         current = following
     return current
+
+
+def _write_file(folder: Path, parts: builtins.list[str], data: bytes) -> None:
+    """In a worker thread: `data` as workspace/<parts> of `folder`, making missing folders; no
+    component is followed if it is a link (O_NOFOLLOW), so the write stays in the workspace."""
+    shown = "/".join([_SANDBOX_WORKSPACE, *parts])
+    try:
+        current = os.open(folder / "workspace", _DIR_FLAGS)
+    except OSError as exc:
+        raise SandboxError(f"local sandbox {folder.name} does not exist (any more)") from exc
+    try:
+        for name in parts[:-1]:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, 0o755, dir_fd=current)
+            following = os.open(name, _DIR_FLAGS, dir_fd=current)
+            os.close(current)
+            current = following
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+        target = os.open(parts[-1], flags, 0o644, dir_fd=current)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(target, view) :]
+        finally:
+            os.close(target)
+    except OSError as exc:
+        raise SandboxError(f"could not write {shown}: {exc.strerror}") from None
+    finally:
+        os.close(current)
 
 
 def _read_tree(folder: Path, parts: builtins.list[str], max_bytes: int) -> OutboxListing:

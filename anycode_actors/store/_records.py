@@ -87,6 +87,8 @@ class Session:
     the chat text of event `stream_mark` (for resuming after a crash)."""
     stream_mark: int | None = None
     stream_offset: int = 0
+    user_name: str | None = None
+    """The user's name as their chat shows it, when it said (see `chat.base.User.full_name`)."""
 
     @property
     def is_terminal(self) -> bool:
@@ -162,6 +164,7 @@ def session_from_row(row: Mapping[str, Any]) -> Session:
         stream_message_id=row["stream_message_id"],
         stream_mark=row["stream_mark"],
         stream_offset=row["stream_offset"],
+        user_name=row["user_name"],
         reason=row["reason"],
         created_at=_ts(row["created_at"]),
         updated_at=_ts(row["updated_at"]),

@@ -186,12 +186,19 @@ def _v5_tag_events(db: Database) -> None:
         last = rows[-1][0]
 
 
+# The name of the person who started a session, as their chat shows it: the author of the commits
+# the daemon makes for them, also after a restart. NULL for sessions made before (their id is
+# used).
+_V6_USER_NAME: Final = ("ALTER TABLE sessions ADD COLUMN user_name TEXT",)
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "core tables", _V1_CORE_TABLES),
     Migration(2, "indexes for the actors' queries", _V2_QUERY_INDEXES),
     Migration(3, "the message a session streams into", _V3_STREAM_MESSAGE),
     Migration(4, "outbox files delivered", _V4_UPLOADS),
     Migration(5, "versioned event tags", _v5_tag_events),
+    Migration(6, "the name of a session's user", _V6_USER_NAME),
 )
 SCHEMA_VERSION: Final = MIGRATIONS[-1].version
 

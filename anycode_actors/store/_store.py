@@ -194,8 +194,10 @@ class Store:
         repo: str | None = None,
         thread: str | None = None,
         quota: Quota | None = None,
+        user_name: str | None = None,
     ) -> Session:
-        """Record a new task as ``pending``; its id is 32 lowercase hex chars.
+        """Record a new task as ``pending``; its id is 32 lowercase hex chars. ``user_name`` is
+        how the chat names ``user`` (the author of the session's commits).
 
         With a ``quota``, the counts are checked and the row inserted in one write transaction:
         QuotaExceeded (the first limit hit, per chat, per user, total, per day) and nothing is
@@ -210,6 +212,7 @@ class Store:
                 "chat": chat,
                 "thread": thread,
                 "user": user,
+                "user_name": user_name,
                 "agent": agent,
                 "prompt": prompt,
                 "repo": repo,
@@ -343,6 +346,20 @@ class Store:
                 " WHERE id = ?",
                 [message_id, mark, offset, session_id],
             )
+
+        await self._call(update)
+
+    async def set_thread(self, session_id: str, thread: str | None) -> None:
+        """Move the session to another thread of its chat (None: the main chat): where its
+        output goes, and where a restarted daemon takes it up again."""
+
+        def update() -> None:
+            cursor = self._sync_db.execute(
+                "UPDATE sessions SET thread = ?, updated_at = ? WHERE id = ?",
+                [thread, utc_now(), session_id],
+            )
+            if cursor.rowcount != 1:
+                raise UnknownSession(session_id)
 
         await self._call(update)
 

@@ -93,6 +93,8 @@ async def test_a_slash_command_streams_asks_permission_runs_the_tool_and_cleans_
                 lambda: next((m for m in slack.bot_messages(general) if m.buttons), None)
             )
         assert prompt.visible_text.startswith("Permission requested")
+        # [slack] threads (the default): the session runs in a thread under the acknowledgement.
+        assert prompt.thread_ts == started.ts
         labels = sorted(b.text for b in prompt.buttons)  # in the order the agent offers them
         assert labels == ["Allow", "Allow for this session", "Deny"]
         # The text streamed before the request is above it, and got there by edits.
@@ -111,7 +113,8 @@ async def test_a_slash_command_streams_asks_permission_runs_the_tool_and_cleans_
         with trio.fail_after(10):
             await slack.wait_for(lambda: press.state == "acked")
         with trio.fail_after(120):
-            await slack.wait_for_message(general, containing=f"Session `{sid}` completed.")
+            done = await slack.wait_for_message(general, containing=f"Session `{sid}` completed.")
+        assert done.thread_ts == started.ts
 
         transcript = "\n".join(slack.transcript(general))
         assert "Created made.txt. All done." in transcript, transcript
@@ -145,7 +148,8 @@ async def test_a_mention_starts_one_session_that_completes(
         sid = session_id(started)
         assert "Prompt: [[hello]] greet me" in started.visible_text
         with trio.fail_after(120):
-            await slack.wait_for_message(general, containing=f"Session `{sid}` completed.")
+            done = await slack.wait_for_message(general, containing=f"Session `{sid}` completed.")
+        assert done.thread_ts == started.ts and started.thread_ts is None
         assert any("Hello there." in m.visible_text for m in slack.bot_messages(general))
         assert len(starting_messages(world, general)) == 1, slack.transcript(general)
         assert await world.daemon.store.active_sessions("slack", general) == []

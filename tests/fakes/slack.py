@@ -43,11 +43,11 @@ import socket
 import struct
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final, Literal, TypeVar
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import trio
 import trio_websocket
@@ -108,6 +108,7 @@ BOT_TOKEN_METHODS: Final = frozenset(
         "chat.update",
         "files.getUploadURLExternal",
         "files.completeUploadExternal",
+        "users.info",
     }
 )
 APP_TOKEN_METHODS: Final = frozenset({"apps.connections.open"})
@@ -154,6 +155,7 @@ DEFAULT_RATE_LIMITS: Final[Mapping[str, RateLimit | None]] = MappingProxyType(
         "chat.update": TIER_3,
         "files.getUploadURLExternal": TIER_4,
         "files.completeUploadExternal": TIER_4,
+        "users.info": TIER_4,  # https://docs.slack.dev/reference/methods/users.info
     }
 )
 
@@ -180,6 +182,7 @@ class SlackFile:
     data: bytes | None = None  # None until the bytes are POSTed to the upload URL
     completed: bool = False
     shared_in: list[tuple[str, str]] = field(default_factory=list)  # (channel, message ts)
+    mimetype: str = ""
 
 
 @dataclass(frozen=True)
@@ -511,7 +514,13 @@ class FakeSlack:
 
         self.channels: dict[str, Channel] = {}
         self.users: dict[str, str] = {}  # id → name
+        # id → (real name, display name) of the user's profile, for users.info.
+        self.profiles: dict[str, tuple[str, str]] = {}
+        # Whether the bot token holds the `users:read` scope users.info needs.
+        self.users_read = True
         self.files: dict[str, SlackFile] = {}
+        # Every GET of a url_private: (file id, the bearer token it carried).
+        self.file_fetches: list[tuple[str, str | None]] = []
         self.deliveries: list[Delivery] = []
         self.acks: list[Ack] = []
         self.connections: list[Connection] = []
@@ -538,6 +547,7 @@ class FakeSlack:
             routes=[
                 Route("/api/{method}", self._http_api, methods=["GET", "POST"]),
                 Route("/upload/v1/{token}", self._http_upload, methods=["POST"]),
+                Route("/files-pri/{key}/{name}", self._http_file, methods=["GET"]),
                 Route("/response/{token}", self._http_response_url, methods=["POST"]),
             ]
         )
@@ -605,9 +615,12 @@ class FakeSlack:
     def leave_channel(self, channel: str, user: str) -> None:
         self._channel(channel).members.discard(user)
 
-    def add_user(self, name: str, *, id: str | None = None) -> str:
+    def add_user(
+        self, name: str, *, id: str | None = None, real_name: str = "", display_name: str = ""
+    ) -> str:
         user_id = id or f"U{next(self._ids):09d}"
         self.users[user_id] = name
+        self.profiles[user_id] = (real_name, display_name)
         return user_id
 
     # --- what people do -----------------------------------------------------------------------
@@ -655,6 +668,104 @@ class FakeSlack:
         if thread_ts and parent and self.emit_message_replied:
             deliveries.append(await self._deliver_event(self._message_replied_event(chan, parent)))
         return UserPost(message, deliveries)
+
+    async def share_files(
+        self,
+        channel: str,
+        user: str,
+        text: str,
+        files: Sequence[tuple[str, str, bytes]],
+        *,
+        thread_ts: str | None = None,
+    ) -> UserPost:
+        """A person shares files (name, mimetype, bytes) with a message: the app gets a
+        `message` event with subtype `file_share` and a `files` list whose `url_private` serves
+        the bytes only with the bot token in an `Authorization: Bearer` header
+        (https://api.slack.com/types/file#authentication, https://api.slack.com/events/message/file_share)."""
+        chan = self._channel(channel)
+        self.join_channel(chan.id, user)
+        shared: list[SlackFile] = []
+        for name, mimetype, data in files:
+            file_id = f"F{next(self._ids):010d}"
+            entry = SlackFile(file_id, name, len(data), title=name, data=data, completed=True)
+            entry.mimetype = mimetype
+            self.files[file_id] = entry
+            shared.append(entry)
+        message = Message(
+            channel=chan.id,
+            ts=self._next_ts(),
+            user=user,
+            text=text,
+            thread_ts=thread_ts,
+            subtype="file_share",
+            files=shared,
+        )
+        message.history.append(Version(self._now(), text, None))
+        chan.messages.append(message)
+        for entry in shared:
+            entry.shared_in.append((chan.id, message.ts))
+        self._notify()
+        deliveries: list[Delivery] = []
+        if not chan.member:
+            return UserPost(message, deliveries)
+        event: dict[str, Any] = {
+            "type": "message",
+            "subtype": "file_share",
+            "text": text,
+            "user": user,
+            "ts": message.ts,
+            "files": [self._file_object(entry) for entry in shared],
+            "upload": False,
+            "display_as_bot": False,
+            "team": self.team_id,
+            "channel": chan.id,
+            "event_ts": message.ts,
+            "channel_type": chan.kind,
+        }
+        if thread_ts:
+            event["thread_ts"] = thread_ts
+        deliveries.append(await self._deliver_event(event))
+        if f"<@{self.bot_user_id}>" in text and chan.kind != "im":
+            # The mention comes again as app_mention, without the subtype but with the files.
+            mention = {k: v for k, v in event.items() if k not in ("channel_type", "subtype")}
+            mention["type"] = "app_mention"
+            deliveries.append(await self._deliver_event(mention))
+        return UserPost(message, deliveries)
+
+    def _file_object(self, entry: SlackFile) -> dict[str, Any]:
+        """A file object (https://api.slack.com/types/file) as events carry it."""
+        key = f"{self.team_id}-{entry.id}"
+        private = f"{self.base_url}/files-pri/{key}/{quote(entry.filename)}"
+        return {
+            "id": entry.id,
+            "created": int(self._epoch + self._now()),
+            "name": entry.filename,
+            "title": entry.title or entry.filename,
+            "mimetype": entry.mimetype,
+            "filetype": entry.filename.rpartition(".")[2] if "." in entry.filename else "binary",
+            "user": "",
+            "size": entry.length,
+            "mode": "hosted",
+            "is_external": False,
+            "url_private": private,
+            "url_private_download": f"{private}?download=1",
+        }
+
+    async def _http_file(self, request: Request) -> Response:
+        """`url_private`: the bytes for a request with a bot token; without one Slack answers
+        with a redirect to its sign-in page, which is what the fake does too."""
+        team, _, file_id = request.path_params["key"].partition("-")
+        header = request.headers.get("authorization", "")
+        token = header[7:].strip() if header.lower().startswith("bearer ") else None
+        entry = self.files.get(file_id)
+        self.file_fetches.append((file_id, token))
+        self._notify()
+        if token != self.bot_token:
+            location = f"https://{self.team_domain}.slack.com/?redir=%2Ffiles-pri%2F{file_id}"
+            return Response(status_code=302, headers={"location": location})
+        if team != self.team_id or entry is None or entry.data is None:
+            return PlainTextResponse("Not Found", status_code=404)
+        return Response(entry.data, media_type=entry.mimetype or "application/octet-stream")
 
     async def app_mention(
         self, channel: str, user: str, text: str, *, thread_ts: str | None = None
@@ -1381,6 +1492,7 @@ class FakeSlack:
             "chat.update": self._chat_update,
             "files.getUploadURLExternal": self._files_get_upload_url_external,
             "files.completeUploadExternal": self._files_complete_upload_external,
+            "users.info": self._users_info,
         }[method]
         try:
             body = handler(params, is_json)
@@ -1492,6 +1604,33 @@ class FakeSlack:
             "user_id": self.bot_user_id,
             "bot_id": self.bot_id,
             "is_enterprise_install": False,
+        }
+
+    def _users_info(self, params: dict[str, Any], is_json: bool) -> dict[str, Any]:
+        """users.info (https://docs.slack.dev/reference/methods/users.info): the user object
+        with its profile; `missing_scope` naming `users:read` without it."""
+        if not self.users_read:
+            raise _ApiError("missing_scope", needed="users:read", provided="chat:write")
+        user_id = str(params.get("user") or "")
+        if user_id not in self.users:
+            raise _ApiError("user_not_found")
+        real, display = self.profiles.get(user_id, ("", ""))
+        return {
+            "ok": True,
+            "user": {
+                "id": user_id,
+                "team_id": self.team_id,
+                "name": self.users[user_id],
+                "deleted": False,
+                "real_name": real,
+                "is_bot": False,
+                "profile": {
+                    "real_name": real,
+                    "real_name_normalized": real,
+                    "display_name": display,
+                    "display_name_normalized": display,
+                },
+            },
         }
 
     def _writable_channel(self, ref: Any) -> Channel:

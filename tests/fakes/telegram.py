@@ -101,6 +101,17 @@ COMMAND_MAX: Final = 32
 COMMAND_DESCRIPTION_MAX: Final = 256
 #: Upload limit (A5).
 UPLOAD_MAX_BYTES: Final = 50 * 1024 * 1024
+#: getFile: "bots can download files of up to 20MB in size" (https://core.telegram.org/bots/api#getfile);
+#: a bigger file is refused with "file is too big" (``Client.cpp``, ``process_get_file_query``).
+DOWNLOAD_MAX_BYTES: Final = 20 * 1024 * 1024
+#: Forum topics (https://core.telegram.org/bots/api#forumtopic): a new topic's default colour.
+TOPIC_ICON_COLOR: Final = 7322096
+#: Sending into a closed topic (not as an admin with can_manage_topics) and into a deleted or
+#: unknown one, as the Bot API server words TDLib's errors (``Client.cpp``).
+TOPIC_CLOSED: Final = "Bad Request: TOPIC_CLOSED"
+THREAD_NOT_FOUND: Final = "Bad Request: message thread not found"
+FILE_TOO_BIG: Final = "Bad Request: file is too big"
+INVALID_FILE_ID: Final = "Bad Request: invalid file_id"
 #: Unix time of trio time 0 in ``date`` fields: deterministic dates for deterministic tests.
 DATE_EPOCH: Final = 1_700_000_000
 FIRST_UPDATE_ID: Final = 100_000_001
@@ -1430,6 +1441,7 @@ class MessageView:
     edit_count: int
     document: ReceivedDocument | None
     reply_to: int | None
+    thread_id: int | None = None
 
     def button_data(self) -> list[str]:
         """Every callback_data on the message, row by row."""
@@ -1480,6 +1492,8 @@ class _Message:
     edit_count: int = 0
     deleted: bool = False
     raw_entities: list[dict[str, Any]] | None = None  # user messages: entities as sent
+    thread_id: int | None = None  # the forum topic it is in (message_thread_id)
+    media: dict[str, Any] | None = None  # a user's photo/document/voice: {key: Bot API value}
 
 
 @dataclass
@@ -1494,6 +1508,8 @@ class _Chat:
     transcript: list[str] = field(default_factory=list)
     blocked: bool = False
     bot_is_admin: bool = False
+    is_forum: bool = False
+    topics: dict[int, _Topic] = field(default_factory=dict)  # by message_thread_id
 
     def to_api(self) -> dict[str, Any]:
         result: dict[str, Any] = {"id": self.id}
@@ -1508,7 +1524,30 @@ class _Chat:
             if self.username:
                 result["username"] = self.username
         result["type"] = self.type
+        if self.is_forum:
+            result["is_forum"] = True
         return result
+
+
+@dataclass
+class _Topic:
+    """A forum topic (https://core.telegram.org/bots/api#forumtopic): its id is the id of the
+    service message that created it."""
+
+    thread_id: int
+    name: str
+    closed: bool = False
+    deleted: bool = False
+
+
+@dataclass
+class _StoredFile:
+    """A file a user sent, as getFile and the download path serve it."""
+
+    file_id: str
+    file_unique_id: str
+    file_path: str
+    content: bytes
 
 
 @dataclass
@@ -1649,6 +1688,9 @@ class FakeTelegram:
         self._next_callback_query = 1
         self._callback_answers: list[CallbackAnswer] = []
         self._documents: list[ReceivedDocument] = []
+        self._files: dict[str, _StoredFile] = {}
+        self._file_sizes: dict[str, int] = {}
+        self._downloads: list[str] = []
         self._commands: dict[tuple[str, str], list[dict[str, str]]] = {}
         self._calls: list[ApiCall] = []
         self._failures: list[_InjectedFailure] = []
@@ -1667,6 +1709,11 @@ class FakeTelegram:
             "editmessagetext": self._edit_message_text,
             "editmessagereplymarkup": self._edit_message_reply_markup,
             "senddocument": self._send_document,
+            "getfile": self._get_file,
+            "createforumtopic": self._create_forum_topic,
+            "closeforumtopic": self._close_forum_topic,
+            "reopenforumtopic": self._reopen_forum_topic,
+            "deleteforumtopic": self._delete_forum_topic,
             "deletemessage": self._delete_message,
             "answercallbackquery": self._answer_callback_query,
             "sendchataction": self._send_chat_action,
@@ -1700,8 +1747,13 @@ class FakeTelegram:
         username: str | None = None,
         user: User | None = None,
         bot_is_admin: bool = False,
+        is_forum: bool = False,
     ) -> None:
-        """Make a chat known to the bot (a user started it, or the bot was added to a group)."""
+        """Make a chat known to the bot (a user started it, or the bot was added to a group).
+
+        `is_forum`: a supergroup with topics enabled (https://core.telegram.org/bots/api#chat)."""
+        if is_forum and chat_type != "supergroup":
+            raise ValueError("only supergroups can be forums")
         if chat_type not in ("private", "group", "supergroup", "channel"):
             raise ValueError(f"unknown chat type {chat_type!r}")
         if (chat_type == "private") != (chat_id > 0):
@@ -1718,6 +1770,7 @@ class FakeTelegram:
             raise ValueError(f"chat {chat_id} is a {chat.type}, not a {chat_type}")
         chat.username = username or chat.username
         chat.bot_is_admin = chat.bot_is_admin or bot_is_admin
+        chat.is_forum = chat.is_forum or is_forum
         if user is not None:
             chat.user = user
             self._users[user.id] = user
@@ -1729,16 +1782,19 @@ class FakeTelegram:
         text: str,
         chat_type: str = "private",
         reply_to: int | None = None,
+        thread_id: int | None = None,
     ) -> MessageView:
         """A user sends ``text``; the bot receives a ``message`` update (A3).
 
         Commands anywhere in the text get ``bot_command`` entities with UTF-16 offsets.
+        `thread_id` posts it in that forum topic (``message_thread_id``, ``is_topic_message``).
         """
         self.add_chat(chat_id, chat_type, user=user if chat_type == "private" else None)
         self._users[user.id] = user
         chat = self._chats[chat_id]
         if reply_to is not None and self._visible(chat, reply_to) is None:
             raise LookupError(f"no message {reply_to} in chat {chat_id} to reply to")
+        self._user_topic(chat, thread_id)
         entities = bot_command_entities(text)
         message = self._store(
             chat,
@@ -1751,11 +1807,202 @@ class FakeTelegram:
                 [],
                 reply_to=reply_to,
                 raw_entities=entities,
+                thread_id=thread_id,
             ),
         )
-        self._log(chat, f"#{message.message_id} {self._name(user)}: {text}")
+        self._log(
+            chat, f"#{message.message_id} {self._topic_tag(thread_id)}{self._name(user)}: {text}"
+        )
         self._enqueue("message", {"message": self._message_api(message)})
         return self._view(message)
+
+    def inject_file(
+        self,
+        chat_id: int,
+        user: User,
+        kind: str,
+        content: bytes,
+        *,
+        filename: str = "",
+        mime_type: str = "",
+        caption: str = "",
+        chat_type: str = "private",
+        thread_id: int | None = None,
+        size: int | None = None,
+    ) -> MessageView:
+        """A user sends a photo, document or voice note (`kind`), optionally with a caption;
+        the bot receives a ``message`` update whose ``photo`` (sizes, largest last),
+        ``document`` or ``voice`` names a file the bot can fetch with getFile (A3,
+        https://core.telegram.org/bots/api#photosize). A command in the caption gets
+        ``caption_entities``. `size` overrides the reported ``file_size`` (and what getFile
+        checks), to play a file over the download limit without allocating it."""
+        if kind not in ("photo", "document", "voice"):
+            raise ValueError(f"unknown file kind {kind!r}")
+        self.add_chat(chat_id, chat_type, user=user if chat_type == "private" else None)
+        self._users[user.id] = user
+        chat = self._chats[chat_id]
+        self._user_topic(chat, thread_id)
+        number = len(self._files) + 1
+        unique = f"AgAD{number:04d}fake"
+        stored = _StoredFile(
+            file_id=f"AgACAgIAAxkBAAI{number:06d}{kind}fake",
+            file_unique_id=unique,
+            file_path=f"{'photos' if kind == 'photo' else kind + 's'}/file_{number}"
+            + (mimetypes.guess_extension(mime_type or "") or "" if kind != "photo" else ".jpg"),
+            content=content,
+        )
+        self._files[stored.file_id] = stored
+        self._file_sizes[stored.file_id] = len(content) if size is None else size
+        reported = self._file_sizes[stored.file_id]
+        media: dict[str, Any]
+        if kind == "photo":
+            thumb = {
+                "file_id": stored.file_id + "s",
+                "file_unique_id": unique + "s",
+                "width": 90,
+                "height": 90,
+                "file_size": min(reported, 1000),
+            }
+            self._files[thumb["file_id"]] = replace(
+                stored, file_id=thumb["file_id"], file_path=stored.file_path + ".thumb.jpg"
+            )
+            self._file_sizes[thumb["file_id"]] = thumb["file_size"]
+            media = {
+                "photo": [
+                    thumb,
+                    {
+                        "file_id": stored.file_id,
+                        "file_unique_id": unique,
+                        "width": 1280,
+                        "height": 960,
+                        "file_size": reported,
+                    },
+                ]
+            }
+        elif kind == "document":
+            media = {
+                "document": {
+                    "file_id": stored.file_id,
+                    "file_unique_id": unique,
+                    "file_name": filename or f"file_{number}",
+                    "mime_type": mime_type or "application/octet-stream",
+                    "file_size": reported,
+                }
+            }
+        else:
+            media = {
+                "voice": {
+                    "file_id": stored.file_id,
+                    "file_unique_id": unique,
+                    "duration": 3,
+                    "mime_type": mime_type or "audio/ogg",
+                    "file_size": reported,
+                }
+            }
+        message = self._store(
+            chat,
+            _Message(
+                chat_id,
+                0,
+                user,
+                trio.current_time(),
+                None,
+                [],
+                caption=caption,
+                raw_entities=bot_command_entities(caption) if caption else None,
+                thread_id=thread_id,
+                media=media,
+            ),
+        )
+        shown = f" {caption}" if caption else ""
+        self._log(
+            chat,
+            f"#{message.message_id} {self._topic_tag(thread_id)}{self._name(user)} sent a "
+            f"{kind}{shown}",
+        )
+        self._enqueue("message", {"message": self._message_api(message)})
+        return self._view(message)
+
+    # ---- test API: forum topics --------------------------------------------------------------
+
+    def create_topic(self, chat_id: int, name: str) -> int:
+        """A member creates a forum topic; returns its ``message_thread_id``."""
+        return self._new_topic(self._chat(chat_id), name).thread_id
+
+    def close_topic(self, chat_id: int, thread_id: int) -> None:
+        """Someone closes the topic: only admins may post in it now."""
+        self._topic(self._chat(chat_id), thread_id).closed = True
+
+    def reopen_topic(self, chat_id: int, thread_id: int) -> None:
+        self._topic(self._chat(chat_id), thread_id).closed = False
+
+    def delete_topic(self, chat_id: int, thread_id: int) -> None:
+        """Someone deletes the topic, and with it every message in it."""
+        chat = self._chat(chat_id)
+        topic = self._topic(chat, thread_id)
+        topic.deleted = True
+        for message in chat.messages.values():
+            if message.thread_id == thread_id or message.message_id == thread_id:
+                message.deleted = True
+        self._log(chat, f"topic {thread_id} deleted")
+
+    def topic_messages(self, chat_id: int, thread_id: int | None) -> list[MessageView]:
+        """The visible messages of one topic (None: those outside every topic), without the
+        service message that opened it."""
+        return [
+            m
+            for m in self.messages(chat_id)
+            if m.thread_id == thread_id and m.message_id != thread_id
+        ]
+
+    @property
+    def downloads(self) -> list[str]:
+        """The file paths downloaded from ``/file/bot<token>/<file_path>``, in order."""
+        return list(self._downloads)
+
+    def _new_topic(self, chat: _Chat, name: str) -> _Topic:
+        if not chat.is_forum:
+            raise _bad_request("the chat is not a forum")
+        service = self._store(chat, _Message(chat.id, 0, self.bot, trio.current_time(), None, []))
+        service.media = {"forum_topic_created": {"name": name, "icon_color": TOPIC_ICON_COLOR}}
+        topic = _Topic(service.message_id, name)
+        service.thread_id = topic.thread_id
+        chat.topics[topic.thread_id] = topic
+        self._log(chat, f"topic {topic.thread_id} created: {name}")
+        return topic
+
+    @staticmethod
+    def _topic(chat: _Chat, thread_id: int) -> _Topic:
+        topic = chat.topics.get(thread_id)
+        if topic is None or topic.deleted:
+            raise LookupError(f"no topic {thread_id} in chat {chat.id}")
+        return topic
+
+    def _user_topic(self, chat: _Chat, thread_id: int | None) -> None:
+        if thread_id is None:
+            return
+        if not chat.is_forum:
+            raise ValueError(f"chat {chat.id} is not a forum")
+        self._topic(chat, thread_id)
+
+    @staticmethod
+    def _topic_tag(thread_id: int | None) -> str:
+        return f"[topic {thread_id}] " if thread_id is not None else ""
+
+    def _thread_of(self, request: _Request, chat: _Chat) -> int | None:
+        """``message_thread_id`` of a send: in a forum, a deleted or unknown topic is "message
+        thread not found", a closed one "TOPIC_CLOSED" unless the bot is an admin (who may
+        still post there, https://core.telegram.org/bots/api#closeforumtopic). Elsewhere it is
+        kept only as the reply thread it names."""
+        thread_id = _to_int(request.arg("message_thread_id"))
+        if thread_id <= 0 or not chat.is_forum:
+            return None
+        topic = chat.topics.get(thread_id)
+        if topic is None or topic.deleted:
+            raise BotApiError(400, THREAD_NOT_FOUND)
+        if topic.closed and not chat.bot_is_admin:
+            raise BotApiError(400, TOPIC_CLOSED)
+        return thread_id
 
     def inject_callback(self, chat_id: int, user: User, message_id: int, data: str) -> str:
         """A user presses the button carrying ``data`` on a bot message; returns the query id.
@@ -1956,9 +2203,15 @@ class FakeTelegram:
             await changed.wait()
 
     async def wait_for_message(
-        self, chat_id: int, containing: str = "", *, from_bot: bool = True
+        self,
+        chat_id: int,
+        containing: str = "",
+        *,
+        from_bot: bool = True,
+        topic: int | None = None,
     ) -> MessageView:
-        """The first visible message (by default from the bot) whose text has ``containing``."""
+        """The first visible message (by default from the bot) whose text has ``containing``;
+        with `topic`, only in that forum topic."""
 
         def find() -> MessageView | None:
             if chat_id not in self._chats:
@@ -1967,7 +2220,9 @@ class FakeTelegram:
                 (
                     m
                     for m in self.messages(chat_id)
-                    if m.from_bot == from_bot and containing in m.text
+                    if m.from_bot == from_bot
+                    and containing in m.text
+                    and (topic is None or m.thread_id == topic)
                 ),
                 None,
             )
@@ -2047,8 +2302,21 @@ class FakeTelegram:
         }
         if message.edit_date is not None:
             result["edit_date"] = self._date(message.edit_date)
-        if with_reply and message.reply_to is not None:
-            replied = chat.messages.get(message.reply_to)
+        if message.thread_id is not None:
+            result["message_thread_id"] = message.thread_id
+            result["is_topic_message"] = True
+        if message.media is not None:
+            result.update(message.media)
+            if message.caption:
+                result["caption"] = message.caption
+            if message.raw_entities:
+                result["caption_entities"] = message.raw_entities
+        # In a topic, a message that replies to nothing replies to the topic's first message.
+        reply_to = message.reply_to
+        if reply_to is None and message.thread_id not in (None, message.message_id):
+            reply_to = message.thread_id
+        if with_reply and reply_to is not None:
+            replied = chat.messages.get(reply_to)
             if replied is not None and not replied.deleted:
                 result["reply_to_message"] = self._message_api(replied, with_reply=False)
         if message.text is not None:
@@ -2095,6 +2363,7 @@ class FakeTelegram:
             edit_count=message.edit_count,
             document=message.document,
             reply_to=message.reply_to,
+            thread_id=message.thread_id,
         )
 
     # ---- internals: checks shared by the methods ----------------------------------------------
@@ -2423,6 +2692,7 @@ class FakeTelegram:
         chat = self._resolve_chat(request)
         reply_to = self._reply_target(chat, reply)
         self._check_blocked(chat)
+        thread_id = self._thread_of(request, chat)
         text, entities = self._fixed(text, entities)
         self._check_length(text, MESSAGE_TEXT_MAX, "Message is too long")
         _check_inline_buttons(markup)
@@ -2439,9 +2709,14 @@ class FakeTelegram:
                 entities,
                 markup=markup,
                 reply_to=reply_to,
+                thread_id=thread_id,
             ),
         )
-        self._log(chat, f"#{message.message_id} bot: {text}{self._buttons_suffix(markup)}")
+        self._log(
+            chat,
+            f"#{message.message_id} {self._topic_tag(thread_id)}bot: {text}"
+            f"{self._buttons_suffix(markup)}",
+        )
         return self._message_api(message)
 
     @staticmethod
@@ -2531,6 +2806,7 @@ class FakeTelegram:
         chat = self._resolve_chat(request)
         reply_to = self._reply_target(chat, reply)
         self._check_blocked(chat)
+        thread_id = self._thread_of(request, chat)
         if caption.strip(" \n"):
             caption, caption_entities = self._fixed(caption, caption_entities)
         else:
@@ -2553,6 +2829,7 @@ class FakeTelegram:
                 caption_entities=caption_entities,
                 markup=markup,
                 reply_to=reply_to,
+                thread_id=thread_id,
             ),
         )
         received = ReceivedDocument(
@@ -2567,8 +2844,72 @@ class FakeTelegram:
         message.document = received
         self._documents.append(received)
         shown = f" {caption}" if caption else ""
-        self._log(chat, f"#{message.message_id} bot sent {filename} ({len(content)} bytes){shown}")
+        self._log(
+            chat,
+            f"#{message.message_id} {self._topic_tag(thread_id)}bot sent {filename} "
+            f"({len(content)} bytes){shown}",
+        )
         return self._message_api(message)
+
+    async def _get_file(self, request: _Request) -> Any:
+        """getFile (https://core.telegram.org/bots/api#getfile): the File with its
+        ``file_path``, valid for an hour; files over 20 MB are refused."""
+        file_id = request.arg("file_id")
+        if not file_id:
+            raise _bad_request("file_id not specified")
+        stored = self._files.get(file_id)
+        if stored is None:
+            raise BotApiError(400, INVALID_FILE_ID)
+        size = self._file_sizes[file_id]
+        if size > DOWNLOAD_MAX_BYTES:
+            raise BotApiError(400, FILE_TOO_BIG)
+        return {
+            "file_id": stored.file_id,
+            "file_unique_id": stored.file_unique_id,
+            "file_size": size,
+            "file_path": stored.file_path,
+        }
+
+    def _forum(self, request: _Request) -> _Chat:
+        chat = self._resolve_chat(request)
+        if not chat.is_forum:
+            raise _bad_request("the chat is not a forum")
+        return chat
+
+    def _managed_topic(self, request: _Request) -> tuple[_Chat, _Topic]:
+        chat = self._forum(request)
+        topic = chat.topics.get(_to_int(request.arg("message_thread_id")))
+        if topic is None or topic.deleted:
+            raise BotApiError(400, THREAD_NOT_FOUND)
+        return chat, topic
+
+    async def _create_forum_topic(self, request: _Request) -> Any:
+        """createForumTopic (https://core.telegram.org/bots/api#createforumtopic): name 1-128."""
+        chat = self._forum(request)
+        name = request.arg("name")
+        if not 1 <= len(name) <= 128:
+            raise _bad_request("invalid forum topic name specified")
+        topic = self._new_topic(chat, name)
+        return {
+            "message_thread_id": topic.thread_id,
+            "name": topic.name,
+            "icon_color": TOPIC_ICON_COLOR,
+        }
+
+    async def _close_forum_topic(self, request: _Request) -> Any:
+        _, topic = self._managed_topic(request)
+        topic.closed = True
+        return True
+
+    async def _reopen_forum_topic(self, request: _Request) -> Any:
+        _, topic = self._managed_topic(request)
+        topic.closed = False
+        return True
+
+    async def _delete_forum_topic(self, request: _Request) -> Any:
+        chat, topic = self._managed_topic(request)
+        self.delete_topic(chat.id, topic.thread_id)
+        return True
 
     def _input_document(self, request: _Request) -> tuple[str, str, bytes]:
         """``Client::get_input_file``: ``attach://name``, a file part, or a file_id string."""
@@ -2776,6 +3117,9 @@ class FakeTelegram:
             if not event.get("more_body"):
                 break
         arrived = trio.current_time()
+        if scope["path"].startswith("/file/bot"):
+            await self._serve_file(scope["path"], send)
+            return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         method_name = scope["path"].rpartition("/")[2].lower()
         args: list[tuple[str, str]] = []
@@ -2823,6 +3167,26 @@ class FakeTelegram:
             response_headers.append((b"retry-after", str(retry_after).encode()))
         await send({"type": "http.response.start", "status": status, "headers": response_headers})
         await send({"type": "http.response.body", "body": encoded})
+
+    async def _serve_file(self, path: str, send: Any) -> None:
+        """``GET /file/bot<token>/<file_path>`` (https://core.telegram.org/bots/api#file): the
+        bytes of a file getFile described; anything else is 404 (a wrong token 401)."""
+        token, _, file_path = path.removeprefix("/file/bot").partition("/")
+        status, body = 404, b'{"ok":false,"error_code":404,"description":"Not Found"}'
+        content_type = b"application/json"
+        if token != self.token or self._revoked:
+            status = 401
+            body = b'{"ok":false,"error_code":401,"description":"Unauthorized"}'
+        else:
+            stored = next((f for f in self._files.values() if f.file_path == file_path), None)
+            if stored is not None and self._file_sizes[stored.file_id] <= DOWNLOAD_MAX_BYTES:
+                status, body = 200, stored.content
+                content_type = b"application/octet-stream"
+                self._downloads.append(file_path)
+                self._notify()
+        headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
 
 def _json_arg(value: Any) -> str:

@@ -287,6 +287,9 @@ def slack_table(slack: FakeSlack) -> dict[str, Any]:
             "bot_token": slack.bot_token,
             "api_base_url": slack.api_url,
             "allow_everyone": True,
+            # The notes are plain messages in the DM itself, so the session stays there too
+            # (with threads on it would run in a thread under its acknowledgement).
+            "threads": False,
         }
     }
 
