@@ -226,6 +226,9 @@ async def test_the_watchdog_spares_pooled_sandboxes_and_those_sessions_took_from
     assert stray in provider.destroyed
     assert claimed.handle.id not in provider.destroyed
     assert not set(provider.destroyed) & pool.held()
+    # Nor is its session (no actor here) settled as failed while its sandbox exists.
+    record = await store.get_session(session)
+    assert record is not None and record.status == SessionStatus.STARTING
 
 
 async def test_a_session_takes_its_sandbox_from_the_pool_and_attaches_to_its_agent_session(

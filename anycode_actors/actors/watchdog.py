@@ -134,7 +134,12 @@ class Watchdog(Actor[WatchdogInbox]):
         except (AnycodeError, trio.TooSlowError) as exc:
             log.warning("could not list sandboxes: %s", exc)
             return
-        await self._settle_actorless(sessions, {s.session_id for s in sandboxes})
+        # Whose sandbox exists: by its label, or by its id for one taken from the warm pool.
+        listed = {s.id for s in sandboxes}
+        with_sandbox = {s.session_id for s in sandboxes} | {
+            s.id for s in sessions if s.sandbox_id in listed
+        }
+        await self._settle_actorless(sessions, with_sandbox)
         # A sandbox taken from the warm pool carries the pool's label, not its session's: it is
         # known by its id, which the session recorded.
         owned = {s.sandbox_id for s in sessions if s.sandbox_id} | set(self._held())
