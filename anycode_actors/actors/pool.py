@@ -38,6 +38,7 @@ from typing import Final
 
 import trio
 
+from anycode_actors.actors.workspace_diff import WorkspaceDiff
 from anycode_actors.agents.session import Resume, prepare_session
 from anycode_actors.config import AgentConfig, Config
 from anycode_actors.errors import AnycodeError
@@ -69,6 +70,8 @@ class Claimed:
 
     handle: SandboxHandle
     resume: Resume | None
+    # Whether the workspace's starting point for /diff (actors/workspace_diff.py) is recorded.
+    diff_base: bool = False
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,7 @@ class _Tick:
 class _Warmed:
     pool_id: str
     resume: Resume | None
+    diff_base: bool
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,7 @@ class _Entry:
     state: str = "warming"  # "warming" | "ready"
     handle: SandboxHandle | None = None
     resume: Resume | None = None
+    diff_base: bool = False
 
 
 def _utc_now() -> str:
@@ -204,6 +209,7 @@ class SandboxPool(Actor[PoolInbox]):
             if entry is not None:
                 entry.state = "ready"
                 entry.resume = message.resume
+                entry.diff_base = message.diff_base
                 entry.since = trio.current_time()
                 entry.created_at = _utc_now()
                 await self._serve_waiting(entry)
@@ -244,7 +250,7 @@ class SandboxPool(Actor[PoolInbox]):
 
     async def _hand_over(self, entry: _Entry, claim: Claim) -> bool:
         assert entry.handle is not None
-        if not await _answer(claim, Claimed(entry.handle, entry.resume)):
+        if not await _answer(claim, Claimed(entry.handle, entry.resume, entry.diff_base)):
             return False  # the claimant stopped waiting: the sandbox stays in the pool
         del self._entries[entry.pool_id]
         self._handed[entry.handle.id] = trio.current_time()
@@ -372,13 +378,29 @@ class SandboxPool(Actor[PoolInbox]):
                 handle = await self._provider.create(spec)
                 # Held from now on, before the next checkpoint: `finish` removes it.
                 entry.handle = handle
+                # A pooled sandbox serves a task without a repository, whose /diff compares
+                # with the workspace as it was before the agent started: recorded now, as
+                # the session would (before the agent's session opens), off its path.
+                diff_base = await self._record_diff_base(handle)
                 resume = None
                 if sandbox.protocol == "sandbox-agent":
                     resume = await self._prepare(self._config.agent(entry.agent), handle)
         except (AnycodeError, trio.TooSlowError) as exc:
             await self.send(_WarmFailed(entry.pool_id, str(exc) or type(exc).__name__))
             return
-        await self.send(_Warmed(entry.pool_id, resume))
+        await self.send(_Warmed(entry.pool_id, resume, diff_base))
+
+    async def _record_diff_base(self, handle: SandboxHandle) -> bool:
+        git = self._config.git
+        workspace = WorkspaceDiff(
+            handle.session_id, max_patch_bytes=git.max_patch_bytes, within=float(git.timeout_secs)
+        )
+        try:
+            await workspace.begin(self._provider, handle)
+        except AnycodeError as exc:
+            log.warning("pool: no /diff starting point in %s: %s", handle.session_id, exc)
+            return False
+        return True
 
     async def _destroy(self, sandbox_id: str) -> None:
         with trio.CancelScope(shield=True), trio.move_on_after(DESTROY_GRACE):

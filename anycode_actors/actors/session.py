@@ -238,6 +238,7 @@ class SessionActor(Actor[SessionInbox]):
         # it is attached.
         self._pool = pool
         self._warm: Resume | None = None
+        self._diff_base = False  # the pool recorded the /diff starting point already
         self._stream: StreamActor | None = None
         self._stream_ready = False
         self._turn_running = False
@@ -476,6 +477,7 @@ class SessionActor(Actor[SessionInbox]):
                 if claimed is not None:
                     self._handle = claimed.handle  # owned from here, as below
                     self._warm = claimed.resume
+                    self._diff_base = claimed.diff_base
                     await self._outbox.send(_Started(claimed.handle))
                     return
             try:
@@ -515,7 +517,7 @@ class SessionActor(Actor[SessionInbox]):
         await self._store.set_sandbox(self._id, handle.id, handle.endpoint or "")
         if self._outcome is not None:
             return  # cancelled while the sandbox was being made; cleanup removes it
-        if self._workspace is not None:
+        if self._workspace is not None and not self._diff_base:
             # Before the agent starts: the starting point must not hold its first changes.
             try:
                 await self._workspace.begin(self._provider, handle)
