@@ -10,6 +10,7 @@
     ├── budget:<p>   the bot-wide rate budget of each platform, drawn from by every flusher
     ├── chats        dynamic: chat:<platform>:<id> → flusher + actor
     ├── sessions     dynamic: session:<id> → streams → stream:<id>
+    ├── pool         sandboxes kept ready per agent    (when [pool] names an agent)
     ├── router       platform events → chat actors; paces each user's commands
     ├── recovery     reattaches what a previous run left running, then exits
     ├── telegram     long polling            (when configured)
@@ -40,6 +41,7 @@ from anycode_actors.actors.commands import short_id
 from anycode_actors.actors.directory import Register, SessionDirectory
 from anycode_actors.actors.flusher import Flusher
 from anycode_actors.actors.lobby import Lobby
+from anycode_actors.actors.pool import SandboxPool
 from anycode_actors.actors.publisher import Publisher, Requester, forges_for
 from anycode_actors.actors.retention import Retention
 from anycode_actors.actors.router import ChatStopped, CommandRate, Deliver, Router
@@ -154,6 +156,7 @@ class Daemon:
         }
         self._store: Store | None = None
         self.watchdog: Watchdog | None = None
+        self.pool: SandboxPool | None = None
         self._watchdog_interval = watchdog_interval
         self._orphan_age = orphan_age
         self.chats = Supervisor(name="chats")
@@ -198,6 +201,11 @@ class Daemon:
             self.router.spec("router"),
             ChildSpec("recovery", self._run_recovery, restart=Restart.TEMPORARY, kind="worker"),
         ]
+        if self.pool is not None:
+            # After the sessions (before the router), so it stops, removing its sandboxes,
+            # before them.
+            at = next(i for i, child in enumerate(children) if child.id == "sessions") + 1
+            children.insert(at, self.pool.spec("pool", shutdown=SESSION_SHUTDOWN))
         budgets = [budget.spec(f"budget:{platform}") for platform, budget in self._budgets.items()]
         # Before the chats and the lobby, who draw from them, and stopped after them.
         children[children.index(chats_spec) : children.index(chats_spec)] = [
@@ -227,6 +235,8 @@ class Daemon:
             for client in self._clients:
                 if isinstance(client, ApiPlatform):
                     client.attach(store, self.admin.snapshot)
+            pool = SandboxPool(self.config, self._provider, store)
+            self.pool = pool if pool.enabled else None
             await self._root().run(task_status=task_status)
 
     # --- static children ------------------------------------------------------------------------
@@ -242,8 +252,12 @@ class Daemon:
                 timeout=timedelta(minutes=float(self.config.session.timeout_minutes)),
                 interval=self._watchdog_interval,
                 orphan_age=self._orphan_age,
+                held=self._pool_held,
             )
         await self.watchdog.run(task_status=task_status)
+
+    def _pool_held(self) -> frozenset[str]:
+        return self.pool.held() if self.pool is not None else frozenset()
 
     async def _run_retention(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -375,6 +389,7 @@ class Daemon:
             publisher=self._publisher_for(session),
             download=client.download,
             attachments=attachments,
+            pool=self.pool.address() if self.pool is not None else None,
         )
         spec = actor.spec(
             f"session:{short_id(session.id)}", restart=Restart.TEMPORARY, shutdown=SESSION_SHUTDOWN

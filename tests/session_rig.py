@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from anycode_actors.actors.flusher import Flusher
+from anycode_actors.actors.pool import PoolInbox
 from anycode_actors.actors.publisher import Publisher
 from anycode_actors.actors.session import SessionActor
 from anycode_actors.actors.session_api import SessionClosed
@@ -55,6 +56,7 @@ async def start(
     config: Config,
     provider: FakeProvider | None = None,
     publisher: Publisher | None = None,
+    pool: trio.MemorySendChannel[PoolInbox] | None = None,
 ) -> Rig:
     """Start a session actor for `/task fix the login bug` under a supervisor, as the daemon
     does."""
@@ -81,6 +83,7 @@ async def start(
         config=config,
         answer_press=client.answer_press,
         publisher=publisher,
+        pool=pool,
     )
     sessions = Supervisor(name="sessions", registry=Registry())
     await nursery.start(sessions.run)

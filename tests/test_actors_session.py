@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 
 import pytest
@@ -26,6 +26,7 @@ from anycode_actors.actors.session_api import (
     SessionClosed,
 )
 from anycode_actors.agents import (
+    AgentEvent,
     AnswersByPolicy,
     ErrorEvent,
     PermissionResolved,
@@ -1083,3 +1084,39 @@ async def test_a_prompt_with_slow_files_goes_before_the_follow_ups_sent_while_th
     assert agent.prompts[1].startswith("read this\n\n")
     assert agent.prompts[2] == "then fix it"
     assert [f.path for f in agent.prompt_files[1]] == ["/workspace/inbox/notes.csv"]
+
+
+async def test_events_queued_together_are_stored_together_and_a_follow_up_among_them_waits(
+    autojump_clock: trio.abc.Clock,
+    nursery: trio.Nursery,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    agent = FakeAgent([[TextDelta(text="a ")], said("Done.")])
+    batches: list[list[int]] = []
+    gate = trio.Event()
+    append_events = store.append_events
+
+    async def slow_first(session_id: str, events: Sequence[AgentEvent]) -> list[bool]:
+        batches.append([event.seq for event in events])
+        if len(batches) == 1:
+            await gate.wait()
+        return await append_events(session_id, events)
+
+    monkeypatch.setattr(store, "append_events", slow_first)
+    rig = await start_session(nursery, store, monkeypatch, agent)
+    await agent.wait_for_prompts(1)
+    await trio.sleep(1)
+    agent.emit(*(TextDelta(text=f"w{n} ") for n in range(10)))
+    await trio.sleep(1)  # all ten wait in the session's inbox, behind the first event
+    await rig.send(FollowUp("more", ADA))
+    agent.emit(TextDelta(text="z"), TurnEnded(stop_reason="end_turn"))
+    await trio.sleep(1)
+    gate.set()
+    await rig.closed()
+    assert batches[:3] == [[1], list(range(2, 12)), [12, 13]]
+    assert agent.prompts == ["fix the login bug", "more"]
+    text = "\n".join(rig.client.texts())
+    assert "a " + "".join(f"w{n} " for n in range(10)) + "z" in text
+    assert "Queued" in text
+    assert [e.seq for e in await store.events(rig.sid)] == list(range(1, 16))

@@ -998,3 +998,50 @@ async def test_write_file_goes_through_the_sandbox_agent_of_the_handle(
         await provider.write_file(no_endpoint, "/workspace/inbox/x", b"x")
     with pytest.raises(SandboxError, match="cannot write files through sandbox-agent"):
         await provider.write_file(handle, "/workspace/inbox/x", b"x")
+
+
+async def test_the_warm_pool_keeps_ecs_tasks_ready_and_stops_them_on_shutdown(
+    moto: MotoServer, world: EcsWorld
+) -> None:
+    """The pool on ECS (where a task takes tens of seconds to start, so the pool matters most):
+    its tasks carry the pool's session tag and only the agent's environment, one is claimed,
+    and the rest are stopped when the pool stops; a pool task an earlier run left is stopped
+    by the next pool. (No liveness ticks: moto's tasks move on to STOPPED as they are
+    described.)"""
+    from anycode_actors.actors.pool import POOL_PREFIX, SandboxPool, claim
+    from anycode_actors.agents.session import Resume
+    from supervisors import Registry, Supervisor
+    from tests.actor_fakes import memory_store
+    from tests.test_actors_pool import pool_config
+
+    async def prepared(agent: Any, handle: SandboxHandle) -> Resume:
+        await trio.lowlevel.checkpoint()
+        return Resume(f"acp-{handle.session_id}", 0, None, False)
+
+    moto.set_task_transition({"progression": "manual", "times": 1})
+    provider = make_provider(moto, world)
+    leftover = await provider.create(make_spec(session_id=f"{POOL_PREFIX}earlier", repo=None))
+    async with memory_store() as store, trio.open_nursery() as nursery:
+        pool = SandboxPool(pool_config(2), provider, store, prepare=prepared, tick=3600)
+        await nursery.start(Supervisor([pool.spec("pool")], registry=Registry()).run)
+        with trio.fail_after(WAIT * 3):
+            while pool.ready("claude-code") < 2:  # noqa: ASYNC110 - polls the pool
+                await trio.sleep(0.1)
+        moto.set_task_transition({"progression": "manual", "times": FOREVER})
+        tasks = {info.id: info for info in await provider.list() if info.id != leftover.id}
+        assert set(tasks) == pool.held()
+        assert all(info.session_id.startswith(POOL_PREFIX) for info in tasks.values())
+        for arn in tasks:
+            environment = environment_of(await describe(moto, world, arn))
+            assert environment["ANTHROPIC_API_KEY"] == "sk-ant-agent-key"
+            assert "ANYCODE_REPO" not in environment
+        await store.create_session(
+            platform="telegram", chat="1", user="1", agent="claude-code", prompt="x"
+        )
+        claimed = await claim(pool.address(), "claude-code")
+        assert claimed is not None and claimed.handle.id in tasks
+        assert claimed.resume == Resume(f"acp-{claimed.handle.session_id}", 0, None, False)
+        nursery.cancel_scope.cancel()
+    for arn in set(tasks) - {claimed.handle.id} | {leftover.id}:
+        assert (await describe(moto, world, arn))["lastStatus"] == "STOPPED"
+    await provider.destroy(claimed.handle.id)

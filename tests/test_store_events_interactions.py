@@ -83,6 +83,29 @@ async def test_last_event_seq_follows_the_highest_stored_seq(store: Store) -> No
     assert stored.updated_at > session.updated_at
 
 
+async def test_events_appended_together_are_stored_like_one_by_one(store: Store) -> None:
+    session = await new_session(store)
+    assert await store.append_event(session.id, delta(2, "first"))
+    stored = await store.append_events(
+        session.id, [delta(1, "a"), delta(2, "repeat"), delta(4, "c"), delta(3, "b")]
+    )
+    assert stored == [True, False, True, True]
+    assert await store.append_events(session.id, []) == []
+    events = await store.events(session.id)
+    assert [e.event for e in events] == [
+        delta(1, "a"),
+        delta(2, "first"),
+        delta(3, "b"),
+        delta(4, "c"),
+    ]
+    assert await store.last_seq(session.id) == 4
+    assert await store.append_events(session.id, [delta(4, "again")]) == [False]
+    assert await store.last_seq(session.id) == 4
+    with pytest.raises(ValueError):
+        await store.append_events(session.id, [delta(5), delta(0)])
+    assert await store.last_seq(session.id) == 4  # nothing of a refused batch is stored
+
+
 async def test_events_after_a_seq_come_in_seq_order_per_session(store: Store) -> None:
     one, two = await new_session(store), await new_session(store)
     for seq in (4, 1, 3, 2, 5):

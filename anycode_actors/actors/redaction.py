@@ -104,7 +104,11 @@ class OutputRedactor:
             self._held = dataclasses.replace(event, text=text[split:])
         else:
             self._held = None
-            released.append(dataclasses.replace(event, text=matcher.text(text[split:])))
+            shown = matcher.text(text[split:])
+            # Most pieces hold no secret and nothing held before them: passed on as they are.
+            released.append(
+                event if shown == event.text else dataclasses.replace(event, text=shown)
+            )
         return released
 
 
@@ -112,13 +116,15 @@ class OutputRedactor:
 class _Matcher:
     secrets: tuple[str, ...]
     pattern: re.Pattern[str]
+    firsts: frozenset[str]  # the first character of each secret
 
     @classmethod
     def of(cls, values: Iterable[str]) -> _Matcher | None:
         secrets = agent_secrets(values)
         if not secrets:
             return None
-        return cls(secrets, re.compile("|".join(map(re.escape, secrets))))
+        pattern = re.compile("|".join(map(re.escape, secrets)))
+        return cls(secrets, pattern, frozenset(secret[0] for secret in secrets))
 
     def text(self, text: str) -> str:
         text = self.pattern.sub(REDACTED, text)
@@ -134,6 +140,8 @@ class _Matcher:
         beginning, not the whole, of a secret starts; `len(text)` if there is none."""
         longest = len(self.secrets[0])
         for start in range(max(0, len(text) - longest + 1), len(text) - minimum + 1):
+            if text[start] not in self.firsts:
+                continue  # no secret begins with this character
             tail = text[start:]
             if any(len(s) > len(tail) and s.startswith(tail) for s in self.secrets):
                 return start

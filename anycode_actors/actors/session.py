@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import re
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -42,6 +43,7 @@ from anycode_actors.actors.flusher import (
     Posted,
     Upload,
 )
+from anycode_actors.actors.pool import PoolInbox, claim
 from anycode_actors.actors.publisher import Card, Publisher
 from anycode_actors.actors.redaction import OutputRedactor
 from anycode_actors.actors.session_api import (
@@ -116,6 +118,10 @@ DESTROY_GRACE: Final = 60.0
 DRAIN_GRACE: Final = 10.0
 # Time for the patch of a session without a repository to be read out as it ends.
 FINAL_DIFF_GRACE: Final = 30.0
+REPORT_EVERY: Final = 0.25
+"""Seconds between reports to the actor tree while only output streams."""
+EVENT_BATCH: Final = 64
+"""The most agent events stored in one transaction (see `_with_queued_events`)."""
 UPLOADS_IN_FLIGHT: Final = 64
 """Room for upload confirmations; a task of the session records them as they come."""
 # Where agents leave files for the user (documented in the README and the agent's prompt).
@@ -214,6 +220,7 @@ class SessionActor(Actor[SessionInbox]):
         publisher: Publisher | None = None,
         download: Download | None = None,
         attachments: tuple[Attachment, ...] = (),
+        pool: trio.MemorySendChannel[PoolInbox] | None = None,
     ) -> None:
         """`attachments`: the files sent with the /task, for the first prompt; `download`
         fetches them and those of follow-ups (without it, files are declined)."""
@@ -244,6 +251,11 @@ class SessionActor(Actor[SessionInbox]):
         self._inbox_names: set[str] = set()
         self._recovered = recovered
         self._handle: SandboxHandle | None = recovered.handle if recovered else None
+        # The warm pool (actors/pool.py), and where the agent session of a sandbox taken from
+        # it is attached.
+        self._pool = pool
+        self._warm: Resume | None = None
+        self._diff_base = False  # the pool recorded the /diff starting point already
         self._stream: StreamActor | None = None
         self._stream_ready = False
         self._turn_running = False
@@ -263,6 +275,10 @@ class SessionActor(Actor[SessionInbox]):
         self._redactor: OutputRedactor | None = None
         self._unanswered: FollowUp | None = None
         self._fetching: trio.CancelScope | None = None  # a prompt's files being fetched
+        # A message taken from the inbox behind a batch of agent events, handled next.
+        self._deferred: list[SessionInbox] = []
+        self._reported_at = -math.inf
+        self._report_now = False  # an event that changes more than the count was handled
         # The stream actor's supervisor, run inside `run` for as long as the session lives.
         self._streams = Supervisor(name="streams", intensity=Intensity(max_restarts=0, period=1.0))
 
@@ -311,7 +327,15 @@ class SessionActor(Actor[SessionInbox]):
             # removes its sandbox.
             log.error("session %s: %s", short_id(self._id), exc)
             self._finish(SessionStatus.FAILED, f"the database failed: {exc}")
-        self._report()
+        # Streamed output moves only the event count: the tree hears of it a few times a
+        # second, not once per event (each report copies the actor's info).
+        if (
+            not isinstance(message, AgentEventArrived)
+            or self._report_now
+            or self._outcome is not None
+            or trio.current_time() - self._reported_at >= REPORT_EVERY
+        ):
+            self._report()
 
     async def _dispatch(self, message: SessionInbox) -> None:
         if isinstance(message, _Resume):
@@ -325,9 +349,12 @@ class SessionActor(Actor[SessionInbox]):
         elif isinstance(message, StreamReady):
             await self._on_stream_ready(message)
         elif isinstance(message, AgentEventArrived):
-            if _took_it_up(message.event):
+            batch = self._with_queued_events(message)
+            if any(_took_it_up(arrived.event) for arrived in batch):
                 self._unanswered = None
-            await self._on_event(message.event)
+            await self._on_events([arrived.event for arrived in batch])
+            if self._deferred:
+                await self._dispatch(self._deferred.pop())
         elif isinstance(message, StreamEnded):
             if self._outcome is None:
                 await self._on_stream_lost(message.error)
@@ -361,6 +388,8 @@ class SessionActor(Actor[SessionInbox]):
         self.stop()
 
     def _report(self) -> None:
+        self._reported_at = trio.current_time()
+        self._report_now = False
         context = current_child()
         if context is None:
             return
@@ -464,6 +493,16 @@ class SessionActor(Actor[SessionInbox]):
             seeded=self._publisher is not None,
         )
         with self._start_scope:
+            if self._pool is not None:
+                # A task with a repository needs a sandbox made for it: the pool only makes
+                # room for it within the limits.
+                claimed = await claim(self._pool, self.session.agent, take=not self.session.repo)
+                if claimed is not None:
+                    self._handle = claimed.handle  # owned from here, as below
+                    self._warm = claimed.resume
+                    self._diff_base = claimed.diff_base
+                    await self._outbox.send(_Started(claimed.handle))
+                    return
             try:
                 handle = await self._provider.create(spec)
             except SandboxUnavailable as exc:
@@ -501,13 +540,13 @@ class SessionActor(Actor[SessionInbox]):
         await self._store.set_sandbox(self._id, handle.id, handle.endpoint or "")
         if self._outcome is not None:
             return  # cancelled while the sandbox was being made; cleanup removes it
-        if self._workspace is not None:
+        if self._workspace is not None and not self._diff_base:
             # Before the agent starts: the starting point must not hold its first changes.
             try:
                 await self._workspace.begin(self._provider, handle)
             except AnycodeError as exc:
                 log.warning("session %s: /diff will not work: %s", short_id(self._id), exc)
-        await self._start_stream(streams, handle, None)
+        await self._start_stream(streams, handle, self._warm)
 
     async def _start_stream(
         self, streams: Supervisor, handle: SandboxHandle, resume: Resume | None
@@ -650,7 +689,26 @@ class SessionActor(Actor[SessionInbox]):
 
     # --- agent events ---------------------------------------------------------------------------
 
-    async def _on_event(self, agent_event: AgentEvent) -> None:
+    def _with_queued_events(self, first: AgentEventArrived) -> list[AgentEventArrived]:
+        """`first` and the agent events queued right behind it, taken together so that they are
+        stored in one transaction (one trip to the database's thread instead of one each).
+        The batch ends at an event that does more than add output (a permission, the end of
+        a turn or of the connection), which is handled last, as it would be alone; a message
+        of another kind taken from the inbox meanwhile waits in `_deferred`, to be handled
+        next."""
+        batch = [first]
+        while len(batch) < EVENT_BATCH and _only_output(batch[-1].event):
+            try:
+                message = self._inbox.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+            if not isinstance(message, AgentEventArrived):
+                self._deferred.append(message)
+                break
+            batch.append(message)
+        return batch
+
+    async def _on_events(self, agent_events: Sequence[AgentEvent]) -> None:
         # The credentials the sandbox was given never reach the event log or the chat: every
         # event is redacted first, and a piece of streamed text that may end in the beginning
         # of one waits for the next event (see OutputRedactor). Made at the first event, when
@@ -659,10 +717,14 @@ class SessionActor(Actor[SessionInbox]):
             self._redactor = _output_redactor(
                 self._config, self.session.agent, self._handle, self._recovered
             )
-        for event in self._redactor.feed(agent_event):
-            # Stored before shown: after a crash, the store is the truth of what happened. A
-            # seq stored already is a repeat (a resumed stream delivering it again): handled.
-            if not await self._store.append_event(self._id, event):
+        redactor = self._redactor
+        events = [event for agent_event in agent_events for event in redactor.feed(agent_event)]
+        # Stored before shown: after a crash, the store is the truth of what happened. A seq
+        # stored already is a repeat (a resumed stream delivering it again): handled.
+        stored = await self._store.append_events(self._id, events)
+        self._report_now = not all(_only_output(event) for event in events)
+        for event, new in zip(events, stored, strict=True):
+            if not new:
                 continue
             self._events += 1
             text = chat_text(event)
@@ -969,7 +1031,7 @@ class SessionActor(Actor[SessionInbox]):
     # --- the end --------------------------------------------------------------------------------
 
     def _take_the_rest(self) -> list[SessionInbox]:
-        rest = []
+        rest, self._deferred = self._deferred, []
         while True:
             try:
                 rest.append(self._inbox.receive_nowait())
@@ -1059,6 +1121,13 @@ class SessionActor(Actor[SessionInbox]):
         with trio.move_on_after(5):
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await self._closed.send(SessionClosed(self._id, str(status)))
+
+
+def _only_output(event: AgentEvent) -> bool:
+    """Whether handling `event` does nothing but store it and show its output."""
+    return not isinstance(
+        event, PermissionRequested | PermissionResolved | TurnEnded | ErrorEvent | SessionEnded
+    )
 
 
 _UNSAFE_NAME: Final = re.compile(r"[^A-Za-z0-9._-]+")

@@ -215,11 +215,14 @@ class StreamActor(Actor[StreamCommand]):
 
     async def _forward_events(self, session: AgentSession) -> None:
         context = current_child()
+        shown: bool | None = None
         async for event in session.events:
             await self._reports.send(AgentEventArrived(event))
-            if context is not None:
-                # The turn ends with an event, not a command: keep the tree's view current.
-                context.update(turn_running=session.turn_running)
+            if context is not None and session.turn_running is not shown:
+                # The turn ends with an event, not a command: keep the tree's view current
+                # (told of changes only: each update copies the actor's info).
+                shown = session.turn_running
+                context.update(turn_running=shown)
 
 
 __all__ = [

@@ -7,7 +7,8 @@ Everything it decides comes from the store, the one record that cannot be lost o
   whole sweep, so a hung engine delays no timeout by more than one sweep;
 - removes labelled sandboxes whose session is not live in the store (a crash between create and
   record, a daemon killed mid-session whose session could not be reattached, a sandbox whose
-  removal failed), once they are older than `ORPHAN_AGE`.
+  removal failed), once they are older than `ORPHAN_AGE`, except the warm pool's (`held`) and
+  those a live session recorded as its own (taken from the pool, they carry the pool's label).
 
 A session is told through the session directory; only its own actor ends it. A session the
 directory does not know (the moment after a restart, before recovery reattached it) is left to
@@ -17,7 +18,7 @@ recovery.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final
@@ -68,6 +69,7 @@ class Watchdog(Actor[WatchdogInbox]):
         interval: float = CHECK_INTERVAL,
         orphan_age: float = ORPHAN_AGE,
         wall_clock: WallClock = _utc_now,
+        held: Callable[[], Collection[str]] = frozenset,
     ) -> None:
         super().__init__()
         self._provider = provider
@@ -77,6 +79,7 @@ class Watchdog(Actor[WatchdogInbox]):
         self._interval = interval
         self._orphan_age = orphan_age
         self._now = wall_clock
+        self._held = held
         # Sessions already told, so a session busy ending is not told again every sweep.
         self._told: set[str] = set()
         # Active in the store but with no live actor, and since when (trio time).
@@ -131,8 +134,16 @@ class Watchdog(Actor[WatchdogInbox]):
         except (AnycodeError, trio.TooSlowError) as exc:
             log.warning("could not list sandboxes: %s", exc)
             return
-        await self._settle_actorless(sessions, {s.session_id for s in sandboxes})
-        await self._reap({s.id for s in sessions}, sandboxes)
+        # Whose sandbox exists: by its label, or by its id for one taken from the warm pool.
+        listed = {s.id for s in sandboxes}
+        with_sandbox = {s.session_id for s in sandboxes} | {
+            s.id for s in sessions if s.sandbox_id in listed
+        }
+        await self._settle_actorless(sessions, with_sandbox)
+        # A sandbox taken from the warm pool carries the pool's label, not its session's: it is
+        # known by its id, which the session recorded.
+        owned = {s.sandbox_id for s in sessions if s.sandbox_id} | set(self._held())
+        await self._reap({s.id for s in sessions}, sandboxes, owned)
 
     async def _settle_actorless(self, sessions: list[Session], with_sandbox: set[str]) -> None:
         """A record that stays active with no actor behind it (its actor ended without being able
@@ -172,10 +183,14 @@ class Watchdog(Actor[WatchdogInbox]):
         if await route(self._directory, session.id, Cancel(reason, status="failed")):
             self._told.add(session.id)
 
-    async def _reap(self, live: set[str], sandboxes: list[SandboxInfo]) -> None:
+    async def _reap(self, live: set[str], sandboxes: list[SandboxInfo], owned: set[str]) -> None:
         now = self._now()
         for sandbox in sandboxes:
-            if sandbox.session_id in live or _age(sandbox.created_at, now) < self._orphan_age:
+            if (
+                sandbox.session_id in live
+                or sandbox.id in owned
+                or _age(sandbox.created_at, now) < self._orphan_age
+            ):
                 continue
             log.warning(
                 "removing sandbox %s: it belongs to no live session (%s)",

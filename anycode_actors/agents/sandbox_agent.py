@@ -38,6 +38,7 @@ import httpx
 import httpx_sse
 import trio
 
+from anycode_actors._tls import shared_ssl_context
 from anycode_actors.agents._nursery import open_nursery_bare
 from anycode_actors.agents.acp import AcpClient, open_acp_client
 from anycode_actors.agents.jsonrpc import (
@@ -470,6 +471,7 @@ async def open_sandbox_agent_transport(
         base_url=base_url,
         headers=headers,
         transport=http_transport,
+        verify=shared_ssl_context(),
         # One connection per POST: a pooled connection that a network blip killed would make a
         # lost request look like a delivered one.
         limits=httpx.Limits(max_keepalive_connections=0),

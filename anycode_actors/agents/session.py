@@ -29,10 +29,13 @@ from typing import Final, Protocol, TypeAlias
 
 import trio
 
-from anycode_actors.agents.acp import Turn
+from anycode_actors.agents.acp import Turn, open_acp_client
 from anycode_actors.agents.acpx import AcpxLaunch, Spawn, open_acpx_session
 from anycode_actors.agents.events import AgentEvent, PermissionRequested, PromptFile
-from anycode_actors.agents.sandbox_agent import open_sandbox_agent_client
+from anycode_actors.agents.sandbox_agent import (
+    open_sandbox_agent_client,
+    open_sandbox_agent_transport,
+)
 from anycode_actors.agents.stdio import open_stdio_client
 from anycode_actors.config import AcpxPermissions, AgentConfig, AgentProtocol
 from anycode_actors.errors import AgentError
@@ -131,7 +134,9 @@ async def _open_sandbox_agent(target: _Target) -> AsyncIterator[OpenedSession]:
         handle.endpoint,
         token=handle.token or None,
         agent=agent_id,
-        server_id=sandbox_agent_server_id(target.session_id),
+        # Named after the session the sandbox was made for (its label), which is this session's
+        # own id, or the pool's id for a sandbox taken from the pool (`prepare_session`).
+        server_id=sandbox_agent_server_id(handle.session_id or target.session_id),
         attach=resume is not None,
         last_event_id=resume.cursor if resume else None,
         # The sandbox is destroyed right after: no DELETE, which may never answer.
@@ -171,6 +176,33 @@ async def _open_acpx(target: _Target) -> AsyncIterator[OpenedSession]:
         yield OpenedSession(
             acpx, acpx.session_id or acpx.name, "acpx", AnswersByPolicy("acpx", acpx.policy)
         )
+
+
+async def prepare_session(agent: AgentConfig, handle: SandboxHandle) -> Resume:
+    """Start `agent` on the sandbox-agent of `handle` and open its ACP session (initialize,
+    session/new in the handle's workdir), then let go of the connection and leave both running:
+    `open_session(..., resume=<the returned Resume>)` later attaches to them without waiting
+    for either, as a restarted daemon does. The server is named after `handle.session_id`.
+    AgentError when the agent does not come up; the caller bounds the time."""
+    if handle.endpoint is None:
+        raise AgentError("the sandbox has no sandbox-agent endpoint")
+    async with open_sandbox_agent_transport(
+        handle.endpoint,
+        token=handle.token or None,
+        agent=agent.sandbox_agent_id or "claude",
+        server_id=sandbox_agent_server_id(handle.session_id),
+        delete_on_close=False,
+    ) as transport:
+        async with open_acp_client(transport) as client:
+            await client.initialize()
+            session = await client.new_session(handle.workdir)
+        cursor = transport.last_event_id
+    return Resume(
+        agent_session_id=session.session_id,
+        last_seq=0,
+        cursor=str(cursor) if cursor is not None else None,
+        turn_running=False,
+    )
 
 
 _OPENERS: Final[Mapping[str, Callable[[_Target], AbstractAsyncContextManager[OpenedSession]]]] = {
@@ -214,5 +246,6 @@ __all__ = [
     "Resume",
     "acpx_session_name",
     "open_session",
+    "prepare_session",
     "sandbox_agent_server_id",
 ]

@@ -15,6 +15,7 @@ The live views redraw about four times a second from a trio task (no refresh thr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
@@ -127,8 +128,9 @@ def is_session(entry: ChildEntry) -> bool:
     return "session" in entry.info and "agent" in entry.info
 
 
-def _detail_lines(entry: ChildEntry) -> list[Text]:
-    """What goes under the entry's own line: its last error, then what it reported."""
+def _detail_lines(entry: ChildEntry, now: str = "") -> list[Text]:
+    """What goes under the entry's own line: its last error, then what it reported (the warm
+    pool's sandboxes one a line, with their age at `now`)."""
     lines = []
     if entry.last_error:
         lines.append(Text(f"✗ {entry.last_error}", style="red"))
@@ -151,10 +153,29 @@ def _detail_lines(entry: ChildEntry) -> list[Text]:
         line.append("".join(f" · {part}" for part in parts), style="dim")
         lines.append(line)
     elif info:
-        text = _pairs(info)
+        pooled = info.get("pooled")
+        text = _pairs({k: v for k, v in info.items() if k != "pooled"})
         if text:
             lines.append(Text(text, style="dim"))
+        if isinstance(pooled, list):
+            lines.extend(_pooled_line(item, now) for item in pooled if isinstance(item, dict))
     return lines
+
+
+def _pooled_line(item: dict[str, JsonValue], now: str) -> Text:
+    """One sandbox of the warm pool: its agent, state, age and sandbox id."""
+    state = _value_text(item.get("state"))
+    line = Text(state, style="green" if state == "ready" else "cyan")
+    age = "?"
+    since = item.get("since")
+    if isinstance(since, str) and now:
+        with contextlib.suppress(ValueError):
+            age = format_duration(
+                (datetime.fromisoformat(now) - datetime.fromisoformat(since)).total_seconds()
+            )
+    parts = [_value_text(item.get("agent")), f"age {age}", f"sandbox {item.get('sandbox') or '-'}"]
+    line.append("".join(f" · {part}" for part in parts), style="dim")
+    return line
 
 
 def _pairs(info: dict[str, JsonValue]) -> str:
@@ -220,7 +241,7 @@ class TreeView:
         yield _fit(header, width)
         for node in _layout(self.snapshot.entries):
             yield _fit(self._row(node, name_width), width)
-            for detail in _detail_lines(node.entry):
+            for detail in _detail_lines(node.entry, self.snapshot.now):
                 line = Text()
                 line.append(node.below, style="dim")
                 line.append_text(detail)

@@ -1034,6 +1034,39 @@ def _host_port(value: str) -> str:
     return value.strip()
 
 
+class PoolConfig(_Section):
+    """`[pool]`: sandboxes kept ready for each agent, so that a `/task` does not wait for one to
+    be created and its agent to start (off unless an agent is given a size).
+
+    A pooled sandbox counts against `limits.max_sessions_total` like a session's: the pool only
+    fills what the live sessions leave free.
+    """
+
+    # Ready sandboxes per agent name: {"claude-code" = 3}. An agent not named gets none.
+    agents: dict[str, StrictInt] = Field(default_factory=dict)
+    # A ready sandbox nobody claimed for this long is replaced by a fresh one.
+    max_idle_minutes: StrictInt = 30
+
+    @field_validator("agents")
+    @classmethod
+    def _check_sizes(cls, value: dict[str, int]) -> dict[str, int]:
+        for name, size in value.items():
+            if size < 0:
+                raise _invalid(f"{name}: the pool size must be 0 or more", "0 keeps no pool")
+        return value
+
+    @field_validator("max_idle_minutes")
+    @classmethod
+    def _check_idle(cls, value: int) -> int:
+        if value < 1:
+            raise _invalid("must be at least 1", "30 replaces an unused sandbox every half hour")
+        return value
+
+    def size(self, agent: str) -> int:
+        """How many ready sandboxes `agent` gets (0: no pool)."""
+        return self.agents.get(agent, 0)
+
+
 class AdminConfig(_Section):
     """`[admin]`: where the daemon serves the live actor tree to `anycode tree`.
 
@@ -1163,6 +1196,7 @@ class Config(BaseModel):
     git: GitConfig = Field(default_factory=GitConfig)
     session: SessionConfig = Field(default_factory=SessionConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    pool: PoolConfig = Field(default_factory=PoolConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
     api: ApiConfig | None = None
 
@@ -1174,6 +1208,15 @@ class Config(BaseModel):
             ecs=self.ecs.model_dump(),
             agents=self.agents,
             local=self.local,
+        )
+        problems.extend(
+            ConfigProblem(
+                f"pool.agents.{name}",
+                f"{name} is not a known agent",
+                f"name one of {', '.join(self.known_agents())}",
+            )
+            for name in self.pool.agents
+            if name not in self.agents.definitions
         )
         if problems:
             raise ConfigError(problems)
@@ -1362,6 +1405,7 @@ SECTIONS: Final[Mapping[str, type[BaseModel]]] = MappingProxyType(
         "git": GitConfig,
         "session": SessionConfig,
         "limits": LimitsConfig,
+        "pool": PoolConfig,
         "admin": AdminConfig,
         "api": ApiConfig,
     }

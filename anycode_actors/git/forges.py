@@ -28,6 +28,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
+from anycode_actors._tls import shared_ssl_context
 from anycode_actors.errors import AnycodeError
 
 #: A forge that has not answered in this long is treated as unavailable.
@@ -186,7 +187,8 @@ class _RestForge(ABC):
         self._host = urlsplit(self._api_url).netloc or self._api_url
         self._token = token
         self._owns_http = http is None
-        self._http = http or httpx.AsyncClient(timeout=HTTP_TIMEOUT)
+        # Made per session with a repository: the TLS context is the process's one.
+        self._http = http or httpx.AsyncClient(timeout=HTTP_TIMEOUT, verify=shared_ssl_context())
 
     async def __aenter__(self) -> Self:
         return self

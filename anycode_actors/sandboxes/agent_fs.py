@@ -46,6 +46,7 @@ from typing import Any, Final
 
 import httpx
 
+from anycode_actors._tls import shared_ssl_context
 from anycode_actors.sandboxes.base import (
     OutboxListing,
     SandboxError,
@@ -135,6 +136,7 @@ def _client(endpoint: str, token: str, timeout: float) -> httpx.AsyncClient:
         headers={"Authorization": f"Bearer {token}"},
         timeout=timeout,
         trust_env=False,
+        verify=shared_ssl_context(trust_env=False),
     )
 
 

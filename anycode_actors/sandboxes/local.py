@@ -80,6 +80,7 @@ from typing import IO, Final
 import httpx
 import trio
 
+from anycode_actors._tls import shared_ssl_context
 from anycode_actors.config import LocalConfig
 from anycode_actors.sandboxes import agent_gate
 from anycode_actors.sandboxes._redaction import redact, secret_values
@@ -610,7 +611,9 @@ class LocalProvider:
         """Poll /v1/health with the token until it answers 200 (True), the server exits or the
         startup timeout passes (False)."""
         headers = {"Authorization": f"Bearer {token}"}
-        async with httpx.AsyncClient(timeout=5.0, trust_env=False) as client:
+        async with httpx.AsyncClient(
+            timeout=5.0, trust_env=False, verify=shared_ssl_context(trust_env=False)
+        ) as client:
             with trio.move_on_after(self._startup_timeout):
                 while server.returncode is None:
                     try:
@@ -835,7 +838,9 @@ def _command_line(pid: int) -> str | None:
 
 
 async def _answers_health(endpoint: str, token: str) -> bool:
-    async with httpx.AsyncClient(timeout=REATTACH_HEALTH_TIMEOUT, trust_env=False) as client:
+    async with httpx.AsyncClient(
+        timeout=REATTACH_HEALTH_TIMEOUT, trust_env=False, verify=shared_ssl_context(trust_env=False)
+    ) as client:
         try:
             answer = await client.get(
                 f"{endpoint}/v1/health", headers={"Authorization": f"Bearer {token}"}

@@ -458,30 +458,45 @@ class Store:
         repeat is ignored. ``sessions.last_event_seq`` moves in the same transaction and never
         backwards, so it always names an event that is really stored.
         """
-        seq = event.seq
-        if seq < 1:
-            raise ValueError(f"event seq starts at 1, got {seq}")
-        tag, payload = to_record(event)
-        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+        [stored] = await self.append_events(session_id, [event])
+        return stored
 
-        def insert() -> bool:
+    async def append_events(self, session_id: str, events: Sequence[AgentEvent]) -> list[bool]:
+        """`append_event` for each of `events`, in order, in one transaction (one trip to the
+        database's thread): whether each one was stored, False for a seq stored already."""
+        rows = []
+        for event in events:
+            if event.seq < 1:
+                raise ValueError(f"event seq starts at 1, got {event.seq}")
+            tag, payload = to_record(event)
+            body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+            rows.append((event.seq, tag, body))
+        if not rows:
+            return []
+
+        def insert() -> list[bool]:
             db = self._sync_db
+            stored = []
             with write_transaction(db):
                 now = utc_now()
                 self._get_session(session_id)
-                cursor = db.execute(
-                    "INSERT INTO events (session_id, seq, type, payload, created_at)"
-                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (session_id, seq) DO NOTHING",
-                    (session_id, seq, tag, body, now),
+                for seq, tag, body in rows:
+                    cursor = db.execute(
+                        "INSERT INTO events (session_id, seq, type, payload, created_at)"
+                        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (session_id, seq) DO NOTHING",
+                        (session_id, seq, tag, body, now),
+                    )
+                    stored.append(cursor.rowcount == 1)
+                newest = max(
+                    (seq for (seq, _, _), new in zip(rows, stored, strict=True) if new), default=0
                 )
-                if cursor.rowcount != 1:
-                    return False
-                db.execute(
-                    "UPDATE sessions SET last_event_seq = max(last_event_seq, ?), updated_at = ?"
-                    " WHERE id = ?",
-                    (seq, now, session_id),
-                )
-                return True
+                if newest:
+                    db.execute(
+                        "UPDATE sessions SET last_event_seq = max(last_event_seq, ?),"
+                        " updated_at = ? WHERE id = ?",
+                        (newest, now, session_id),
+                    )
+            return stored
 
         return await self._call(insert)
 

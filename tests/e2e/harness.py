@@ -9,7 +9,7 @@ in the container calls the scripted model over the Docker bridge.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,14 +133,21 @@ def _daemon_config_data(tmp: Path, model_url: str, **session: Any) -> dict[str, 
 
 @asynccontextmanager
 async def running_world(
-    nursery: trio.Nursery, tmp: Path, script: ModelScript, **session: Any
+    nursery: trio.Nursery,
+    tmp: Path,
+    script: ModelScript,
+    *,
+    sections: Mapping[str, Any] | None = None,
+    **session: Any,
 ) -> AsyncIterator[World]:
+    """`sections` are more config tables (`{"pool": {...}}`), `session` the session settings."""
     docker, gateway = await _docker_and_gateway()
     telegram = FakeTelegram()
     telegram_url = await telegram.start(nursery)
     model = ScriptedModel(script)
     served = await nursery.start(serve_asgi, model.app, gateway)
-    config = e2e_config(tmp, telegram_url, telegram.token, served.base_url, **session)
+    data = e2e_config_data(tmp, telegram_url, telegram.token, served.base_url, **session)
+    config = config_from_mapping({**data, **(sections or {})}, environ={}, base_dir=tmp)
     async with _running_daemon(config) as daemon:
         yield World(model=model, daemon=daemon, config=config, docker=docker, telegram=telegram)
 
