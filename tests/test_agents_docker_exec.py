@@ -4,7 +4,7 @@ The byte stream (stdin in, demultiplexed stdout and stderr out, exit codes, clos
 real Claude ACP adapter inside a sandbox container, driven over stdio ACP through the exec socket
 against the scripted model (bound on the Docker bridge so the container can reach it).
 
-Locally these skip without an engine or without anycode-sandbox:latest (docker/build-image.sh);
+Locally these skip without an engine or without the sandbox image (docker/build-image.sh);
 in CI both are required.
 """
 
@@ -37,11 +37,10 @@ from anycode_actors.sandboxes.docker_exec import (
     start_exec,
 )
 from tests.agent_stack import agent_env
-from tests.docker_support import docker_client, require_or_skip
+from tests.docker_support import SANDBOX_IMAGE, docker_client, require_or_skip
 from tests.fakes._http import serve_asgi
 from tests.fakes.model import Bash, ModelScript, ScriptedModel, Text, docker_bridge_gateway
 
-SANDBOX_IMAGE: Final = "anycode-sandbox:latest"
 BOUND: Final = 120.0
 SECRET: Final = "sk-ant-exec-" + "c0ffee" * 6
 
