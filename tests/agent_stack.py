@@ -100,6 +100,20 @@ def agent_env(model_url: str, claude_executable: str, *, as_root: bool) -> dict[
     return env
 
 
+# What the sandbox image puts in /etc/claude-code/managed-settings.json (docker/Dockerfile.agent):
+# Claude Code asks before it acts. Without a defaultMode, claude-agent-acp starts sessions in its
+# "auto" mode, where Claude decides and no permission request is ever sent.
+CLAUDE_SETTINGS: Final = {"permissions": {"defaultMode": "default"}}
+
+
+def ask_before_acting(home: str | os.PathLike[str]) -> None:
+    """Make the Claude Code of this scratch `home` ask before it acts, as it does in the image:
+    writes home/.claude/settings.json (the image uses managed settings, outside any home)."""
+    settings = Path(home) / ".claude" / "settings.json"
+    settings.parent.mkdir(parents=True, exist_ok=True)
+    settings.write_text(json.dumps(CLAUDE_SETTINGS) + "\n")
+
+
 class AgentStackError(RuntimeError):
     """The agent stack could not be installed or does not run."""
 
@@ -132,8 +146,10 @@ class AgentStack:
 
         `base` defaults to this process's environment; account keys, proxies and the variables of
         an enclosing Claude Code session are dropped from it. `home` is a scratch folder: Claude
-        Code writes its settings and transcripts there.
+        Code writes its settings and transcripts there, and finds the settings that make it ask
+        before it acts (`ask_before_acting`, written here).
         """
+        ask_before_acting(home)
         source = os.environ if base is None else base
         env = {
             name: value

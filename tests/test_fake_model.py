@@ -735,7 +735,7 @@ async def test_acp_adapter_asks_permission_for_bash_and_runs_it_when_allowed(
     model, url = await start_model(nursery, script)
 
     with trio.fail_after(REAL_TIMEOUT):
-        async with acp_session(agent_stack, url, tmp_path, permission=choose("allow")) as (
+        async with acp_session(agent_stack, url, tmp_path, permission=choose("allow-once")) as (
             client,
             session_id,
             work,
@@ -750,7 +750,7 @@ async def test_acp_adapter_asks_permission_for_bash_and_runs_it_when_allowed(
     [permission] = client.agent_requests
     assert permission["method"] == "session/request_permission"
     assert permission["params"]["toolCall"]["rawInput"]["command"] == "touch made_by_bash.txt"
-    assert {o["optionId"] for o in permission["params"]["options"]} >= {"allow", "reject"}
+    assert {o["optionId"] for o in permission["params"]["options"]} >= {"allow-once", "reject"}
     statuses = [
         update.get("status")
         for update in client.updates

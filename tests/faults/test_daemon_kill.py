@@ -44,7 +44,7 @@ from anycode_actors.daemon import daemon_id_for
 from anycode_actors.sandboxes.base import SandboxSpec
 from anycode_actors.sandboxes.local import LocalProvider
 from anycode_actors.sandboxes.process import LocalProcess
-from tests.agent_stack import agent_env, requires_agent_stack
+from tests.agent_stack import agent_env, ask_before_acting, requires_agent_stack
 from tests.docker_support import require_or_skip
 from tests.e2e.harness import e2e_config_data, image_or_skip
 from tests.fakes._http import Served, serve_asgi
@@ -559,6 +559,7 @@ async def test_a_restarted_daemon_ends_the_acp_agents_a_killed_one_left_running(
     served: Served = await nursery.start(serve_asgi, ScriptedModel(script()).app)
     home = tmp_path / "home"
     home.mkdir()
+    ask_before_acting(home)
     sandboxes = tmp_path / "sandboxes"
     data = {
         "telegram": {
