@@ -191,6 +191,39 @@ async def test_non_streaming_answer_is_one_message(nursery: trio.Nursery) -> Non
     assert model.message_requests[0].completed
 
 
+async def test_a_structured_output_request_gets_json_of_its_schema_not_the_script(
+    nursery: trio.Nursery,
+) -> None:
+    """What claude-agent-acp 0.101.0 sends to title a session: the first prompt quoted, and
+    `output_config.format` a JSON schema. The real API answers with JSON that fits it."""
+    script = ModelScript({"greet": [[Text("Hello")]]})
+    model, url = await start_model(nursery, script)
+    schema = {
+        "type": "object",
+        "properties": {"title": {"type": "string"}, "tags": {"type": "array", "minItems": 1}},
+        "required": ["title", "tags"],
+        "additionalProperties": False,
+    }
+    body = request_body(user("<session>\nhi [[greet]]\n</session>"), stream=False)
+    wanted = {"type": "json_schema", "schema": schema}
+    body["output_config"] = {"effort": "medium", "format": wanted}
+
+    async with httpx.AsyncClient(base_url=url, headers=HEADERS) as client:
+        response = await client.post("/v1/messages", json=body)
+        plain = await client.post(
+            "/v1/messages", json=request_body(user("hi [[greet]]"), stream=False)
+        )
+
+    [block] = response.json()["content"]
+    assert json.loads(block["text"]) == {"title": "fake title", "tags": ["fake tags"]}
+    assert response.json()["stop_reason"] == "end_turn"
+    assert plain.json()["content"] == [{"type": "text", "text": "Hello"}]
+    assert [r.last_user.text for r in model.message_requests if r.last_user] == ["hi [[greet]]"]
+    [structured] = model.structured_requests
+    assert structured.scenario is None
+    assert structured.output_schema == schema
+
+
 async def test_count_tokens_root_and_unknown_paths_answer(nursery: trio.Nursery) -> None:
     model, url = await start_model(nursery, ModelScript())
 

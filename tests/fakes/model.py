@@ -27,9 +27,10 @@ Prompts that match no scenario get ``You said: <prompt>``, so follow-up prompts 
 
 A request for structured output (`output_config.format` of type json_schema, or the older
 top-level `output_format`) is answered, as the real API does, with one text block of JSON that
-fits the schema, and never by the script: Claude Code 2.1.3xx asks that way for a title of each
-new session, with the user's first prompt quoted inside, while the turn itself runs. Such requests
-are in `requests` and `structured_requests`, not in `message_requests` (the conversation).
+fits the schema, and never by the script: Claude Code 2.1.332 under claude-agent-acp 0.101.0 asks
+that way for a title of each new session (the adapter's session-titles module), with the user's
+first prompt quoted inside, while the turn itself runs. Such requests are in `requests` and
+`structured_requests`, not in `message_requests` (the conversation).
 
 The turn is derived from the conversation itself (the number of assistant messages after the
 prompt), not from server state, so retries and parallel sessions get consistent answers.
