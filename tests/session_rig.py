@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from anycode_actors.actors.flusher import Flusher
+from anycode_actors.actors.publisher import Publisher
 from anycode_actors.actors.session import SessionActor
 from anycode_actors.actors.session_api import SessionClosed
 from anycode_actors.config import Config, config_from_mapping
@@ -53,6 +54,7 @@ async def start(
     agent: FakeAgent,
     config: Config,
     provider: FakeProvider | None = None,
+    publisher: Publisher | None = None,
 ) -> Rig:
     """Start a session actor for `/task fix the login bug` under a supervisor, as the daemon
     does."""
@@ -78,6 +80,7 @@ async def start(
         provider=provider,
         config=config,
         answer_press=client.answer_press,
+        publisher=publisher,
     )
     sessions = Supervisor(name="sessions", registry=Registry())
     await nursery.start(sessions.run)

@@ -156,20 +156,23 @@ def test_pass_env_of_a_variable_also_in_env_is_a_problem() -> None:
     assert problem.message == "OPENAI_API_KEY is also set in env"
 
 
-def test_sandbox_env_is_the_agent_env_plus_the_github_token() -> None:
+def test_sandbox_env_is_the_agent_env_plus_the_github_token_with_agent_token() -> None:
     text = (
         TELEGRAM
-        + "[github]\ntoken = 'ghp_abc'\n[agents.claude-code]\nenv = { ANTHROPIC_API_KEY = 'k' }\n"
+        + "[github]\ntoken = 'ghp_abc'\nagent_token = true\n"
+        + "[agents.claude-code]\nenv = { ANTHROPIC_API_KEY = 'k' }\n"
     )
     config = parse(text)
     assert config.sandbox_env("claude-code") == {
         "ANTHROPIC_API_KEY": "k",
         "GITHUB_TOKEN": "ghp_abc",
     }
+    without = parse(text.replace("agent_token = true", "agent_token = false"))
+    assert without.sandbox_env("claude-code") == {"ANTHROPIC_API_KEY": "k"}
 
 
 def test_an_agents_own_github_token_wins_over_the_github_section() -> None:
-    text = TELEGRAM + "[github]\ntoken = 'ghp_global'\n"
+    text = TELEGRAM + "[github]\ntoken = 'ghp_global'\nagent_token = true\n"
     text += "[agents.claude-code]\nenv = { GITHUB_TOKEN = 'ghp_own' }\n"
     assert parse(text).sandbox_env("claude-code") == {"GITHUB_TOKEN": "ghp_own"}
 

@@ -96,13 +96,13 @@ def test_rules_name_their_key() -> None:
     assert "each_turn" in auto.message + auto.fix
 
 
-def test_the_agent_token_is_on_by_default_and_off_keeps_the_token_out_of_sandboxes() -> None:
-    on = parse('[github]\ntoken = "ghp_abc"\n')
+def test_the_agent_token_is_off_by_default_and_on_gives_sandboxes_the_token() -> None:
+    default = parse('[github]\ntoken = "ghp_abc"\n')
+    assert default.github is not None and default.github.agent_token is False
+    assert "ghp_abc" not in default.sandbox_env("claude-code").values()
+    on = parse('[github]\ntoken = "ghp_abc"\nagent_token = true\n')
     assert on.github is not None and on.github.agent_token is True
     assert on.sandbox_env("claude-code")["GITHUB_TOKEN"] == "ghp_abc"
-    off = parse('[github]\ntoken = "ghp_abc"\nagent_token = false\n')
-    assert off.github is not None and off.github.agent_token is False
-    assert "GITHUB_TOKEN" not in off.sandbox_env("claude-code")
 
 
 def test_the_section_is_frozen_and_in_the_effective_config() -> None:

@@ -69,7 +69,11 @@ def test_environment_tokens_alone_enable_slack() -> None:
 
 def test_environment_github_token_enables_github() -> None:
     config = parse(TELEGRAM, {"ANYCODE_GITHUB_TOKEN": GITHUB})
-    assert config.sandbox_env("claude-code") == {"GITHUB_TOKEN": GITHUB}
+    assert config.github is not None
+    assert config.github.token.get_secret_value() == GITHUB
+    assert config.sandbox_env("claude-code") == {}  # the daemon's alone: agent_token is false
+    shared = parse(TELEGRAM + "[github]\nagent_token = true\n", {"ANYCODE_GITHUB_TOKEN": GITHUB})
+    assert shared.sandbox_env("claude-code") == {"GITHUB_TOKEN": GITHUB}
 
 
 def test_one_slack_token_in_the_environment_asks_for_the_other() -> None:
@@ -143,10 +147,9 @@ def test_secret_values_are_still_available_on_request() -> None:
     config = parse(FULL)
     assert config.slack is not None
     assert config.slack.app_token.get_secret_value() == SLACK_APP
-    assert config.sandbox_env("claude-code") == {
-        "ANTHROPIC_API_KEY": ANTHROPIC,
-        "GITHUB_TOKEN": GITHUB,
-    }
+    assert config.github is not None
+    assert config.github.token.get_secret_value() == GITHUB
+    assert config.sandbox_env("claude-code") == {"ANTHROPIC_API_KEY": ANTHROPIC}
 
 
 def test_mask_keeps_only_a_public_prefix() -> None:

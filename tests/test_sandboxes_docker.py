@@ -531,6 +531,28 @@ async def test_a_restarted_provider_reattaches_with_the_handle_create_gave(
     await restarted.aclose()
 
 
+async def test_a_seeded_sandbox_works_in_the_repo_folder_but_does_not_clone_it_even_after_a_restart(
+    client: Any, tiny: str, daemon_id: str
+) -> None:
+    config = tiny_config(tiny)
+    first = DockerProvider(config, daemon_id)
+    handle = await first.create(
+        spec(protocol="acp", repo="https://github.com/org/private", seeded=True)
+    )
+    assert handle.workdir == "/workspace/repo"
+    attrs = client.api.inspect_container(handle.id)
+    env = dict(item.split("=", 1) for item in attrs["Config"]["Env"])
+    # No ANYCODE_REPO: the image's entrypoint would clone it (without a credential).
+    assert "ANYCODE_REPO" not in env
+    assert env["ANYCODE_WORKDIR"] == "/workspace/repo"
+    await first.aclose()
+
+    restarted = DockerProvider(config, daemon_id)
+    assert await restarted.reattach(handle.id) == handle
+    await restarted.destroy(handle.id)
+    await restarted.aclose()
+
+
 async def test_reattach_gives_none_for_a_removed_stopped_or_foreign_container(
     client: Any, tiny: str, daemon_id: str
 ) -> None:

@@ -837,6 +837,7 @@ async def test_a_restarted_daemon_reattaches_its_running_task_from_ecs_alone(
     with trio.fail_after(WAIT):
         handle = await first.create(make_spec())
         plain = await first.create(make_spec(repo=None))
+        seeded = await first.create(make_spec(seeded=True))
     moto.set_task_transition({"progression": "manual", "times": FOREVER})
 
     restarted = make_provider(moto, world, daemon_id=daemon_id)
@@ -846,6 +847,12 @@ async def test_a_restarted_daemon_reattaches_its_running_task_from_ecs_alone(
     assert reattached.workdir == "/workspace/repo"
     assert await restarted.reattach(plain.id) == plain
     assert plain.workdir == "/workspace"
+    # A seeded task has no ANYCODE_REPO (its entrypoint would clone it): ANYCODE_WORKDIR says.
+    assert await restarted.reattach(seeded.id) == seeded
+    assert seeded.workdir == "/workspace/repo"
+    seeded_env = environment_of(await describe(moto, world, seeded.id))
+    assert "ANYCODE_REPO" not in seeded_env
+    assert seeded_env["ANYCODE_WORKDIR"] == "/workspace/repo"
     assert await restarted.reattach(handle.id.rsplit("/", 1)[-1]) == handle
 
     # What the task prints is masked as if this instance had created it.
@@ -876,6 +883,7 @@ async def test_a_restarted_daemon_reattaches_its_running_task_from_ecs_alone(
     missing = f"arn:aws:ecs:{REGION}:123456789012:task/{world.cluster}/{uuid.uuid4()}"
     assert await restarted.reattach(missing) is None
     await restarted.destroy(plain.id)
+    await restarted.destroy(seeded.id)
     assert_no_secret(logs.text)
     assert handle.token not in logs.text
 

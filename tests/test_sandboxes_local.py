@@ -401,6 +401,22 @@ async def test_the_repo_is_cloned_into_the_workspace(provider: LocalProvider, re
     await provider.destroy(handle.id)
 
 
+async def test_a_seeded_sandbox_has_an_empty_repo_folder_to_work_in_and_clones_nothing(
+    provider: LocalProvider, repo: Path
+) -> None:
+    handle = await provider.create(spec(repo=str(repo), seeded=True))
+    workdir = Path(handle.workdir)
+    assert workdir == Path(handle.id) / "workspace" / "repo"
+    assert os.listdir(workdir) == []  # the daemon copies the repository in
+    state = Path(handle.id) / "workspace" / ".anycode"
+    assert (state / "clone-status").read_text() == "skipped\n"
+    status = await run(provider, handle, ["sh", "-c", 'echo "${ANYCODE_REPO-unset}"; pwd'])
+    assert status.split() == ["unset", str(workdir)]
+    metadata = json.loads((Path(handle.id) / "sandbox.json").read_text())
+    assert metadata["workdir"] == str(workdir)
+    await provider.destroy(handle.id)
+
+
 async def test_a_failed_clone_is_recorded_without_credentials_and_is_not_fatal(
     provider: LocalProvider,
 ) -> None:

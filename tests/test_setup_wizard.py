@@ -175,7 +175,9 @@ def test_telegram_docker_setup_writes_a_private_config_the_loader_accepts(
     assert config.agents.default_agent == "codex"
     assert config.agent("claude-code").env_values() == {"ANTHROPIC_API_KEY": ANTHROPIC}
     assert config.agent("codex").pass_env == ("OPENAI_API_KEY",)
-    assert config.sandbox_env("codex") == {"OPENAI_API_KEY": OPENAI, "GITHUB_TOKEN": GITHUB}
+    # The GitHub token is the daemon's: sandboxes get it only with agent_token = true.
+    assert config.github is not None and config.github.token.get_secret_value() == GITHUB
+    assert config.sandbox_env("codex") == {"OPENAI_API_KEY": OPENAI}
     session = config.session
     assert (session.max_concurrent, session.timeout_minutes) == (3, 45)
     assert (session.debounce_ms, session.idle_minutes) == (500, 0.5)

@@ -3,8 +3,9 @@ never sees.
 
 A task whose prompt names a repository gets a publisher. `prepare` asks the forge about the
 repository (its default branch, whether the token may push), fetches the daemon's mirror and
-makes the session's clone on `<branch_prefix><short id>` from the default branch. `publish`
-then, after a turn:
+makes the session's clone on `<branch_prefix><short id>` from the default branch; `seed` copies
+that clone into the sandbox, which never clones the repository itself (so a private repository
+needs no token in the sandbox). `publish` then, after a turn:
 1. commits what the agent left in the sandbox's repository (hooks off, author the chat user,
    committer the bot) and bundles the commits the default branch lacks (anycode_actors.git);
 2. reads the bundle out through the provider and imports it into the daemon's clone;
@@ -19,6 +20,7 @@ card, and the patch is attached all the same: the work is never lost, and `/pr` 
 from __future__ import annotations
 
 import logging
+import posixpath
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -50,14 +52,21 @@ from anycode_actors.git import (
     push_branch,
 )
 from anycode_actors.git.forges import Forge, ForgeError, PullRequest
-from anycode_actors.git.repo import NO_NEW_COMMITS
+from anycode_actors.git.repo import NO_NEW_COMMITS, seed_bundle, seed_command
 from anycode_actors.git.repo import Forge as RepoForge
-from anycode_actors.sandboxes.base import SandboxHandle, SandboxProvider
+from anycode_actors.sandboxes.base import (
+    REPO_WORKDIR,
+    WORKSPACE,
+    SandboxHandle,
+    SandboxProvider,
+)
 
 log = logging.getLogger(__name__)
 
-REPO_DIR: Final = "/workspace/repo"
-"""Where the sandbox's entrypoint clones the task's repository."""
+REPO_DIR: Final = REPO_WORKDIR
+"""Where the task's repository is in the sandbox (`seed` copies it there)."""
+SEED_DIR: Final = ".anycode"
+"""Where, below the sandbox's /workspace, `seed` writes the bundle it clones from."""
 BUNDLE_DIR: Final = "/tmp/anycode-git"
 """Where the sandbox writes the bundle the daemon reads out; outside the repository."""
 BOT: Final = "anycode"
@@ -149,6 +158,62 @@ class Publisher:
             self.problem = f"{self.repo} did not answer within {self._within:g} s"
         finally:
             self.ready.set()
+
+    async def seed(self, provider: SandboxProvider, handle: SandboxHandle) -> None:
+        """Copy the daemon's clone into the sandbox (made with `SandboxSpec.seeded`), once
+        `prepare` is done: a bundle of the session branch and the default branch, written in
+        through the provider and cloned into the sandbox's workdir on the session branch, with
+        `origin` the repository's public URL. The sandbox never holds the token, so a private
+        repository is worked on all the same.
+
+        Without a clone (`prepare` failed; the user was told) the workdir is made empty. When
+        the copy fails, `problem` says why and PublishError carries it: the session runs
+        without the repository, in an empty workdir, and nothing is published.
+        """
+        await self.ready.wait()
+        clone = self._clone
+        workdir = handle.workdir
+        if clone is not None:
+            try:
+                with trio.fail_after(self._within):
+                    await self._copy_in(provider, handle, clone)
+                return
+            except AnycodeError as exc:
+                why = str(exc)
+            except trio.TooSlowError:
+                why = f"it took over {self._within:g} s"
+            self._clone = None
+            self.problem = f"{self.repo} could not be copied into the sandbox ({why})"
+            log.warning("%s: %s", self._session_id[:8], self.problem)
+        # An agent whose working folder is missing cannot start: it is made, empty (a failed
+        # `git clone` removes what it had made).
+        try:
+            await _run(
+                provider, handle, SandboxCommand(("mkdir", "-p", "--", workdir), {}, "/"), 30
+            )
+        except (AnycodeError, trio.TooSlowError) as exc:
+            log.warning("%s: %s not made: %r", self._session_id[:8], workdir, exc)
+            if clone is None:
+                raise PublishError(f"the sandbox has no folder {workdir} to work in") from None
+        if clone is not None:
+            raise PublishError(self.problem)
+
+    async def _copy_in(
+        self, provider: SandboxProvider, handle: SandboxHandle, clone: SessionClone
+    ) -> None:
+        workspace, name = posixpath.split(handle.workdir)
+        bundle = f"{SEED_DIR}/seed-{short_id(self._session_id)}.bundle"
+        with tempfile.TemporaryDirectory() as folder:
+            local = Path(folder) / "seed.bundle"
+            await seed_bundle(clone, local, within=self._within)
+            data = await trio.Path(local).read_bytes()
+        await provider.write_file(handle, f"{WORKSPACE}/{bundle}", data)
+        await _run(
+            provider,
+            handle,
+            seed_command(workspace, bundle=bundle, dest=name, clone=clone),
+            self._within,
+        )
 
     async def aclose(self) -> None:
         await self._forge.aclose()

@@ -1,10 +1,11 @@
 """Keeping the credentials a sandbox was given out of what its agent says.
 
-The daemon puts the agent's API key and GITHUB_TOKEN (`Config.sandbox_env`) and sandbox-agent's
-token into every sandbox. An agent that runs `env`, prints a config file or echoes a failing
-`curl` puts them in its output, and from there into the event log and the chat. The session
-actor passes every agent event through an `OutputRedactor` first, which replaces each of those
-exact values by `[redacted]` in every text the event carries.
+The daemon puts the agent's API key (with `[github] agent_token = true` also GITHUB_TOKEN:
+`Config.sandbox_env`) and sandbox-agent's token into every sandbox. An agent that runs `env`,
+prints a config file or echoes a failing `curl` puts them in its output, and from there into the
+event log and the chat. The session actor passes every agent event through an `OutputRedactor`
+first, which replaces each of those exact values by `[redacted]` in every text the event
+carries.
 
 Streamed text (`TextDelta`, `ThoughtDelta`) arrives in pieces of a few characters, and a secret
 may be split over two or more of them. The redactor holds the newest piece back while its end

@@ -397,6 +397,8 @@ class SessionActor(Actor[SessionInbox]):
             protocol=self._config.sandbox.protocol,
             env=self._config.sandbox_env(self.session.agent),
             repo=self.session.repo,
+            # With a publisher the daemon clones the repository and copies it in (`_seed`).
+            seeded=self._publisher is not None,
         )
         with self._start_scope:
             try:
@@ -415,7 +417,21 @@ class SessionActor(Actor[SessionInbox]):
             # Owned from this moment, before the next checkpoint: a cancel that comes now ends
             # the actor without reading `_Started`, and the cleanup must still remove it.
             self._handle = handle
+            if self._publisher is not None:
+                await self._seed(self._publisher, handle)
             await self._outbox.send(_Started(handle))
+
+    async def _seed(self, publisher: Publisher, handle: SandboxHandle) -> None:
+        """Copy the repository into the sandbox before the agent starts in it. A copy that
+        fails is said; the agent starts all the same, in an empty folder."""
+        try:
+            await publisher.seed(self._provider, handle)
+        except (AnycodeError, trio.TooSlowError) as exc:
+            log.warning("session %s: repository not copied: %s", short_id(self._id), exc)
+            what = str(exc) or f"{publisher.repo} could not be copied into the sandbox"
+            await self._flusher.send(
+                Post(f"{what}. The session runs without it, and without pull requests.")
+            )
 
     async def _on_started(self, handle: SandboxHandle, streams: Supervisor) -> None:
         self._handle = handle

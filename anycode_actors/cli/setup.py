@@ -547,7 +547,10 @@ class SetupWizard:
                 self._say(f"! {', '.join(agents)} will run without {variable}.", "yellow")
 
     def _ask_github_token(self) -> None:
-        self._say("GitHub: sandboxes get this token as GITHUB_TOKEN (git clone/push, gh).")
+        self._say(
+            "GitHub: the daemon clones, pushes and opens pull requests with this token; "
+            "sandboxes never see it (unless [github] agent_token = true)."
+        )
         while True:
             token = self._ask("GitHub token (optional; Enter to skip)", password=True)
             if not token:

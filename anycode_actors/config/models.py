@@ -770,16 +770,16 @@ class AgentsConfig(_Section):
 
 
 class GithubConfig(_Section):
-    """`[github]`: the token the daemon pushes and opens pull requests with (`[git]`), and,
-    with `agent_token = true` (the default), also gives every sandbox as GITHUB_TOKEN.
+    """`[github]`: the token the daemon fetches, pushes and opens pull requests with (`[git]`).
 
-    The daemon pushes the agent's work itself, so `agent_token = false` keeps the token out of
-    the sandbox altogether. The default stays true for now because the sandbox clones the
-    task's repository itself, which a private repository needs the token for.
+    The token stays out of the sandboxes by default: the daemon clones a task's repository
+    itself (a private one too), copies it into the sandbox, and pushes the agent's work from
+    its own clone. `agent_token = true` also gives every sandbox the token as GITHUB_TOKEN, for
+    agents that should use `gh` or push themselves; the agent can then read and use it.
     """
 
     token: SecretStr
-    agent_token: StrictBool = True
+    agent_token: StrictBool = False
 
     @field_validator("token")
     @classmethod
@@ -1095,7 +1095,8 @@ class Config(BaseModel):
             ) from None
 
     def sandbox_env(self, agent: str) -> dict[str, str]:
-        """Plain-text credentials to inject into `agent`'s sandbox: its env plus GITHUB_TOKEN.
+        """Plain-text credentials to inject into `agent`'s sandbox: its env, plus GITHUB_TOKEN
+        with `[github] agent_token = true`.
 
         The agent's own GITHUB_TOKEN wins over `[github]`, the more specific setting. The
         provider adds the ANYCODE_* variables itself. Never log the result.

@@ -81,6 +81,8 @@ __all__ = [
     "parse_repo_ref",
     "push_branch",
     "repo_ref_from_prompt",
+    "seed_bundle",
+    "seed_command",
 ]
 
 ForgeKind = Literal["github", "gitlab"]
@@ -680,6 +682,55 @@ def bundle_command(repo_dir: str, *, base_sha: str, out_path: str) -> SandboxCom
         'echo "$2"\n'
     )
     return SandboxCommand(("sh", "-c", script, "sh", base_sha, out_path), {}, repo_dir)
+
+
+# --- into the sandbox: the session clone, without the credential ---------------------------------
+
+
+async def seed_bundle(clone: SessionClone, out: Path, *, within: float = LOCAL_TIMEOUT) -> None:
+    """Write the session branch and the default branch of the daemon's `clone`, with their whole
+    history, into a bundle at `out`: what `seed_command` clones the sandbox's repository from.
+
+    A private repository can then be worked on in a sandbox that never holds the token the
+    daemon fetched it with; a bundle carries objects and refs only, no configuration.
+    """
+    done = await _git(
+        [
+            "bundle",
+            "create",
+            "--quiet",
+            str(out),
+            f"refs/heads/{clone.branch}",
+            f"refs/heads/{clone.base_branch}",
+        ],
+        what="bundle create",
+        cwd=clone.path,
+        within=within,
+    )
+    if done.returncode != 0:
+        raise GitCommandFailed(f"git bundle create failed: {_last_line(done.stderr)}")
+
+
+def seed_command(folder: str, *, bundle: str, dest: str, clone: SessionClone) -> SandboxCommand:
+    """Clone the bundle `seed_bundle` made (at `bundle`, copied into the sandbox) into `dest`
+    on the session branch, then point `origin` at the repository's public URL. The bundle is
+    removed whether that worked or not. Both paths are relative to `folder`, where it runs.
+
+    `origin` carries no credential, like every other part of the sandbox's `.git/config`; the
+    bundle's branches stay as `origin/<branch>` (the default branch included, for a diff).
+    """
+    git = _git_prefix()
+    script = (
+        "set -e\n"
+        "trap 'rm -f -- \"$1\"' EXIT\n"
+        f'{git} clone --quiet --no-tags --branch "$3" -- "$1" "$2"\n'
+        f'{git} -C "$2" remote set-url origin "$4"\n'
+    )
+    return SandboxCommand(
+        ("sh", "-c", script, "sh", bundle, dest, clone.branch, clone.repo.clone_url),
+        {"GIT_TERMINAL_PROMPT": "0"},
+        folder,
+    )
 
 
 # --- back on the daemon: import, push, diff ------------------------------------------------------

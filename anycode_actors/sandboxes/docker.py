@@ -53,6 +53,7 @@ from anycode_actors.sandboxes.base import (
     LABEL_CREATED_AT,
     LABEL_DAEMON,
     LABEL_SESSION,
+    WORKDIR_VARIABLE,
     AgentProcess,
     OutboxListing,
     SandboxError,
@@ -63,6 +64,7 @@ from anycode_actors.sandboxes.base import (
     SandboxUnavailable,
     hard_links,
     new_agent_token,
+    workdir_from_env,
     write_by_exec,
 )
 from anycode_actors.sandboxes.docker_exec import start_exec
@@ -104,7 +106,9 @@ REMOVE_RETRY_MAX: Final = 4.0
 PORT_ATTEMPTS: Final = 5
 _PORT_TAKEN_MARKERS: Final = ("port is already allocated", "address already in use")
 #: The daemon's own variables in a container's environment that are no credentials.
-_PLAIN_VARIABLES: Final = frozenset({"ANYCODE_AGENT", "ANYCODE_PROTOCOL", "ANYCODE_REPO"})
+_PLAIN_VARIABLES: Final = frozenset(
+    {"ANYCODE_AGENT", "ANYCODE_PROTOCOL", "ANYCODE_REPO", WORKDIR_VARIABLE}
+)
 #: Go's os.FileMode bits, as the engine reports a path's mode for `get_archive`.
 _GO_MODE_DIR: Final = 1 << 31
 _GO_MODE_SYMLINK: Final = 1 << 27
@@ -462,7 +466,7 @@ class DockerProvider:
             provider=self.name,
             endpoint=endpoint,
             token=token,
-            workdir="/workspace/repo" if env.get("ANYCODE_REPO") else "/workspace",
+            workdir=workdir_from_env(env),
         )
 
     async def read_files(
@@ -605,7 +609,7 @@ class DockerProvider:
             provider=self.name,
             endpoint=f"http://{LOOPBACK}:{host_port}" if host_port is not None else None,
             token=token,
-            workdir="/workspace/repo" if spec.repo else "/workspace",
+            workdir=spec.workdir,
         )
 
     def _host_config(self, publish: bool, port: int | None) -> dict[str, Any]:
@@ -815,8 +819,10 @@ def _environment(spec: SandboxSpec, token: str) -> dict[str, str]:
     env = dict(spec.env)
     env["ANYCODE_AGENT"] = spec.agent
     env["ANYCODE_PROTOCOL"] = spec.protocol
-    if spec.repo:
-        env["ANYCODE_REPO"] = spec.repo
+    if spec.clone_repo:
+        env["ANYCODE_REPO"] = spec.clone_repo
+    if spec.seeded:
+        env[WORKDIR_VARIABLE] = spec.workdir
     if token:
         env["ANYCODE_AGENT_TOKEN"] = token
     return env

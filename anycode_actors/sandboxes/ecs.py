@@ -65,6 +65,7 @@ from anycode_actors.sandboxes.base import (
     LABEL_CREATED_AT,
     LABEL_DAEMON,
     LABEL_SESSION,
+    WORKDIR_VARIABLE,
     AgentProcess,
     OutboxListing,
     SandboxError,
@@ -72,6 +73,7 @@ from anycode_actors.sandboxes.base import (
     SandboxInfo,
     SandboxSpec,
     new_agent_token,
+    workdir_from_env,
 )
 
 __all__ = [
@@ -126,7 +128,7 @@ DEFAULT_CLIENT_CONFIG: Final = BotocoreConfig(
 _STARTED_BY_INVALID: Final = re.compile(r"[^A-Za-z0-9_/-]")
 # The daemon's own variables in a task's environment that are no credentials (masked otherwise).
 _PLAIN_VARIABLES: Final = frozenset(
-    {"ANYCODE_AGENT", "ANYCODE_PROTOCOL", "ANYCODE_AGENT_PORT", "ANYCODE_REPO"}
+    {"ANYCODE_AGENT", "ANYCODE_PROTOCOL", "ANYCODE_AGENT_PORT", "ANYCODE_REPO", WORKDIR_VARIABLE}
 )
 
 
@@ -377,7 +379,7 @@ class EcsProvider:
             provider=self.name,
             endpoint=endpoint,
             token=token,
-            workdir="/workspace/repo" if env.get("ANYCODE_REPO") else "/workspace",
+            workdir=workdir_from_env(env),
         )
 
     async def read_files(
@@ -435,7 +437,7 @@ class EcsProvider:
             provider=self.name,
             endpoint=endpoint,
             token=token,
-            workdir="/workspace/repo" if spec.repo else "/workspace",
+            workdir=spec.workdir,
         )
 
     def _run_task_request(
@@ -449,8 +451,10 @@ class EcsProvider:
             ANYCODE_AGENT_TOKEN=token,
             ANYCODE_AGENT_PORT=str(self._config.container_port),
         )
-        if spec.repo:
-            env["ANYCODE_REPO"] = spec.repo
+        if spec.clone_repo:
+            env["ANYCODE_REPO"] = spec.clone_repo
+        if spec.seeded:
+            env[WORKDIR_VARIABLE] = spec.workdir
         request: dict[str, Any] = {
             "cluster": self._config.cluster,
             "taskDefinition": task_definition,

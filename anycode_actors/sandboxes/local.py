@@ -12,7 +12,8 @@ Layout, under `<local.workdir>/<daemon id>/<session>-<random>/` (the sandbox id 
                             (mode 0600: the token is this sandbox's own secret; no credentials)
     server.log              sandbox-agent's stdout and stderr (what `logs` shows)
     workspace/              the agent's working folder, like /workspace in the image
-    workspace/repo/         the clone of `spec.repo`, when there is one
+    workspace/repo/         the clone of `spec.repo`, when there is one; empty for the daemon to
+                            fill when `spec.seeded`
     workspace/.anycode/     clone-status (ok | failed | skipped) and clone-failed, as the image's
                             entrypoint writes them
 
@@ -237,10 +238,13 @@ class LocalProvider:
             env = {**self._base_env, **spec.env}
             env["ANYCODE_AGENT"] = spec.agent
             env["ANYCODE_PROTOCOL"] = spec.protocol
-            if spec.repo:
-                env["ANYCODE_REPO"] = spec.repo
+            if spec.clone_repo:
+                env["ANYCODE_REPO"] = spec.clone_repo
             hidden = secret_values(spec.env.values())
-            env.update(await self._clone(spec.repo, workspace, env, hidden))
+            env.update(await self._clone(spec.clone_repo, workspace, env, hidden))
+            if spec.seeded:
+                # The daemon copies the repository in after `create`; the agent works there.
+                await trio.to_thread.run_sync(lambda: (workspace / "repo").mkdir(exist_ok=True))
             workdir = workspace / "repo" if (workspace / "repo").is_dir() else workspace
             metadata["workdir"] = str(workdir)
             await trio.to_thread.run_sync(_write_metadata, folder, metadata)

@@ -1,9 +1,11 @@
 """Send a task, get a pull request: the real Docker sandbox, Claude Code and the scripted model, a
-real git server (git's http-backend, Basic auth required to push) and the GitHub stand-in.
+real git server (git's http-backend, Basic auth required to fetch the private repository and to
+push) and the GitHub stand-in.
 
-The sandbox clones the repository anonymously; the daemon commits what the agent wrote inside
-the sandbox, takes the commits out as a bundle, pushes them from its own clone with the token
-(which the git server checks) and opens the pull request on the stand-in."""
+The daemon clones the repository with the token (which the git server checks) and copies it into
+the sandbox as a bundle, so the sandbox never holds the token; after each turn it commits what
+the agent wrote inside the sandbox, takes the commits out as a bundle, pushes them from its own
+clone and opens the pull request on the stand-in."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from anycode_actors.config import config_from_mapping
 from anycode_actors.daemon import Daemon
 from tests.e2e.harness import _docker_and_gateway, _running_daemon, e2e_config_data
 from tests.fakes._http import serve_asgi
-from tests.fakes.git_server import GitServer
+from tests.fakes.git_server import GitServer, basic_auth_header
 from tests.fakes.github import FakeGitHub
 from tests.fakes.model import ModelScript, ScriptedModel, Text, Write
 from tests.fakes.telegram import FakeTelegram, MessageView, User
@@ -55,13 +57,28 @@ class PrWorld:
     telegram: FakeTelegram
     github: FakeGitHub
     git: GitServer
+    docker: Any
+
+    def container(self) -> Any:
+        """The one sandbox container of this world's daemon."""
+        (container,) = self.docker.containers.list(
+            filters={"label": f"anycode.daemon={self.daemon.daemon_id}"}
+        )
+        return container
+
+    def in_container(self, *argv: str) -> str:
+        """What `argv` prints in the sandbox (as its own user); it must succeed."""
+        code, output = self.container().exec_run(list(argv))
+        text = output.decode("utf-8", "replace")
+        assert code == 0, text
+        return text
 
 
 @asynccontextmanager
 async def pr_world(
     nursery: trio.Nursery, tmp: Path, git_settings: dict[str, Any] | None = None, **session: Any
 ) -> AsyncIterator[PrWorld]:
-    _, gateway = await _docker_and_gateway()
+    docker, gateway = await _docker_and_gateway()
     telegram = FakeTelegram()
     telegram_url = await telegram.start(nursery)
     model = ScriptedModel(script())
@@ -69,7 +86,9 @@ async def pr_world(
     git = GitServer(tmp / "git-server", token=TOKEN).start()
     try:
         await trio.to_thread.run_sync(
-            lambda: git.create_repo(REPO, default_branch="trunk", files={"README.md": "# web\n"})
+            lambda: git.create_repo(
+                REPO, default_branch="trunk", files={"README.md": "# web\n"}, private=True
+            )
         )
         github = FakeGitHub()
         api_url = await github.start(nursery)
@@ -86,9 +105,33 @@ async def pr_world(
         }
         config = config_from_mapping(data, environ={}, base_dir=tmp)
         async with _running_daemon(config) as daemon:
-            yield PrWorld(daemon, telegram, github, git)
+            yield PrWorld(daemon, telegram, github, git, docker)
     finally:
         git.stop()
+
+
+def assert_no_token_in_the_sandbox(world: PrWorld, branch: str) -> None:
+    """The sandbox holds the private repository on the session branch, and the token nowhere:
+    not in its environment (as the agent sees it, and as Docker keeps it), not in the
+    repository's configuration, whose `origin` is the plain repository URL."""
+    secrets = (TOKEN, basic_auth_header("x-access-token", TOKEN).partition("Basic ")[2])
+    container = world.container()
+    container.reload()
+    inspected = "\n".join(container.attrs["Config"]["Env"] or [])
+    agent_env = world.in_container("env")
+    config = world.in_container("cat", "/workspace/repo/.git/config")
+    for text in (inspected, agent_env, config):
+        assert not any(secret in text for secret in secrets)
+    assert "GITHUB_TOKEN" not in agent_env and "GH_TOKEN" not in agent_env
+    assert "extraheader" not in config.lower() and "@" not in config
+    origin = world.in_container("git", "-C", "/workspace/repo", "remote", "get-url", "origin")
+    assert origin.strip() == f"{world.git.container_url(REPO)}"
+    head = world.in_container("git", "-C", "/workspace/repo", "rev-parse", "--abbrev-ref", "HEAD")
+    assert head.strip() == branch
+    assert world.in_container("cat", "/workspace/repo/README.md") == "# web\n"
+    assert "hello.txt" in world.in_container("ls", "/workspace/repo")
+    # No bundle is left behind in the workspace.
+    assert "seed" not in world.in_container("ls", "-a", "/workspace/.anycode")
 
 
 def branch_commits(git: GitServer, full_name: str, branch: str) -> list[str] | None:
@@ -162,6 +205,12 @@ async def test_a_task_on_a_repository_ends_in_a_pull_request_updated_by_each_tur
             document = await tg.wait_for_document(ADA.id, f"anycode-{sid.group(1)}.diff")
         assert b"+Hello, world!" in document.content
 
+        # The repository is private: the sandbox got it from the daemon, never the token.
+        assert world.git.is_private(REPO)
+        fetches = world.git.requests_for(REPO, "git-upload-pack")
+        assert fetches and all(r.authenticated for r in fetches if r.status == 200)
+        await trio.to_thread.run_sync(assert_no_token_in_the_sandbox, world, branch)
+
         # A follow-up turn updates the same pull request.
         before = last_id(world)
         tg.inject_message(ADA.id, ADA, "[[more]] and a second file")
@@ -229,6 +278,9 @@ async def test_a_repository_the_forge_does_not_know_is_said_at_once_and_the_task
         await said(world, "Added hello.txt.", told.message_id)
         refused = await said(world, "Not published:", told.message_id)
         assert "acme/missing does not exist" in refused.text
+        # The agent worked in the folder the repository would have been copied into.
+        listing = await trio.to_thread.run_sync(world.in_container, "ls", "-a", "/workspace/repo")
+        assert "hello.txt" in listing.split() and ".git" not in listing.split()
 
 
 async def test_on_end_publishes_once_when_the_session_completes_and_off_never(
