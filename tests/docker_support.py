@@ -17,6 +17,9 @@ from typing import Any
 import pytest
 
 TINY_IMAGE = "anycode-test-tiny:latest"
+SANDBOX_IMAGE = os.environ.get("ANYCODE_TEST_IMAGE", "anycode-sandbox:latest")
+"""The sandbox image (docker/Dockerfile.agent) the tests run: `IMAGE=anycode-sandbox:next bash
+docker/build-image.sh` builds another tag, `ANYCODE_TEST_IMAGE=anycode-sandbox:next` tests it."""
 _TINY_SOURCE = Path(__file__).parent / "docker_tiny" / "tiny.c"
 
 

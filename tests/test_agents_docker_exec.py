@@ -4,7 +4,7 @@ The byte stream (stdin in, demultiplexed stdout and stderr out, exit codes, clos
 real Claude ACP adapter inside a sandbox container, driven over stdio ACP through the exec socket
 against the scripted model (bound on the Docker bridge so the container can reach it).
 
-Locally these skip without an engine or without anycode-sandbox:latest (docker/build-image.sh);
+Locally these skip without an engine or without the sandbox image (docker/build-image.sh);
 in CI both are required.
 """
 
@@ -37,11 +37,10 @@ from anycode_actors.sandboxes.docker_exec import (
     start_exec,
 )
 from tests.agent_stack import agent_env
-from tests.docker_support import docker_client, require_or_skip
+from tests.docker_support import SANDBOX_IMAGE, docker_client, require_or_skip
 from tests.fakes._http import serve_asgi
 from tests.fakes.model import Bash, ModelScript, ScriptedModel, Text, docker_bridge_gateway
 
-SANDBOX_IMAGE: Final = "anycode-sandbox:latest"
 BOUND: Final = 120.0
 SECRET: Final = "sk-ant-exec-" + "c0ffee" * 6
 
@@ -220,6 +219,25 @@ async def test_stdio_acp_through_docker_exec_drives_the_agent_in_the_sandbox(
     ]
     assert any(isinstance(e, ToolCall) and e.status == "completed" for e in events)
     assert [e.stop_reason for e in events if isinstance(e, TurnEnded)] == ["end_turn", "end_turn"]
+    # The image's managed settings make Claude Code ask (claude-agent-acp's own default mode,
+    # "auto", would have run the command without a request).
+    assert len([e for e in events if isinstance(e, PermissionRequested)]) == 1
+
+
+@pytest.mark.docker
+def test_git_in_the_image_ignores_the_rules_allow_for_this_session_writes(
+    client: Any, container: Any
+) -> None:
+    """claude-agent-acp's "allow always" writes <cwd>/.claude/settings.local.json; the daemon
+    commits with `git add -A`, so the image's git must leave that file out."""
+    script = (
+        'set -e; cd "$(mktemp -d)"; git init -q; mkdir .claude; '
+        "echo '{}' > .claude/settings.local.json; echo '{}' > .claude/settings.json; "
+        "git status --porcelain --untracked-files=all"
+    )
+    result = client.containers.get(container.id).exec_run(["sh", "-c", script])
+    assert result.exit_code == 0, result.output
+    assert result.output.decode().splitlines() == ["?? .claude/settings.json"]
 
 
 @pytest.mark.docker

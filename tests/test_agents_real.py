@@ -1,7 +1,8 @@
 """The agent protocols against the real agent stack: no mock of any agent.
 
-sandbox-agent 0.4.2, Claude Code 2.1.197, claude-agent-acp 0.23.1 and acpx 0.1.15 (installed from
-npm by tests/agent_stack.py) run as local processes against the scripted model
+sandbox-agent, Claude Code, claude-agent-acp and acpx at the versions of
+anycode_actors/agents/stack.txt (installed from npm by tests/agent_stack.py) run as local
+processes against the scripted model
 (tests/fakes/model.py), offline. The same scenarios run through sandbox-agent (HTTP + SSE) and
 through stdio ACP; acpx runs them under its permission policies. A TCP proxy cuts sandbox-agent's
 event stream mid-turn to prove that no delta is lost or repeated.
@@ -76,7 +77,14 @@ SCRIPT.add(
     [Text("done")],
 )
 SCRIPT.add("reject", [Bash("touch rejected.txt")], [Text("understood")])
-SCRIPT.add("always", [Bash("touch first.txt")], [Bash("touch second.txt")], [Text("both done")])
+# Claude Code offers "allow always" only with a rule it proposes for the command ("git init *");
+# for `touch` it proposes none, and claude-agent-acp then offers allow once and reject only.
+SCRIPT.add(
+    "always",
+    [Bash("git init -q first")],
+    [Bash("git init -q second")],
+    [Text("both done")],
+)
 SCRIPT.add("pending", [Text("About to run."), Bash("touch never.txt")], [Text("never")])
 SCRIPT.add("slow", [Text("first "), Delay(60), Text("never")])
 SCRIPT.add("drip", [step for word in DRIP_WORDS for step in (Text(word), Delay(0.05))])
@@ -252,7 +260,7 @@ async def test_a_prompt_streams_its_text_deltas_in_order(rig: Rig, transport: st
             info = await client.initialize()
             session = await client.new_session(str(rig.work))
             events = await run_turn(session, "[[hello]]")
-    assert info.agent_name == "@zed-industries/claude-agent-acp"
+    assert info.agent_name == "@agentclientprotocol/claude-agent-acp"
     assert texts(events) == ["Hello ", "from ", "the agent"]
     assert events[-1] == TurnEnded(
         seq=events[-1].seq, cursor=events[-1].cursor, stop_reason="end_turn"
@@ -276,7 +284,7 @@ async def test_an_allowed_bash_call_runs_the_command(rig: Rig, transport: str) -
     assert (rig.work / "allowed.txt").exists()
     [requested] = of(PermissionRequested, events)
     assert requested.input_summary == "touch allowed.txt"
-    assert {o.kind for o in requested.options} >= {"allow_once", "allow_always", "reject_once"}
+    assert {o.kind for o in requested.options} >= {"allow_once", "reject_once"}
     [resolved] = of(PermissionResolved, events)
     assert (resolved.key, resolved.outcome, resolved.option_kind, resolved.by) == (
         requested.key,
@@ -318,8 +326,8 @@ async def test_allow_always_is_offered_and_holds_for_the_session(rig: Rig, trans
             await client.initialize()
             session = await client.new_session(str(rig.work))
             events = await run_turn(session, "[[always]]", choose(session, "allow_always"))
-    assert (rig.work / "first.txt").exists()
-    assert (rig.work / "second.txt").exists()
+    assert (rig.work / "first" / ".git").is_dir()
+    assert (rig.work / "second" / ".git").is_dir()
     assert len(of(PermissionRequested, events)) == 1  # the second command was not asked about
     assert of(PermissionResolved, events)[0].option_kind == "allow_always"
     assert texts(events) == ["both done"]
@@ -393,12 +401,6 @@ async def test_cancel_mid_text_ends_the_turn(rig: Rig, transport: str) -> None:
     assert not request.completed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="claude-agent-acp 0.23.1: the first prompt after a cancel is answered at once from a "
-    "stale result of the cancelled run (its log: 'consuming background task result'), and its "
-    "own answer arrives in the next turn",
-)
 async def test_the_first_prompt_after_a_cancel_gets_its_own_answer(rig: Rig) -> None:
     with trio.fail_after(REAL_BOUND):
         async with acp_client(rig, "stdio") as client:

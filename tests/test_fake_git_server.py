@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.docker_support import docker_client, require_or_skip
+from tests.docker_support import SANDBOX_IMAGE, docker_client, require_or_skip
 from tests.fakes.git_server import RECEIVE, UPLOAD, GitServer, basic_auth_header, git
 
 USER = "x-access-token"
@@ -218,9 +218,6 @@ def test_concurrent_clones_are_served(server: GitServer, tmp_path: Path) -> None
 
     with ThreadPoolExecutor(max_workers=6) as pool:
         assert list(pool.map(clone, range(6))) == [20] * 6
-
-
-SANDBOX_IMAGE = "anycode-sandbox:latest"
 
 
 @pytest.mark.docker

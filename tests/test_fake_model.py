@@ -191,6 +191,39 @@ async def test_non_streaming_answer_is_one_message(nursery: trio.Nursery) -> Non
     assert model.message_requests[0].completed
 
 
+async def test_a_structured_output_request_gets_json_of_its_schema_not_the_script(
+    nursery: trio.Nursery,
+) -> None:
+    """What claude-agent-acp 0.101.0 sends to title a session: the first prompt quoted, and
+    `output_config.format` a JSON schema. The real API answers with JSON that fits it."""
+    script = ModelScript({"greet": [[Text("Hello")]]})
+    model, url = await start_model(nursery, script)
+    schema = {
+        "type": "object",
+        "properties": {"title": {"type": "string"}, "tags": {"type": "array", "minItems": 1}},
+        "required": ["title", "tags"],
+        "additionalProperties": False,
+    }
+    body = request_body(user("<session>\nhi [[greet]]\n</session>"), stream=False)
+    wanted = {"type": "json_schema", "schema": schema}
+    body["output_config"] = {"effort": "medium", "format": wanted}
+
+    async with httpx.AsyncClient(base_url=url, headers=HEADERS) as client:
+        response = await client.post("/v1/messages", json=body)
+        plain = await client.post(
+            "/v1/messages", json=request_body(user("hi [[greet]]"), stream=False)
+        )
+
+    [block] = response.json()["content"]
+    assert json.loads(block["text"]) == {"title": "fake title", "tags": ["fake tags"]}
+    assert response.json()["stop_reason"] == "end_turn"
+    assert plain.json()["content"] == [{"type": "text", "text": "Hello"}]
+    assert [r.last_user.text for r in model.message_requests if r.last_user] == ["hi [[greet]]"]
+    [structured] = model.structured_requests
+    assert structured.scenario is None
+    assert structured.output_schema == schema
+
+
 async def test_count_tokens_root_and_unknown_paths_answer(nursery: trio.Nursery) -> None:
     model, url = await start_model(nursery, ModelScript())
 
@@ -735,7 +768,7 @@ async def test_acp_adapter_asks_permission_for_bash_and_runs_it_when_allowed(
     model, url = await start_model(nursery, script)
 
     with trio.fail_after(REAL_TIMEOUT):
-        async with acp_session(agent_stack, url, tmp_path, permission=choose("allow")) as (
+        async with acp_session(agent_stack, url, tmp_path, permission=choose("allow-once")) as (
             client,
             session_id,
             work,
@@ -750,7 +783,7 @@ async def test_acp_adapter_asks_permission_for_bash_and_runs_it_when_allowed(
     [permission] = client.agent_requests
     assert permission["method"] == "session/request_permission"
     assert permission["params"]["toolCall"]["rawInput"]["command"] == "touch made_by_bash.txt"
-    assert {o["optionId"] for o in permission["params"]["options"]} >= {"allow", "reject"}
+    assert {o["optionId"] for o in permission["params"]["options"]} >= {"allow-once", "reject"}
     statuses = [
         update.get("status")
         for update in client.updates

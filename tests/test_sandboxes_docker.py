@@ -1,7 +1,7 @@
 """The Docker provider against a real engine: ports, hardening, cancellation, cleanup, secrets.
 
 Most tests use the tiny image (tests/docker_support.py), where "healthy" means the container
-runs. The real sandbox image (anycode-sandbox:latest, docker/build-image.sh) is used to check
+runs. The real sandbox image (SANDBOX_IMAGE of tests/docker_support.py) is used to check
 that sandbox-agent answers on the published port with its token, and by the benchmark:
 
     pytest tests/test_sandboxes_docker.py -m bench -s
@@ -45,11 +45,15 @@ from anycode_actors.sandboxes.docker import (
     DockerProvider,
 )
 from anycode_actors.sandboxes.ports import port_is_free
-from tests.docker_support import docker_client, ensure_tiny_image, require_or_skip
+from tests.docker_support import (
+    SANDBOX_IMAGE,
+    docker_client,
+    ensure_tiny_image,
+    require_or_skip,
+)
 
 pytestmark = pytest.mark.docker
 
-SANDBOX_IMAGE = "anycode-sandbox:latest"
 SECRET = "sk-ant-test-" + "s3cr3t" * 6
 CAPS = ("CHOWN", "SETUID", "SETGID")
 HEALTH_TIMEOUT = 60.0

@@ -4,7 +4,10 @@ sends read from the SSE stream on the same path.
 How sandbox-agent behaves (observed with 0.4.2, and in its source) and what this does about it:
 
 - The first POST, with `?agent=<id>`, spawns the agent's ACP adapter; the SSE stream exists only
-  from then on (404 before). So the stream opens after the first POST is answered.
+  from then on (404 before). So the stream is opened once that POST is on its way, again after a
+  short wait while it answers 404, and not only once the POST is answered: an adapter that dies
+  before it answers `initialize` (claude-agent-acp 0.101.0 under a 64 MiB memory limit) leaves
+  that POST unanswered, and only the stream says so (`_adapter/agent_exited`).
 - Every line the adapter prints goes into a ring buffer (1024 entries) and out on the stream with
   an increasing integer id, answers to our requests included, in the order the adapter printed
   them. This transport therefore takes *everything* from the stream, answers too, and ignores the
@@ -78,6 +81,8 @@ SSE_READ_TIMEOUT: Final = 60.0
 #: Seconds for a POST that sandbox-agent answers at once (202 for notifications and replies).
 POST_TIMEOUT: Final = 30.0
 #: Bound on a request POST; the server answers (or gives up with 504) within its own 120 s.
+#: Seconds between attempts to open the stream of a server that the first POST is creating.
+STREAM_CREATE_RETRY: Final = 0.1
 REQUEST_POST_TIMEOUT: Final = 300.0
 #: Attempts for a POST whose connection could not be made (it never reached the server).
 POST_ATTEMPTS: Final = 4
@@ -128,6 +133,10 @@ class StreamStats:
 
 class _Resume(Exception):
     """Resume the stream at once (a gap to refetch)."""
+
+
+class _NotCreatedYet(Exception):
+    """The stream answered 404 while the first POST is still creating the server."""
 
 
 class _StreamFailed(Exception):
@@ -229,8 +238,11 @@ class SandboxAgentTransport:
         # must not be silently recreated (its event ids would start again at 1).
         self._bootstrap_agent = None if attach else agent
         self._instance_ready = trio.Event()
+        # Set when the first POST (which creates the server) goes out: the stream may open.
+        self._first_sent = trio.Event()
         if attach:
             self._instance_ready.set()
+            self._first_sent.set()
         self._last_id = last_event_id
         self._reconnect = reconnect
         self._send_incoming, self._incoming = trio.open_memory_channel[Received](INCOMING_BUFFER)
@@ -303,6 +315,7 @@ class SandboxAgentTransport:
         url = self._path
         if self._bootstrap_agent is not None and not self._instance_ready.is_set():
             url = f"{url}?agent={quote(self._bootstrap_agent, safe='')}"
+        self._first_sent.set()
         last: BaseException | None = None
         for attempt in range(POST_ATTEMPTS):
             if attempt:
@@ -333,7 +346,7 @@ class SandboxAgentTransport:
 
     async def _run_stream(self) -> None:
         with self._send_incoming:
-            await self._instance_ready.wait()
+            await self._first_sent.wait()
             failures = 0
             while True:
                 self._opened = False
@@ -341,6 +354,9 @@ class SandboxAgentTransport:
                     await self._stream_once()
                     reason = "the server ended the stream"
                 except _Resume:
+                    continue
+                except _NotCreatedYet:
+                    await trio.sleep(STREAM_CREATE_RETRY)
                     continue
                 except _StreamFailed as exc:
                     self._end = (
@@ -380,6 +396,9 @@ class SandboxAgentTransport:
         async with self._http.stream(
             "GET", self._path, headers=headers, timeout=timeout
         ) as response:
+            if response.status_code == 404 and not self._instance_ready.is_set():
+                await response.aread()
+                raise _NotCreatedYet
             if response.status_code != 200:
                 await response.aread()
                 error = _status_error(response, self.server_id, "opening the event stream")
@@ -387,6 +406,7 @@ class SandboxAgentTransport:
                     raise _StreamFailed(error)
                 raise httpx.HTTPStatusError(str(error), request=response.request, response=response)
             self._opened = True
+            self._instance_ready.set()
             self.stats.connects += 1
             async for sse in httpx_sse.EventSource(response).aiter_sse():
                 await self._on_event(sse)

@@ -37,7 +37,8 @@ logger = logging.getLogger(__name__)
 #: Seconds to wait for the exit code after stdout ended (the process is closing anyway).
 EXIT_WAIT: Final = 5.0
 #: Seconds a closing agent gets after its stdin closed, before it is terminated (SIGTERM, then
-#: SIGKILL). Short: claude-agent-acp does not exit on end of input while Claude Code runs.
+#: SIGKILL). Short: an agent may not exit on end of input (claude-agent-acp 0.23.1 did not while
+#: Claude Code ran).
 CLOSE_GRACE: Final = 0.5
 READ_CHUNK: Final = 65536
 

@@ -20,6 +20,7 @@ from anycode_actors.cli.check_config import add_check_config
 from anycode_actors.cli.client import add_client_commands
 from anycode_actors.cli.common import CommandIO, Handler, Subparsers
 from anycode_actors.cli.demo import add_demo
+from anycode_actors.cli.doctor import add_doctor
 from anycode_actors.cli.run import add_run
 from anycode_actors.cli.setup import add_setup
 from anycode_actors.cli.tree import add_tree
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 _SUBCOMMANDS: Final[tuple[Callable[[Subparsers], None], ...]] = (
     add_check_config,
+    add_doctor,
     add_run,
     add_tree,
     add_demo,

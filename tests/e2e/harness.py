@@ -8,7 +8,6 @@ in the container calls the scripted model over the Docker bridge.
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -20,13 +19,13 @@ import trio
 from anycode_actors.config import Config, config_from_mapping
 from anycode_actors.daemon import Daemon
 from tests.agent_stack import agent_env
-from tests.docker_support import docker_client, require_or_skip
+from tests.docker_support import SANDBOX_IMAGE, docker_client, require_or_skip
 from tests.fakes._http import serve_asgi
 from tests.fakes.model import ModelScript, ScriptedModel, docker_bridge_gateway
 from tests.fakes.slack import FakeSlack
 from tests.fakes.telegram import FakeTelegram
 
-IMAGE = os.environ.get("ANYCODE_TEST_IMAGE", "anycode-sandbox:latest")
+IMAGE = SANDBOX_IMAGE
 # Claude Code's native binary inside the image (see docker/Dockerfile.agent).
 CLAUDE_IN_IMAGE = "/usr/local/bin/claude"
 

@@ -36,7 +36,9 @@ def script() -> ModelScript:
             Text("the file "),
             Delay(1.0),
             Text("now."),
-            Bash("touch made.txt", description="Create it"),
+            # A command Claude Code proposes an "always allow" rule for (`git init *`), so all
+            # three buttons show; for `touch` it proposes none.
+            Bash("git init -q made", description="Create it"),
         ],
         [Delay(0.2), Text("Created ", "made.txt. ", "All done.")],
     )

@@ -25,6 +25,13 @@ past the last turn gets "Done.".
 
 Prompts that match no scenario get ``You said: <prompt>``, so follow-up prompts just work.
 
+A request for structured output (`output_config.format` of type json_schema, or the older
+top-level `output_format`) is answered, as the real API does, with one text block of JSON that
+fits the schema, and never by the script: Claude Code 2.1.332 under claude-agent-acp 0.101.0 asks
+that way for a title of each new session (the adapter's session-titles module), with the user's
+first prompt quoted inside, while the turn itself runs. Such requests are in `requests` and
+`structured_requests`, not in `message_requests` (the conversation).
+
 The turn is derived from the conversation itself (the number of assistant messages after the
 prompt), not from server state, so retries and parallel sessions get consistent answers.
 
@@ -300,6 +307,20 @@ class RecordedRequest:
         return self.method == "POST" and self.path == "/v1/messages"
 
     @property
+    def output_schema(self) -> dict[str, Any] | None:
+        """The JSON schema the answer must fit, for a structured-output request."""
+        if not isinstance(self.body, dict):
+            return None
+        config = self.body.get("output_config")
+        wanted = config.get("format") if isinstance(config, dict) else None
+        if wanted is None:
+            wanted = self.body.get("output_format")
+        if isinstance(wanted, dict) and wanted.get("type") == "json_schema":
+            schema = wanted.get("schema")
+            return schema if isinstance(schema, dict) else {}
+        return None
+
+    @property
     def streamed(self) -> bool:
         return isinstance(self.body, dict) and bool(self.body.get("stream"))
 
@@ -379,8 +400,22 @@ class ScriptedModel:
 
     @property
     def message_requests(self) -> list[RecordedRequest]:
-        """POST /v1/messages requests only (not HEAD /, count_tokens, …)."""
-        return [request for request in self.requests if request.is_messages]
+        """The conversation: POST /v1/messages requests, but not structured-output ones (a
+        session title) nor HEAD /, count_tokens, …"""
+        return [
+            request
+            for request in self.requests
+            if request.is_messages and request.output_schema is None
+        ]
+
+    @property
+    def structured_requests(self) -> list[RecordedRequest]:
+        """POST /v1/messages requests for structured output (answered with schema-fitting JSON)."""
+        return [
+            request
+            for request in self.requests
+            if request.is_messages and request.output_schema is not None
+        ]
 
     async def wait_for_request(
         self, predicate: Callable[[RecordedRequest], bool] = lambda _r: True
@@ -474,6 +509,9 @@ class ScriptedModel:
 
     def _plan(self, recorded: RecordedRequest) -> tuple[Step, ...]:
         """Pick the steps that answer this request, and note the scenario and turn."""
+        schema = recorded.output_schema
+        if schema is not None:
+            return (Text(json.dumps(schema_example(schema))),)
         messages = recorded.messages
         prompt = last_prompt(messages)
         scenario = self.script.match(prompt.text) if prompt else None
@@ -637,6 +675,39 @@ class ScriptedModel:
         )
         yield _sse({"type": "message_stop"})
         recorded.completed = True
+
+
+def schema_example(schema: Mapping[str, Any], name: str = "value") -> Any:
+    """A value that fits a JSON schema (objects, arrays, enums, const, scalars): what the fake
+    answers a structured-output request with. Strings are `fake <property name>`."""
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    for combinator in ("anyOf", "oneOf", "allOf"):
+        options = schema.get(combinator)
+        if isinstance(options, list) and options and isinstance(options[0], dict):
+            return schema_example(options[0], name)
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object" or "properties" in schema:
+        properties = schema.get("properties") or {}
+        return {
+            key: schema_example(value if isinstance(value, dict) else {}, key)
+            for key, value in properties.items()
+        }
+    if kind == "array":
+        items = schema.get("items")
+        count = int(schema.get("minItems", 0))
+        return [schema_example(items if isinstance(items, dict) else {}, name)] * count
+    if kind in ("integer", "number"):
+        return schema.get("minimum", 0)
+    if kind == "boolean":
+        return False
+    if kind == "null":
+        return None
+    return f"fake {name}"
 
 
 def _delta(index: int, delta: dict[str, Any]) -> bytes:

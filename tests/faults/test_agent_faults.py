@@ -327,7 +327,9 @@ async def test_a_sandbox_too_small_for_the_agent_fails_each_session_at_once(
 ) -> None:
     """`docker.memory = "64m"`, the brief's tiny limit: sandbox-agent and the gate start (about
     35 MB), then the kernel kills the agent (Claude Code and its ACP adapter need about 400 MB)
-    as soon as the first prompt starts it. The container lives on.
+    as soon as the first prompt starts it; claude-agent-acp 0.101.0 is killed while it starts,
+    before it answers `initialize`, and only sandbox-agent's event stream says so. The container
+    lives on.
 
     Measured: the user sees "Session `…` failed: lost the connection to the agent: the agent
     process exited: killed by a signal (a process in it ran out of memory (limit 64 MiB))"

@@ -44,7 +44,7 @@ from anycode_actors.daemon import daemon_id_for
 from anycode_actors.sandboxes.base import SandboxSpec
 from anycode_actors.sandboxes.local import LocalProvider
 from anycode_actors.sandboxes.process import LocalProcess
-from tests.agent_stack import agent_env, requires_agent_stack
+from tests.agent_stack import agent_env, ask_before_acting, requires_agent_stack
 from tests.docker_support import require_or_skip
 from tests.e2e.harness import e2e_config_data, image_or_skip
 from tests.fakes._http import Served, serve_asgi
@@ -544,11 +544,13 @@ async def test_a_restarted_daemon_ends_the_acp_agents_a_killed_one_left_running(
 
     Sessions lost: 0 (ended with a message; a stdio agent cannot be reattached: its pipes died
     with the daemon). Words lost/repeated: none shown were lost, none repeated; the turn never
-    finishes. Leaked: after the kill claude-agent-acp and claude keep running with nobody to
-    end them (waiting for the answer, they write nothing, so no broken pipe stops them, and
-    they do not exit when their stdin closes); the restarted daemon ends them: recovery
-    destroys the session's sandbox, and destroy signals the process groups recorded in its
-    sandbox.json. Without that, both were still running when this test ended. What Ada saw:
+    finishes. Leaked: after the kill claude-agent-acp 0.23.1 and claude kept running with nobody
+    to end them (waiting for the answer, they write nothing, so no broken pipe stops them, and
+    they did not exit when their stdin closed). claude-agent-acp 0.101.0 exits at the end of its
+    input, so the agent here is the adapter under a shell that stays after it, as any agent that
+    ignores the end of its input would; the restarted daemon ends it: recovery destroys the
+    session's sandbox, and destroy signals the process groups recorded in its sandbox.json.
+    Without that, the agent was still running when this test ended. What Ada saw:
     "Let me run it.", the prompt, then "Session `…` failed: its sandbox was gone after the
     daemon restarted." (the folder was there; it could not be reattached); the prompt keeps
     its buttons, and a press answers "Already answered.".
@@ -559,6 +561,7 @@ async def test_a_restarted_daemon_ends_the_acp_agents_a_killed_one_left_running(
     served: Served = await nursery.start(serve_asgi, ScriptedModel(script()).app)
     home = tmp_path / "home"
     home.mkdir()
+    ask_before_acting(home)
     sandboxes = tmp_path / "sandboxes"
     data = {
         "telegram": {
@@ -574,7 +577,8 @@ async def test_a_restarted_daemon_ends_the_acp_agents_a_killed_one_left_running(
         "agents": {
             "default_agent": "claude-code",
             "claude-code": {
-                "acp_command": [str(stack.claude_agent_acp)],
+                # The adapter, and then a process that outlives the end of its input.
+                "acp_command": ["sh", "-c", f"{stack.claude_agent_acp}; exec sleep 600"],
                 "env": agent_env(served.base_url, str(stack.claude), as_root=os.geteuid() == 0),
             },
         },
@@ -594,7 +598,7 @@ async def test_a_restarted_daemon_ends_the_acp_agents_a_killed_one_left_running(
         await trio.sleep(1)  # time enough to exit, for an agent that would
         orphans = await trio.to_thread.run_sync(agent_processes, marker)
         commands = " ".join(command for _, command in orphans)
-        assert "claude-agent-acp" in commands and "--output-format stream-json" in commands
+        assert "claude-agent-acp" in commands or "sleep 600" in commands
 
         await daemon.start()
         notice = await world.wait_for("failed")
