@@ -4,7 +4,7 @@ JSON:
     python -m tests.bench                   # everything (Docker and the sandbox image needed for
                                             # the first two figures; they are skipped without)
     python -m tests.bench --only scale,chat --sessions 200 --json figures.json
-    python -m pytest -m bench -s tests/bench_test.py   # the same, as a test (quick sizes)
+    python -m pytest -m bench -s tests/test_bench_speed.py   # the same, as a test (quick sizes)
 
 1. warm dispatch: `/task` reaching the Telegram stand-in → the prompt reaching the scripted model,
    through a real Docker sandbox, sandbox-agent and Claude Code, taken from a pool of 3; p50 and
