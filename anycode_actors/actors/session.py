@@ -931,10 +931,10 @@ def chat_text(event: StoredEvent) -> str | None:
         return event.text
     if isinstance(event, ToolCall):
         what = event.title or event.tool_name or event.kind or "a tool"
-        if event.phase == "started":
-            return f"\n▸ {what}\n"
+        line = f"\n▸ {what}\n" if event.shows_line else ""
         if event.phase == "completed" and event.status == "failed":
-            return f"✗ {what} failed\n"
+            line += f"✗ {what} failed\n"
+        return line or None
     return None
 
 
