@@ -29,7 +29,7 @@ from typing import Final, Protocol, TypeAlias
 
 import trio
 
-from anycode_actors.agents.acp import Turn
+from anycode_actors.agents.acp import AcpClient, AcpSession, Turn
 from anycode_actors.agents.acpx import AcpxLaunch, Spawn, open_acpx_session
 from anycode_actors.agents.events import AgentEvent, PermissionRequested
 from anycode_actors.agents.sandbox_agent import open_sandbox_agent_client
@@ -37,6 +37,9 @@ from anycode_actors.agents.stdio import open_stdio_client
 from anycode_actors.config import AcpxPermissions, AgentConfig, AgentProtocol
 from anycode_actors.errors import AgentError
 from anycode_actors.sandboxes.base import SandboxHandle
+
+#: Seconds for `session/load`: the agent reads its session back and replays it.
+LOAD_SESSION_TIMEOUT: Final = 120.0
 
 
 class AgentSession(Protocol):
@@ -83,6 +86,12 @@ class Resume:
     cursor: str | None
     turn_running: bool
     permissions: Sequence[PermissionRequested] = ()
+    load: bool = False
+    """The sandbox is a new one into which the agent's own session state was put back (see
+    `anycode_actors.actors.checkpoint`): the agent is started afresh and asked to load the
+    session (ACP `session/load`, https://agentclientprotocol.com/protocol/session-setup
+    #loading-sessions) instead of being reattached. What the agent replays while loading is
+    history the chat has shown already: it is not passed on."""
 
 
 @dataclass(frozen=True)
@@ -121,6 +130,20 @@ class _Target:
         return self.resume.last_seq + 1 if self.resume is not None else 1
 
 
+async def load_session(client: AcpClient, cwd: str, resume: Resume, first_seq: int) -> AcpSession:
+    """Reopen `resume.agent_session_id` in a freshly started agent with `session/load`. The
+    session is registered only once the agent has answered, so the history it replays (as
+    session/update notifications before the answer) finds no session and is dropped. An agent
+    that does not advertise `loadSession` raises AgentError."""
+    assert client.agent is not None
+    if not client.agent.capabilities.get("loadSession"):
+        raise AgentError(f"{client.agent.agent_name} cannot load a session (no loadSession)")
+    params = {"sessionId": resume.agent_session_id, "cwd": cwd, "mcpServers": []}
+    with trio.fail_after(LOAD_SESSION_TIMEOUT):
+        await client.request("session/load", params)
+    return client.attach_session(resume.agent_session_id, first_seq=first_seq)
+
+
 @asynccontextmanager
 async def _open_sandbox_agent(target: _Target) -> AsyncIterator[OpenedSession]:
     handle, resume = target.handle, target.resume
@@ -132,12 +155,16 @@ async def _open_sandbox_agent(target: _Target) -> AsyncIterator[OpenedSession]:
         token=handle.token or None,
         agent=agent_id,
         server_id=sandbox_agent_server_id(target.session_id),
-        attach=resume is not None,
-        last_event_id=resume.cursor if resume else None,
+        attach=resume is not None and not resume.load,
+        last_event_id=resume.cursor if resume and not resume.load else None,
         # The sandbox is destroyed right after: no DELETE, which may never answer.
         delete_on_close=False,
     ) as client:
-        if resume is not None:
+        if resume is not None and resume.load:
+            info = await client.initialize()
+            session = await load_session(client, handle.workdir, resume, target.first_seq)
+            yield OpenedSession(session, session.session_id, info.agent_name, AsksUser())
+        elif resume is not None:
             # Attach at once, before any replayed update can arrive for a session the client
             # does not know yet; the agent behind the server is initialized.
             session = client.attach_session(
@@ -158,7 +185,12 @@ async def _open_stdio(target: _Target) -> AsyncIterator[OpenedSession]:
     process = await target.spawn(target.agent.acp_command)
     async with open_stdio_client(process) as client:
         info = await client.initialize()
-        session = await client.new_session(target.handle.workdir, first_seq=target.first_seq)
+        if target.resume is not None and target.resume.load:
+            session = await load_session(
+                client, target.handle.workdir, target.resume, target.first_seq
+            )
+        else:
+            session = await client.new_session(target.handle.workdir, first_seq=target.first_seq)
         yield OpenedSession(session, session.session_id, info.agent_name, AsksUser())
 
 
@@ -213,6 +245,7 @@ __all__ = [
     "PermissionMode",
     "Resume",
     "acpx_session_name",
+    "load_session",
     "open_session",
     "sandbox_agent_server_id",
 ]
