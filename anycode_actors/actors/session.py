@@ -167,6 +167,8 @@ class _Restoring:
     info: CheckpointInfo
     why: str
     cut_off: int | None
+    reopening: bool = False
+    """The new sandbox is ready and its stream is opening the agent's session."""
 
 
 #: The event-log kind of a restore (a `Raw` event the session writes itself).
@@ -328,6 +330,13 @@ class SessionActor(Actor[SessionInbox]):
         elif isinstance(message, StreamEnded):
             if self._outcome is None and self._restoring is None:
                 await self._on_stream_lost(message.error)
+            elif self._outcome is None and self._restoring and self._restoring.reopening:
+                # The new sandbox's agent did not take the session back.
+                why = message.error or "its event stream ended"
+                self._finish(
+                    SessionStatus.FAILED,
+                    f"{self._restoring.why}; the new sandbox could not reopen it: {why}",
+                )
         elif isinstance(message, FollowUp):
             await self._on_follow_up(message)
         elif isinstance(message, PublishNow):
@@ -768,15 +777,15 @@ class SessionActor(Actor[SessionInbox]):
             await self._outbox.send(_Restored(handle))
 
     def _restore_spec(self) -> SandboxSpec:
-        """The new sandbox: as the first one, but never cloning the repository itself, since
-        the checkpoint brings the workspace back."""
+        """The new sandbox: as the first one (so the agent works in the same folder); the
+        checkpoint then brings the workspace back over what it starts with."""
         return SandboxSpec(
             session_id=self._id,
             agent=self.session.agent,
             protocol=self._config.sandbox.protocol,
             env=self._config.sandbox_env(self.session.agent),
             repo=self.session.repo,
-            seeded=True,
+            seeded=self._publisher is not None,
         )
 
     async def _on_restored(self, handle: SandboxHandle) -> None:
@@ -803,6 +812,7 @@ class SessionActor(Actor[SessionInbox]):
         secrets = [*self._config.sandbox_env(self.session.agent).values(), handle.token]
         self._redactor = OutputRedactor([s for s in secrets if s], last_seq=seq)
         assert self._agent_session_id is not None
+        restoring.reopening = True
         resume = Resume(self._agent_session_id, seq, None, turn_running=False, load=True)
         await self._start_stream(self._streams, handle, resume)
 
