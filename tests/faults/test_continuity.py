@@ -34,6 +34,7 @@ from tests.faults.agent_support import (
     session_record,
     start_task,
 )
+from tests.faults.test_daemon_kill import docker_world, remove_containers
 
 pytestmark = pytest.mark.docker
 
@@ -196,3 +197,52 @@ async def _permission_prompt(world: World, after: int) -> int:
             lambda: next((m for m in bot_messages_after(world, CHAT, after) if m.buttons), None)
         )
     return message.message_id
+
+
+async def test_a_sandbox_removed_while_the_daemon_is_down_is_restored_after_its_restart(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """`anycode run` killed with SIGKILL after turn 1, the container removed, the daemon
+    started again: recovery finds the sandbox gone and the checkpoint there."""
+    async with docker_world(nursery, tmp_path, script(), idle_minutes=2) as world:
+        tg = world.telegram
+        await world.daemon.start()
+        await world.task("[[remember]] note the token")
+        with trio.fail_after(90):
+            prompt = await tg.wait_for(
+                lambda: next((m for m in tg.bot_messages(CHAT) if m.buttons), None)
+            )
+        tg.press(CHAT, ADA, prompt.message_id, "Allow")
+        await world.wait_for(f"The token is {TOKEN}.", within=90)
+        checkpoints = CheckpointStore(tmp_path / "checkpoints")
+        with trio.fail_after(60):
+            while True:
+                if checkpoints.session_ids():
+                    break
+                await trio.sleep(0.1)
+        [old] = await world.containers()
+        await world.daemon.kill()
+        await remove_containers(world.daemon_id)
+        await world.daemon.start()
+        line = await world.wait_for("restored from the end of turn 1", within=120)
+        print(f"\n[continuity] daemon killed, container removed: {line.text}")
+        [new] = await world.containers()
+        assert new != old
+        tg.inject_message(CHAT, ADA, "[[recall]] what was the token?")
+        await world.wait_for("I remember the token.", within=90)
+        done = await trio.run_process(
+            ["docker", "exec", new, "cat", NOTES], capture_stdout=True, check=False
+        )
+        assert (done.returncode, done.stdout.decode().strip()) == (0, TOKEN)
+        assert world.model is not None
+        [request] = [
+            r
+            for r in world.model.message_requests
+            if r.last_user is not None and "[[recall]]" in r.last_user.text
+        ][-1:]
+        history = str(request.messages)
+        assert "[[remember]]" in history and f"The token is {TOKEN}." in history
+        tg.inject_message(CHAT, ADA, "/cancel")
+        await world.wait_for("cancelled", within=30)
+        assert await world.containers_after(30) == []
+        assert await world.daemon.stop() == 0
