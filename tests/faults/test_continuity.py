@@ -13,6 +13,9 @@ from __future__ import annotations
 import gzip
 import re
 import stat
+import statistics
+import uuid
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Final
@@ -21,6 +24,8 @@ import pytest
 import trio
 
 from anycode_actors.actors.checkpoint import CheckpointStore, checkpoint_names
+from anycode_actors.agents import open_session
+from anycode_actors.sandboxes.base import AgentProcess, SandboxSpec
 from tests.e2e.harness import World
 from tests.fakes.model import Bash, Delay, ModelScript, Text, Write
 from tests.fakes.telegram import User
@@ -246,3 +251,73 @@ async def test_a_sandbox_removed_while_the_daemon_is_down_is_restored_after_its_
         await world.wait_for("cancelled", within=30)
         assert await world.containers_after(30) == []
         assert await world.daemon.stop() == 0
+
+
+# --- the figure ---------------------------------------------------------------------------------
+
+BENCH_RUNS: Final = 3
+
+
+async def cold_start(world: World) -> float:
+    """Seconds from creating a sandbox of the same image to an open agent session in it."""
+    provider = world.daemon.provider
+    session_id = uuid.uuid4().hex
+    spec = SandboxSpec(
+        session_id=session_id,
+        agent="claude-code",
+        protocol="sandbox-agent",
+        env=world.config.sandbox_env("claude-code"),
+    )
+    started = trio.current_time()
+    handle = await provider.create(spec)
+    try:
+
+        async def no_spawn(argv: Sequence[str]) -> AgentProcess:
+            raise AssertionError("sandbox-agent starts the agent itself")
+
+        async with open_session(
+            "sandbox-agent",
+            agent=world.config.agent("claude-code"),
+            handle=handle,
+            spawn=no_spawn,
+            session_id=session_id,
+            acpx_permissions=world.config.sandbox.acpx_permissions,
+        ):
+            return trio.current_time() - started
+    finally:
+        await provider.destroy(handle.id)
+
+
+@pytest.mark.bench
+async def test_bench_restore_beside_a_cold_start(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """The restore figure the chat reports (loss noticed → the agent's session reloaded in a
+    new sandbox), and the whole outage as the user sees it (`docker rm -f` → the restore line),
+    beside a cold start of the same image (create → agent session open) in the same run."""
+    restores: list[float] = []
+    outages: list[float] = []
+    colds: list[float] = []
+    async with fault_world(nursery, tmp_path, script(), idle_minutes=2) as world:
+        for _ in range(BENCH_RUNS):
+            colds.append(await cold_start(world))
+        for _ in range(BENCH_RUNS):
+            sid, container, after = await turn_one(world)
+            removed = trio.current_time()
+            await remove(world, container)
+            line = await chat_says(world, CHAT, "restored from the end", after=after, within=120)
+            outages.append(trio.current_time() - removed)
+            found = RESTORED.search(line.text)
+            assert found is not None
+            restores.append(float(found.group(2)))
+            world.telegram.inject_message(CHAT, ADA, f"/cancel {sid}")
+            await chat_says(world, CHAT, f"Session `{sid}` cancelled", after=after, within=30)
+            await world.wait_until_no_containers(within=30)
+
+    def figures(values: list[float]) -> str:
+        runs = ", ".join(f"{value:.2f}" for value in values)
+        return f"median {statistics.median(values):.2f} s (runs: {runs})"
+
+    print(
+        f"\n[bench] restore (reported): {figures(restores)}"
+        f"\n[bench] docker rm -f → restore line: {figures(outages)}"
+        f"\n[bench] cold start, same image: {figures(colds)}"
+    )
