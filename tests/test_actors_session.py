@@ -548,6 +548,31 @@ async def test_a_lost_agent_stream_with_a_dead_sandbox_fails_the_session(
     assert rig.provider.sandboxes == {}  # the stopped sandbox is removed all the same
 
 
+async def test_a_lost_sandbox_of_an_agent_that_cannot_load_sessions_ends_the_session_saying_so(
+    autojump_clock: trio.abc.Clock,
+    nursery: trio.Nursery,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After a turn ended, but the agent said it cannot load a session (`loadSession` false,
+    like the demo agent): no new sandbox is made."""
+    agent = FakeAgent(
+        [[TextDelta(text="Done."), TurnEnded(stop_reason="end_turn")]], can_load=False
+    )
+    rig = await start_session(nursery, store, monkeypatch, agent, idle_minutes=5)
+    await rig.client.wait_for_text("Done.")
+    [sandbox] = rig.provider.alive
+    rig.provider.kill(sandbox)
+    agent.end("connection_lost", "the event stream ended")
+    assert await rig.closed() == SessionClosed(rig.sid, "failed")
+    reason = (
+        "the sandbox stopped unexpectedly; not restored in a new sandbox: fake-agent cannot "
+        "load a session (no loadSession)"
+    )
+    assert await rig.status() == (SessionStatus.FAILED, reason)
+    assert rig.provider.sandboxes == {}
+
+
 async def test_the_last_output_of_a_sandbox_that_died_is_logged_before_it_is_removed(
     autojump_clock: trio.abc.Clock,
     nursery: trio.Nursery,

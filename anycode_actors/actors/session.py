@@ -254,6 +254,7 @@ class SessionActor(Actor[SessionInbox]):
         self._restore_scope = trio.CancelScope()
         self._sink: RetiredSink[SessionInbox] | None = None
         self._agent_session_id = recovered.resume.agent_session_id if recovered else None
+        self._agent_cannot_load = ""  # the agent's name once it said it cannot load a session
         # The stream actor's supervisor, run inside `run` for as long as the session lives.
         self._streams = Supervisor(name="streams", intensity=Intensity(max_restarts=0, period=1.0))
 
@@ -529,6 +530,8 @@ class SessionActor(Actor[SessionInbox]):
     async def _on_stream_ready(self, ready: StreamReady) -> None:
         self._stream_ready = True
         self._agent_session_id = ready.agent_session_id
+        if ready.can_load is False:
+            self._agent_cannot_load = ready.agent_name
         await self._store.set_agent_session_id(self._id, ready.agent_session_id)
         if self._restoring is not None:
             await self._on_reopened(self._restoring)
@@ -722,6 +725,8 @@ class SessionActor(Actor[SessionInbox]):
         )
         if not cannot and self._agent_session_id is None:
             cannot = "the agent's session was never opened"
+        if not cannot and self._agent_cannot_load:
+            cannot = f"{self._agent_cannot_load} cannot load a session (no loadSession)"
         if cannot:
             return cannot
         found = await self._continuity.last()

@@ -102,6 +102,9 @@ class OpenedSession:
     agent_session_id: str
     agent_name: str
     permissions: PermissionMode
+    can_load: bool | None = None
+    """Whether the agent can load this session in a new sandbox (ACP `loadSession`); None when
+    the connection did not learn it (a reattached session)."""
 
 
 def sandbox_agent_server_id(session_id: str) -> str:
@@ -163,7 +166,7 @@ async def _open_sandbox_agent(target: _Target) -> AsyncIterator[OpenedSession]:
         if resume is not None and resume.load:
             info = await client.initialize()
             session = await load_session(client, handle.workdir, resume, target.first_seq)
-            yield OpenedSession(session, session.session_id, info.agent_name, AsksUser())
+            yield OpenedSession(session, session.session_id, info.agent_name, AsksUser(), True)
         elif resume is not None:
             # Attach at once, before any replayed update can arrive for a session the client
             # does not know yet; the agent behind the server is initialized.
@@ -177,7 +180,8 @@ async def _open_sandbox_agent(target: _Target) -> AsyncIterator[OpenedSession]:
         else:
             info = await client.initialize()
             session = await client.new_session(handle.workdir, first_seq=target.first_seq)
-            yield OpenedSession(session, session.session_id, info.agent_name, AsksUser())
+            can_load = bool(info.capabilities.get("loadSession"))
+            yield OpenedSession(session, session.session_id, info.agent_name, AsksUser(), can_load)
 
 
 @asynccontextmanager
@@ -191,7 +195,8 @@ async def _open_stdio(target: _Target) -> AsyncIterator[OpenedSession]:
             )
         else:
             session = await client.new_session(target.handle.workdir, first_seq=target.first_seq)
-        yield OpenedSession(session, session.session_id, info.agent_name, AsksUser())
+        can_load = bool(info.capabilities.get("loadSession"))
+        yield OpenedSession(session, session.session_id, info.agent_name, AsksUser(), can_load)
 
 
 @asynccontextmanager
@@ -201,7 +206,11 @@ async def _open_acpx(target: _Target) -> AsyncIterator[OpenedSession]:
         launch, target.spawn, name=acpx_session_name(target.session_id), first_seq=target.first_seq
     ) as acpx:
         yield OpenedSession(
-            acpx, acpx.session_id or acpx.name, "acpx", AnswersByPolicy("acpx", acpx.policy)
+            acpx,
+            acpx.session_id or acpx.name,
+            "acpx",
+            AnswersByPolicy("acpx", acpx.policy),
+            can_load=False,
         )
 
 
