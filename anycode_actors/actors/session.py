@@ -682,6 +682,8 @@ class SessionActor(Actor[SessionInbox]):
         self.tasks.start_soon(expire)
 
     async def _on_stream_lost(self, error: str | None) -> None:
+        if self._restoring is not None:
+            return  # the old sandbox's last words; a new one is on its way
         # Not knowing is not dead: an engine that is slow or failing to answer leaves the
         # reason at what is known, the lost connection.
         alive = True
