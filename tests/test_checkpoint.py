@@ -124,9 +124,10 @@ async def test_load_session_hides_the_replayed_history_and_numbers_on() -> None:
             await peer.text("new words")
 
         nursery.start_soon(agent)
-        await client.initialize()
-        session = await load_session(client, "/workspace", resume, first_seq=42)
-        event = await session.events.receive()
+        with trio.fail_after(10):
+            await client.initialize()
+            session = await load_session(client, "/workspace", resume, first_seq=42)
+            event = await session.events.receive()
         assert isinstance(event, TextDelta)
         assert (event.seq, event.text) == (42, "new words")
         nursery.cancel_scope.cancel()
@@ -149,7 +150,8 @@ async def test_an_agent_without_load_session_is_refused() -> None:
             )
 
         nursery.start_soon(agent)
-        await client.initialize()
+        with trio.fail_after(10):
+            await client.initialize()
         with pytest.raises(AgentError, match="demo cannot load a session"):
             await load_session(client, "/workspace", resume, first_seq=2)
         assert not [m for m in peer.sent if m.get("method") == "session/load"]

@@ -134,17 +134,15 @@ class _Target:
 
 
 async def load_session(client: AcpClient, cwd: str, resume: Resume, first_seq: int) -> AcpSession:
-    """Reopen `resume.agent_session_id` in a freshly started agent with `session/load`. The
-    session is registered only once the agent has answered, so the history it replays (as
-    session/update notifications before the answer) finds no session and is dropped. An agent
-    that does not advertise `loadSession` raises AgentError."""
+    """Reopen `resume.agent_session_id` in a freshly started agent with `session/load`
+    (`AcpClient.load_session`: the history it replays is dropped). An agent that does not
+    advertise `loadSession` raises AgentError."""
     assert client.agent is not None
     if not client.agent.capabilities.get("loadSession"):
         raise AgentError(f"{client.agent.agent_name} cannot load a session (no loadSession)")
-    params = {"sessionId": resume.agent_session_id, "cwd": cwd, "mcpServers": []}
-    with trio.fail_after(LOAD_SESSION_TIMEOUT):
-        await client.request("session/load", params)
-    return client.attach_session(resume.agent_session_id, first_seq=first_seq)
+    return await client.load_session(
+        resume.agent_session_id, cwd, first_seq=first_seq, bound=LOAD_SESSION_TIMEOUT
+    )
 
 
 @asynccontextmanager
