@@ -37,6 +37,7 @@ import trio
 from anycode_actors.actors.admin import AdminServer
 from anycode_actors.actors.budget import Budget, Lane
 from anycode_actors.actors.chat import ChatActor, ChatInbox, Notice, Reattach
+from anycode_actors.actors.checkpoint import CheckpointStore
 from anycode_actors.actors.commands import short_id
 from anycode_actors.actors.directory import Register, SessionDirectory
 from anycode_actors.actors.flusher import Flusher
@@ -262,7 +263,11 @@ class Daemon:
     async def _run_retention(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        retention = Retention(self.store, days=self.config.database.retention_days)
+        retention = Retention(
+            self.store,
+            days=self.config.database.retention_days,
+            checkpoints=CheckpointStore.beside(self.config.database.path),
+        )
         await retention.run(task_status=task_status)
 
     def _client_runner(self, client: ChatClient) -> Any:
@@ -454,6 +459,12 @@ class Daemon:
                 handle = await self.provider.reattach(session.sandbox_id)
             except AnycodeError as exc:
                 log.warning("session %s: cannot reattach: %s", short_id(session.id), exc)
+        if handle is None and await self._restorable(session):
+            # Its sandbox is gone, but a checkpoint can carry it into a new one: the session
+            # actor does that first (actors/checkpoint.py).
+            resume = await self._resume_point(session)
+            await self.router.send(Deliver(chat, Reattach(session, Recovered(None, resume))))
+            return
         if handle is None or not session.agent_session_id:
             if session.status != SessionStatus.RUNNING:
                 reason = f"the daemon restarted while the session was {session.status}"
@@ -471,6 +482,15 @@ class Daemon:
             return
         resume = await self._resume_point(session)
         await self.router.send(Deliver(chat, Reattach(session, Recovered(handle, resume))))
+
+    async def _restorable(self, session: Session) -> bool:
+        """Whether a running session whose sandbox is gone has a checkpoint to restore."""
+        if session.status != SessionStatus.RUNNING or not session.agent_session_id:
+            return False
+        if self.config.session.checkpoint_max_mb <= 0:
+            return False
+        checkpoints = CheckpointStore.beside(self.config.database.path)
+        return checkpoints.info(session.id) is not None
 
     async def _remove_sandboxes_of(self, session: Session) -> None:
         """Every sandbox labelled with the session, recorded or not: a daemon killed inside

@@ -477,8 +477,10 @@ class FakeAgent:
         session_id: str = "agent-session-1",
         connect_error: AgentError | None = None,
         permissions: PermissionMode | None = None,
+        can_load: bool | None = None,
     ) -> None:
         self.session_id = session_id
+        self.can_load = can_load
         self.connect_error = connect_error
         self.permissions = AsksUser() if permissions is None else permissions
         self.prompts: list[str] = []
@@ -625,7 +627,9 @@ def use_agents(
         if agent.connect_error is not None:
             raise agent.connect_error
         agent.connected(resume)
-        yield OpenedSession(agent, agent.session_id, agent_name, agent.permissions)
+        yield OpenedSession(
+            agent, agent.session_id, agent_name, agent.permissions, can_load=agent.can_load
+        )
 
     monkeypatch.setattr(stream_module, "open_session", open_scripted)
 

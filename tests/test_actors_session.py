@@ -542,11 +542,39 @@ async def test_a_lost_agent_stream_with_a_dead_sandbox_fails_the_session(
     rig.provider.kill(sandbox)
     agent.end("connection_lost", "the event stream ended")
     assert await rig.closed() == SessionClosed(rig.sid, "failed")
-    assert await rig.status() == (SessionStatus.FAILED, "the sandbox stopped unexpectedly")
-    assert rig.client.texts()[-1] == (
-        f"Session `{rig.short}` failed: the sandbox stopped unexpectedly"
+    # Lost in its first turn, it has no checkpoint to be carried into a new sandbox with.
+    reason = (
+        "the sandbox stopped unexpectedly; not restored in a new sandbox: no turn had ended "
+        "yet, so there was no checkpoint"
     )
+    assert await rig.status() == (SessionStatus.FAILED, reason)
+    assert rig.client.texts()[-1] == f"Session `{rig.short}` failed: {reason}"
     assert rig.provider.sandboxes == {}  # the stopped sandbox is removed all the same
+
+
+async def test_a_lost_sandbox_of_an_agent_that_cannot_load_sessions_ends_the_session_saying_so(
+    autojump_clock: trio.abc.Clock,
+    nursery: trio.Nursery,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After a turn ended, but the agent said it cannot load a session (`loadSession` false,
+    like the demo agent): no new sandbox is made."""
+    agent = FakeAgent(
+        [[TextDelta(text="Done."), TurnEnded(stop_reason="end_turn")]], can_load=False
+    )
+    rig = await start_session(nursery, store, monkeypatch, agent, idle_minutes=5)
+    await rig.client.wait_for_text("Done.")
+    [sandbox] = rig.provider.alive
+    rig.provider.kill(sandbox)
+    agent.end("connection_lost", "the event stream ended")
+    assert await rig.closed() == SessionClosed(rig.sid, "failed")
+    reason = (
+        "the sandbox stopped unexpectedly; not restored in a new sandbox: fake-agent cannot "
+        "load a session (no loadSession)"
+    )
+    assert await rig.status() == (SessionStatus.FAILED, reason)
+    assert rig.provider.sandboxes == {}
 
 
 async def test_the_last_output_of_a_sandbox_that_died_is_logged_before_it_is_removed(
@@ -847,7 +875,11 @@ async def test_follow_ups_a_session_never_got_to_are_answered_when_it_ends(
     await rig.send(FollowUp("are you there?", ADA))  # arrives while it is ending
     await rig.closed()
     texts = rig.client.texts()
-    failed = texts.index(f"Session `{rig.short}` failed: the sandbox stopped unexpectedly")
+    failed = next(
+        i
+        for i, text in enumerate(texts)
+        if text.startswith(f"Session `{rig.short}` failed: the sandbox stopped unexpectedly")
+    )
     late = [t for t in texts[failed:] if t.startswith("Not delivered to the agent")]
     assert late == [
         f"Not delivered to the agent: “and add a test” (from @ada): session `{rig.short}` "

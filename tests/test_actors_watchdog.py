@@ -96,7 +96,7 @@ def received(inbox: trio.MemoryReceiveChannel[SessionMessage]) -> list[SessionMe
 
 
 TIMED_OUT = Cancel("timed out after 30 min", status="failed")
-DIED = Cancel("the sandbox stopped unexpectedly", status="failed")
+DIED = Cancel("the sandbox stopped unexpectedly", status="failed", sandbox_lost=True)
 
 
 async def test_a_session_past_its_timeout_is_cancelled_as_failed_once(

@@ -8,6 +8,7 @@ stdio transport with real (tiny, scripted) subprocesses.
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -17,6 +18,7 @@ import pytest
 import trio
 import trio.testing
 
+from anycode_actors.actors.session import chat_text
 from anycode_actors.agents import (
     AcpClient,
     AcpSession,
@@ -33,7 +35,7 @@ from anycode_actors.agents import (
     open_local_stdio_client,
 )
 from anycode_actors.agents.acp import EVENTS_QUEUE_LIMIT, INITIALIZE_TIMEOUT
-from anycode_actors.agents.events import PromptFile
+from anycode_actors.agents.events import PromptFile, from_record, to_record
 from anycode_actors.agents.jsonrpc import decode_line, parse_message
 from anycode_actors.agents.transport import Received
 from anycode_actors.errors import (
@@ -363,6 +365,28 @@ async def test_tool_calls_carry_what_earlier_updates_said(autojump_clock: Any) -
             "execute",
             "touch x",
         )
+        # The chat's line waits for the real title: "▸ touch x", never "▸ Terminal".
+        assert [chat_text(e) for e in (started, updated, completed)] == [
+            None,
+            "\n▸ touch x\n",
+            None,
+        ]
+
+
+async def test_a_tool_call_without_input_shows_its_line_when_it_ends(autojump_clock: Any) -> None:
+    async with connected() as (peer, _, session):
+        await peer.update({"sessionUpdate": "tool_call", "toolCallId": "t2", "title": "Think"})
+        await peer.update(
+            {"sessionUpdate": "tool_call_update", "toolCallId": "t2", "status": "failed"}
+        )
+        started, completed = [await next_event(session, ToolCall) for _ in range(2)]
+        assert chat_text(started) is None
+        assert chat_text(completed) == "\n▸ Think\n✗ Think failed\n"
+        # Stored and read back, the events say the same (a restarted daemon re-sends the chat
+        # text from the event log).
+        for event in (started, completed):
+            tag, body = to_record(event)
+            assert chat_text(from_record(tag, json.loads(json.dumps(body)))) == chat_text(event)
 
 
 async def test_a_failed_prompt_gives_an_error_and_an_error_turn_end(autojump_clock: Any) -> None:

@@ -4,7 +4,8 @@ A supervised worker with no inbox: it purges once as soon as it starts (a daemon
 for a week catches up at once) and then every `interval`. The deleting happens in the store's
 own worker thread, in short batches (`Store.purge_ended_before`), so neither the event loop nor
 the store's other callers wait behind it. Only events and interactions go; session rows stay,
-because the per-day quotas count them and `/status` lists them.
+because the per-day quotas count them and `/status` lists them. A session's checkpoint
+(actors/checkpoint.py) goes with its events.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Final, Protocol
 
 import trio
 
-from anycode_actors.store import Purged, StoreClosed, StoreError
+from anycode_actors.actors.checkpoint import CheckpointStore
+from anycode_actors.store import Purged, Session, StoreClosed, StoreError
 from supervisors import current_child
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,8 @@ class PurgeableStore(Protocol):
     """The one thing retention needs from the store."""
 
     async def purge_ended_before(self, cutoff: datetime) -> Purged: ...
+
+    async def get_session(self, session_id: str) -> Session | None: ...
 
 
 def _utc_now() -> datetime:
@@ -51,6 +55,7 @@ class Retention:
         days: int,
         interval: float = PURGE_INTERVAL,
         wall_clock: Callable[[], datetime] = _utc_now,
+        checkpoints: CheckpointStore | None = None,
     ) -> None:
         if days < 1:
             raise ValueError(f"retention keeps at least one day, got {days}")
@@ -60,6 +65,8 @@ class Retention:
         self._days = days
         self._interval = interval
         self._wall_clock = wall_clock
+        self._checkpoints = checkpoints
+        self.checkpoints_removed = 0
         self.runs = 0
         self.purged = Purged()
         """Rows deleted since this worker was made, added up over its runs."""
@@ -86,6 +93,8 @@ class Retention:
             self._report(error=f"{type(exc).__name__}: {exc}")
             return None
         self.purged += purged
+        if self._checkpoints is not None:
+            await self._purge_checkpoints(self._checkpoints, cutoff)
         if purged.events or purged.interactions:
             log.info(
                 "retention: deleted %d events and %d interactions of sessions ended before %s",
@@ -95,6 +104,19 @@ class Retention:
             )
         self._report(error=None)
         return purged
+
+    async def _purge_checkpoints(self, checkpoints: CheckpointStore, cutoff: datetime) -> None:
+        """Remove the checkpoints of sessions that ended before `cutoff`, or that the database
+        no longer knows."""
+        for session_id in await trio.to_thread.run_sync(checkpoints.session_ids):
+            session = await self._store.get_session(session_id)
+            if session is None or (session.ended_at is not None and session.ended_at < cutoff):
+                try:
+                    await checkpoints.remove(session_id)
+                except OSError as exc:
+                    log.warning("retention: checkpoint %s not removed: %s", session_id[:8], exc)
+                    continue
+                self.checkpoints_removed += 1
 
     def _report(self, *, error: str | None) -> None:
         self.runs += 1

@@ -30,6 +30,13 @@ from typing import Final
 
 import trio
 
+from anycode_actors.actors.checkpoint import (
+    CheckpointInfo,
+    CheckpointStore,
+    Continuity,
+    RetiredSink,
+    restore_impossible,
+)
 from anycode_actors.actors.commands import short_id
 from anycode_actors.actors.flusher import (
     Adopt,
@@ -74,6 +81,7 @@ from anycode_actors.agents import (
     ErrorEvent,
     PermissionRequested,
     PermissionResolved,
+    Raw,
     Resume,
     SessionEnded,
     TextDelta,
@@ -108,7 +116,7 @@ from anycode_actors.store import (
     Store,
     StoreUnavailable,
 )
-from supervisors import Actor, Intensity, Supervisor, current_child
+from supervisors import Actor, Intensity, Supervisor, UnknownChild, current_child
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +185,33 @@ class _Fetched:
     files: tuple[PromptFile, ...]
 
 
+@dataclass(frozen=True)
+class _Restored:
+    """A new sandbox holds the last checkpoint: reopen the agent's session in it."""
+
+    handle: SandboxHandle
+
+
+@dataclass(frozen=True)
+class _RestoreFailed:
+    message: str
+
+
+@dataclass
+class _Restoring:
+    """A restore under way: since when, from which checkpoint, and the turn it cut off."""
+
+    started: float
+    info: CheckpointInfo
+    why: str
+    cut_off: int | None
+    reopening: bool = False
+    """The new sandbox is ready and its stream is opening the agent's session."""
+
+
+#: The event-log kind of a restore (a `Raw` event the session writes itself).
+RESTORED_KIND: Final = "anycode/restored"
+
 SessionInbox = (
     SessionMessage
     | StreamReport
@@ -186,6 +221,8 @@ SessionInbox = (
     | _IdleExpired
     | _Resume
     | _Fetched
+    | _Restored
+    | _RestoreFailed
 )
 
 
@@ -279,6 +316,13 @@ class SessionActor(Actor[SessionInbox]):
         self._deferred: list[SessionInbox] = []
         self._reported_at = -math.inf
         self._report_now = False  # an event that changes more than the count was handled
+        # Checkpoints, and carrying the session into a new sandbox (actors/checkpoint.py).
+        self._continuity = _continuity_for(config, session.id, provider)
+        self._restoring: _Restoring | None = None
+        self._restore_scope = trio.CancelScope()
+        self._sink: RetiredSink[SessionInbox] | None = None
+        self._agent_session_id = recovered.resume.agent_session_id if recovered else None
+        self._agent_cannot_load = ""  # the agent's name once it said it cannot load a session
         # The stream actor's supervisor, run inside `run` for as long as the session lives.
         self._streams = Supervisor(name="streams", intensity=Intensity(max_restarts=0, period=1.0))
 
@@ -340,8 +384,19 @@ class SessionActor(Actor[SessionInbox]):
     async def _dispatch(self, message: SessionInbox) -> None:
         if isinstance(message, _Resume):
             assert self._recovered is not None
+            self._continuity.load()
             await self._resume_output()
-            await self._start_stream(self._streams, self._recovered.handle, self._recovered.resume)
+            if self._recovered.handle is None:
+                self._turn_running = self._recovered.resume.turn_running
+                await self._lose_sandbox("its sandbox was gone after the daemon restarted")
+            else:
+                await self._start_stream(
+                    self._streams, self._recovered.handle, self._recovered.resume
+                )
+        elif isinstance(message, _Restored):
+            await self._on_restored(message.handle)
+        elif isinstance(message, _RestoreFailed):
+            self._finish(SessionStatus.FAILED, message.message)
         elif isinstance(message, _Started):
             await self._on_started(message.handle, self._streams)
         elif isinstance(message, _StartFailed):
@@ -356,8 +411,15 @@ class SessionActor(Actor[SessionInbox]):
             if self._deferred:
                 await self._dispatch(self._deferred.pop())
         elif isinstance(message, StreamEnded):
-            if self._outcome is None:
+            if self._outcome is None and self._restoring is None:
                 await self._on_stream_lost(message.error)
+            elif self._outcome is None and self._restoring and self._restoring.reopening:
+                # The new sandbox's agent did not take the session back.
+                why = message.error or "its event stream ended"
+                self._finish(
+                    SessionStatus.FAILED,
+                    f"{self._restoring.why}; the new sandbox could not reopen it: {why}",
+                )
         elif isinstance(message, FollowUp):
             await self._on_follow_up(message)
         elif isinstance(message, _Fetched):
@@ -400,11 +462,14 @@ class SessionActor(Actor[SessionInbox]):
             status=self._status_text(),
             sandbox=_short_sandbox(self._handle.id) if self._handle else None,
             events=self._events,
+            restores=self._continuity.restores,
         )
 
     def _status_text(self) -> str:
         if self._outcome is not None:
             return str(self._outcome[0])
+        if self._restoring is not None:
+            return "restoring"
         if self._stream_ready:
             return "running"
         return "starting"
@@ -552,20 +617,27 @@ class SessionActor(Actor[SessionInbox]):
         self, streams: Supervisor, handle: SandboxHandle, resume: Resume | None
     ) -> None:
         agent = self._config.agent(self.session.agent)
+        self._sink = RetiredSink[SessionInbox](self._outbox)
         self._stream = StreamActor(
             session_id=self._id,
             handle=handle,
             provider=self._provider,
             agent=agent,
             sandbox=self._config.sandbox,
-            reports=self._outbox,
+            reports=self._sink,
             resume=resume,
         )
-        await streams.start_child(self._stream.spec())
+        await streams.start_child(self._stream.spec(self._stream_name()))
 
     async def _on_stream_ready(self, ready: StreamReady) -> None:
         self._stream_ready = True
+        self._agent_session_id = ready.agent_session_id
+        if ready.can_load is False:
+            self._agent_cannot_load = ready.agent_name
         await self._store.set_agent_session_id(self._id, ready.agent_session_id)
+        if self._restoring is not None:
+            await self._on_reopened(self._restoring)
+            return
         if self._recovered is not None:
             self._turn_running = self._recovered.resume.turn_running
             if not self._turn_running:
@@ -795,6 +867,7 @@ class SessionActor(Actor[SessionInbox]):
         if ended.stop_reason == "error":
             self._finish(SessionStatus.FAILED, ended.message or "the agent's turn failed")
             return
+        await self._checkpoint()
         if ended.stop_reason in ("refusal", "max_tokens", "max_turn_requests"):
             await self._flusher.send(Post(f"The agent stopped: {ended.stop_reason}."))
         if self._config.git.auto_pr == "each_turn":
@@ -820,6 +893,8 @@ class SessionActor(Actor[SessionInbox]):
         self.tasks.start_soon(expire)
 
     async def _on_stream_lost(self, error: str | None) -> None:
+        if self._restoring is not None:
+            return  # the old sandbox's last words; a new one is on its way
         # Not knowing is not dead: an engine that is slow or failing to answer leaves the
         # reason at what is known, the lost connection.
         alive = True
@@ -831,13 +906,160 @@ class SessionActor(Actor[SessionInbox]):
                     log.warning("session %s: %s", short_id(self._id), exc)
         if not alive and self._handle is not None:
             await self._log_last_output()
-            self._finish(SessionStatus.FAILED, await describe_loss(self._provider, self._handle.id))
+            await self._lose_sandbox(await describe_loss(self._provider, self._handle.id))
         else:
             why = error or "its event stream ended"
             trouble = await failure_reason(self._provider, self._handle.id) if self._handle else ""
             if trouble:
                 why = f"{why} ({trouble})"
             self._finish(SessionStatus.FAILED, f"lost the connection to the agent: {why}")
+
+    # --- a lost sandbox -------------------------------------------------------------------------
+
+    def _stream_name(self) -> str:
+        """The stream actor's child id: a new one after each restore, while the old stream may
+        still be stopping."""
+        restores = self._continuity.restores
+        return f"stream:{short_id(self._id)}" + (f":{restores}" if restores else "")
+
+    async def _lose_sandbox(self, why: str) -> None:
+        """The sandbox is gone: carry on in a new one from the last checkpoint, or end saying
+        why that cannot be done."""
+        if self._restoring is not None or self._outcome is not None:
+            return
+        cannot = await self._try_restore(why)
+        if cannot:
+            self._finish(SessionStatus.FAILED, _not_restored(why, cannot))
+
+    async def _try_restore(self, why: str) -> str:
+        """Start carrying the session into a new sandbox; "" once under way, else why not."""
+        cannot = restore_impossible(
+            self._config.sandbox.protocol, self._config.agent(self.session.agent)
+        )
+        if not cannot and self._agent_session_id is None:
+            cannot = "the agent's session was never opened"
+        if not cannot and self._agent_cannot_load:
+            cannot = f"{self._agent_cannot_load} cannot load a session (no loadSession)"
+        if cannot:
+            return cannot
+        found = await self._continuity.last()
+        if isinstance(found, str):
+            return found
+        info, data = found
+        cut_off = self._continuity.turns + 1 if self._turn_running else None
+        self._restoring = _Restoring(trio.current_time(), info, why, cut_off)
+        log.warning(
+            "session %s: %s; restoring the end of turn %d in a new sandbox",
+            short_id(self._id),
+            why,
+            info.turn,
+        )
+        if self._sink is not None:
+            self._sink.retire()  # what the lost sandbox's stream still says goes nowhere
+        self._stream_ready = False
+        self._turn_running = False
+        self._idle_generation += 1
+        await self._flusher.send(EndStream(self._id))
+        for interaction in await self._store.cancel_pending_interactions(self._id):
+            prompt = self._prompts.pop(interaction.id, None)
+            message_id = (prompt.message_id if prompt else None) or interaction.chat_message_id
+            if prompt is not None:
+                self._by_key.pop(prompt.key, None)
+            if message_id:
+                text = prompt.text if prompt else "Permission requested"
+                await self._flusher.send(Edit(message_id, f"{text}\n\n⏹ The sandbox was lost."))
+        self._restore_scope = trio.CancelScope()
+        self.tasks.start_soon(self._remake_sandbox, data, self._stream_name())
+        return ""
+
+    async def _remake_sandbox(self, data: bytes, old_stream: str) -> None:
+        """Stop the old stream, remove what is left of the old sandbox, make a new one and put
+        the checkpoint into it. Runs beside the actor; reports `_Restored` or `_RestoreFailed`."""
+        with contextlib.suppress(UnknownChild):
+            await self._streams.terminate_child(old_stream)
+        old_id = self._handle.id if self._handle is not None else self.session.sandbox_id
+        with self._restore_scope:
+            try:
+                if old_id:
+                    with trio.move_on_after(DESTROY_GRACE):
+                        await self._provider.destroy(old_id)
+                self._handle = None
+                # Owned from its creation: a cancel now still has the cleanup remove it.
+                self._handle = handle = await self._provider.create(self._restore_spec())
+                await self._continuity.put_back(handle, data)
+            except (AnycodeError, trio.TooSlowError) as exc:
+                await self._outbox.send(
+                    _RestoreFailed(f"its sandbox was lost and could not be restored: {exc}")
+                )
+                return
+            await self._outbox.send(_Restored(handle))
+
+    def _restore_spec(self) -> SandboxSpec:
+        """The new sandbox: as the first one (so the agent works in the same folder); the
+        checkpoint then brings the workspace back over what it starts with."""
+        return SandboxSpec(
+            session_id=self._id,
+            agent=self.session.agent,
+            protocol=self._config.sandbox.protocol,
+            env=self._config.sandbox_env(self.session.agent),
+            repo=self.session.repo,
+            seeded=self._publisher is not None,
+        )
+
+    async def _on_restored(self, handle: SandboxHandle) -> None:
+        restoring = self._restoring
+        if self._outcome is not None or restoring is None:
+            return  # cancelled meanwhile; cleanup removes the new sandbox
+        self._handle = handle
+        await self._store.set_sandbox(self._id, handle.id, handle.endpoint or "")
+        seq = await self._store.last_seq(self._id) + 1
+        info = restoring.info
+        record = Raw(
+            seq=seq,
+            kind=RESTORED_KIND,
+            payload={
+                "from_turn": info.turn,
+                "cut_off_turn": restoring.cut_off,
+                "why": restoring.why,
+                "sandbox": handle.id,
+                "checkpoint_bytes": info.size,
+            },
+        )
+        await self._store.append_event(self._id, record)
+        self._events += 1
+        secrets = [*self._config.sandbox_env(self.session.agent).values(), handle.token]
+        self._redactor = OutputRedactor([s for s in secrets if s], last_seq=seq)
+        assert self._agent_session_id is not None
+        restoring.reopening = True
+        resume = Resume(self._agent_session_id, seq, None, turn_running=False, load=True)
+        await self._start_stream(self._streams, handle, resume)
+
+    async def _on_reopened(self, restoring: _Restoring) -> None:
+        self._restoring = None
+        took = trio.current_time() - restoring.started
+        line = (
+            f"The sandbox was lost ({restoring.why}); restored from the end of turn "
+            f"{restoring.info.turn}, in {took:.1f} s."
+        )
+        if restoring.cut_off is not None:
+            line += f" Turn {restoring.cut_off} was cut off: send it again to have it repeated."
+        await self._flusher.send(Post(line))
+        if self._queued:
+            await self._prompt(self._queued.popleft().text)
+        else:
+            self._arm_idle_timer()
+
+    async def _checkpoint(self) -> None:
+        """The end of a turn: what a new sandbox needs to carry on from here."""
+        if self._handle is None or self._agent_session_id is None:
+            return
+        secrets = [*self._config.sandbox_env(self.session.agent).values(), self._handle.token]
+        await self._continuity.take(
+            self._handle,
+            agent_session_id=self._agent_session_id,
+            last_seq=await self._store.last_seq(self._id),
+            secrets=[s for s in secrets if s],
+        )
 
     async def _log_last_output(self) -> None:
         """Log the last lines of a sandbox that stopped on its own (killed for memory, an agent
@@ -883,11 +1105,19 @@ class SessionActor(Actor[SessionInbox]):
         )
 
     async def _on_cancel(self, cancel: Cancel) -> None:
+        if cancel.sandbox_lost and self._outcome is None:
+            if self._restoring is not None:
+                return
+            cannot = await self._try_restore(cancel.reason)
+            if not cannot:
+                return
+            cancel = Cancel(_not_restored(cancel.reason, cannot), status=cancel.status)
         status = SessionStatus(cancel.status)
         self._finish(status, cancel.reason)
         self._start_scope.cancel()
         if self._fetching is not None:
             self._fetching.cancel()  # a download under way: its prompt will not go
+        self._restore_scope.cancel()
         if self._stream is not None and self._stream_ready:
             # Ends the turn and answers every pending permission "cancelled", so the agent never
             # waits on a decision that will not come. Waited for: stopping the stream (next,
@@ -1144,6 +1374,17 @@ def _with_files(text: str, files: Sequence[PromptFile], notes: Sequence[str]) ->
     return f"{text}\n\n{said}" if text.strip() else said
 
 
+def _continuity_for(config: Config, session_id: str, provider: SandboxProvider) -> Continuity:
+    """Checkpoints beside the database, unless `session.checkpoint_max_mb` is 0."""
+    max_mb = config.session.checkpoint_max_mb
+    store = CheckpointStore.beside(config.database.path) if max_mb > 0 else None
+    return Continuity(session_id, store, max_mb=max_mb, provider=provider)
+
+
+def _not_restored(why: str, cannot: str) -> str:
+    return f"{why}; not restored in a new sandbox: {cannot}"
+
+
 def _took_it_up(event: AgentEvent) -> bool:
     """Whether `event` shows the agent working on the last prompt. An error, the end of the
     connection or a turn that failed says nothing of the kind: its sender is told at the end
@@ -1190,10 +1431,10 @@ def chat_text(event: StoredEvent) -> str | None:
         return event.text
     if isinstance(event, ToolCall):
         what = event.title or event.tool_name or event.kind or "a tool"
-        if event.phase == "started":
-            return f"\n▸ {what}\n"
+        line = f"\n▸ {what}\n" if event.shows_line else ""
         if event.phase == "completed" and event.status == "failed":
-            return f"✗ {what} failed\n"
+            line += f"✗ {what} failed\n"
+        return line or None
     return None
 
 

@@ -31,6 +31,8 @@ class Cancel:
 
     reason: str  # shown to the user: "cancelled by @ada", "timed out after 30 min"
     status: str = "cancelled"  # "cancelled" | "failed" (timeouts and dead sandboxes fail)
+    # The sandbox died: the session may carry on in a new one (actors/checkpoint.py).
+    sandbox_lost: bool = False
 
 
 @dataclass(frozen=True)
@@ -69,9 +71,10 @@ class SessionClosed:
 
 @dataclass(frozen=True)
 class Recovered:
-    """A session found running after a daemon restart: its live sandbox and where to resume."""
+    """A session found running after a daemon restart: its live sandbox and where to resume.
+    No handle: its sandbox was gone, and a checkpoint is to carry it into a new one."""
 
-    handle: SandboxHandle
+    handle: SandboxHandle | None
     resume: Resume
 
 

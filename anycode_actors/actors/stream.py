@@ -75,6 +75,8 @@ class StreamReady:
     # How the agent's permission requests are answered: by the user (buttons), or by a policy
     # of the agent's side that the user should be told about.
     permissions: PermissionMode
+    # Whether the agent can load the session in a new sandbox (None: not learnt).
+    can_load: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -164,7 +166,12 @@ class StreamActor(Actor[StreamCommand]):
                     opening.deadline = math.inf
                     self._session = opened.session
                     await self._reports.send(
-                        StreamReady(opened.agent_session_id, opened.agent_name, opened.permissions)
+                        StreamReady(
+                            opened.agent_session_id,
+                            opened.agent_name,
+                            opened.permissions,
+                            opened.can_load,
+                        )
                     )
                     self._opened.set()
                     await self._forward_events(opened.session)

@@ -82,6 +82,7 @@ class Watchdog(Actor[WatchdogInbox]):
         self._held = held
         # Sessions already told, so a session busy ending is not told again every sweep.
         self._told: set[str] = set()
+        self._lost: dict[str, str] = {}  # session → the dead sandbox it was told about
         # Active in the store but with no live actor, and since when (trio time).
         self._actorless: dict[str, float] = {}
         self.reaped: list[str] = []
@@ -99,13 +100,16 @@ class Watchdog(Actor[WatchdogInbox]):
         await self.sweep()
         context = current_child()
         if context is not None:
-            context.update(sweeps=self.sweeps, told=len(self._told), reaped=len(self.reaped))
+            context.update(
+                sweeps=self.sweeps, told=len(self._told) + len(self._lost), reaped=len(self.reaped)
+            )
 
     async def sweep(self) -> None:
         """One look at every live session and every sandbox."""
         self.sweeps += 1
         sessions = await self._store.active_sessions()
         self._told &= {s.id for s in sessions}
+        self._lost = {s.id: self._lost[s.id] for s in sessions if s.id in self._lost}
         now = self._now()
         checks: list[Session] = []
         for session in sessions:
@@ -114,7 +118,11 @@ class Watchdog(Actor[WatchdogInbox]):
             if now - session.created_at >= self._timeout:
                 minutes = self._timeout.total_seconds() / 60
                 await self._fail(session, f"timed out after {minutes:g} min")
-            elif session.status == SessionStatus.RUNNING and session.sandbox_id:
+            elif (
+                session.status == SessionStatus.RUNNING
+                and session.sandbox_id
+                and self._lost.get(session.id) != session.sandbox_id
+            ):
                 checks.append(session)
         dead: list[Session] = []
         with trio.move_on_after(min(self._interval, SWEEP_DEADLINE)) as scope:
@@ -127,7 +135,13 @@ class Watchdog(Actor[WatchdogInbox]):
         for session in dead:
             log.warning("session %s: its sandbox stopped unexpectedly", session.id[:8])
             assert session.sandbox_id is not None
-            await self._fail(session, await describe_loss(self._provider, session.sandbox_id))
+            reason = await describe_loss(self._provider, session.sandbox_id)
+            # The session may carry on in a new sandbox (actors/checkpoint.py): told once per
+            # sandbox, not once per session.
+            if await route(
+                self._directory, session.id, Cancel(reason, status="failed", sandbox_lost=True)
+            ):
+                self._lost[session.id] = session.sandbox_id
         try:
             with trio.fail_after(60):
                 sandboxes = await self._provider.list()

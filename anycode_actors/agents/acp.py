@@ -507,6 +507,23 @@ class AcpClient:
             raise AgentError("session/new answered without a sessionId")
         return created[0]
 
+    async def load_session(
+        self, session_id: str, cwd: str, *, first_seq: int = 1, bound: float = math.inf
+    ) -> AcpSession:
+        """Reopen `session_id` with `session/load` (an agent started afresh reads it back). It is
+        registered when the answer is read, in the read loop, like a new session: the history
+        the agent replays before answering finds no session and is dropped, and nothing it sends
+        after the answer is lost. Events are numbered from `first_seq`."""
+
+        async def on_answer(answer: Response | ErrorResponse, cursor: str | None) -> None:
+            if isinstance(answer, Response):
+                self._register(session_id, first_seq, {})
+
+        params = {"sessionId": session_id, "cwd": cwd, "mcpServers": []}
+        request_id = await self._send_request("session/load", params, on_answer)
+        await self._await_answer(request_id, "session/load", bound)
+        return self._sessions[session_id]
+
     def attach_session(
         self,
         session_id: str,

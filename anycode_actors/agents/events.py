@@ -149,10 +149,18 @@ class ToolCall(_Event):
     tool_name: str | None = None
     """The agent's own name for the tool when it says (Claude Code: Bash, Write, ...)."""
     output_summary: str = ""
+    announce: bool | None = None
+    """Whether this event puts the tool's line in the chat (see `ToolCallMemory`). None, in an
+    event made without it (or stored before it existed): the started event does."""
 
     @property
     def failed(self) -> bool:
         return self.status == "failed"
+
+    @property
+    def shows_line(self) -> bool:
+        """Whether the chat shows the tool's line at this event."""
+        return self.phase == "started" if self.announce is None else self.announce
 
 
 @dataclass(frozen=True, slots=True)
@@ -424,11 +432,14 @@ class ToolCallMemory:
     """What is known of each open tool call, so every ToolCall event carries the full picture.
 
     Claude Code's adapter sends the title "Terminal" and an empty input first, the real command in
-    an update, and the result in a last update that repeats neither.
+    an update, and the result in a last update that repeats neither. So the chat's line for a
+    call (`ToolCall.announce`) waits for the first event that has an input, or for the call's
+    end: a call opened without input would otherwise show as "▸ Terminal".
     """
 
     def __init__(self) -> None:
         self._calls: dict[str, ToolCall] = {}
+        self._announced: set[str] = set()
 
     def merge(self, event: ToolCall) -> ToolCall:
         known = self._calls.get(event.tool_call_id)
@@ -442,10 +453,18 @@ class ToolCallMemory:
                 tool_name=event.tool_name or known.tool_name,
                 output_summary=event.output_summary or known.output_summary,
             )
+        call_id = event.tool_call_id
+        announce = call_id not in self._announced and (
+            event.phase == "completed" or bool(event.input_summary)
+        )
+        if announce:
+            self._announced.add(call_id)
+        event = replace(event, announce=announce)
         if event.phase == "completed":
-            self._calls.pop(event.tool_call_id, None)
+            self._calls.pop(call_id, None)
+            self._announced.discard(call_id)
         else:
-            self._calls[event.tool_call_id] = event
+            self._calls[call_id] = event
         return event
 
     def fill_permission(self, event: PermissionRequested) -> PermissionRequested:
@@ -512,6 +531,7 @@ def to_record(event: AgentEvent) -> tuple[str, dict[str, Any]]:
         _unless_none(body, tool_name=event.tool_name)
         _unless_empty(body, input_summary=event.input_summary)
         _unless_empty(body, output_summary=event.output_summary)
+        _unless_none(body, announce=event.announce)
     elif isinstance(event, PermissionRequested):
         tag = PERMISSION_REQUESTED_TAG
         body = {
@@ -621,6 +641,12 @@ class _Fields:
             raise _Unfit(f"{name!r} is neither an integer nor null")
         return value
 
+    def bool_or_none(self, name: str) -> bool | None:
+        value = self._get(name, None)
+        if value is not None and not isinstance(value, bool):
+            raise _Unfit(f"{name!r} is neither a boolean nor null")
+        return value
+
     def request_id(self, name: str) -> RequestId:
         value = self._get(name, _MISSING)
         if isinstance(value, bool) or not isinstance(value, int | str):
@@ -664,6 +690,7 @@ def _tool_call_from(f: _Fields) -> ToolCall:
         input_summary=f.text("input_summary", ""),
         tool_name=f.text_or_none("tool_name", required=False),
         output_summary=f.text("output_summary", ""),
+        announce=f.bool_or_none("announce"),
     )
 
 

@@ -29,7 +29,7 @@ from typing import Final, Protocol, TypeAlias
 
 import trio
 
-from anycode_actors.agents.acp import Turn, open_acp_client
+from anycode_actors.agents.acp import AcpClient, AcpSession, Turn, open_acp_client
 from anycode_actors.agents.acpx import AcpxLaunch, Spawn, open_acpx_session
 from anycode_actors.agents.events import AgentEvent, PermissionRequested, PromptFile
 from anycode_actors.agents.sandbox_agent import (
@@ -40,6 +40,9 @@ from anycode_actors.agents.stdio import open_stdio_client
 from anycode_actors.config import AcpxPermissions, AgentConfig, AgentProtocol
 from anycode_actors.errors import AgentError
 from anycode_actors.sandboxes.base import SandboxHandle
+
+#: Seconds for `session/load`: the agent reads its session back and replays it.
+LOAD_SESSION_TIMEOUT: Final = 120.0
 
 
 class AgentSession(Protocol):
@@ -86,6 +89,12 @@ class Resume:
     cursor: str | None
     turn_running: bool
     permissions: Sequence[PermissionRequested] = ()
+    load: bool = False
+    """The sandbox is a new one into which the agent's own session state was put back (see
+    `anycode_actors.actors.checkpoint`): the agent is started afresh and asked to load the
+    session (ACP `session/load`, https://agentclientprotocol.com/protocol/session-setup
+    #loading-sessions) instead of being reattached. What the agent replays while loading is
+    history the chat has shown already: it is not passed on."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +105,9 @@ class OpenedSession:
     agent_session_id: str
     agent_name: str
     permissions: PermissionMode
+    can_load: bool | None = None
+    """Whether the agent can load this session in a new sandbox (ACP `loadSession`); None when
+    the connection did not learn it (a reattached session)."""
 
 
 def sandbox_agent_server_id(session_id: str) -> str:
@@ -124,6 +136,18 @@ class _Target:
         return self.resume.last_seq + 1 if self.resume is not None else 1
 
 
+async def load_session(client: AcpClient, cwd: str, resume: Resume, first_seq: int) -> AcpSession:
+    """Reopen `resume.agent_session_id` in a freshly started agent with `session/load`
+    (`AcpClient.load_session`: the history it replays is dropped). An agent that does not
+    advertise `loadSession` raises AgentError."""
+    assert client.agent is not None
+    if not client.agent.capabilities.get("loadSession"):
+        raise AgentError(f"{client.agent.agent_name} cannot load a session (no loadSession)")
+    return await client.load_session(
+        resume.agent_session_id, cwd, first_seq=first_seq, bound=LOAD_SESSION_TIMEOUT
+    )
+
+
 @asynccontextmanager
 async def _open_sandbox_agent(target: _Target) -> AsyncIterator[OpenedSession]:
     handle, resume = target.handle, target.resume
@@ -137,12 +161,16 @@ async def _open_sandbox_agent(target: _Target) -> AsyncIterator[OpenedSession]:
         # Named after the session the sandbox was made for (its label), which is this session's
         # own id, or the pool's id for a sandbox taken from the pool (`prepare_session`).
         server_id=sandbox_agent_server_id(handle.session_id or target.session_id),
-        attach=resume is not None,
-        last_event_id=resume.cursor if resume else None,
+        attach=resume is not None and not resume.load,
+        last_event_id=resume.cursor if resume and not resume.load else None,
         # The sandbox is destroyed right after: no DELETE, which may never answer.
         delete_on_close=False,
     ) as client:
-        if resume is not None:
+        if resume is not None and resume.load:
+            info = await client.initialize()
+            session = await load_session(client, handle.workdir, resume, target.first_seq)
+            yield OpenedSession(session, session.session_id, info.agent_name, AsksUser(), True)
+        elif resume is not None:
             # Attach at once, before any replayed update can arrive for a session the client
             # does not know yet; the agent behind the server is initialized.
             session = client.attach_session(
@@ -155,7 +183,8 @@ async def _open_sandbox_agent(target: _Target) -> AsyncIterator[OpenedSession]:
         else:
             info = await client.initialize()
             session = await client.new_session(handle.workdir, first_seq=target.first_seq)
-            yield OpenedSession(session, session.session_id, info.agent_name, AsksUser())
+            can_load = bool(info.capabilities.get("loadSession"))
+            yield OpenedSession(session, session.session_id, info.agent_name, AsksUser(), can_load)
 
 
 @asynccontextmanager
@@ -163,8 +192,14 @@ async def _open_stdio(target: _Target) -> AsyncIterator[OpenedSession]:
     process = await target.spawn(target.agent.acp_command)
     async with open_stdio_client(process) as client:
         info = await client.initialize()
-        session = await client.new_session(target.handle.workdir, first_seq=target.first_seq)
-        yield OpenedSession(session, session.session_id, info.agent_name, AsksUser())
+        if target.resume is not None and target.resume.load:
+            session = await load_session(
+                client, target.handle.workdir, target.resume, target.first_seq
+            )
+        else:
+            session = await client.new_session(target.handle.workdir, first_seq=target.first_seq)
+        can_load = bool(info.capabilities.get("loadSession"))
+        yield OpenedSession(session, session.session_id, info.agent_name, AsksUser(), can_load)
 
 
 @asynccontextmanager
@@ -174,7 +209,11 @@ async def _open_acpx(target: _Target) -> AsyncIterator[OpenedSession]:
         launch, target.spawn, name=acpx_session_name(target.session_id), first_seq=target.first_seq
     ) as acpx:
         yield OpenedSession(
-            acpx, acpx.session_id or acpx.name, "acpx", AnswersByPolicy("acpx", acpx.policy)
+            acpx,
+            acpx.session_id or acpx.name,
+            "acpx",
+            AnswersByPolicy("acpx", acpx.policy),
+            can_load=False,
         )
 
 
@@ -245,6 +284,7 @@ __all__ = [
     "PermissionMode",
     "Resume",
     "acpx_session_name",
+    "load_session",
     "open_session",
     "prepare_session",
     "sandbox_agent_server_id",

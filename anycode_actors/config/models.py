@@ -926,6 +926,16 @@ class SessionConfig(_Section):
     max_queued_follow_ups: StrictInt = 10
     # A chat with no live session is forgotten (its actors stopped) after this long.
     chat_idle_minutes: StrictFloat | StrictInt = 10
+    # The largest checkpoint (workspace and agent state, before compression) taken at the end
+    # of each turn to carry the session into a new sandbox if its own dies; 0 takes none.
+    checkpoint_max_mb: StrictInt = 200
+
+    @field_validator("checkpoint_max_mb")
+    @classmethod
+    def _check_checkpoint(cls, value: int) -> int:
+        if value < 0:
+            raise _invalid("must be 0 (no checkpoints) or more")
+        return value
 
     @field_validator("max_upload_files", "max_upload_total_mb", "max_queued_follow_ups")
     @classmethod

@@ -413,7 +413,9 @@ async def test_a_follow_up_sent_while_the_session_ends_is_answered_never_dropped
     """
     follow_up = "and what about tests?"
     answers: dict[float, str] = {}
-    async with fault_world_for(nursery, tmp_path, idle_minutes=2) as world:
+    # Without checkpoints: the lost sandbox ends the session (tests/faults/test_continuity.py
+    # has the session carried into a new sandbox instead).
+    async with fault_world_for(nursery, tmp_path, idle_minutes=2, checkpoint_max_mb=0) as world:
         tg = world.telegram
         for delay in FOLLOW_UP_DELAYS:
             before = last_message_id(world, CHAT)

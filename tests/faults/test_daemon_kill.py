@@ -186,6 +186,7 @@ class World:
     daemon: Daemon
     daemon_id: str
     tmp: Path
+    model: ScriptedModel | None = None
 
     async def task(self, prompt: str) -> None:
         """Ada starts a task; returns once the daemon has answered it."""
@@ -231,7 +232,9 @@ async def remove_containers(daemon_id: str) -> None:
 
 
 @asynccontextmanager
-async def docker_world(nursery: trio.Nursery, tmp: Path, **session: Any) -> AsyncIterator[World]:
+async def docker_world(
+    nursery: trio.Nursery, tmp: Path, model_script: ModelScript | None = None, **session: Any
+) -> AsyncIterator[World]:
     """The e2e world (Docker sandboxes, sandbox-agent, Claude Code, the scripted model on the
     bridge) with the daemon as a process, not started yet; `session` overrides [session]
     settings (the e2e ones: idle 0, so a session completes when its turn ends)."""
@@ -242,14 +245,15 @@ async def docker_world(nursery: trio.Nursery, tmp: Path, **session: Any) -> Asyn
     assert gateway is not None
     telegram = FakeTelegram()
     url = await telegram.start(nursery)
-    served: Served = await nursery.start(serve_asgi, ScriptedModel(script()).app, gateway)
+    model = ScriptedModel(model_script or script())
+    served: Served = await nursery.start(serve_asgi, model.app, gateway)
     data = e2e_config_data(tmp, url, telegram.token, served.base_url, **session)
     config = tmp / "config.toml"
     config.write_text(dump_toml(data))
     daemon_id = daemon_id_for(config_from_mapping(data, environ={}, base_dir=tmp))
     daemon = Daemon(config, tmp / "daemon.log", daemon_env())
     try:
-        yield World(telegram, daemon, daemon_id, tmp)
+        yield World(telegram, daemon, daemon_id, tmp, model)
     finally:
         await daemon.kill_every_run()
         await remove_containers(daemon_id)
