@@ -297,6 +297,7 @@ class FakeProvider:
     """
 
     name = "fake"
+    can_exec = True  # its exec fails instead: a checkpoint is tried, and logged as failed
 
     def __init__(
         self,

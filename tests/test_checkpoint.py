@@ -13,17 +13,30 @@ import pytest
 import trio
 
 from anycode_actors.actors.checkpoint import (
+    SANDBOX_HOME,
     CheckpointInfo,
     CheckpointStore,
+    CheckpointTooBig,
+    Continuity,
     blank,
+    checkpoint_names,
+    restore_checkpoint,
     restore_impossible,
+    take_checkpoint,
 )
 from anycode_actors.actors.retention import Retention
 from anycode_actors.agents import Resume, TextDelta, open_acp_client
 from anycode_actors.agents.session import load_session
 from anycode_actors.config import config_from_mapping
 from anycode_actors.errors import AgentError
+from anycode_actors.sandboxes.base import (
+    WORKSPACE,
+    OutboxListing,
+    SandboxFile,
+    SandboxHandle,
+)
 from anycode_actors.store import SessionStatus, Store
+from tests.actor_fakes import FakeProvider
 from tests.session_rig import TELEGRAM_TOKEN
 from tests.test_agents_core import SESSION, ScriptedPeer
 
@@ -61,6 +74,88 @@ def test_secrets_are_blanked_and_the_length_kept() -> None:
     assert len(out) == len(data)
     assert b"sk-secret-1" not in out and b"***********" in out
     assert out.endswith(b"key abc")  # shorter than four characters: too common to blank
+
+
+class NoExecProvider(FakeProvider):
+    """A provider without `exec` (as ECS): `files` are its sandboxes' files by absolute path,
+    which `read_files` reads by folder and `write_file` (the fake's) records in `written`."""
+
+    can_exec = False
+
+    def __init__(self, files: dict[str, bytes]) -> None:
+        super().__init__()
+        self.files = files
+        self.folders_read: list[str] = []
+
+    async def read_files(
+        self, handle: SandboxHandle, path: str, *, max_bytes: int
+    ) -> OutboxListing:
+        await trio.lowlevel.checkpoint()
+        self.folders_read.append(path)
+        inside = sorted(
+            (name.removeprefix(path + "/"), data)
+            for name, data in self.files.items()
+            if name.startswith(path + "/")
+        )
+        return OutboxListing(
+            files=tuple(SandboxFile(name, data) for name, data in inside if len(data) <= max_bytes),
+            too_big=tuple((name, len(data)) for name, data in inside if len(data) > max_bytes),
+        )
+
+
+SESSION_FILE = f"{SANDBOX_HOME}/.claude/projects/-workspace/agent-session.jsonl"
+
+
+async def test_without_exec_a_checkpoint_is_read_by_folder_and_written_back_by_file() -> None:
+    files = {
+        f"{WORKSPACE}/main.py": b"print('hi')\n",
+        f"{WORKSPACE}/sub/.env": b"API_KEY=sk-secret-1\n",
+        SESSION_FILE: b'{"said": "the token is tok-sandbox-9"}\n',
+        "/etc/passwd": b"not in a checkpoint",
+    }
+    provider = NoExecProvider(files)
+    old = provider.add("s1")
+    data = await take_checkpoint(
+        provider, old, max_bytes=1024, secrets=["sk-secret-1", "tok-sandbox-9"]
+    )
+    assert provider.folders_read == [
+        WORKSPACE,
+        f"{SANDBOX_HOME}/.claude/projects",
+        f"{SANDBOX_HOME}/.codex/sessions",
+    ]
+    assert sorted(checkpoint_names(data)) == sorted(
+        name.lstrip("/") for name in files if name != "/etc/passwd"
+    )
+
+    new = provider.add("s1")
+    await restore_checkpoint(provider, new, data)
+    assert provider.written == {
+        f"{WORKSPACE}/main.py": b"print('hi')\n",
+        f"{WORKSPACE}/sub/.env": b"API_KEY=***********\n",
+        SESSION_FILE: b'{"said": "the token is *************"}\n',
+    }
+
+
+async def test_without_exec_the_checkpoint_cap_counts_every_folder(tmp_path: Path) -> None:
+    files = {f"{WORKSPACE}/a": b"a" * 600, SESSION_FILE: b"s" * 600}
+    provider = NoExecProvider(files)
+    handle = provider.add("s1")
+    with pytest.raises(CheckpointTooBig, match=r"session\.checkpoint_max_mb"):
+        await take_checkpoint(provider, handle, max_bytes=1000, secrets=[])
+    assert await take_checkpoint(provider, handle, max_bytes=1200, secrets=[])
+    provider.files[f"{WORKSPACE}/big"] = b"b" * 2000  # one file over the cap alone
+    with pytest.raises(CheckpointTooBig):
+        await take_checkpoint(provider, handle, max_bytes=1500, secrets=[])
+
+    # Over the cap, the session keeps no checkpoint rather than an older one.
+    store = CheckpointStore(tmp_path)
+    continuity = Continuity("s1", store, max_mb=1, provider=provider)
+    del provider.files[f"{WORKSPACE}/big"]
+    assert await continuity.take(handle, agent_session_id="a", last_seq=1, secrets=[])
+    assert store.info("s1") is not None
+    provider.files[f"{WORKSPACE}/big"] = b"b" * (1024 * 1024)
+    assert await continuity.take(handle, agent_session_id="a", last_seq=2, secrets=[]) is None
+    assert store.info("s1") is None and "checkpoint_max_mb" in continuity.problem
 
 
 def test_acpx_sessions_cannot_be_restored() -> None:

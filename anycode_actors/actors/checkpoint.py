@@ -13,6 +13,13 @@ actor makes a new sandbox, writes the checkpoint back (`restore_checkpoint`), an
 agent's session with ACP `session/load` (https://agentclientprotocol.com/protocol/session-setup
 #loading-sessions): the agent reads its own state back and the next prompt carries the history.
 `restore_impossible` says when that cannot work, in words for the chat.
+
+A provider that cannot run a command (`SandboxProvider.can_exec` false: ECS) is read folder by
+folder with `read_files` instead, and the same tar is made on the daemon's side; the restore
+writes it back file by file with `write_file`. That path keeps regular files and their contents
+only: symbolic links, fifos and empty folders are left out, every file comes back with mode 0644
+and owned by whoever the provider writes as, and hard links come back as separate copies. The
+agent's home is then not asked of the sandbox but taken as `SANDBOX_HOME`.
 """
 
 from __future__ import annotations
@@ -33,7 +40,12 @@ import trio
 
 from anycode_actors.config import AgentConfig, AgentProtocol
 from anycode_actors.errors import AnycodeError
-from anycode_actors.sandboxes.base import SandboxError, SandboxHandle, SandboxProvider
+from anycode_actors.sandboxes.base import (
+    SandboxError,
+    SandboxHandle,
+    SandboxProvider,
+    check_file_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +53,9 @@ CHECKPOINTS_DIR: Final = "checkpoints"
 """The folder beside the database that holds the checkpoints."""
 #: What the agents keep of their sessions, relative to the sandbox user's home.
 AGENT_STATE: Final = (".claude/projects", ".codex/sessions")
+#: The home of the sandbox's user `agent` (made by docker/Dockerfile.agent), for providers that
+#: cannot ask the sandbox its $HOME.
+SANDBOX_HOME: Final = "/home/agent"
 #: Where the checkpoint is put in the new sandbox before it is unpacked (then removed).
 RESTORE_PATH: Final = "/tmp/anycode-checkpoint.tar.gz"
 #: The most a checkpoint or a restore may take before it counts as failed.
@@ -168,7 +183,11 @@ async def take_checkpoint(
 ) -> bytes:
     """The workspace and the agent's session state of `handle`'s sandbox, gzipped, with the
     `secrets` blanked. CheckpointTooBig past `max_bytes` (counted before compression);
-    SandboxError when the sandbox cannot give it."""
+    SandboxError when the sandbox cannot give it. Without `exec` the files are read with
+    `read_files` (see the module docstring for what that leaves out)."""
+    if not provider.can_exec:
+        tar = await _tar_from_reads(provider, handle, max_bytes)
+        return await trio.to_thread.run_sync(_gzip, blank(tar, secrets))
     process = await provider.exec(handle, ["sh", "-c", TAR_SCRIPT, "sh", handle.workdir], cwd="/")
     chunks: list[bytes] = []
     size = 0
@@ -177,10 +196,7 @@ async def take_checkpoint(
         while chunk := await process.receive_some():
             size += len(chunk)
             if size > max_bytes:
-                raise CheckpointTooBig(
-                    f"the workspace and the agent's state are over {max_bytes // _MB} MB "
-                    "(session.checkpoint_max_mb)"
-                )
+                raise _too_big(max_bytes)
             chunks.append(chunk)
         code = await process.wait()
     finally:
@@ -195,6 +211,65 @@ async def take_checkpoint(
     return await trio.to_thread.run_sync(_gzip, tar)
 
 
+def _too_big(max_bytes: int) -> CheckpointTooBig:
+    return CheckpointTooBig(
+        f"the workspace and the agent's state are over {max_bytes // _MB} MB "
+        "(session.checkpoint_max_mb)"
+    )
+
+
+def checkpoint_folders(handle: SandboxHandle) -> list[str]:
+    """The sandbox folders a checkpoint holds, when it is read without `exec`."""
+    return [handle.workdir, *(f"{SANDBOX_HOME}/{folder}" for folder in AGENT_STATE)]
+
+
+async def _tar_from_reads(
+    provider: SandboxProvider, handle: SandboxHandle, max_bytes: int
+) -> bytes:
+    """The tar `TAR_SCRIPT` would make, from `read_files` of each checkpointed folder: members
+    named relative to "/", regular files only. `max_bytes` caps the files' contents together."""
+    members: list[tuple[str, bytes]] = []
+    left = max_bytes
+    for folder in checkpoint_folders(handle):
+        listing = await provider.read_files(handle, folder, max_bytes=left)
+        if listing.too_big:
+            raise _too_big(max_bytes)
+        for file in listing.files:
+            left -= file.size
+            if left < 0:
+                raise _too_big(max_bytes)
+            members.append((f"{folder.strip('/')}/{file.name}", file.data))
+    return await trio.to_thread.run_sync(_tar, members)
+
+
+def _tar(members: Sequence[tuple[str, bytes]]) -> bytes:
+    out = io.BytesIO()
+    now = time.time()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members:
+            member = tarfile.TarInfo(name)
+            member.size = len(data)
+            member.mode = 0o644
+            member.mtime = int(now)
+            tar.addfile(member, io.BytesIO(data))
+    return out.getvalue()
+
+
+def _regular_files(data: bytes) -> list[tuple[str, bytes]]:
+    """The regular files of the checkpoint `data`, as (absolute path, contents); its other
+    members (folders, links) are left out."""
+    files: list[tuple[str, bytes]] = []
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            source = tar.extractfile(member)
+            if source is None:
+                continue
+            files.append(("/" + member.name.lstrip("/"), source.read()))
+    return files
+
+
 def _gzip(data: bytes) -> bytes:
     return gzip.compress(data, compresslevel=5)
 
@@ -206,7 +281,18 @@ def checkpoint_names(data: bytes) -> list[str]:
 
 
 async def restore_checkpoint(provider: SandboxProvider, handle: SandboxHandle, data: bytes) -> None:
-    """Unpack the checkpoint `data` at its places in the (new) sandbox `handle`."""
+    """Unpack the checkpoint `data` at its places in the (new) sandbox `handle`. Without `exec`
+    each regular file is written with `write_file` (see the module docstring)."""
+    if not provider.can_exec:
+        try:
+            files = await trio.to_thread.run_sync(_regular_files, data)
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            raise SandboxError(f"the checkpoint cannot be read: {exc}") from None
+        for path, _ in files:
+            check_file_path(path)
+        for path, contents in files:
+            await provider.write_file(handle, path, contents)
+        return
     await provider.write_file(handle, RESTORE_PATH, data)
     process = await provider.exec(handle, ["sh", "-c", UNTAR_SCRIPT, "sh", RESTORE_PATH], cwd="/")
     try:
@@ -344,12 +430,14 @@ __all__ = [
     "AGENT_STATE",
     "CHECKPOINTS_DIR",
     "CHECKPOINT_TIMEOUT",
+    "SANDBOX_HOME",
     "CheckpointInfo",
     "CheckpointStore",
     "CheckpointTooBig",
     "Continuity",
     "RetiredSink",
     "blank",
+    "checkpoint_folders",
     "checkpoint_names",
     "restore_checkpoint",
     "restore_impossible",

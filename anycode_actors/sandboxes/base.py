@@ -188,6 +188,9 @@ class SandboxProvider(Protocol):
     """Creates, inspects and destroys sandboxes. Every method is safe to call from Trio."""
 
     name: str
+    can_exec: bool
+    """Whether `exec` can run a command in its sandboxes (ECS cannot: see its `exec`); code
+    that has another way through `read_files`/`write_file` asks this before it tries."""
 
     async def create(self, spec: SandboxSpec) -> SandboxHandle:
         """Create and start a sandbox. Never leaves one behind if cancelled or failing."""

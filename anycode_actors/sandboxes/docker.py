@@ -162,6 +162,7 @@ class DockerProvider:
     """
 
     name = "docker"
+    can_exec = True
 
     def __init__(
         self,

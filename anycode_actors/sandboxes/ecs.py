@@ -167,6 +167,7 @@ class EcsProvider:
     """
 
     name: str = "ecs"
+    can_exec: bool = False
 
     def __init__(
         self,

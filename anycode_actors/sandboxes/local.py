@@ -179,6 +179,7 @@ class LocalProvider:
     """
 
     name = "local"
+    can_exec = True
 
     def __init__(
         self,
