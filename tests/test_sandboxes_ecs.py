@@ -35,6 +35,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from anycode_actors.actors.checkpoint import (
+    CheckpointTooBig,
+    checkpoint_names,
+    restore_checkpoint,
+    take_checkpoint,
+)
 from anycode_actors.config import EcsConfig
 from anycode_actors.sandboxes.base import (
     OutboxListing,
@@ -998,6 +1004,55 @@ async def test_write_file_goes_through_the_sandbox_agent_of_the_handle(
         await provider.write_file(no_endpoint, "/workspace/inbox/x", b"x")
     with pytest.raises(SandboxError, match="cannot write files through sandbox-agent"):
         await provider.write_file(handle, "/workspace/inbox/x", b"x")
+
+
+async def test_a_checkpoint_is_taken_and_restored_through_the_sandbox_agent(
+    moto: MotoServer, world: EcsWorld, tmp_path: Path
+) -> None:
+    """ECS cannot run tar in a task: the checkpoint reads the workspace and the agent's state
+    with the sandbox-agent's fs API, blanks the sandbox's token in it, and writes each file
+    back the same way (here the real binary serving folders of this machine)."""
+    provider = make_provider(moto, world)
+    assert not provider.can_exec
+    sandbox = tmp_path / "sandbox"
+    workspace, home = sandbox / "workspace", sandbox / "home"
+    (workspace / "src").mkdir(parents=True)
+    (workspace / "src" / "main.py").write_bytes(b"print('hi')\n")
+    (workspace / "link").symlink_to(workspace / "src" / "main.py")
+    state = home / ".claude" / "projects" / "-workspace"
+    state.mkdir(parents=True)
+    with running_sandbox_agent(tmp_path / "agent-home") as agent:
+        (state / "agent-session.jsonl").write_bytes(f'{{"token": "{agent.token}"}}\n'.encode())
+        handle = SandboxHandle(
+            id="arn:aws:ecs:us-east-1:123456789012:task/anycode/0123",
+            session_id="s",
+            provider="ecs",
+            endpoint=agent.endpoint,
+            token=agent.token,
+            workdir=str(workspace),
+        )
+        data = await take_checkpoint(
+            provider, handle, max_bytes=1000, secrets=[agent.token], home=str(home)
+        )
+        assert sorted(checkpoint_names(data)) == [
+            f"{str(state).lstrip('/')}/agent-session.jsonl",
+            f"{str(workspace).lstrip('/')}/src/main.py",
+        ]
+        with pytest.raises(CheckpointTooBig):
+            await take_checkpoint(provider, handle, max_bytes=20, secrets=[], home=str(home))
+
+        for path in (
+            workspace / "src" / "main.py",
+            workspace / "link",
+            state / "agent-session.jsonl",
+        ):
+            path.unlink()
+        await restore_checkpoint(provider, handle, data)
+        assert (workspace / "src" / "main.py").read_bytes() == b"print('hi')\n"
+        restored = (state / "agent-session.jsonl").read_bytes()
+        assert agent.token.encode() not in restored
+        assert restored == b'{"token": "' + b"*" * len(agent.token) + b'"}\n'
+        assert not (workspace / "link").exists()  # links are not carried without exec
 
 
 async def test_the_warm_pool_keeps_ecs_tasks_ready_and_stops_them_on_shutdown(

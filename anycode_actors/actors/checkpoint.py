@@ -180,13 +180,15 @@ async def take_checkpoint(
     *,
     max_bytes: int,
     secrets: Sequence[str],
+    home: str = SANDBOX_HOME,
 ) -> bytes:
     """The workspace and the agent's session state of `handle`'s sandbox, gzipped, with the
     `secrets` blanked. CheckpointTooBig past `max_bytes` (counted before compression);
     SandboxError when the sandbox cannot give it. Without `exec` the files are read with
-    `read_files` (see the module docstring for what that leaves out)."""
+    `read_files`, the agent's state under `home` (see the module docstring for what that leaves
+    out)."""
     if not provider.can_exec:
-        tar = await _tar_from_reads(provider, handle, max_bytes)
+        tar = await _tar_from_reads(provider, handle, max_bytes, home)
         return await trio.to_thread.run_sync(_gzip, blank(tar, secrets))
     process = await provider.exec(handle, ["sh", "-c", TAR_SCRIPT, "sh", handle.workdir], cwd="/")
     chunks: list[bytes] = []
@@ -218,19 +220,19 @@ def _too_big(max_bytes: int) -> CheckpointTooBig:
     )
 
 
-def checkpoint_folders(handle: SandboxHandle) -> list[str]:
+def checkpoint_folders(handle: SandboxHandle, home: str = SANDBOX_HOME) -> list[str]:
     """The sandbox folders a checkpoint holds, when it is read without `exec`."""
-    return [handle.workdir, *(f"{SANDBOX_HOME}/{folder}" for folder in AGENT_STATE)]
+    return [handle.workdir, *(f"{home}/{folder}" for folder in AGENT_STATE)]
 
 
 async def _tar_from_reads(
-    provider: SandboxProvider, handle: SandboxHandle, max_bytes: int
+    provider: SandboxProvider, handle: SandboxHandle, max_bytes: int, home: str
 ) -> bytes:
     """The tar `TAR_SCRIPT` would make, from `read_files` of each checkpointed folder: members
     named relative to "/", regular files only. `max_bytes` caps the files' contents together."""
     members: list[tuple[str, bytes]] = []
     left = max_bytes
-    for folder in checkpoint_folders(handle):
+    for folder in checkpoint_folders(handle, home):
         listing = await provider.read_files(handle, folder, max_bytes=left)
         if listing.too_big:
             raise _too_big(max_bytes)
