@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.syntax import Syntax
 from rich.text import Text
 
-from anycode_actors.cli.common import DEFAULT_CONFIG_PATH, CommandIO, Subparsers, load_runnable
+from anycode_actors.cli.common import CommandIO, Subparsers, add_config_path, load_runnable
 from anycode_actors.config import SECRET_ENV_VARS, Config
 
 __all__ = ["add_check_config"]
@@ -23,13 +23,7 @@ def add_check_config(subparsers: Subparsers) -> None:
         "filled in and secrets masked (exit 0), or every problem with its key path and a fix "
         "(exit 1).",
     )
-    parser.add_argument(
-        "path",
-        nargs="?",
-        default=DEFAULT_CONFIG_PATH,
-        metavar="PATH",
-        help=f"the config file (default: {DEFAULT_CONFIG_PATH})",
-    )
+    add_config_path(parser)
     parser.set_defaults(handler=_check_config)
 
 

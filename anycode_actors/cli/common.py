@@ -24,6 +24,7 @@ __all__ = [
     "CommandIO",
     "Handler",
     "Subparsers",
+    "add_config_path",
     "configure_logging",
     "load_runnable",
     "print_problems",
@@ -39,6 +40,17 @@ class CommandIO:
     environ: Mapping[str, str]
     out: Console
     err: Console
+
+
+def add_config_path(parser: argparse.ArgumentParser) -> None:
+    """The optional positional PATH of the config file, as check-config and doctor take it."""
+    parser.add_argument(
+        "path",
+        nargs="?",
+        default=DEFAULT_CONFIG_PATH,
+        metavar="PATH",
+        help=f"the config file (default: {DEFAULT_CONFIG_PATH})",
+    )
 
 
 Handler = Callable[[argparse.Namespace, CommandIO], int]

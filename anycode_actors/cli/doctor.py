@@ -25,7 +25,7 @@ from anycode_actors.agents.stack import (
     probe_arguments,
     tested_stack,
 )
-from anycode_actors.cli.common import DEFAULT_CONFIG_PATH, CommandIO, Subparsers, load_runnable
+from anycode_actors.cli.common import CommandIO, Subparsers, add_config_path, load_runnable
 
 __all__ = ["ImageProbe", "add_doctor", "probe_docker_image", "report_stack"]
 
@@ -46,13 +46,7 @@ def add_doctor(subparsers: Subparsers) -> None:
         "acpx and Codex inside the configured sandbox image (docker provider) and warn about "
         "every one older than the version this release was tested with.",
     )
-    parser.add_argument(
-        "path",
-        nargs="?",
-        default=DEFAULT_CONFIG_PATH,
-        metavar="PATH",
-        help=f"the config file (default: {DEFAULT_CONFIG_PATH})",
-    )
+    add_config_path(parser)
     parser.set_defaults(handler=_doctor)
 
 
