@@ -129,6 +129,7 @@ __all__ = [
     "THREAD_GONE_NOTICE",
     "Adopt",
     "Append",
+    "AppendPieces",
     "Drain",
     "Edit",
     "EndStream",
@@ -239,6 +240,15 @@ class Append:
 
 
 @dataclass(frozen=True)
+class AppendPieces:
+    """Several text deltas for the live message of `stream` at once: as one `Append(stream,
+    text, mark)` for each (mark, text) of `pieces`, in order."""
+
+    stream: str
+    pieces: tuple[tuple[int, str], ...]
+
+
+@dataclass(frozen=True)
 class Flush:
     """Show what `stream` has now: an item or turn completed, a question or permission waits."""
 
@@ -301,7 +311,9 @@ class Drain:
     done: trio.Event
 
 
-FlusherMessage: TypeAlias = Append | Adopt | Flush | EndStream | Post | Edit | Upload | Drain
+FlusherMessage: TypeAlias = (
+    Append | AppendPieces | Adopt | Flush | EndStream | Post | Edit | Upload | Drain
+)
 
 
 @dataclass
@@ -622,7 +634,9 @@ class Flusher(Actor[FlusherMessage]):
         now = trio.current_time()
         if isinstance(message, Append):
             if message.text:
-                self._append(message, seq, now)
+                self._append(message.stream, ((message.mark, message.text),), seq, now)
+        elif isinstance(message, AppendPieces):
+            self._append(message.stream, message.pieces, seq, now)
         elif isinstance(message, Adopt):
             self._adopt(message, seq, now)
         elif isinstance(message, Flush):
@@ -685,15 +699,22 @@ class Flusher(Actor[FlusherMessage]):
         if len(self._ops) != queued:
             self._report()
 
-    def _append(self, message: Append, seq: int, now: float) -> None:
-        stream = self._streams.get(message.stream)
+    def _append(
+        self, name: str, pieces: Sequence[tuple[int | None, str]], seq: int, now: float
+    ) -> None:
+        texts = [text for _, text in pieces if text]
+        if not texts:
+            return
+        stream = self._streams.get(name)
         if stream is None:
-            stream = _Stream(message.stream, next(self._uids))
-            self._streams[message.stream] = stream
-        if message.mark is not None:
-            start = len(stream.pending)
-            stream.marks.append((start, start + len(message.text), message.mark))
-        stream.pending += message.text
+            stream = _Stream(name, next(self._uids))
+            self._streams[name] = stream
+        start = len(stream.pending)
+        for mark, text in pieces:
+            if text and mark is not None:
+                stream.marks.append((start, start + len(text), mark))
+            start += len(text)
+        stream.pending += "".join(texts)
         key = ("stream", stream.uid)
         if key not in self._ops:
             self._queue(_StreamOp(key, seq, now + self.debounce, stream=stream))

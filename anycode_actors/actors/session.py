@@ -24,7 +24,7 @@ import logging
 import math
 import re
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -41,6 +41,7 @@ from anycode_actors.actors.commands import short_id
 from anycode_actors.actors.flusher import (
     Adopt,
     Append,
+    AppendPieces,
     Drain,
     Edit,
     EndStream,
@@ -64,7 +65,7 @@ from anycode_actors.actors.session_api import (
     ShowDiff,
 )
 from anycode_actors.actors.stream import (
-    AgentEventArrived,
+    AgentEventsArrived,
     CancelTurn,
     Prompt,
     Respond,
@@ -128,8 +129,8 @@ DRAIN_GRACE: Final = 10.0
 FINAL_DIFF_GRACE: Final = 30.0
 REPORT_EVERY: Final = 0.25
 """Seconds between reports to the actor tree while only output streams."""
-EVENT_BATCH: Final = 64
-"""The most agent events stored in one transaction (see `_with_queued_events`)."""
+EVENT_BATCH: Final = 512
+"""Reports of agent events are merged up to this many events (see `_with_queued_events`)."""
 UPLOADS_IN_FLIGHT: Final = 64
 """Room for upload confirmations; a task of the session records them as they come."""
 # Where agents leave files for the user (documented in the README and the agent's prompt).
@@ -374,7 +375,7 @@ class SessionActor(Actor[SessionInbox]):
         # Streamed output moves only the event count: the tree hears of it a few times a
         # second, not once per event (each report copies the actor's info).
         if (
-            not isinstance(message, AgentEventArrived)
+            not isinstance(message, AgentEventsArrived)
             or self._report_now
             or self._outcome is not None
             or trio.current_time() - self._reported_at >= REPORT_EVERY
@@ -403,11 +404,13 @@ class SessionActor(Actor[SessionInbox]):
             self._finish(SessionStatus.FAILED, message.message)
         elif isinstance(message, StreamReady):
             await self._on_stream_ready(message)
-        elif isinstance(message, AgentEventArrived):
-            batch = self._with_queued_events(message)
-            if any(_took_it_up(arrived.event) for arrived in batch):
-                self._unanswered = None
-            await self._on_events([arrived.event for arrived in batch])
+        elif isinstance(message, AgentEventsArrived):
+            for run in _runs(self._with_queued_events(message)):
+                if self._stopping:
+                    break  # what follows would have stayed in the inbox, unhandled
+                if any(_took_it_up(event) for event in run):
+                    self._unanswered = None
+                await self._on_events(run)
             if self._deferred:
                 await self._dispatch(self._deferred.pop())
         elif isinstance(message, StreamEnded):
@@ -761,24 +764,23 @@ class SessionActor(Actor[SessionInbox]):
 
     # --- agent events ---------------------------------------------------------------------------
 
-    def _with_queued_events(self, first: AgentEventArrived) -> list[AgentEventArrived]:
-        """`first` and the agent events queued right behind it, taken together so that they are
-        stored in one transaction (one trip to the database's thread instead of one each).
-        The batch ends at an event that does more than add output (a permission, the end of
-        a turn or of the connection), which is handled last, as it would be alone; a message
-        of another kind taken from the inbox meanwhile waits in `_deferred`, to be handled
-        next."""
-        batch = [first]
-        while len(batch) < EVENT_BATCH and _only_output(batch[-1].event):
+    def _with_queued_events(self, first: AgentEventsArrived) -> list[AgentEvent]:
+        """The events of `first` and of the reports queued right behind it, taken together so
+        that they are stored in few transactions (one trip to the database's thread for each
+        run of `_runs`, instead of one per event). Reports are taken while the last event only
+        adds output and fewer than `EVENT_BATCH` are taken; a message of another kind taken
+        from the inbox meanwhile waits in `_deferred`, to be handled next."""
+        events = list(first.events)
+        while len(events) < EVENT_BATCH and _only_output(events[-1]):
             try:
                 message = self._inbox.receive_nowait()
             except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                 break
-            if not isinstance(message, AgentEventArrived):
+            if not isinstance(message, AgentEventsArrived):
                 self._deferred.append(message)
                 break
-            batch.append(message)
-        return batch
+            events.extend(message.events)
+        return events
 
     async def _on_events(self, agent_events: Sequence[AgentEvent]) -> None:
         # The credentials the sandbox was given never reach the event log or the chat: every
@@ -795,13 +797,19 @@ class SessionActor(Actor[SessionInbox]):
         # stored already is a repeat (a resumed stream delivering it again): handled.
         stored = await self._store.append_events(self._id, events)
         self._report_now = not all(_only_output(event) for event in events)
+        # The text of consecutive events goes to the flusher as one message (each piece keeps
+        # its event's seq as its mark), sent before anything else the events cause.
+        pieces: list[tuple[int, str]] = []
         for event, new in zip(events, stored, strict=True):
             if not new:
                 continue
             self._events += 1
             text = chat_text(event)
             if text:
-                await self._flusher.send(Append(self._id, text, mark=event.seq))
+                pieces.append((event.seq, text))
+            if _only_output(event):
+                continue
+            await self._send_output(pieces)
             if isinstance(event, PermissionRequested):
                 await self._on_permission(event)
             elif isinstance(event, PermissionResolved):
@@ -813,6 +821,16 @@ class SessionActor(Actor[SessionInbox]):
                 await self._flusher.send(Post(f"Agent error: {event.message}"))
             elif isinstance(event, SessionEnded) and self._outcome is None:
                 await self._on_stream_lost(event.message or event.reason.replace("_", " "))
+        await self._send_output(pieces)
+
+    async def _send_output(self, pieces: list[tuple[int, str]]) -> None:
+        """Hand the (seq, text) `pieces` of streamed output to the flusher, and forget them."""
+        if len(pieces) == 1:
+            [(seq, text)] = pieces
+            await self._flusher.send(Append(self._id, text, mark=seq))
+        elif pieces:
+            await self._flusher.send(AppendPieces(self._id, tuple(pieces)))
+        pieces.clear()
 
     async def _on_permission(self, request: PermissionRequested) -> None:
         options = tuple(
@@ -1351,6 +1369,20 @@ class SessionActor(Actor[SessionInbox]):
         with trio.move_on_after(5):
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await self._closed.send(SessionClosed(self._id, str(status)))
+
+
+def _runs(events: Sequence[AgentEvent]) -> Iterator[list[AgentEvent]]:
+    """`events` cut after each one that does more than add output (a permission, the end of a
+    turn or of the connection): each run is stored and handled before the next is stored, as if
+    that event had come alone."""
+    run: list[AgentEvent] = []
+    for event in events:
+        run.append(event)
+        if not _only_output(event):
+            yield run
+            run = []
+    if run:
+        yield run
 
 
 def _only_output(event: AgentEvent) -> bool:

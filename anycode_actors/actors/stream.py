@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 # How long opening the agent (health, initialize, session/new) may take before the session fails.
 CONNECT_TIMEOUT: Final = 120.0
 STREAM_INBOX: Final = 16
+#: The most agent events one `AgentEventsArrived` carries.
+EVENTS_PER_REPORT: Final = 256
 
 
 # --- commands from the session actor --------------------------------------------------------
@@ -80,8 +82,12 @@ class StreamReady:
 
 
 @dataclass(frozen=True)
-class AgentEventArrived:
-    event: AgentEvent
+class AgentEventsArrived:
+    """Agent events in delivery order: the one the stream waited for and every one queued right
+    behind it (at most `EVENTS_PER_REPORT`), so a fast agent costs one inbox message per burst,
+    not one per event."""
+
+    events: tuple[AgentEvent, ...]
 
 
 @dataclass(frozen=True)
@@ -91,7 +97,7 @@ class StreamEnded:
     error: str | None
 
 
-StreamReport = StreamReady | AgentEventArrived | StreamEnded
+StreamReport = StreamReady | AgentEventsArrived | StreamEnded
 
 
 class ReportSink(Protocol):
@@ -223,8 +229,13 @@ class StreamActor(Actor[StreamCommand]):
     async def _forward_events(self, session: AgentSession) -> None:
         context = current_child()
         shown: bool | None = None
-        async for event in session.events:
-            await self._reports.send(AgentEventArrived(event))
+        events = session.events
+        async for first in events:
+            batch = [first]
+            with suppress(trio.WouldBlock, trio.EndOfChannel):
+                while len(batch) < EVENTS_PER_REPORT:
+                    batch.append(events.receive_nowait())
+            await self._reports.send(AgentEventsArrived(tuple(batch)))
             if context is not None and session.turn_running is not shown:
                 # The turn ends with an event, not a command: keep the tree's view current
                 # (told of changes only: each update copies the actor's info).
@@ -234,8 +245,9 @@ class StreamActor(Actor[StreamCommand]):
 
 __all__ = [
     "CONNECT_TIMEOUT",
+    "EVENTS_PER_REPORT",
     "STREAM_INBOX",
-    "AgentEventArrived",
+    "AgentEventsArrived",
     "CancelTurn",
     "Prompt",
     "ReportSink",

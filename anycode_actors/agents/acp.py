@@ -102,6 +102,7 @@ __all__ = [
     "NEW_SESSION_TIMEOUT",
     "AcpClient",
     "AcpSession",
+    "EventChannel",
     "InitializeResult",
     "Turn",
     "open_acp_client",
@@ -135,15 +136,25 @@ class InitializeResult:
     auth_methods: tuple[Any, ...]
 
 
+class _Keep:
+    """The event's cursor as it is (`EventPump.put`)."""
+
+
+_KEEP: Final = _Keep()
+
+
 class EventPump:
     """Numbers one session's events and hands them to the reader, in order (shared by the
     ACP and acpx sessions of this package; not part of its public API).
 
     Agent-caused events `put` (waiting while `limit` are queued); caller-caused ones `put_now`.
+    The reader takes them from `receive`, an `EventChannel` over the same queue: one event at a
+    time (`receive`, a checkpoint) or, without waiting, every event queued behind it
+    (`receive_nowait`), so a reader that keeps up pays one trip through the scheduler per burst
+    of events rather than one per event.
     """
 
     def __init__(self, limit: int, first_seq: int) -> None:
-        self._send, self.receive = trio.open_memory_channel[AgentEvent](0)
         self._queue: deque[AgentEvent] = deque()
         self._limit = limit
         self._items = trio.lowlevel.ParkingLot()
@@ -151,22 +162,27 @@ class EventPump:
         self._next_seq = first_seq
         self._finished = False
         self.last_seq = first_seq - 1
+        self.receive = EventChannel(self)
 
-    async def put(self, event: AgentEvent) -> AgentEvent:
-        """Queue `event` (waiting for room); returns it numbered."""
+    async def put(self, event: AgentEvent, *, cursor: str | _Keep | None = _KEEP) -> AgentEvent:
+        """Queue `event` (waiting for room); returns it numbered (and given `cursor`)."""
         while len(self._queue) >= self._limit and not self._finished:
             await self._room.park()
-        return self.put_now(event)
+        return self.put_now(event, cursor=cursor)
 
-    def put_now(self, event: AgentEvent) -> AgentEvent:
-        """Queue `event` without waiting; returns it numbered. The number is given here, in
-        queue order, which is delivery order."""
-        event = replace(event, seq=self._next_seq)
+    def put_now(self, event: AgentEvent, *, cursor: str | _Keep | None = _KEEP) -> AgentEvent:
+        """Queue `event` without waiting; returns it numbered (and given `cursor`). The number
+        is given here, in queue order, which is delivery order."""
+        if isinstance(cursor, _Keep):
+            event = replace(event, seq=self._next_seq)
+        else:
+            event = replace(event, seq=self._next_seq, cursor=cursor)
         if self._finished:
             return event
         self._next_seq += 1
         self._queue.append(event)
-        self._items.unpark_all()
+        if self._items:
+            self._items.unpark_all()
         return event
 
     def finish(self, final: AgentEvent | None = None) -> None:
@@ -178,24 +194,65 @@ class EventPump:
         self._room.unpark_all()
 
     async def run(self) -> None:
+        """Ends the stream when cancelled (its nursery closing): the reader gets what was
+        queued, then the end."""
         try:
-            while True:
-                while not self._queue:
-                    if self._finished:
-                        return
-                    await self._items.park()
-                event = self._queue.popleft()
-                self._room.unpark_all()
-                try:
-                    await self._send.send(event)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    # Nobody reads this session any more; drop the rest.
-                    self._queue.clear()
-                    self._finished = True
-                    return
-                self.last_seq = event.seq
+            await trio.sleep_forever()
         finally:
-            self._send.close()
+            self.finish()
+
+    def _take(self) -> AgentEvent:
+        if self._queue:
+            event = self._queue.popleft()
+            self.last_seq = event.seq
+            if self._room:
+                self._room.unpark_all()
+            return event
+        if self._finished:
+            raise trio.EndOfChannel
+        raise trio.WouldBlock
+
+    def _reader_gone(self) -> None:
+        # Nobody reads this session any more; drop the rest.
+        self._queue.clear()
+        self.finish()
+
+
+class EventChannel(trio.abc.ReceiveChannel[AgentEvent]):
+    """The reading end of an `EventPump`: a trio receive channel (ends with EndOfChannel after
+    the pump's last event) that also hands over, without waiting, what is queued already."""
+
+    def __init__(self, pump: EventPump) -> None:
+        self._pump = pump
+        self._closed = False
+
+    def receive_nowait(self) -> AgentEvent:
+        """The next event if one is queued; trio.WouldBlock if none is yet, EndOfChannel after
+        the last."""
+        if self._closed:
+            raise trio.ClosedResourceError
+        return self._pump._take()
+
+    async def receive(self) -> AgentEvent:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while True:
+            try:
+                event = self.receive_nowait()
+            except trio.WouldBlock:
+                await self._pump._items.park()
+                continue
+            # A schedule point even when an event was ready, as trio's own channels have.
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return event
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._pump._reader_gone()
+
+    async def aclose(self) -> None:
+        self.close()
+        await trio.lowlevel.checkpoint()
 
 
 class Turn:
@@ -260,7 +317,7 @@ class AcpSession:
         return f"AcpSession({self.session_id!r}, last_seq={self.last_seq})"
 
     @property
-    def events(self) -> trio.MemoryReceiveChannel[AgentEvent]:
+    def events(self) -> EventChannel:
         """The session's events, numbered from `first_seq`. Ends after `SessionEnded`, or when the
         client closes."""
         return self._pump.receive
@@ -385,7 +442,7 @@ class AcpSession:
             await self._pump.put(
                 PermissionResolved(key=leftover.key, outcome="cancelled", by="cancel")
             )
-        await self._pump.put(replace(event, cursor=cursor))
+        await self._pump.put(event, cursor=cursor)
         turn._finish(event.stop_reason, event.message)
 
     async def _put(self, event: AgentEvent, cursor: str | None) -> None:
@@ -395,7 +452,7 @@ class AcpSession:
             event = self._tools.fill_permission(event)
             if event.key in self._permissions:
                 return  # a resumed stream repeated it
-        delivered = await self._pump.put(replace(event, cursor=cursor))
+        delivered = await self._pump.put(event, cursor=cursor)
         if isinstance(delivered, PermissionRequested):
             self._permissions[delivered.key] = delivered
 
@@ -595,8 +652,16 @@ class AcpClient:
         return answer.result
 
     async def _read_loop(self) -> None:
-        async for received in self._transport.incoming:
+        incoming = self._transport.incoming
+        async for received in incoming:
             await self._dispatch(received)
+            # What arrived meanwhile is taken without a trip through the scheduler each.
+            while True:
+                try:
+                    received = incoming.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+                await self._dispatch(received)
         failure = self._transport.end_reason() or AgentClosedError("the agent connection closed")
         self._lose_connection(failure)
 

@@ -36,7 +36,7 @@ from typing import Any, Final, TypeAlias
 import trio
 
 from anycode_actors.agents._nursery import open_nursery_bare
-from anycode_actors.agents.acp import EVENTS_QUEUE_LIMIT, EventPump, Turn
+from anycode_actors.agents.acp import EVENTS_QUEUE_LIMIT, EventChannel, EventPump, Turn
 from anycode_actors.agents.events import (
     CANCELLED,
     ERROR_STOP_REASON,
@@ -275,7 +275,7 @@ class AcpxSession:
         return self._session_id
 
     @property
-    def events(self) -> trio.MemoryReceiveChannel[AgentEvent]:
+    def events(self) -> EventChannel:
         return self._pump.receive
 
     @property

@@ -38,7 +38,6 @@ from typing import Any, Final
 from urllib.parse import quote
 
 import httpx
-import httpx_sse
 import trio
 
 from anycode_actors._tls import shared_ssl_context
@@ -51,6 +50,7 @@ from anycode_actors.agents.jsonrpc import (
     RpcError,
     decode_line,
 )
+from anycode_actors.agents.sse import SseEvent, SseParser
 from anycode_actors.agents.transport import INCOMING_BUFFER, Received
 from anycode_actors.errors import AgentAuthError, AgentClosedError, AgentError, AgentNotReadyError
 from supervisors import Backoff
@@ -133,6 +133,10 @@ class StreamStats:
 
 class _Resume(Exception):
     """Resume the stream at once (a gap to refetch)."""
+
+
+class _NotAnEventStream(Exception):
+    """The stream answered 200 with another content type than text/event-stream."""
 
 
 class _NotCreatedYet(Exception):
@@ -244,6 +248,7 @@ class SandboxAgentTransport:
             self._instance_ready.set()
             self._first_sent.set()
         self._last_id = last_event_id
+        self._parsed_id = last_event_id  # the id of the last event parsed on this connection
         self._reconnect = reconnect
         self._send_incoming, self._incoming = trio.open_memory_channel[Received](INCOMING_BUFFER)
         self._end: AgentClosedError | None = None
@@ -365,7 +370,7 @@ class SandboxAgentTransport:
                         else AgentClosedError("the event stream failed", str(exc.error))
                     )
                     return
-                except (httpx.HTTPError, httpx_sse.SSEError) as exc:
+                except (httpx.HTTPError, _NotAnEventStream) as exc:
                     reason = _describe(exc)
                 # Count attempts that could not connect; one that opened starts the count anew.
                 failures = 1 if self._opened else failures + 1
@@ -405,37 +410,70 @@ class SandboxAgentTransport:
                 if response.status_code in (401, 403, 404):
                     raise _StreamFailed(error)
                 raise httpx.HTTPStatusError(str(error), request=response.request, response=response)
+            content_type = response.headers.get("content-type", "").partition(";")[0]
+            if "text/event-stream" not in content_type:
+                raise _NotAnEventStream(f"the event stream came as {content_type!r}")
             self._opened = True
             self._instance_ready.set()
             self.stats.connects += 1
-            async for sse in httpx_sse.EventSource(response).aiter_sse():
-                await self._on_event(sse)
+            # Each chunk's events are taken together: parsed, checked and numbered first, then
+            # handed on without a trip through the scheduler per event (see `_deliver`).
+            parser = SseParser()
+            self._parsed_id = self._last_id
+            async for chunk in response.aiter_bytes():
+                out: list[tuple[Received | None, int | None]] = []
+                gap = False
+                for sse in parser.feed(chunk):
+                    if not self._accept(sse, out):
+                        gap = True
+                        break
+                await self._deliver(out)
+                if gap:
+                    raise _Resume
 
-    async def _on_event(self, sse: httpx_sse.ServerSentEvent) -> None:
+    def _accept(self, sse: SseEvent, out: list[tuple[Received | None, int | None]]) -> bool:
+        """Add what `sse` delivers to `out`, with the event id it moves the stream to; False,
+        adding nothing, when its id skips ahead and the stream should be resumed to fetch what
+        it skipped."""
         event_id = _parse_id(sse.id)
-        if event_id is not None and self._last_id is not None and event_id <= self._last_id:
+        last = self._parsed_id
+        if event_id is not None and last is not None and event_id <= last:
             self.stats.duplicates_dropped += 1
-            return
+            return True
         if event_id is not None:
-            expected = (self._last_id or 0) + 1
+            expected = (last or 0) + 1
             if event_id > expected:
                 if not self._gap_retried:
                     self._gap_retried = True
                     self.stats.gaps_refetched += 1
-                    raise _Resume
+                    return False
                 lost = event_id - expected
                 self.stats.events_lost += lost
                 logger.error("sandbox-agent lost %d stream events before %d", lost, event_id)
-                await self._send_incoming.send(
-                    Received(Notification(_EVENTS_LOST_METHOD, {"count": lost}))
-                )
+                out.append((Received(Notification(_EVENTS_LOST_METHOD, {"count": lost})), None))
         self._gap_retried = False
+        received = None
         if sse.data:
-            await self._send_incoming.send(
-                Received(decode_line(sse.data), str(event_id) if event_id is not None else None)
-            )
+            cursor = str(event_id) if event_id is not None else None
+            received = Received(decode_line(sse.data), cursor)
+        out.append((received, event_id))
         if event_id is not None:
-            self._last_id = event_id
+            self._parsed_id = event_id
+        return True
+
+    async def _deliver(self, out: list[tuple[Received | None, int | None]]) -> None:
+        """Hand each message on in order; `last_event_id` follows what was handed on. A message
+        goes without waiting while the channel has room, and waits for room otherwise
+        (backpressure reaches the socket)."""
+        send = self._send_incoming
+        for received, event_id in out:
+            if received is not None:
+                try:
+                    send.send_nowait(received)
+                except trio.WouldBlock:
+                    await send.send(received)
+            if event_id is not None:
+                self._last_id = event_id
 
     async def _delete(self) -> None:
         with trio.move_on_after(DELETE_TIMEOUT, shield=True):

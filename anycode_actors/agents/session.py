@@ -27,8 +27,6 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Final, Protocol, TypeAlias
 
-import trio
-
 from anycode_actors.agents.acp import AcpClient, AcpSession, Turn, open_acp_client
 from anycode_actors.agents.acpx import AcpxLaunch, Spawn, open_acpx_session
 from anycode_actors.agents.events import AgentEvent, PermissionRequested, PromptFile
@@ -45,11 +43,24 @@ from anycode_actors.sandboxes.base import SandboxHandle
 LOAD_SESSION_TIMEOUT: Final = 120.0
 
 
+class EventSource(Protocol):
+    """A session's events: a trio receive channel (iterate it, or `receive`) that also hands
+    over an event already queued without waiting (`receive_nowait`, trio.WouldBlock when none
+    is), so a reader can take a burst of events at once. `EventChannel` is one; so is a trio
+    memory channel."""
+
+    async def receive(self) -> AgentEvent: ...
+
+    def receive_nowait(self) -> AgentEvent: ...
+
+    def __aiter__(self) -> AsyncIterator[AgentEvent]: ...
+
+
 class AgentSession(Protocol):
     """What a caller needs of an ACP session (AcpSession and AcpxSession both fit)."""
 
     @property
-    def events(self) -> trio.MemoryReceiveChannel[AgentEvent]: ...
+    def events(self) -> EventSource: ...
 
     @property
     def turn_running(self) -> bool: ...
@@ -280,6 +291,7 @@ __all__ = [
     "AgentSession",
     "AnswersByPolicy",
     "AsksUser",
+    "EventSource",
     "OpenedSession",
     "PermissionMode",
     "Resume",

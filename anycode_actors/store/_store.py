@@ -476,25 +476,38 @@ class Store:
 
         def insert() -> list[bool]:
             db = self._sync_db
-            stored = []
             with write_transaction(db):
                 now = utc_now()
                 self._get_session(session_id)
-                for seq, tag, body in rows:
-                    cursor = db.execute(
-                        "INSERT INTO events (session_id, seq, type, payload, created_at)"
-                        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (session_id, seq) DO NOTHING",
-                        (session_id, seq, tag, body, now),
+                # The seqs stored already (a resumed stream repeating them) are looked up in
+                # one query, and the new rows go in with one executemany.
+                seqs = [seq for seq, _, _ in rows]
+                found = {
+                    seq
+                    for (seq,) in db.conn.execute(
+                        "SELECT seq FROM events WHERE session_id = ? AND seq BETWEEN ? AND ?",
+                        (session_id, min(seqs), max(seqs)),
                     )
-                    stored.append(cursor.rowcount == 1)
-                newest = max(
-                    (seq for (seq, _, _), new in zip(rows, stored, strict=True) if new), default=0
-                )
-                if newest:
+                }
+                stored = []
+                for seq in seqs:
+                    stored.append(seq not in found)
+                    found.add(seq)  # a seq twice in `rows`: the first copy wins
+                new_rows = [
+                    (session_id, seq, tag, body, now)
+                    for (seq, tag, body), new in zip(rows, stored, strict=True)
+                    if new
+                ]
+                if new_rows:
+                    db.conn.executemany(
+                        "INSERT INTO events (session_id, seq, type, payload, created_at)"
+                        " VALUES (?, ?, ?, ?, ?)",
+                        new_rows,
+                    )
                     db.execute(
                         "UPDATE sessions SET last_event_seq = max(last_event_seq, ?),"
                         " updated_at = ? WHERE id = ?",
-                        (newest, now, session_id),
+                        (max(row[1] for row in new_rows), now, session_id),
                     )
             return stored
 
