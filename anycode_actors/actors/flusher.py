@@ -87,7 +87,7 @@ import itertools
 import logging
 import math
 import unicodedata
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Final, TypeAlias, TypeVar
@@ -436,25 +436,36 @@ class _Stream:
     message_id: str | None = None
     shown: str = ""
     pending: str = ""
-    # (start, end) offsets in `pending` of each marked Append's text, and its mark; oldest
-    # first. A start below 0 means part of that text is already in an earlier message.
-    marks: list[tuple[int, int, int]] = field(default_factory=list)
+    # (start, end) of each marked Append's text, and its mark; oldest first. They are
+    # positions in the stream's text: their offset in `pending` is the position minus `base`,
+    # so consuming text moves `base` and drops the marks that end before it, without touching
+    # the others. A start below `base` means part of that text is already in an earlier message.
+    marks: deque[tuple[int, int, int]] = field(default_factory=deque)
+    base: int = 0
+
+    def add_mark(self, start: int, end: int, mark: int) -> None:
+        """Text of the Append `mark` is at offsets `start`..`end` of `pending`."""
+        self.marks.append((self.base + start, self.base + end, mark))
 
     def consume(self, count: int) -> None:
         """`count` characters of `pending` are done with (shown, or refused for good)."""
-        self.marks = [(a - count, b - count, m) for a, b, m in self.marks if b > count]
+        self.base += count
+        marks = self.marks
+        while marks and marks[0][1] <= self.base:
+            marks.popleft()
         self.pending = self.pending[count:]
 
     def origin(self) -> tuple[int | None, int]:
         """Where `pending` begins: the mark of the Append holding its first character and how
         many characters of that Append's text came before it."""
         for start, end, mark in self.marks:
-            if end > 0:
-                return mark, max(0, -start)
+            if end > self.base:
+                return mark, max(0, self.base - start)
         return None, 0
 
     def shift(self, count: int) -> None:
-        self.marks = [(a + count, b + count, m) for a, b, m in self.marks]
+        """`count` characters are put back before `pending`."""
+        self.base -= count
 
 
 @dataclass(eq=False)
@@ -712,7 +723,7 @@ class Flusher(Actor[FlusherMessage]):
         start = len(stream.pending)
         for mark, text in pieces:
             if text and mark is not None:
-                stream.marks.append((start, start + len(text), mark))
+                stream.add_mark(start, start + len(text), mark)
             start += len(text)
         stream.pending += "".join(texts)
         key = ("stream", stream.uid)
@@ -725,9 +736,7 @@ class Flusher(Actor[FlusherMessage]):
         stream = _Stream(message.stream, next(self._uids), message_id=message.message_id)
         for index, (mark, text) in enumerate(message.pieces):
             start = len(stream.pending)
-            stream.marks.append(
-                (start - (message.offset if index == 0 else 0), start + len(text), mark)
-            )
+            stream.add_mark(start - (message.offset if index == 0 else 0), start + len(text), mark)
             stream.pending += text
         self._streams[message.stream] = stream
         self._queue(_StreamOp(("stream", stream.uid), seq, now, stream=stream))

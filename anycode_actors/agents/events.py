@@ -563,7 +563,8 @@ def to_record(event: AgentEvent) -> tuple[str, dict[str, Any]]:
         tag, body = RAW_TAG, {"kind": event.kind, "payload": event.payload}
     else:
         assert_never(event)
-    _unless_none(body, cursor=event.cursor)
+    if event.cursor is not None:
+        body["cursor"] = event.cursor
     return tag, body
 
 

@@ -125,9 +125,9 @@ def _is_id(value: object) -> bool:
 
 def parse_message(value: object, text: str | None = None) -> Message | Malformed:
     """Classify one decoded JSON value. Never raises."""
-    shown = (text if text is not None else _dump(value))[:_TEXT_LIMIT]
 
     def bad(reason: str) -> Malformed:
+        shown = (text if text is not None else _dump(value))[:_TEXT_LIMIT]
         return Malformed(shown, reason, value)
 
     if not isinstance(value, dict):

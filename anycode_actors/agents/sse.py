@@ -81,9 +81,9 @@ class SseParser:
                 if self._fields:
                     out.append(self._dispatch())
                 continue
-            if line[0] == ":":
-                continue
             name, colon, value = line.partition(":")
+            if not name:
+                continue  # a comment
             if colon and value[:1] == " ":
                 value = value[1:]
             if name == "data":

@@ -54,6 +54,9 @@ from ._schema import applied_versions, migrate, write_transaction
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
+_encode_payload: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+"""An event's stored JSON (one encoder for all: `json.dumps` with options makes one per call)."""
+
 DEFAULT_BUSY_TIMEOUT: Final = 10.0
 """Seconds a writer waits for another connection's write lock before "database is locked"."""
 
@@ -469,7 +472,7 @@ class Store:
             if event.seq < 1:
                 raise ValueError(f"event seq starts at 1, got {event.seq}")
             tag, payload = to_record(event)
-            body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+            body = _encode_payload(payload)
             rows.append((event.seq, tag, body))
         if not rows:
             return []
