@@ -33,6 +33,7 @@ from anycode_actors.actors.flusher import (
     MAX_ATTEMPTS,
     THREAD_GONE_NOTICE,
     Append,
+    AppendPieces,
     Drain,
     Edit,
     EndStream,
@@ -845,6 +846,46 @@ async def test_new_stream_messages_are_announced(
     sends = [c.message_id for c in chat.calls if c.kind == "send"]
     assert [announced.receive_nowait() for _ in sends] == [StreamStarted("s1", m) for m in sends]
     assert len(sends) == 2
+
+
+@pytest.mark.parametrize("together", [False, True])
+async def test_pieces_appended_at_once_stream_like_appends_one_by_one(
+    autojump_clock: trio.abc.Clock, nursery: trio.Nursery, together: bool
+) -> None:
+    # 330 characters in pieces of 7 to 60: several messages, each one starting inside a piece;
+    # a new message says in which piece (its mark) and how far into it, whichever way the
+    # pieces came.
+    sizes = [7, 60, 13, 41, 9, 55, 30, 8, 47, 60]
+    pieces = tuple(
+        (mark, "".join(chr(ord("a") + mark) for _ in range(size)))
+        for mark, size in enumerate(sizes, start=1)
+    )
+    chat = RecordingChat()
+    notify, announced = trio.open_memory_channel[StreamStarted](16)
+    flusher = await start(nursery, chat, notify=notify)
+    if together:
+        await flusher.send(AppendPieces("s1", pieces[:4]))
+        await flusher.send(AppendPieces("s1", ((11, ""), *pieces[4:])))
+    else:
+        for mark, text in pieces:
+            await flusher.send(Append("s1", text, mark=mark))
+    await flusher.send(EndStream("s1"))
+    await flusher.drain()
+    texts = chat.texts()
+    assert "".join(texts) == "".join(text for _, text in pieces)
+    assert len(texts) >= 4
+    expected = []
+    position = 0
+    for text in texts:
+        begins = 0
+        for mark, piece in pieces:
+            if begins <= position < begins + len(piece):
+                expected.append((mark, position - begins))
+            begins += len(piece)
+        position += len(text)
+    started = [announced.receive_nowait() for _ in texts]
+    assert [(s.mark, s.offset) for s in started] == expected
+    assert any(offset > 0 for _, offset in expected)
 
 
 async def test_the_registry_shows_the_inbox_and_the_counters(

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 
 import pytest
 import trio
+import trio.testing
 
 from anycode_actors.actors.flusher import Flusher
 from anycode_actors.actors.session import SessionActor
@@ -24,6 +25,14 @@ from anycode_actors.actors.session_api import (
     PermissionAnswer,
     Recovered,
     SessionClosed,
+)
+from anycode_actors.actors.stream import (
+    EVENTS_PER_REPORT,
+    AgentEventsArrived,
+    StreamActor,
+    StreamEnded,
+    StreamReady,
+    StreamReport,
 )
 from anycode_actors.agents import (
     AgentEvent,
@@ -37,7 +46,7 @@ from anycode_actors.agents import (
 )
 from anycode_actors.chat.base import Attachment, ButtonPress, ChatError, User
 from anycode_actors.errors import AgentError
-from anycode_actors.sandboxes.base import SandboxError
+from anycode_actors.sandboxes.base import SandboxError, SandboxHandle
 from anycode_actors.store import (
     InteractionOption,
     InteractionStatus,
@@ -1152,3 +1161,77 @@ async def test_events_queued_together_are_stored_together_and_a_follow_up_among_
     assert "a " + "".join(f"w{n} " for n in range(10)) + "z" in text
     assert "Queued" in text
     assert [e.seq for e in await store.events(rig.sid)] == list(range(1, 16))
+
+
+async def test_a_burst_is_stored_and_handled_in_runs_ending_at_each_event_that_does_more(
+    autojump_clock: trio.abc.Clock,
+    nursery: trio.Nursery,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # All five come in one report from the stream actor; the error is stored and shown before
+    # anything after it is stored, as if it had come alone.
+    agent = FakeAgent(
+        [
+            [
+                TextDelta(text="a "),
+                TextDelta(text="b "),
+                ErrorEvent(message="rate limited"),
+                TextDelta(text="c"),
+                TurnEnded(stop_reason="end_turn"),
+            ]
+        ]
+    )
+    batches: list[list[int]] = []
+    append_events = store.append_events
+
+    async def recording(session_id: str, events: Sequence[AgentEvent]) -> list[bool]:
+        batches.append([event.seq for event in events])
+        return await append_events(session_id, events)
+
+    monkeypatch.setattr(store, "append_events", recording)
+    rig = await start_session(nursery, store, monkeypatch, agent)
+    await rig.closed()
+    assert batches == [[1, 2, 3], [4, 5]]
+    texts = rig.client.texts()
+    assert texts[0].startswith("a b ")
+    assert "Agent error: rate limited" in texts
+    assert "a b c" in "\n".join(texts)
+    assert [e.seq for e in await store.events(rig.sid)] == [1, 2, 3, 4, 5]
+
+
+async def test_the_stream_actor_forwards_a_burst_in_order_in_bounded_reports(
+    autojump_clock: trio.abc.Clock, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    agent = FakeAgent()
+    use_agent(monkeypatch, agent)
+    config = make_config()
+    reports_in, reports_out = trio.open_memory_channel[StreamReport](1)
+    actor = StreamActor(
+        session_id="s" * 32,
+        handle=SandboxHandle(id="sb", session_id="s" * 32, provider="fake", endpoint="x"),
+        provider=FakeProvider(),
+        agent=config.agent("claude-code"),
+        sandbox=config.sandbox,
+        reports=reports_in,
+    )
+    nursery.start_soon(actor.run)
+    assert isinstance(await reports_out.receive(), StreamReady)
+    count = EVENTS_PER_REPORT * 2 + 10
+    agent.emit(*(TextDelta(text=str(n)) for n in range(count)))
+    agent.end()
+    await trio.testing.wait_all_tasks_blocked()
+    # A full report channel holds the stream actor back: one report waits in the channel, one
+    # in the actor's hands, and the rest (ten texts and the SessionEnded) with the agent.
+    assert agent.events.statistics().current_buffer_used == 11
+    sizes: list[int] = []
+    seqs: list[int] = []
+    async for report in reports_out:
+        if isinstance(report, StreamEnded):
+            break
+        assert isinstance(report, AgentEventsArrived)
+        sizes.append(len(report.events))
+        seqs += [event.seq for event in report.events]
+    # Everything queued went in full reports, in order, nothing lost.
+    assert sizes == [EVENTS_PER_REPORT, EVENTS_PER_REPORT, 11]
+    assert seqs == list(range(1, count + 2))  # and the SessionEnded

@@ -22,6 +22,7 @@ from anycode_actors.actors.session import chat_text
 from anycode_actors.agents import (
     AcpClient,
     AcpSession,
+    AgentEvent,
     ErrorEvent,
     PermissionOption,
     PermissionRequested,
@@ -34,7 +35,7 @@ from anycode_actors.agents import (
     open_acp_client,
     open_local_stdio_client,
 )
-from anycode_actors.agents.acp import EVENTS_QUEUE_LIMIT, INITIALIZE_TIMEOUT
+from anycode_actors.agents.acp import EVENTS_QUEUE_LIMIT, INITIALIZE_TIMEOUT, EventPump
 from anycode_actors.agents.events import PromptFile, from_record, to_record
 from anycode_actors.agents.jsonrpc import decode_line, parse_message
 from anycode_actors.agents.transport import Received
@@ -590,6 +591,106 @@ async def test_answering_a_permission_never_waits_for_a_full_event_channel(
                     texts.append(event.text)
         assert texts == [f"w{index} " for index in range(EVENTS_QUEUE_LIMIT * 3)]
         assert resolved_at is not None
+
+
+async def test_a_reader_takes_what_is_queued_without_waiting(autojump_clock: Any) -> None:
+    async with connected() as (peer, _, session):
+        for index in range(5):
+            await peer.text(f"w{index} ")
+        await trio.testing.wait_all_tasks_blocked()
+        events = session.events
+        burst = [await events.receive()]
+        while True:
+            try:
+                burst.append(events.receive_nowait())
+            except trio.WouldBlock:
+                break
+        assert [event.text for event in burst] == [f"w{index} " for index in range(5)]
+        assert [event.seq for event in burst] == [1, 2, 3, 4, 5]
+        assert session.last_seq == 5
+        with pytest.raises(trio.WouldBlock):
+            events.receive_nowait()
+
+
+async def test_the_event_queue_holds_the_agent_back_when_full(autojump_clock: Any) -> None:
+    pump = EventPump(limit=3, first_seq=1)
+    put: list[int] = []
+
+    async def agent() -> None:
+        for index in range(5):
+            put.append((await pump.put(TextDelta(text=str(index)))).seq)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(agent)
+        await trio.testing.wait_all_tasks_blocked()
+        assert put == [1, 2, 3]  # the fourth waits for room
+        assert pump.receive.receive_nowait().seq == 1
+        await trio.testing.wait_all_tasks_blocked()
+        assert put == [1, 2, 3, 4]
+        taken = [pump.receive.receive_nowait().seq for _ in range(3)]
+        await trio.testing.wait_all_tasks_blocked()
+        assert put == [1, 2, 3, 4, 5]
+        assert [*taken, (await pump.receive.receive()).seq] == [2, 3, 4, 5]
+
+
+async def test_the_event_stream_ends_after_what_was_queued(autojump_clock: Any) -> None:
+    pump = EventPump(limit=8, first_seq=1)
+    pump.put_now(TextDelta(text="a"))
+    pump.finish(TurnEnded(stop_reason="end_turn"))
+    pump.put_now(TextDelta(text="too late"))
+    assert [event async for event in pump.receive] == [
+        TextDelta(seq=1, text="a"),
+        TurnEnded(seq=2, stop_reason="end_turn"),
+    ]
+    with pytest.raises(trio.EndOfChannel):
+        pump.receive.receive_nowait()
+
+
+async def test_a_reader_waits_for_the_next_event_and_the_end(autojump_clock: Any) -> None:
+    pump = EventPump(limit=8, first_seq=10)
+    got: list[AgentEvent] = []
+
+    async def reader() -> None:
+        async for event in pump.receive:
+            got.append(event)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader)
+        await trio.sleep(1)
+        pump.put_now(TextDelta(text="a", cursor="c"))
+        await trio.sleep(1)
+        assert got == [TextDelta(seq=10, cursor="c", text="a")]
+        cancel = trio.CancelScope()
+
+        async def run() -> None:
+            with cancel:
+                await pump.run()
+
+        nursery.start_soon(run)
+        await trio.testing.wait_all_tasks_blocked()
+        cancel.cancel()  # the pump's nursery closing ends the stream
+    assert got == [TextDelta(seq=10, cursor="c", text="a")]
+
+
+async def test_a_reader_that_leaves_drops_the_rest_and_frees_the_agent(
+    autojump_clock: Any,
+) -> None:
+    pump = EventPump(limit=1, first_seq=1)
+    pump.put_now(TextDelta(text="a"))
+    with trio.fail_after(1):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pump.put, TextDelta(text="b"))
+            await trio.testing.wait_all_tasks_blocked()
+            await pump.receive.aclose()
+    with pytest.raises(trio.ClosedResourceError):
+        pump.receive.receive_nowait()
+
+
+async def test_an_events_cursor_is_set_or_kept_as_asked() -> None:
+    pump = EventPump(limit=8, first_seq=1)
+    assert pump.put_now(TextDelta(text="a", cursor="old")).cursor == "old"
+    assert pump.put_now(TextDelta(text="a", cursor="old"), cursor="new").cursor == "new"
+    assert pump.put_now(TextDelta(text="a", cursor="old"), cursor=None).cursor is None
 
 
 # --- the agent's requests ----------------------------------------------------------------------

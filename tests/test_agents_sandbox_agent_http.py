@@ -14,6 +14,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from copy import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +47,7 @@ class Turn:
     answer_early: bool = False
     """Answer the POST at once (before the deltas are on the stream) to catch a client that
     trusts the POST body over the stream's order."""
+    # gap 0: every word at once, without a checkpoint between them.
 
 
 @dataclass
@@ -67,6 +69,9 @@ class FakeSandboxAgent:
     live_drops: set[int] = field(default_factory=set)
     """Ids the live broadcast skips (a lagging subscriber); a replay still has them."""
     ring_lost: set[int] = field(default_factory=set)
+    burst: bool = False
+    """Send what is ready at once, cut in chunks of 7, 500 and 61 bytes in turn (events span
+    chunks, chunks hold several events), instead of one chunk per event."""
     post_status: dict[str, int] = field(default_factory=dict)
     turns: list[Turn] = field(default_factory=list)
     deleted: bool = False
@@ -160,7 +165,8 @@ class FakeSandboxAgent:
 
             async def run() -> None:
                 for word in turn.words:
-                    await trio.sleep(turn.gap)
+                    if turn.gap:
+                        await trio.sleep(turn.gap)
                     self.text(word)
                 self.emit({"id": request_id, "result": {"stopReason": "end_turn"}})
                 done.set()
@@ -182,6 +188,7 @@ class SseBody(httpx.AsyncByteStream):
         self.server = server
         self.last = last
         self.cut = cut
+        self.held = bytearray()
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         sent = 0
@@ -192,6 +199,8 @@ class SseBody(httpx.AsyncByteStream):
         replaying = True
         while True:
             if position >= len(self.server.log):
+                for chunk in self._burst():
+                    yield chunk
                 replaying = False
                 await self.server._grew.wait()
                 continue
@@ -202,9 +211,25 @@ class SseBody(httpx.AsyncByteStream):
             if event_id in self.server.live_drops and not replaying:
                 continue
             if self.cut is not None and sent >= self.cut:
+                for chunk in self._burst():
+                    yield chunk
                 raise httpx.ReadError("[Errno 104] Connection reset by peer")
             sent += 1
-            yield f"event: message\nid: {event_id}\ndata: {json.dumps(payload)}\n\n".encode()
+            data = f"event: message\nid: {event_id}\ndata: {json.dumps(payload)}\n\n".encode()
+            if self.server.burst:
+                self.held += data  # sent with whatever else is ready
+            else:
+                yield data
+
+    def _burst(self) -> list[bytes]:
+        held, self.held = bytes(self.held), bytearray()
+        chunks, start = [], 0
+        for size in itertools.cycle((7, 500, 61)):
+            if start >= len(held):
+                return chunks
+            chunks.append(held[start : start + size])
+            start += size
+        raise AssertionError("unreachable")
 
 
 def problem(status: int, title: str, detail: str) -> httpx.Response:
@@ -502,3 +527,40 @@ async def test_the_token_never_shows_in_reprs_errors_or_logs(
     assert all(TOKEN not in text for text in shown)
     assert TOKEN not in caplog.text
     assert "reconnecting in 1.0 s" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "trouble",
+    [
+        {},
+        {"cut_after": [3, 4, 2, 5], "replay_inclusive": True},
+        {"live_drops": {6, 9}},
+        {"live_drops": {6}, "ring_lost": {6}},
+    ],
+)
+async def test_events_that_come_in_bursts_split_anywhere_arrive_as_one_by_one(
+    nursery: trio.Nursery, autojump_clock: Any, trouble: dict[str, Any]
+) -> None:
+    # The whole turn is ready at once and comes in chunks of 7 to 500 bytes: a chunk holds
+    # several events, or the end of one and the start of the next, an event spans chunks, a gap
+    # falls inside what one read returns. Nothing is lost, repeated or reordered but what the
+    # server lost.
+    cuts, drops = len(trouble.get("cut_after", ())), len(trouble.get("live_drops", ()))
+    options = {key: copy(value) for key, value in trouble.items()}  # the server uses them up
+    server = FakeSandboxAgent(nursery, turns=[Turn(WORDS, gap=0)], burst=True, **options)
+    async with session_through(server) as (transport, session):
+        await session.prompt("go")
+        texts, others = await texts_until_turn_end(session)
+        assert transport.last_event_id == len(server.log)
+    lost = [event for event in others if isinstance(event, ErrorEvent)]
+    if "ring_lost" in trouble:
+        # Event 6 is the fourth word (1 and 2 answered initialize and session/new).
+        assert texts == [word for index, word in enumerate(WORDS) if index != 3]
+        assert len(lost) == 1 and transport.stats.events_lost == 1
+    else:
+        assert texts == WORDS
+        assert not lost
+    assert others[-1].stop_reason == "end_turn"
+    # A resume replays all that is ready, so one refetch covers every gap after the first.
+    assert (transport.stats.gaps_refetched > 0) == (drops > 0)
+    assert transport.stats.reconnects == cuts

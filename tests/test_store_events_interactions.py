@@ -106,6 +106,27 @@ async def test_events_appended_together_are_stored_like_one_by_one(store: Store)
     assert await store.last_seq(session.id) == 4  # nothing of a refused batch is stored
 
 
+async def test_a_seq_twice_in_one_batch_keeps_the_first_and_other_sessions_do_not_count(
+    store: Store,
+) -> None:
+    session, other = await new_session(store), await new_session(store)
+    await store.append_events(other.id, [delta(1, "other"), delta(2, "other")])
+    stored = await store.append_events(
+        session.id, [delta(1, "a"), delta(2, "b"), delta(1, "again"), delta(3, "c")]
+    )
+    assert stored == [True, True, False, True]
+    assert [e.event for e in await store.events(session.id)] == [
+        delta(1, "a"),
+        delta(2, "b"),
+        delta(3, "c"),
+    ]
+    assert await store.last_seq(other.id) == 2
+    # A batch of repeats only stores nothing and leaves the session's row alone.
+    before = await store.get_session(session.id)
+    assert await store.append_events(session.id, [delta(2, "x"), delta(1, "y")]) == [False, False]
+    assert await store.get_session(session.id) == before
+
+
 async def test_events_after_a_seq_come_in_seq_order_per_session(store: Store) -> None:
     one, two = await new_session(store), await new_session(store)
     for seq in (4, 1, 3, 2, 5):

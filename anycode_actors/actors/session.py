@@ -796,7 +796,9 @@ class SessionActor(Actor[SessionInbox]):
         # Stored before shown: after a crash, the store is the truth of what happened. A seq
         # stored already is a repeat (a resumed stream delivering it again): handled.
         stored = await self._store.append_events(self._id, events)
-        self._report_now = not all(_only_output(event) for event in events)
+        self._report_now = not all(
+            type(event) is TextDelta or _only_output(event) for event in events
+        )
         # The text of consecutive events goes to the flusher as one message (each piece keeps
         # its event's seq as its mark), sent before anything else the events cause.
         pieces: list[tuple[int, str]] = []
@@ -804,6 +806,10 @@ class SessionActor(Actor[SessionInbox]):
             if not new:
                 continue
             self._events += 1
+            if type(event) is TextDelta:  # most of a stream: output, and only that
+                if event.text:
+                    pieces.append((event.seq, event.text))
+                continue
             text = chat_text(event)
             if text:
                 pieces.append((event.seq, text))
