@@ -69,6 +69,8 @@ class FakeSandboxAgent:
     live_drops: set[int] = field(default_factory=set)
     """Ids the live broadcast skips (a lagging subscriber); a replay still has them."""
     ring_lost: set[int] = field(default_factory=set)
+    stream_types: list[str] = field(default_factory=list)
+    """Per stream connection, in order: answer 200 with this content type (after: SSE's)."""
     burst: bool = False
     """Send what is ready at once, cut in chunks of 7, 500 and 61 bytes in turn (events span
     chunks, chunks hold several events), instead of one chunk per event."""
@@ -133,9 +135,10 @@ class FakeSandboxAgent:
             return problem(status, "Unavailable", "stream refused")
         last = request.headers.get("last-event-id")
         cut = self.cut_after.pop(0) if self.cut_after else None
+        content_type = self.stream_types.pop(0) if self.stream_types else "text/event-stream"
         return httpx.Response(
             200,
-            headers={"content-type": "text/event-stream"},
+            headers={"content-type": content_type},
             stream=SseBody(self, int(last) if last else None, cut),
         )
 
@@ -564,3 +567,15 @@ async def test_events_that_come_in_bursts_split_anywhere_arrive_as_one_by_one(
     # A resume replays all that is ready, so one refetch covers every gap after the first.
     assert (transport.stats.gaps_refetched > 0) == (drops > 0)
     assert transport.stats.reconnects == cuts
+
+
+async def test_a_stream_of_another_content_type_is_not_read_and_is_opened_again(
+    nursery: trio.Nursery, autojump_clock: Any
+) -> None:
+    server = FakeSandboxAgent(nursery, turns=[Turn(WORDS)], stream_types=["text/html"])
+    async with session_through(server) as (transport, session):
+        await session.prompt("go")
+        texts, _ = await texts_until_turn_end(session)
+    assert texts == WORDS
+    assert transport.stats.reconnects == 1
+    assert "text/html" in transport.stats.last_error

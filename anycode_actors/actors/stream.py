@@ -38,8 +38,10 @@ log = logging.getLogger(__name__)
 # How long opening the agent (health, initialize, session/new) may take before the session fails.
 CONNECT_TIMEOUT: Final = 120.0
 STREAM_INBOX: Final = 16
-#: The most agent events one `AgentEventsArrived` carries.
-EVENTS_PER_REPORT: Final = 256
+#: The most agent events one `AgentEventsArrived` carries. Small: the session merges the reports
+#: queued in its inbox before it stores them, so a bigger report would save little, and this
+#: bounds what a session that cannot keep up holds in its inbox (its size times this).
+EVENTS_PER_REPORT: Final = 16
 
 
 # --- commands from the session actor --------------------------------------------------------

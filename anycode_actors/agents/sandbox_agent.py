@@ -410,12 +410,12 @@ class SandboxAgentTransport:
                 if response.status_code in (401, 403, 404):
                     raise _StreamFailed(error)
                 raise httpx.HTTPStatusError(str(error), request=response.request, response=response)
-            content_type = response.headers.get("content-type", "").partition(";")[0]
-            if "text/event-stream" not in content_type:
-                raise _NotAnEventStream(f"the event stream came as {content_type!r}")
             self._opened = True
             self._instance_ready.set()
             self.stats.connects += 1
+            content_type = response.headers.get("content-type", "").partition(";")[0]
+            if "text/event-stream" not in content_type:
+                raise _NotAnEventStream(f"the event stream came as {content_type!r}")
             # Each chunk's events are taken together: parsed, checked and numbered first, then
             # handed on without a trip through the scheduler per event (see `_deliver`).
             parser = SseParser()
