@@ -24,10 +24,11 @@ Design decisions, each for a reason:
   as the ACP spec requires; otherwise the agent waits forever for an answer nobody will give.
 - The client advertises no fs and no terminal capability, so any fs/* or terminal/* request (or
   any other unknown request) is answered "method not found" instead of being left hanging.
-- Events are numbered per session in delivery order by one pump task per session. Events caused
+- Events are numbered per session in delivery order by the session's `EventPump`. Events caused
   by the agent wait for room in a bounded queue (backpressure reaches the wire); events caused by
   the caller (an answered permission) are queued without waiting, so the task that reads events
-  can answer a permission without ever deadlocking on its own full channel.
+  can answer a permission without ever deadlocking on its own full queue. The reader takes one
+  event at a time or, without waiting, all that are queued (`EventChannel.receive_nowait`).
 - Answers that create state (session/new, session/prompt) are handled inside the read loop, so
   an update that follows an answer on the wire can never overtake it.
 - Files sent with a prompt (`PromptFile`s, already in the sandbox) go as content blocks after
