@@ -255,8 +255,32 @@ async def test_the_first_call_waits_exactly_the_debounce_and_later_deltas_ride_a
     await flusher.send(Append("s1", "d"))
     await trio.sleep(2)
     assert [(c.kind, c.text) for c in chat.calls] == [("send", "ab"), ("edit", "abcd")]
-    # Exact: waiting for the debounce carries no pacing slack.
-    assert [c.at - t0 for c in chat.calls] == pytest.approx([0.5, 1.2])
+    # Exact: waiting for the debounce carries no pacing slack. The edit, due at t0 + 1.2, is
+    # an intermediate one: it waits for the bucket to be full again (one call a second).
+    assert chat.calls[0].at - t0 == pytest.approx(0.5)
+    assert chat.calls[1].at - t0 == close(1.5)
+
+
+async def test_streaming_goes_at_the_steady_rate_and_keeps_the_burst_for_a_prompt(
+    autojump_clock: trio.abc.Clock, nursery: trio.Nursery
+) -> None:
+    chat = RecordingChat()
+    flusher = await start(nursery, chat, debounce=0.25)
+    t0 = trio.current_time()
+    for n in range(20):  # five seconds of deltas, four a second, all in one message
+        await flusher.send(Append("s1", f"x{n:02d} "))
+        await trio.sleep(0.25)
+    times = [c.at - t0 for c in chat.calls]
+    assert [c.kind for c in chat.calls] == ["send"] + ["edit"] * (len(times) - 1)
+    assert all(b - a >= 1.0 for a, b in itertools.pairwise(times))
+    assert len(times) == 5  # 0.25, 1.25, 2.25, 3.25, 4.25: the send, then one edit a second
+    await flusher.send(Post("Allow `rm`?", buttons=ALLOW, tag="p1"))
+    asked = trio.current_time()
+    await flusher.drain()
+    # The post hurried the stream's last text out and went right after it: the burst was kept.
+    assert [c.at for c in chat.calls[-2:]] == [asked, asked]
+    assert [c.kind for c in chat.calls[-2:]] == ["edit", "send"]
+    assert chat.texts() == ["".join(f"x{n:02d} " for n in range(20)), "Allow `rm`?"]
 
 
 async def test_flush_and_end_stream_deliver_at_once_and_end_stream_starts_a_new_message(
@@ -292,7 +316,7 @@ async def test_each_stream_in_a_chat_has_its_own_message(
     await trio.sleep(1)
     await flusher.send(Append("s2", " goes on"))
     await flusher.send(Append("s1", " too"))
-    await trio.sleep(2)
+    await trio.sleep(3)  # two intermediate edits: one a second, from a full bucket
     assert chat.texts() == ["first session too", "second session goes on"]
 
 

@@ -39,7 +39,10 @@ Pacing and failures. One token bucket per chat (`burst` tokens, refilled at `per
 group chats a second one (also `burst` tokens) refilled at `group_per_minute`; a call needs a token
 from both. With a budget, the group's bucket is not the flusher's own but a lane of the budget
 shared by every thread of the group (`budget.group_lane`), since the platform counts the group's
-limit for the group as a whole; a per-chat `RateLimited` then pauses that lane too. A wait for a
+limit for the group as a whole; a per-chat `RateLimited` then pauses that lane too. An
+intermediate edit of a live stream (one nothing is queued behind) waits until the buckets are
+full: streaming then costs one call per refill, and the burst is kept for what the user waits on
+(a first message, a prompt, a stream's final text). A wait for a
 token ends `PACING_SLACK` late rather than a rounding error early. On `RateLimited` the whole
 chat pauses for exactly `retry_after` seconds and the operation keeps its
 place (and keeps coalescing); after the pause one call may go at once, then the buckets refill at
@@ -408,9 +411,10 @@ class _TokenBucket:
     def level(self, now: float) -> float:
         return min(self.capacity, self.tokens + max(0.0, now - self.stamp) * self.rate)
 
-    def ready_at(self, now: float) -> float:
+    def ready_at(self, now: float, need: float = 1.0) -> float:
+        """When the bucket holds `need` tokens (`need` ≤ `capacity`)."""
         level = self.level(now)
-        return now if level >= 1 else now + (1 - level) / self.rate + PACING_SLACK
+        return now if level >= need else now + (need - level) / self.rate + PACING_SLACK
 
     def take(self, now: float) -> None:
         self.tokens = self.level(now) - 1
@@ -478,6 +482,7 @@ class _Op:
     seq: int
     due: float
     attempts: int = 0  # consecutive ChatUnavailable failures
+    hurried: bool = False  # made due by a Flush, a later Post/Upload or a Drain
 
 
 @dataclass(eq=False, kw_only=True)
@@ -703,7 +708,7 @@ class Flusher(Actor[FlusherMessage]):
             )
         else:
             for op in self._ops.values():
-                op.due = min(op.due, now)
+                op.due, op.hurried = min(op.due, now), True
             self._drains.append((seq, message.done))
         self._settle_drains()
         self._changed.set()
@@ -749,12 +754,12 @@ class Flusher(Actor[FlusherMessage]):
         if stream is not None:
             op = self._ops.get(("stream", stream.uid))
             if op is not None:
-                op.due = min(op.due, now)
+                op.due, op.hurried = min(op.due, now), True
 
     def _hurry_streams_before(self, seq: int, now: float) -> None:
         for op in self._ops.values():
             if isinstance(op, _StreamOp) and op.seq < seq:
-                op.due = min(op.due, now)
+                op.due, op.hurried = min(op.due, now), True
 
     # --- delivering -------------------------------------------------------------------------------
 
@@ -806,10 +811,24 @@ class Flusher(Actor[FlusherMessage]):
         due = [op for op in self._ops.values() if op.due <= now]
         if not due:
             return None, min((op.due for op in self._ops.values()), default=math.inf)
-        gate = max(self._paused_until, *(bucket.ready_at(now) for bucket in self._buckets))
+        op = min(due, key=lambda op: op.seq)
+        # An intermediate edit of a live stream waits for a full bucket, so streaming goes at
+        # the steady rate and the burst stays for what the user waits on (see `_steady`).
+        steady = self._steady(op)
+        gate = max(
+            self._paused_until,
+            *(bucket.ready_at(now, bucket.capacity if steady else 1.0) for bucket in self._buckets),
+        )
         if gate > now:
             return None, gate
-        return min(due, key=lambda op: op.seq), now
+        return op, now
+
+    def _steady(self, op: _Op) -> bool:
+        """Whether `op` is a routine edit that nothing waits behind: a live stream's message
+        being extended, not hurried by a Flush, a later Post/Upload or a Drain. Spending the
+        burst on those would only add calls (one edit a second shows the same text) and leave
+        none for the next prompt or first message."""
+        return not op.hurried and self._priority(op) == ROUTINE
 
     async def _execute(self, op: _Op) -> None:
         del self._ops[op.key]
