@@ -771,7 +771,7 @@ class SessionActor(Actor[SessionInbox]):
         adds output and fewer than `EVENT_BATCH` are taken; a message of another kind taken
         from the inbox meanwhile waits in `_deferred`, to be handled next."""
         events = list(first.events)
-        while len(events) < EVENT_BATCH and _only_output(events[-1]):
+        while events and len(events) < EVENT_BATCH and _only_output(events[-1]):
             try:
                 message = self._inbox.receive_nowait()
             except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
