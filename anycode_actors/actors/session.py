@@ -109,6 +109,7 @@ from anycode_actors.sandboxes.base import (
     describe_loss,
     failure_reason,
 )
+from anycode_actors.steps import step
 from anycode_actors.store import (
     InteractionOption,
     Session,
@@ -563,6 +564,7 @@ class SessionActor(Actor[SessionInbox]):
                 # room for it within the limits.
                 claimed = await claim(self._pool, self.session.agent, take=not self.session.repo)
                 if claimed is not None:
+                    step("sandbox", self._id)
                     self._handle = claimed.handle  # owned from here, as below
                     self._warm = claimed.resume
                     self._diff_base = claimed.diff_base
@@ -584,6 +586,7 @@ class SessionActor(Actor[SessionInbox]):
             # Owned from this moment, before the next checkpoint: a cancel that comes now ends
             # the actor without reading `_Started`, and the cleanup must still remove it.
             self._handle = handle
+            step("sandbox", self._id)
             if self._publisher is not None:
                 await self._seed(self._publisher, handle)
             await self._outbox.send(_Started(handle))
@@ -667,6 +670,7 @@ class SessionActor(Actor[SessionInbox]):
             self._fetching = trio.CancelScope()
             self.tasks.start_soon(self._fetch_then_prompt, text, attachments, self._fetching)
             return
+        step("prompt", self._id)
         await self._to_stream(Prompt(text))
 
     async def _fetch_then_prompt(

@@ -53,6 +53,7 @@ from anycode_actors.agents.jsonrpc import (
 )
 from anycode_actors.agents.transport import INCOMING_BUFFER, Received
 from anycode_actors.errors import AgentAuthError, AgentClosedError, AgentError, AgentNotReadyError
+from anycode_actors.steps import step
 from supervisors import Backoff
 
 __all__ = [
@@ -320,6 +321,8 @@ class SandboxAgentTransport:
         for attempt in range(POST_ATTEMPTS):
             if attempt:
                 await trio.sleep(POST_RETRY_DELAY * 2 ** (attempt - 1))
+            if message.get("method") == "session/prompt":
+                step("posted", self.server_id)
             try:
                 return await self._http.post(
                     url,
