@@ -293,8 +293,7 @@ class FakeProvider:
     `list_delay`/`list_error` make the engine slow or failing; `kill` makes a sandbox stop.
     `outbox` is what `read_files` finds in the sandbox's outbox folder; `links` names its hard
     links (name → the name of the file it links to; both are in `outbox`). `output` is what
-    `logs` answers (the last `tail` lines of it). `background` holds the sandboxes put in the
-    background (`set_background`); `backgrounds` lists every such call.
+    `logs` answers (the last `tail` lines of it).
     """
 
     name = "fake"
@@ -325,8 +324,6 @@ class FakeProvider:
         self.output = ""
         self.reads = 0
         self.written: dict[str, bytes] = {}  # path → data, from write_file
-        self.background: set[str] = set()
-        self.backgrounds: list[tuple[str, bool]] = []
         self._ids = itertools.count(1)
 
     # -- for tests
@@ -378,14 +375,6 @@ class FakeProvider:
         self.destroyed.append(sandbox_id)
         self.sandboxes.pop(sandbox_id, None)
         self.stopped.discard(sandbox_id)
-
-    async def set_background(self, sandbox_id: str, background: bool) -> None:
-        await trio.lowlevel.checkpoint()
-        self.backgrounds.append((sandbox_id, background))
-        if background:
-            self.background.add(sandbox_id)
-        else:
-            self.background.discard(sandbox_id)
 
     async def is_alive(self, sandbox_id: str) -> bool:
         await trio.sleep(self.is_alive_delay)

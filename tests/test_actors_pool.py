@@ -139,40 +139,6 @@ async def test_the_refill_waits_a_moment_after_a_claim_and_replaces_a_burst_at_o
     assert pool.ready("claude-code") == 3
 
 
-async def test_until_the_refill_the_sandboxes_coming_up_are_held_back_to_a_small_cpu_share(
-    autojump_clock: trio.abc.Clock, nursery: trio.Nursery, store: Store
-) -> None:
-    pool, provider, _, _ = await start_pool(nursery, store, pool_config(2))
-    await trio.sleep(1)
-    assert await claim(pool.address(), "claude-code") is not None
-    await trio.sleep(REFILL_DELAY + 0.1)  # its replacement is coming up (half a second)
-    coming = list(provider.sandboxes)[-1]
-    assert pool.ready("claude-code") == 1
-    assert await claim(pool.address(), "claude-code") is not None
-    await trio.sleep(0.01)
-    assert provider.background == {coming}  # while the claimed one takes up its prompt
-    await trio.sleep(REFILL_DELAY + 0.1)
-    assert provider.background == set()  # let go with the refill
-    assert provider.backgrounds == [(coming, True), (coming, False)]
-
-
-async def test_a_sandbox_held_back_gets_its_share_back_when_it_is_claimed(
-    autojump_clock: trio.abc.Clock, nursery: trio.Nursery, store: Store
-) -> None:
-    pool, provider, _, _ = await start_pool(nursery, store, pool_config(2))
-    await trio.sleep(1)
-    assert await claim(pool.address(), "claude-code") is not None
-    await trio.sleep(REFILL_DELAY + 0.1)
-    coming = list(provider.sandboxes)[-1]
-    assert await claim(pool.address(), "claude-code") is not None  # holds `coming` back
-    await trio.sleep(0.45)  # `coming` is ready, the refill not due yet
-    claimed = await claim(pool.address(), "claude-code")
-    assert claimed is not None and claimed.handle.id == coming
-    await trio.sleep(0.01)
-    assert provider.backgrounds[:2] == [(coming, True), (coming, False)]
-    assert provider.background == set()
-
-
 class SlowGitProvider(FakeProvider):
     """Its `exec` (the git that records the /diff starting point) takes 0.4 s, then fails."""
 

@@ -441,23 +441,6 @@ async def test_hardening_is_visible_in_docker_inspect_and_in_the_kernel(
     await provider.aclose()
 
 
-async def test_a_sandbox_in_the_background_has_the_least_cpu_share_until_it_is_let_go(
-    client: Any, tiny: str, daemon_id: str
-) -> None:
-    provider = DockerProvider(tiny_config(tiny), daemon_id)
-    handle = await provider.create(spec())
-    await provider.set_background(handle.id, True)
-    host = client.api.inspect_container(handle.id)["HostConfig"]
-    assert host["CpuShares"] == 2
-    assert host["NanoCpus"] == 500_000_000  # the limit stays as it was
-    await provider.set_background(handle.id, False)
-    assert client.api.inspect_container(handle.id)["HostConfig"]["CpuShares"] == 1024
-    await provider.destroy(handle.id)
-    with pytest.raises(SandboxError):
-        await provider.set_background(handle.id, True)
-    await provider.aclose()
-
-
 async def test_zero_limits_mean_no_limit(client: Any, tiny: str, daemon_id: str) -> None:
     config = tiny_config(tiny, memory="0", cpus=0.0, pids_limit=0)
     provider = DockerProvider(config, daemon_id)

@@ -15,11 +15,9 @@ own connection, so a pooled sandbox is only created and the session starts its a
   sessions in the store leave free, and before a session that found nothing ready creates its
   own sandbox, the pool removes ready ones until the two fit together again.
 - Refilled in the background `REFILL_DELAY` after a claim (not at once: a sandbox and its agent
-  starting would take the CPUs from the claimed one while it takes up its prompt), and until
-  then the sandboxes still coming up are held back to a small share of the CPUs
-  (`SandboxProvider.set_background`); refilled every `TICK` seconds too. A ready sandbox older
-  than `pool.max_idle_minutes`, or found dead, is removed and replaced. One that fails to come
-  up is retried at the next tick, not at once.
+  starting would take the CPUs from the claimed one while it takes up its prompt) and every
+  `TICK` seconds; a ready sandbox older than `pool.max_idle_minutes`, or found dead, is removed
+  and replaced. One that fails to come up is retried at the next tick, not at once.
 - A session attaches to a pooled sandbox's agent session without asking sandbox-agent's health
   first (`Resume.prepared`), and the pool records the /diff starting point while the agent
   starts, beside `prepare_session`.
@@ -159,8 +157,6 @@ class SandboxPool(Actor[PoolInbox]):
         self._tick = tick
         self._refill_delay = refill_delay
         self._refill_due = False  # a refill after a claim is on its way (`_refill_soon`)
-        self._held_back: set[str] = set()  # sandboxes in the background until that refill
-        self._shares = trio.Lock()  # `set_background` calls go out in the order they were made
         self._entries: dict[str, _Entry] = {}
         self._handed: dict[str, float] = {}  # sandbox id → trio time it was claimed
         self._waiting: deque[Claim] = deque()  # claims for a sandbox still warming, oldest first
@@ -226,7 +222,6 @@ class SandboxPool(Actor[PoolInbox]):
             await self._on_tick()
         elif isinstance(message, _Refill):
             self._refill_due = False
-            self._let_go()
             await self._refill()
         elif isinstance(message, _Warmed):
             entry = self._entries.get(message.pool_id)
@@ -242,7 +237,6 @@ class SandboxPool(Actor[PoolInbox]):
             log.warning("pool: sandbox %s did not come up: %s", message.pool_id, message.error)
             if entry is not None:
                 if entry.handle is not None:
-                    self._held_back.discard(entry.handle.id)
                     self.tasks.start_soon(self._destroy, entry.handle.id)
                 await self._release_waiting(entry.agent)
         self._report()
@@ -280,36 +274,8 @@ class SandboxPool(Actor[PoolInbox]):
         del self._entries[entry.pool_id]
         self._handed[entry.handle.id] = trio.current_time()
         self.claims += 1
-        self._hold_back(entry.handle.id)
         self._refill_soon()
         return True
-
-    def _hold_back(self, claimed: str) -> None:
-        """Until the refill after this claim, the sandboxes still coming up (their agents
-        starting) get a small share of the CPUs, so that the claimed one has them while it takes
-        up its prompt; the claimed one gets its share back if it was held back."""
-        if claimed in self._held_back:
-            self._held_back.discard(claimed)
-            self.tasks.start_soon(self._set_background, claimed, False)
-        for entry in self._entries.values():
-            handle = entry.handle
-            if entry.state == "warming" and handle is not None and handle.id not in self._held_back:
-                self._held_back.add(handle.id)
-                self.tasks.start_soon(self._set_background, handle.id, True)
-
-    def _let_go(self) -> None:
-        """Give the sandboxes held back (and still in the pool) their share back."""
-        pooled = {e.handle.id for e in self._entries.values() if e.handle is not None}
-        for sandbox_id in self._held_back & pooled:
-            self.tasks.start_soon(self._set_background, sandbox_id, False)
-        self._held_back.clear()
-
-    async def _set_background(self, sandbox_id: str, background: bool) -> None:
-        async with self._shares:
-            try:
-                await self._provider.set_background(sandbox_id, background)
-            except AnycodeError as exc:
-                log.warning("pool: CPU share of sandbox %s not changed: %s", sandbox_id[:12], exc)
 
     def _refill_soon(self) -> None:
         """Refill `refill_delay` after a claim (one refill for a burst of claims): by then the

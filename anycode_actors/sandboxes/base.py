@@ -202,13 +202,6 @@ class SandboxProvider(Protocol):
 
     async def is_alive(self, sandbox_id: str) -> bool: ...
 
-    async def set_background(self, sandbox_id: str, background: bool) -> None:
-        """Give the sandbox a small share of the CPUs while others want them (`background`), or
-        back the share of any other: the warm pool holds back the sandboxes it is starting while
-        a session takes up its prompt. A no-op where sandboxes do not share CPUs (ECS) or have
-        no share (local)."""
-        ...
-
     async def failure_reason(self, sandbox_id: str) -> str:
         """What went wrong with the sandbox, in words for its user: why it stopped ("it ran out
         of memory (limit 512 MiB)", "it was removed") or, while it runs, a known trouble inside

@@ -102,12 +102,6 @@ CLEANUP_TIMEOUT: Final = 30.0
 #: orphan is `ORPHAN_AGE` old and the next sweep).
 REMOVE_RETRY_FIRST: Final = 0.5
 REMOVE_RETRY_MAX: Final = 4.0
-#: CPU shares (cgroup `cpu.shares`, Docker's `--cpu-shares`) of a sandbox in the background
-#: (`set_background`; the least the kernel takes), and of any other (Docker's default). They
-#: weigh only while the CPUs are busy:
-#: https://docs.docker.com/engine/containers/resource_constraints/#cpu
-BACKGROUND_CPU_SHARES: Final = 2
-DEFAULT_CPU_SHARES: Final = 1024
 #: Attempts at publishing the agent port when somebody else keeps taking the chosen one.
 PORT_ATTEMPTS: Final = 5
 _PORT_TAKEN_MARKERS: Final = ("port is already allocated", "address already in use")
@@ -292,17 +286,6 @@ class DockerProvider:
         """Whether the container is running. A missing container is not alive."""
         state = await self._inspect(sandbox_id)
         return state is not None and bool(state.get("State", {}).get("Running"))
-
-    async def set_background(self, sandbox_id: str, background: bool) -> None:
-        """`docker update --cpu-shares` of the container: `BACKGROUND_CPU_SHARES` or back to
-        `DEFAULT_CPU_SHARES`."""
-        api = await self._api()
-        shares = BACKGROUND_CPU_SHARES if background else DEFAULT_CPU_SHARES
-        await self._run(
-            lambda: api.update_container(sandbox_id, cpu_shares=shares),
-            abandon=False,
-            what=f"set the CPU share of sandbox {_short(sandbox_id)}",
-        )
 
     async def failure_reason(self, sandbox_id: str) -> str:
         """From the container's state: killed for memory (`State.OOMKilled`, see

@@ -248,10 +248,6 @@ class EcsProvider:
         task = await self._describe_task(sandbox_id)
         return task is not None and task.get("lastStatus") != "STOPPED"
 
-    async def set_background(self, sandbox_id: str, background: bool) -> None:
-        """Nothing to do: a Fargate task has CPUs of its own."""
-        await trio.lowlevel.checkpoint()
-
     async def failure_reason(self, sandbox_id: str) -> str:
         """From the task's `stoppedReason` and its containers' `reason`, which say
         "OutOfMemoryError" for a container killed for memory (see

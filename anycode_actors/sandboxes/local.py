@@ -298,10 +298,6 @@ class LocalProvider:
                 f"could not remove local sandbox {folder.name} within {CLEANUP_TIMEOUT:g} s"
             )
 
-    async def set_background(self, sandbox_id: str, background: bool) -> None:
-        """Nothing to do: local sandboxes run at the daemon's own priority."""
-        await trio.lowlevel.checkpoint()
-
     async def is_alive(self, sandbox_id: str) -> bool:
         """Whether this daemon holds the sandbox and its server (if it has one) still runs."""
         sandbox = self._sandboxes.get(str(self._folder(sandbox_id)))
