@@ -17,9 +17,10 @@ JSON:
 2. cold dispatch ÷ floor: the same without a pool, against a bare `docker run` of the same image
    until sandbox-agent answers its health check, then ACP initialize and session/new, then
    session/prompt until the model has it (as the cold dispatch is measured), one floor run after
-   each cold task, so that both meet the machine as busy (target ≤ 1.1). Its details break both down (`steps_ms`, `floor_steps_ms`: `container`,
-   `agent`, `prompt → model`), and keep the ratio to the floor without its prompt
-   (`ratio_to_session`), as this figure was first measured.
+   each cold task, so that both meet the machine as busy (target ≤ 1.1). Its details break both
+   down (`steps_ms`, `floor_steps_ms`: `container`, `agent`, `prompt → model`), and keep the
+   ratio to the floor without its prompt (`ratio_to_session`), as this figure was first
+   measured.
 3. scale: 1,000 concurrent sessions, each in its own private chat, each answered with 100 words by
    one scripted sandbox-agent process that serves them all (tests/fakes/sandbox_agent.py); every
    word must show exactly once. Daemon CPU per session (target ≤ 25 ms) and RSS per live session
