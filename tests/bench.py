@@ -13,14 +13,17 @@ JSON:
    which the bench turns on): stand-in → the daemon has the update → the session is recorded →
    it has its sandbox → its agent session is open → the prompt is handed to the stream → its
    session/prompt POST goes out → the model has it. The last step is Claude Code's own, whose
-   floor (`prompt_to_model_p50_ms`) is measured on a bare sandbox in the same run.
+   floor (`prompt_to_model_p50_ms`) is measured on a bare sandbox in the same run. The tasks go
+   back to back, so each meets the refill of the ones before it (Node starting in new sandboxes
+   on the same cores); the same 20 tasks are measured again with the pool full and the machine
+   quiet before each ("pool full and quiet"), which is the dispatch itself.
 2. cold dispatch ÷ floor: the same without a pool, against a bare `docker run` of the same image
    until sandbox-agent answers its health check, then ACP initialize and session/new, then
    session/prompt until the model has it (as the cold dispatch is measured), one floor run after
    each cold task, so that both meet the machine as busy (target ≤ 1.1). Its details break both
-   down (`steps_ms`, `floor_steps_ms`: `container`, `agent`, `prompt → model`), and keep the
-   ratio to the floor without its prompt (`ratio_to_session`), as this figure was first
-   measured.
+   down (`steps_ms`, `floor_steps_ms`: `container`, `agent`, `prompt → model`). A second row
+   divides by the floor as the issue first worded it, until session/new, which leaves Claude
+   Code's own prompt → model time on the daemon's side of the ratio.
 3. scale: 1,000 concurrent sessions, each in its own private chat, each answered with 100 words by
    one scripted sandbox-agent process that serves them all (tests/fakes/sandbox_agent.py); every
    word must show exactly once. Daemon CPU per session (target ≤ 25 ms) and RSS per live session
@@ -76,6 +79,7 @@ from tests.fakes.telegram import FakeTelegram, FloodLimits, User
 WARM_TASKS: Final = 20
 POOL_SIZE: Final = 3
 COLD_TASKS: Final = 5
+QUIET_SETTLE: Final = 2.0  # seconds after the pool is full, for its Node processes to settle
 SCALE_SESSIONS: Final = 1000
 SCALE_WORDS: Final = 100
 SCALE_PACE: Final = 0.01
@@ -156,11 +160,14 @@ class _Steps(logging.Handler):
 
 
 async def _dispatch(
-    tmp: Path, tasks: int, pool: int, with_floor: bool = False
+    tmp: Path, tasks: int, pool: int, with_floor: bool = False, settle: float | None = None
 ) -> tuple[list[float], dict[str, Any], list[float]]:
     """Seconds from each `/task` at the stand-in to its prompt at the scripted model; with
     `with_floor`, after each task the floor (`_floor`) with the same agent settings, so that
-    both see the machine as busy as the other."""
+    both see the machine as busy as the other. Tasks go back to back (each after the one before
+    it completed), so a task meets the refill of the claims before it; with `settle`, each task
+    waits until the pool is full again and then `settle` seconds more, so that no sandbox is
+    starting on the machine while it is dispatched."""
     from tests.docker_support import docker_client
     from tests.e2e.harness import running_world
 
@@ -183,10 +190,12 @@ async def _dispatch(
             await tg.wait_until_polling()
         daemon_pool = world.daemon.pool
         for run in range(tasks):
-            if daemon_pool is not None and run == 0:
+            if daemon_pool is not None and (run == 0 or settle is not None):
                 with trio.fail_after(300):
                     while daemon_pool.ready("claude-code") < pool:  # noqa: ASYNC110
                         await trio.sleep(0.05)
+                if settle is not None:
+                    await trio.sleep(settle)
             user = User(2000 + run, f"bench{run}")
             start = time.perf_counter()
             tg.inject_message(user.id, user, f"/task [[bench]] run {run}")
@@ -311,8 +320,14 @@ def measure_dispatch(quick: bool) -> list[Figure]:
     async def main() -> tuple[
         list[float], dict[str, Any], list[float], list[float], dict[str, Any]
     ]:
-        with tempfile.TemporaryDirectory() as warm_dir, tempfile.TemporaryDirectory() as cold_dir:
+        with tempfile.TemporaryDirectory() as warm_dir:
             warm, pool, _ = await _dispatch(Path(warm_dir), warm_tasks, POOL_SIZE)
+        with tempfile.TemporaryDirectory() as quiet_dir:
+            quiet, calm, _ = await _dispatch(
+                Path(quiet_dir), warm_tasks, POOL_SIZE, settle=QUIET_SETTLE
+            )
+        pool["quiet"] = {"latencies_s": quiet, "steps_ms": _steps_ms(calm.pop("marks")), **calm}
+        with tempfile.TemporaryDirectory() as cold_dir:
             cold, found, floor = await _dispatch(Path(cold_dir), cold_tasks, 0, with_floor=True)
         pool["prompt_to_model_p50_ms"] = 1000 * statistics.median(found["prompt_to_model_s"])
         pool["steps_ms"] = _steps_ms(pool.pop("marks"))
@@ -325,9 +340,15 @@ def measure_dispatch(quick: bool) -> list[Figure]:
 
     warm, pool, cold, floor, found = trio.run(main)
     p50, p95 = percentile(warm, 0.5), percentile(warm, 0.95)
+    quiet = pool["quiet"]["latencies_s"]
+    quiet_p50, quiet_p95 = percentile(quiet, 0.5), percentile(quiet, 0.95)
     # The floor as the cold dispatch is measured: until the prompt reaches the model.
     whole_floor = [f + p for f, p in zip(floor, found["prompt_to_model_s"], strict=True)]
     ratio = statistics.median(cold) / statistics.median(whole_floor)
+    # The floor as the issue first worded it: until session/new, without the prompt's way to
+    # the model (which the cold dispatch includes), so Claude Code's prompt time counts against
+    # the daemon here.
+    to_session = statistics.median(cold) / statistics.median(floor)
     return [
         Figure(
             "warm dispatch p50",
@@ -339,6 +360,21 @@ def measure_dispatch(quick: bool) -> list[Figure]:
         ),
         Figure("warm dispatch p95", p95 * 1000, "ms", "≤ 150", p95 <= 0.150),
         Figure(
+            "warm dispatch p50, pool full and quiet",
+            quiet_p50 * 1000,
+            "ms",
+            "≤ 50",
+            quiet_p50 <= 0.050,
+            {"p95_ms": quiet_p95 * 1000, **pool["quiet"]},
+        ),
+        Figure(
+            "warm dispatch p95, pool full and quiet",
+            quiet_p95 * 1000,
+            "ms",
+            "≤ 150",
+            quiet_p95 <= 0.150,
+        ),
+        Figure(
             "cold dispatch ÷ floor",
             ratio,
             "×",
@@ -349,12 +385,17 @@ def measure_dispatch(quick: bool) -> list[Figure]:
                 "floor_median_s": statistics.median(whole_floor),
                 "cold_s": cold,
                 "floor_s": whole_floor,
-                # The floor until session/new only, as this figure was first measured.
-                "floor_to_session_median_s": statistics.median(floor),
-                "ratio_to_session": statistics.median(cold) / statistics.median(floor),
                 "steps_ms": found["steps_ms"],
                 "floor_steps_ms": found["floor_steps_ms"],
             },
+        ),
+        Figure(
+            "cold dispatch ÷ floor to session/new",
+            to_session,
+            "×",
+            "≤ 1.1",
+            to_session <= 1.1,
+            {"floor_median_s": statistics.median(floor)},
         ),
     ]
 
