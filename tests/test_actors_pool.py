@@ -16,6 +16,7 @@ from anycode_actors.actors.directory import SessionDirectory
 from anycode_actors.actors.pool import (
     CLAIM_WAIT,
     POOL_PREFIX,
+    REFILL_DELAY,
     TICK,
     Claimed,
     SandboxPool,
@@ -25,7 +26,7 @@ from anycode_actors.actors.watchdog import ORPHAN_AGE, Watchdog
 from anycode_actors.agents.session import Resume
 from anycode_actors.config import AgentConfig, Config, config_from_mapping
 from anycode_actors.errors import AgentNotReadyError
-from anycode_actors.sandboxes.base import SandboxHandle
+from anycode_actors.sandboxes.base import SandboxError, SandboxHandle
 from anycode_actors.store import SessionStatus, Store
 from supervisors import Registry, Supervisor
 from tests.actor_fakes import FakeAgent, FakeProvider, iso_ago, memory_store, said
@@ -114,11 +115,52 @@ async def test_a_claim_hands_over_a_ready_sandbox_and_its_session_and_the_pool_r
     handle = claimed.handle
     assert claimed == Claimed(handle, Resume(f"acp-{handle.id}", 0, "2", False))
     assert claimed.handle.id in pool.held()  # handed over: not reaped before it is recorded
-    await trio.sleep(1)
+    await trio.sleep(REFILL_DELAY + 1)
     assert len(provider.specs) == 3  # one more made to replace it
     assert await claim(pool.address(), "codex") is None  # no pool for that agent
     assert pool.claims == 1
     assert pool.misses == 1
+
+
+async def test_the_refill_waits_a_moment_after_a_claim_and_replaces_a_burst_at_once(
+    autojump_clock: trio.abc.Clock, nursery: trio.Nursery, store: Store
+) -> None:
+    pool, provider, _, _ = await start_pool(nursery, store, pool_config(3))
+    await trio.sleep(1)
+    assert len(provider.specs) == 3
+    assert await claim(pool.address(), "claude-code") is not None
+    await trio.sleep(REFILL_DELAY / 2)
+    assert await claim(pool.address(), "claude-code") is not None
+    # Nothing new starts beside the claimed sandboxes while they take up their prompts.
+    assert len(provider.specs) == 3
+    await trio.sleep(REFILL_DELAY)
+    assert len(provider.specs) == 5  # both replaced by the one refill
+    await trio.sleep(1)
+    assert pool.ready("claude-code") == 3
+
+
+class SlowGitProvider(FakeProvider):
+    """Its `exec` (the git that records the /diff starting point) takes 0.4 s, then fails."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.execs: list[float] = []  # trio time each began
+
+    async def exec(self, handle: Any, argv: Any, env: Any = None, cwd: Any = None) -> Any:
+        self.execs.append(trio.current_time())
+        await trio.sleep(0.4)
+        raise SandboxError("git is slow here, then gone")
+
+
+async def test_a_pooled_sandboxs_diff_starting_point_is_recorded_while_its_agent_starts(
+    autojump_clock: trio.abc.Clock, nursery: trio.Nursery, store: Store
+) -> None:
+    began = trio.current_time()
+    pool, provider, _, _ = await start_pool(nursery, store, pool_config(1), SlowGitProvider())
+    await trio.sleep(0.6)  # prepare takes 0.5 s, the git 0.4 s: side by side, not one after another
+    assert pool.ready("claude-code") == 1
+    assert isinstance(provider, SlowGitProvider) and len(provider.execs) == 1
+    assert provider.execs[0] - began < 0.1
 
 
 async def test_pooled_sandboxes_and_sessions_together_stay_within_max_sessions_total(

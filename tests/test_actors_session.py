@@ -12,6 +12,7 @@ import dataclasses
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import pytest
 import trio
@@ -201,6 +202,50 @@ async def test_a_task_goes_from_pending_through_starting_and_running_to_complete
     assert await rig.status() == (SessionStatus.COMPLETED, None)
     assert provider.alive == []
     assert provider.destroyed == [stored.sandbox_id]
+
+
+class SlowGitProvider(FakeProvider):
+    """Its `exec` (the git that records the /diff starting point) takes 2 s, then fails."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.execs: list[tuple[float, float]] = []  # (started, ended), trio time
+
+    async def exec(self, handle: Any, argv: Any, env: Any = None, cwd: Any = None) -> Any:
+        started = trio.current_time()
+        await trio.sleep(2)
+        self.execs.append((started, trio.current_time()))
+        raise SandboxError("git is slow here, then gone")
+
+
+class TimedAgent(FakeAgent):
+    """Remembers when it was connected and when it was prompted (trio time)."""
+
+    connected_at = prompted_at = -1.0
+
+    def connected(self, resume: Any) -> None:
+        self.connected_at = trio.current_time()
+        super().connected(resume)
+
+    async def prompt(self, text: str, files: Sequence[Any] = ()) -> Any:
+        self.prompted_at = trio.current_time()
+        return await super().prompt(text, files)
+
+
+async def test_the_diff_starting_point_is_recorded_while_the_agent_starts_before_its_prompt(
+    autojump_clock: trio.abc.Clock,
+    nursery: trio.Nursery,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    agent = TimedAgent([said("done")])
+    provider = SlowGitProvider()
+    rig = await start_session(nursery, store, monkeypatch, agent, provider)
+    assert await rig.closed() == SessionClosed(rig.sid, "completed")
+    [(started, ended), *_] = provider.execs
+    assert started <= agent.connected_at < ended  # the agent started meanwhile
+    assert agent.prompted_at >= ended  # and was asked nothing before the starting point
+    assert agent.prompts == ["fix the login bug"]
 
 
 async def test_every_agent_event_is_stored_with_its_seq(

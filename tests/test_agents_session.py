@@ -35,7 +35,7 @@ from anycode_actors.errors import AgentError
 from anycode_actors.sandboxes.base import AgentProcess, SandboxHandle
 from anycode_actors.sandboxes.process import LocalProcess
 from tests.actor_fakes import asks, make_config
-from tests.test_agents_sandbox_agent_http import BASE, SESSION, TOKEN, FakeSandboxAgent
+from tests.test_agents_sandbox_agent_http import BASE, SESSION, TOKEN, FakeSandboxAgent, Turn
 
 SESSION_ID = "0123456789abcdef0123456789abcdef"
 DEMO_AGENT = (sys.executable, "-m", "anycode_actors.cli.demo_agent", "--delay", "0")
@@ -188,6 +188,31 @@ async def test_sandbox_agent_reattaches_where_the_resume_left_off(
     # Attached: no initialize, no session/new; only the answer to request 3.
     [(_, answer)] = server.posts
     assert (answer["id"], answer["result"]["outcome"]["optionId"]) == (3, "allow")
+    # A restarted daemon makes sure the sandbox-agent answers before it attaches.
+    assert len(server.health_times) == 1
+
+
+async def test_a_session_the_pool_prepared_is_attached_without_a_health_check(
+    nursery: trio.Nursery, autojump_clock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = FakeSandboxAgent(nursery, turns=[Turn(["done"])])
+    calls = through_fake_server(monkeypatch, server)
+    resume = Resume(SESSION, last_seq=0, cursor=None, turn_running=False, prepared=True)
+    async with open_session(
+        "sandbox-agent",
+        agent=claude(),
+        handle=handle(BASE),
+        spawn=Spawner(),
+        session_id=SESSION_ID,
+        acpx_permissions="approve-all",
+        resume=resume,
+    ) as opened:
+        assert opened.agent_session_id == SESSION
+        await opened.session.prompt("go")
+    [(_, options)] = calls
+    assert (options["attach"], options["check_health"]) == (True, False)
+    assert server.health_times == []
+    assert [body["method"] for _, body in server.posts] == ["session/prompt"]
 
 
 async def test_an_unknown_protocol_is_refused_before_anything_starts() -> None:

@@ -55,6 +55,7 @@ from anycode_actors.chat.base import (
 )
 from anycode_actors.config import Config
 from anycode_actors.git import repo_ref_from_prompt
+from anycode_actors.steps import step
 from anycode_actors.store import (
     DAY,
     AmbiguousSessionPrefix,
@@ -334,6 +335,7 @@ class ChatActor(Actor[ChatInbox]):
         except QuotaExceeded as over:
             await self._say(self._over_quota(over))
             return
+        step("recorded", session.id)
         lines = [
             f"Starting {request.agent} session `{short_id(session.id)}`...",
             f"Prompt: {request.prompt}",

@@ -14,9 +14,13 @@ own connection, so a pooled sandbox is only created and the session starts its a
 - Sandboxes and sessions share `limits.max_sessions_total`: the pool fills only what the live
   sessions in the store leave free, and before a session that found nothing ready creates its
   own sandbox, the pool removes ready ones until the two fit together again.
-- Refilled in the background after each claim and every `TICK` seconds; a ready sandbox older
-  than `pool.max_idle_minutes`, or found dead, is removed and replaced. One that fails to come
-  up is retried at the next tick, not at once.
+- Refilled in the background `REFILL_DELAY` after a claim (not at once: a sandbox and its agent
+  starting would take the CPUs from the claimed one while it takes up its prompt) and every
+  `TICK` seconds; a ready sandbox older than `pool.max_idle_minutes`, or found dead, is removed
+  and replaced. One that fails to come up is retried at the next tick, not at once.
+- A session attaches to a pooled sandbox's agent session without asking sandbox-agent's health
+  first (`Resume.prepared`), and the pool records the /diff starting point while the agent
+  starts, beside `prepare_session`.
 - Pooled sandboxes carry the session label `pool-<random>` (their ACP server is named after
   it), never a user's credentials: their environment is the agent's (`Config.sandbox_env`), as
   a session's own is. At its first tick the pool removes every pool sandbox a previous run left
@@ -39,6 +43,7 @@ from typing import Final
 import trio
 
 from anycode_actors.actors.workspace_diff import WorkspaceDiff
+from anycode_actors.agents._nursery import open_nursery_bare
 from anycode_actors.agents.session import Resume, prepare_session
 from anycode_actors.config import AgentConfig, Config
 from anycode_actors.errors import AnycodeError
@@ -59,6 +64,9 @@ CLAIM_WAIT: Final = 5.0
 """How long a session waits for the pool's answer before it creates its sandbox itself."""
 HANDED_OVER_FOR: Final = 600.0
 """Seconds a claimed sandbox still counts as held, until its session has recorded it."""
+REFILL_DELAY: Final = 0.5
+"""Seconds between a claim and the refill it calls for: a sandbox being made (the engine's work,
+then its agent starting) takes the CPU the claimed sandbox needs to take up its prompt now."""
 
 Prepare = Callable[[AgentConfig, SandboxHandle], Awaitable[Resume]]
 
@@ -90,6 +98,11 @@ class _Tick:
 
 
 @dataclass(frozen=True)
+class _Refill:
+    pass
+
+
+@dataclass(frozen=True)
 class _Warmed:
     pool_id: str
     resume: Resume | None
@@ -102,7 +115,7 @@ class _WarmFailed:
     error: str
 
 
-PoolInbox = Claim | _Tick | _Warmed | _WarmFailed
+PoolInbox = Claim | _Tick | _Refill | _Warmed | _WarmFailed
 
 
 @dataclass
@@ -134,6 +147,7 @@ class SandboxPool(Actor[PoolInbox]):
         *,
         prepare: Prepare = prepare_session,
         tick: float = TICK,
+        refill_delay: float = REFILL_DELAY,
     ) -> None:
         super().__init__()
         self._config = config
@@ -141,6 +155,8 @@ class SandboxPool(Actor[PoolInbox]):
         self._store = store
         self._prepare = prepare
         self._tick = tick
+        self._refill_delay = refill_delay
+        self._refill_due = False  # a refill after a claim is on its way (`_refill_soon`)
         self._entries: dict[str, _Entry] = {}
         self._handed: dict[str, float] = {}  # sandbox id → trio time it was claimed
         self._waiting: deque[Claim] = deque()  # claims for a sandbox still warming, oldest first
@@ -204,6 +220,9 @@ class SandboxPool(Actor[PoolInbox]):
             await self._on_claim(message)
         elif isinstance(message, _Tick):
             await self._on_tick()
+        elif isinstance(message, _Refill):
+            self._refill_due = False
+            await self._refill()
         elif isinstance(message, _Warmed):
             entry = self._entries.get(message.pool_id)
             if entry is not None:
@@ -255,8 +274,21 @@ class SandboxPool(Actor[PoolInbox]):
         del self._entries[entry.pool_id]
         self._handed[entry.handle.id] = trio.current_time()
         self.claims += 1
-        await self._refill()
+        self._refill_soon()
         return True
+
+    def _refill_soon(self) -> None:
+        """Refill `refill_delay` after a claim (one refill for a burst of claims): by then the
+        claimed sandbox's session has sent its prompt and the agent has taken it up, without a
+        new sandbox starting beside it on the same CPUs."""
+        if self._refill_due:
+            return
+        self._refill_due = True
+        self.tasks.start_soon(self._refill_later)
+
+    async def _refill_later(self) -> None:
+        await trio.sleep(self._refill_delay)
+        await self.send(_Refill())
 
     async def _serve_waiting(self, entry: _Entry) -> None:
         """Hand the sandbox that just became ready to the longest-waiting claim for it."""
@@ -379,18 +411,20 @@ class SandboxPool(Actor[PoolInbox]):
                 # Held from now on, before the next checkpoint: `finish` removes it.
                 entry.handle = handle
                 # A pooled sandbox serves a task without a repository, whose /diff compares
-                # with the workspace as it was before the agent started: recorded now, as
-                # the session would (before the agent's session opens), off its path.
-                diff_base = await self._record_diff_base(handle)
+                # with the workspace as it was before the agent's first prompt: recorded now,
+                # while the agent starts, as a session does (opening the agent's session leaves
+                # the workspace alone), off the session's path.
                 resume = None
-                if sandbox.protocol == "sandbox-agent":
-                    resume = await self._prepare(self._config.agent(entry.agent), handle)
+                async with open_nursery_bare() as nursery:
+                    nursery.start_soon(self._record_diff_base, entry, handle)
+                    if sandbox.protocol == "sandbox-agent":
+                        resume = await self._prepare(self._config.agent(entry.agent), handle)
         except (AnycodeError, trio.TooSlowError) as exc:
             await self.send(_WarmFailed(entry.pool_id, str(exc) or type(exc).__name__))
             return
-        await self.send(_Warmed(entry.pool_id, resume, diff_base))
+        await self.send(_Warmed(entry.pool_id, resume, entry.diff_base))
 
-    async def _record_diff_base(self, handle: SandboxHandle) -> bool:
+    async def _record_diff_base(self, entry: _Entry, handle: SandboxHandle) -> None:
         git = self._config.git
         workspace = WorkspaceDiff(
             handle.session_id, max_patch_bytes=git.max_patch_bytes, within=float(git.timeout_secs)
@@ -399,8 +433,8 @@ class SandboxPool(Actor[PoolInbox]):
             await workspace.begin(self._provider, handle)
         except AnycodeError as exc:
             log.warning("pool: no /diff starting point in %s: %s", handle.session_id, exc)
-            return False
-        return True
+            return
+        entry.diff_base = True
 
     async def _destroy(self, sandbox_id: str) -> None:
         with trio.CancelScope(shield=True), trio.move_on_after(DESTROY_GRACE):

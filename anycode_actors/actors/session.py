@@ -110,6 +110,7 @@ from anycode_actors.sandboxes.base import (
     describe_loss,
     failure_reason,
 )
+from anycode_actors.steps import step
 from anycode_actors.store import (
     InteractionOption,
     Session,
@@ -294,6 +295,8 @@ class SessionActor(Actor[SessionInbox]):
         self._pool = pool
         self._warm: Resume | None = None
         self._diff_base = False  # the pool recorded the /diff starting point already
+        # Set once the /diff starting point is recorded; the first prompt waits for it.
+        self._diff_begun: trio.Event | None = None
         self._stream: StreamActor | None = None
         self._stream_ready = False
         self._turn_running = False
@@ -566,6 +569,7 @@ class SessionActor(Actor[SessionInbox]):
                 # room for it within the limits.
                 claimed = await claim(self._pool, self.session.agent, take=not self.session.repo)
                 if claimed is not None:
+                    step("sandbox", self._id)
                     self._handle = claimed.handle  # owned from here, as below
                     self._warm = claimed.resume
                     self._diff_base = claimed.diff_base
@@ -587,6 +591,7 @@ class SessionActor(Actor[SessionInbox]):
             # Owned from this moment, before the next checkpoint: a cancel that comes now ends
             # the actor without reading `_Started`, and the cleanup must still remove it.
             self._handle = handle
+            step("sandbox", self._id)
             if self._publisher is not None:
                 await self._seed(self._publisher, handle)
             await self._outbox.send(_Started(handle))
@@ -609,12 +614,21 @@ class SessionActor(Actor[SessionInbox]):
         if self._outcome is not None:
             return  # cancelled while the sandbox was being made; cleanup removes it
         if self._workspace is not None and not self._diff_base:
-            # Before the agent starts: the starting point must not hold its first changes.
-            try:
-                await self._workspace.begin(self._provider, handle)
-            except AnycodeError as exc:
-                log.warning("session %s: /diff will not work: %s", short_id(self._id), exc)
+            # Recorded while the agent starts, and before its first prompt, which waits for it
+            # (`_on_stream_ready`): the starting point must not hold the agent's first changes.
+            self._diff_begun = trio.Event()
+            self.tasks.start_soon(self._begin_diff, self._workspace, handle, self._diff_begun)
         await self._start_stream(streams, handle, self._warm)
+
+    async def _begin_diff(
+        self, workspace: WorkspaceDiff, handle: SandboxHandle, begun: trio.Event
+    ) -> None:
+        try:
+            await workspace.begin(self._provider, handle)
+        except AnycodeError as exc:
+            log.warning("session %s: /diff will not work: %s", short_id(self._id), exc)
+        finally:
+            begun.set()
 
     async def _start_stream(
         self, streams: Supervisor, handle: SandboxHandle, resume: Resume | None
@@ -660,6 +674,8 @@ class SessionActor(Actor[SessionInbox]):
             await self._flusher.send(
                 Post(f"Permissions follow {decider}'s {policy} policy; no buttons will be shown.")
             )
+        if self._diff_begun is not None:
+            await self._diff_begun.wait()
         await self._prompt(self.session.prompt, self._attachments)
 
     async def _prompt(self, text: str, attachments: tuple[Attachment, ...] = ()) -> None:
@@ -670,6 +686,7 @@ class SessionActor(Actor[SessionInbox]):
             self._fetching = trio.CancelScope()
             self.tasks.start_soon(self._fetch_then_prompt, text, attachments, self._fetching)
             return
+        step("prompt", self._id)
         await self._to_stream(Prompt(text))
 
     async def _fetch_then_prompt(

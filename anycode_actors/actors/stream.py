@@ -31,6 +31,7 @@ from anycode_actors.agents.events import PromptFile
 from anycode_actors.config import AgentConfig, SandboxConfig
 from anycode_actors.errors import AgentError
 from anycode_actors.sandboxes.base import AgentProcess, SandboxHandle, SandboxProvider
+from anycode_actors.steps import step
 from supervisors import Actor, ChildSpec, Restart, current_child
 
 log = logging.getLogger(__name__)
@@ -172,6 +173,7 @@ class StreamActor(Actor[StreamCommand]):
                     resume=self._resume,
                 ) as opened:
                     opening.deadline = math.inf
+                    step("opened", self._session_id)
                     self._session = opened.session
                     await self._reports.send(
                         StreamReady(

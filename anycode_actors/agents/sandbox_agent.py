@@ -53,6 +53,7 @@ from anycode_actors.agents.jsonrpc import (
 from anycode_actors.agents.sse import SseEvent, SseParser
 from anycode_actors.agents.transport import INCOMING_BUFFER, Received
 from anycode_actors.errors import AgentAuthError, AgentClosedError, AgentError, AgentNotReadyError
+from anycode_actors.steps import step
 from supervisors import Backoff
 
 __all__ = [
@@ -325,6 +326,8 @@ class SandboxAgentTransport:
         for attempt in range(POST_ATTEMPTS):
             if attempt:
                 await trio.sleep(POST_RETRY_DELAY * 2 ** (attempt - 1))
+            if message.get("method") == "session/prompt":
+                step("posted", self.server_id)
             try:
                 return await self._http.post(
                     url,
@@ -511,10 +514,12 @@ async def open_sandbox_agent_transport(
     health_timeout: float = HEALTH_TIMEOUT,
     delete_on_close: bool = True,
     http_transport: httpx.AsyncBaseTransport | None = None,
+    check_health: bool = True,
 ) -> AsyncIterator[SandboxAgentTransport]:
     """A transport to one ACP server of the sandbox-agent at `base_url`.
 
-    Waits for `/v1/health` first (bounded by `health_timeout`). A fresh server gets a random id
+    Waits for `/v1/health` first (bounded by `health_timeout`; not with `check_health=False`,
+    for a server known to answer). A fresh server gets a random id
     and is created for `agent` (a sandbox-agent agent id such as "claude") by the first message.
     With `attach=True`, `server_id` names a server that already runs (a restarted daemon), and
     the stream resumes after `last_event_id` (the `cursor` of the last event stored).
@@ -535,7 +540,8 @@ async def open_sandbox_agent_transport(
         limits=httpx.Limits(max_keepalive_connections=0),
         timeout=httpx.Timeout(POST_TIMEOUT, connect=CONNECT_TIMEOUT),
     ) as http:
-        await wait_until_healthy(http, within=health_timeout)
+        if check_health:
+            await wait_until_healthy(http, within=health_timeout)
         last = int(last_event_id) if last_event_id is not None else None
         transport: SandboxAgentTransport | None = None
         try:
@@ -571,6 +577,7 @@ async def open_sandbox_agent_client(
     reconnect: ReconnectPolicy | None = None,
     health_timeout: float = HEALTH_TIMEOUT,
     delete_on_close: bool = True,
+    check_health: bool = True,
 ) -> AsyncIterator[AcpClient]:
     """An ACP client through sandbox-agent (see `open_sandbox_agent_transport`)."""
     async with (
@@ -584,6 +591,7 @@ async def open_sandbox_agent_client(
             reconnect=reconnect,
             health_timeout=health_timeout,
             delete_on_close=delete_on_close,
+            check_health=check_health,
         ) as transport,
         open_acp_client(transport) as client,
     ):

@@ -106,6 +106,10 @@ class Resume:
     session (ACP `session/load`, https://agentclientprotocol.com/protocol/session-setup
     #loading-sessions) instead of being reattached. What the agent replays while loading is
     history the chat has shown already: it is not passed on."""
+    prepared: bool = False
+    """The warm pool opened this session (`prepare_session`) in a sandbox it has watched since:
+    its sandbox-agent answered then, so attaching sends the prompt without asking
+    `/v1/health` first (a sandbox-agent gone meanwhile fails the prompt's request instead)."""
 
 
 @dataclass(frozen=True)
@@ -176,6 +180,7 @@ async def _open_sandbox_agent(target: _Target) -> AsyncIterator[OpenedSession]:
         last_event_id=resume.cursor if resume and not resume.load else None,
         # The sandbox is destroyed right after: no DELETE, which may never answer.
         delete_on_close=False,
+        check_health=resume is None or not resume.prepared,
     ) as client:
         if resume is not None and resume.load:
             info = await client.initialize()
@@ -252,6 +257,7 @@ async def prepare_session(agent: AgentConfig, handle: SandboxHandle) -> Resume:
         last_seq=0,
         cursor=str(cursor) if cursor is not None else None,
         turn_running=False,
+        prepared=True,
     )
 
 

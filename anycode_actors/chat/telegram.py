@@ -101,6 +101,7 @@ from anycode_actors.chat.base import (
 )
 from anycode_actors.chat.markdown import Rich
 from anycode_actors.config import TelegramConfig
+from anycode_actors.steps import step
 from supervisors import Backoff
 
 __all__ = [
@@ -396,6 +397,8 @@ class TelegramClient:
                 except ChatError as error:
                     return error  # 401, or a refusal that polling again would only repeat
                 failures = 0
+                if updates:
+                    step("update")
                 for update in updates:
                     update_id = update.get("update_id") if isinstance(update, dict) else None
                     if not isinstance(update_id, int):
