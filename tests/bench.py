@@ -265,7 +265,11 @@ def measure_dispatch(quick: bool) -> list[Figure]:
 
 
 class SharedAgentProvider(FakeProvider):
-    """Sandboxes that exist only in memory, every one's sandbox-agent at `endpoint`."""
+    """Sandboxes that exist only in memory, every one's sandbox-agent at `endpoint`. They run no
+    commands, and say so (`can_exec`), as ECS's do: no workspace diff is tried, and checkpoints
+    are read through `read_files` (an empty workspace here)."""
+
+    can_exec = False
 
     def __init__(self, endpoint: str) -> None:
         super().__init__()

@@ -143,6 +143,12 @@ UPLOAD_TAG: Final = "upload:"
 DEAD_SANDBOX_LOG_LINES: Final = 40
 DEAD_SANDBOX_LOG_TIMEOUT: Final = 10.0
 
+# What /diff answers in a session without a publisher whose provider cannot run commands.
+_NO_EXEC_DIFF: Final = (
+    "the workspace is compared with git inside the sandbox, and these sandboxes cannot run "
+    "commands"
+)
+
 OPTION_LABELS: Final = {
     "allow_once": "Allow",
     "allow_always": "Allow for this session",
@@ -273,10 +279,12 @@ class SessionActor(Actor[SessionInbox]):
         self._answer_press = answer_press
         self._publisher = publisher
         # Without a publisher, /diff and the end of the session compare the workspace with
-        # what it was at the start (actors/workspace_diff.py).
+        # what it was at the start (actors/workspace_diff.py), with git in the sandbox: not
+        # tried at all where the provider cannot run a command (`can_exec`), which would fail
+        # the same way in every session.
         self._workspace = (
             None
-            if publisher is not None
+            if publisher is not None or not provider.can_exec
             else WorkspaceDiff(
                 session.id,
                 max_patch_bytes=config.git.max_patch_bytes,
@@ -1232,8 +1240,10 @@ class SessionActor(Actor[SessionInbox]):
         try:
             if publisher is not None:
                 card = await publisher.diff(self._provider, handle)
+            elif self._workspace is None:
+                await self._flusher.send(Post(f"No diff: {_NO_EXEC_DIFF}"))
+                return
             else:
-                assert self._workspace is not None
                 card = await self._workspace.diff(self._provider, handle)
         except AnycodeError as exc:
             await self._flusher.send(Post(f"No diff: {exc}"))
