@@ -14,7 +14,6 @@ from ._defaults import (
     BACKOFF_RESET_AFTER,
 )
 
-
 _SHARED_RNG = random.Random()
 
 

@@ -145,8 +145,7 @@ DEAD_SANDBOX_LOG_TIMEOUT: Final = 10.0
 
 # What /diff answers in a session without a publisher whose provider cannot run commands.
 _NO_EXEC_DIFF: Final = (
-    "the workspace is compared with git inside the sandbox, and these sandboxes cannot run "
-    "commands"
+    "the workspace is compared with git inside the sandbox, and these sandboxes cannot run commands"
 )
 
 OPTION_LABELS: Final = {
