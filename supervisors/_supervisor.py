@@ -195,7 +195,7 @@ class Supervisor:
         return _Run(self, self.name, self._registry, own=own)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Child:
     spec: ChildSpec
     entry: Entry
@@ -212,7 +212,7 @@ class _Child:
         return self.host is not None or self.restart_at is not None
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Host:
     """One incarnation of one child: the system task running it, and what came of it."""
 
@@ -230,16 +230,42 @@ class _Host:
     error: BaseException | None = None
 
 
+class _HostStatus:
+    """The `task_status` a child is started with. The child runs in its host's own task, not in
+    a task of its own under a nursery's `start` (which would cost each child a second task and
+    a nursery for as long as it lives); this keeps `nursery.start`'s promises: `started(value)`
+    makes the child ready with that value, a second call is an error, a child that returns
+    without calling it failed to start, and one called after the start was cancelled does not
+    count (the child is being cancelled)."""
+
+    __slots__ = ("_called", "_host")
+
+    def __init__(self, host: _Host) -> None:
+        self._host = host
+        self._called = False
+
+    def started(self, value: object = None) -> None:
+        if self._called:
+            raise RuntimeError("called 'started' twice on the same task status")
+        self._called = True
+        host = self._host
+        host.value = value
+        if not host.cancel_scope.cancel_called:
+            host.started = True
+            host.ready.set()
+
+
 async def _host(host: _Host) -> None:
-    """Body of the system task running one child. It must never raise: system tasks that
-    raise crash the whole Trio run; the supervisor gets the outcome instead."""
+    """Body of the system task running one child (in this task itself, see `_HostStatus`). It
+    must never raise: system tasks that raise crash the whole Trio run; the supervisor gets the
+    outcome instead."""
     set_current_child(host.context)
+    status = _HostStatus(host)
     try:
         with host.cancel_scope:
-            async with trio.open_nursery() as nursery:
-                host.value = await nursery.start(host.child.spec.start)
-                host.started = True
-                host.ready.set()
+            await host.child.spec.start(task_status=status)
+        if not status._called:
+            raise RuntimeError("child exited without calling task_status.started()")
     except BaseException as error:
         host.error = unwrap_error(error)
     finally:
