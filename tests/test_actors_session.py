@@ -459,6 +459,28 @@ async def test_cancel_while_running_cancels_the_turn_and_removes_the_sandbox(
     assert rig.client.texts()[-1] == f"Session `{rig.short}` cancelled (by @ada)."
 
 
+async def test_an_idle_session_waits_for_its_timer_and_uploads_without_tasks_of_its_own(
+    autojump_clock: trio.abc.Clock,
+    nursery: trio.Nursery,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    agent = FakeAgent([said("Done.")])
+    rig = await start_session(nursery, store, monkeypatch, agent, idle_minutes=60)
+    await rig.client.wait_for_text("Done.")
+    await trio.sleep(1)
+    names, stack = [], [trio.lowlevel.current_root_task()]
+    while stack:
+        task = stack.pop()
+        assert task is not None
+        names.append(task.coro.__qualname__)
+        for child in task.child_nurseries:
+            stack.extend(child.child_tasks)
+    assert not [n for n in names if "SessionActor" in n and "run" not in n.split(".")[-1]]
+    await trio.sleep(3600)  # the idle time is kept all the same
+    assert await rig.closed() == SessionClosed(rig.sid, "completed")
+
+
 class NoExecProvider(FakeProvider):
     """Sandboxes that cannot run a command (as on ECS)."""
 
