@@ -197,6 +197,13 @@ def to_json(info: Mapping[str, JsonValue]) -> dict[str, JsonValue]:
     """A private deep copy of `info`, or TypeError naming the key that is not JSON."""
     copied: dict[str, JsonValue] = {}
     for key, value in info.items():
+        kind = type(value)
+        if value is None or kind is str or kind is int or kind is bool:
+            copied[key] = value  # immutable and JSON already: nothing to copy or check
+            continue
+        if isinstance(value, float) and kind is float and math.isfinite(value):
+            copied[key] = value
+            continue
         try:
             copied[key] = json.loads(json.dumps(value, allow_nan=False))
         except (TypeError, ValueError) as exc:

@@ -2,6 +2,7 @@
 start times, details attached by the child itself, and plain JSON-ready snapshots."""
 
 import dataclasses
+import enum
 import json
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -18,6 +19,7 @@ from supervisors import (
     Supervisor,
     current_child,
 )
+from supervisors._registry import to_json
 
 
 def state(registry: Registry, path: str) -> str | None:
@@ -241,6 +243,17 @@ async def test_registry_update_by_path_copies_json_values_and_refuses_anything_e
         assert entry is not None
         assert entry.info == {"tags": ["a"], "nested": {"n": 1.5, "ok": True, "none": None}}
         nursery.cancel_scope.cancel()
+
+
+def test_info_of_plain_values_is_kept_as_it_is_and_anything_else_as_json_makes_it() -> None:
+    class Colour(enum.StrEnum):
+        RED = "red"
+
+    copied = to_json({"n": 3, "s": "x", "b": True, "f": 0.5, "none": None, "c": Colour.RED})
+    assert copied == {"n": 3, "s": "x", "b": True, "f": 0.5, "none": None, "c": "red"}
+    assert type(copied["c"]) is str  # a str subclass goes through JSON: plain data out
+    with pytest.raises(TypeError, match="'inf'"):
+        to_json({"inf": float("inf")})
 
 
 async def test_snapshot_is_plain_data_that_round_trips_through_json() -> None:
