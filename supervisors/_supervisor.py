@@ -50,7 +50,6 @@ import contextlib
 import contextvars
 import logging
 import math
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NoReturn, TypeAlias
@@ -332,7 +331,11 @@ class _Run:
         # must never block on a full channel.
         self.send, self.receive = trio.open_memory_channel[_Message](math.inf)
         self.accepting = False
-        self.restart_times: deque[float] = deque()
+        # Recent restarts, for the intensity (a list: an empty deque takes 600 bytes, and a
+        # supervisor runs per session); children waiting for a restart, so that a message
+        # finds out without looking at every child.
+        self.restart_times: list[float] = []
+        self.waiting: set[_Child] = set()
 
     async def main(self, task_status: trio.TaskStatus[None]) -> None:
         failure: BaseException | None = None
@@ -356,8 +359,12 @@ class _Run:
     async def loop(self) -> NoReturn:
         while True:
             message: _Message | None = None
-            with trio.move_on_at(self.next_restart_at()):
+            restart_at = self.next_restart_at()
+            if restart_at == math.inf:
                 message = await self.receive.receive()
+            else:
+                with trio.move_on_at(restart_at):
+                    message = await self.receive.receive()
             if message is None:
                 await self.restart_due()
             elif isinstance(message, _Host):
@@ -384,6 +391,7 @@ class _Run:
             if child.dynamic:
                 _close(child)
         self.children.clear()
+        self.waiting.clear()
         if self.own is not None:
             if failure is None or isinstance(failure, trio.Cancelled):
                 self.own.state = ChildState.STOPPED
@@ -402,6 +410,7 @@ class _Run:
 
     def forget(self, child: _Child) -> None:
         del self.children[child.spec.id]
+        self.waiting.discard(child)
         self.registry.remove(child.entry.path)
         _close(child)
 
@@ -447,6 +456,7 @@ class _Run:
         entry = child.entry
         was_pending = child.restart_at is not None
         child.restart_at = None
+        self.waiting.discard(child)
         host = child.host
         if host is None:
             if was_pending:
@@ -514,6 +524,7 @@ class _Run:
         restart_at = trio.current_time() + delay
         for member in group:
             member.restart_at = restart_at
+            self.waiting.add(member)
             member.entry.state = ChildState.RESTARTING
         logger.warning(
             "%s %s; restarting %s in %.3g s",
@@ -530,8 +541,7 @@ class _Run:
         now = trio.current_time()
         times = self.restart_times
         times.append(now)
-        while times and times[0] <= now - intensity.period:
-            times.popleft()
+        times[:] = [at for at in times if at > now - intensity.period]
         if len(times) > intensity.max_restarts:
             child.entry.state = ChildState.FAILED
             failure = RestartIntensityExceeded(
@@ -563,7 +573,7 @@ class _Run:
         return alive[alive.index(child) :]
 
     def next_restart_at(self) -> float:
-        pending = [c.restart_at for c in self.children.values() if c.restart_at is not None]
+        pending = [c.restart_at for c in self.waiting if c.restart_at is not None]
         return min(pending, default=math.inf)
 
     async def restart_due(self) -> None:
@@ -574,6 +584,7 @@ class _Run:
             if child.restart_at is None or child.restart_at > now:
                 continue
             child.restart_at = None
+            self.waiting.discard(child)
             child.entry.restarts += 1
             try:
                 await self.start(child)

@@ -352,3 +352,15 @@ def test_ids_and_names_must_not_contain_the_path_separator() -> None:
         ChildSpec("c", child, shutdown=-1)
     with pytest.raises(ValueError, match="'/'"):
         Supervisor(name="a/b")
+
+
+def test_remove_takes_the_entry_and_everything_below_it_and_nothing_else() -> None:
+    registry = Registry()
+    for path in ("root", "root/a", "root/a/x", "root/a/x/deep", "root/ab", "root/b"):
+        registry.add(path, "worker")
+    registry.remove("root/a")
+    assert [e.path for e in registry.snapshot()] == ["root", "root/ab", "root/b"]
+    registry.add("root/a", "worker")  # a path used again starts with nothing below it
+    registry.remove("root/a")
+    registry.remove("root/nobody")
+    assert [e.path for e in registry.snapshot()] == ["root", "root/ab", "root/b"]
