@@ -8,8 +8,9 @@ a nursery owned by `Supervisor.run`, one stubborn child would hold its superviso
 the whole daemon, forever.
 
 So each incarnation of a child runs in a host task spawned with
-`trio.lowlevel.spawn_system_task`. The host opens a nursery, `nursery.start`s the child in it,
-and tells the supervisor when the child is ready and when it is gone. To stop a child the
+`trio.lowlevel.spawn_system_task`. The host runs the child in its own task, with a `task_status`
+that keeps `nursery.start`'s promises (`_HostStatus`), and tells the supervisor when the child is
+ready and when it is gone. To stop a child the
 supervisor cancels the host's cancel scope and waits, shielded, for at most the child's grace;
 if the child still runs after that, the supervisor logs an error naming it and moves on. Hence
 `run` returns within the sum of its children's graces, whatever the children do.
