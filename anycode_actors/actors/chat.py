@@ -174,7 +174,10 @@ class ChatActor(Actor[ChatInbox]):
         idle_after: float | None = None,
         inbox_size: int | None = None,
         inbox: Inbox[ChatInbox] | None = None,
+        on_stop: Callable[[], None] | None = None,
     ) -> None:
+        """`on_stop` is called when the actor stopped itself (the chat was idle), as `stopped`
+        is set: whoever runs the chat's unit ends it then."""
         super().__init__(inbox_size=inbox_size, inbox=inbox)
         self.chat = chat
         self._client = client
@@ -193,6 +196,7 @@ class ChatActor(Actor[ChatInbox]):
         self._idle_timer: Timer | None = None
         self.stopped = trio.Event()
         """Set when the actor stopped itself because the chat was idle."""
+        self._on_stop = on_stop
 
     async def setup(self) -> None:
         self._last_active = trio.current_time()
@@ -205,6 +209,8 @@ class ChatActor(Actor[ChatInbox]):
             self._idle_timer.cancel()
         if self._stopping:
             self.stopped.set()
+            if self._on_stop is not None:
+                self._on_stop()
 
     def _idle_due(self) -> None:
         """The chat may have been quiet for `idle_after`: if so, it checks (`_IdleCheck`), and
