@@ -307,6 +307,8 @@ class Daemon:
             budget=budget.address() if budget is not None else None,
             spoken_at=lobby_spoke_at,
         )
+        # The unit runs in the task of its child of `chats` and ends when the actor stops itself.
+        stop_unit = trio.CancelScope()
         actor = ChatActor(
             chat,
             client=client,
@@ -319,6 +321,7 @@ class Daemon:
             hand_over=hand_over,
             idle_after=float(self.config.session.chat_idle_minutes) * 60,
             inbox=inbox,
+            on_stop=stop_unit.cancel,
         )
         unit = Supervisor(
             [
@@ -334,11 +337,8 @@ class Daemon:
             *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
         ) -> None:
             try:
-                async with trio.open_nursery() as nursery:
-                    await nursery.start(unit.run)
-                    task_status.started()
-                    await actor.stopped.wait()
-                    nursery.cancel_scope.cancel()
+                with stop_unit:
+                    await unit.run(task_status=task_status)
             finally:
                 # However the unit ends (idle, given up, the chats supervisor restarting), its
                 # inbox closes, so the router sees at once that it must start a fresh one.

@@ -1,7 +1,7 @@
 """OTP-style supervision for Trio. Knows nothing about chats or sandboxes.
 
-A `Supervisor` starts `ChildSpec`s in order (each with `nursery.start`, so "started" means
-"ready"), restarts them by `Restart` type and `Strategy`, waits a `Backoff` between restarts,
+A `Supervisor` starts `ChildSpec`s in order (each by `nursery.start`'s protocol, so "started"
+means "ready"), restarts them by `Restart` type and `Strategy`, waits a `Backoff` between restarts,
 gives up after too many restarts (`Intensity`) and stops its children in reverse order, each
 within its shutdown grace. Supervisors nest (`supervisor.spec(id)`), take children on demand
 (`start_child` / `terminate_child`) and report every child into a `Registry` whose `snapshot()`

@@ -14,6 +14,8 @@ from ._defaults import (
     BACKOFF_RESET_AFTER,
 )
 
+_SHARED_RNG = random.Random()
+
 
 @dataclass(frozen=True)
 class Backoff:
@@ -29,7 +31,10 @@ class Backoff:
     A child that stayed up at least `reset_after` seconds counts as healthy: its next restart
     starts again from `initial`.
 
-    `rng` makes jitter reproducible in tests (`random.Random(seed)`, or simply jitter=0).
+    `rng` makes jitter reproducible in tests (`random.Random(seed)`, or simply jitter=0). By
+    default every Backoff draws from one generator shared by the process: a `random.Random` is
+    seeded from the OS and holds about 2.5 KB of state, which a supervisor made per session (and
+    a client's reconnect policy) would otherwise each pay for.
     """
 
     initial: float = BACKOFF_INITIAL
@@ -37,7 +42,7 @@ class Backoff:
     cap: float = BACKOFF_CAP
     jitter: float = BACKOFF_JITTER
     reset_after: float = BACKOFF_RESET_AFTER
-    rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)
+    rng: random.Random = field(default_factory=lambda: _SHARED_RNG, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not 0 <= self.initial <= self.cap or math.isinf(self.cap):

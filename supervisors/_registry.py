@@ -142,6 +142,9 @@ class Registry:
 
     def __init__(self, *, wall_clock: Callable[[], datetime] = _utc_now) -> None:
         self._entries: dict[str, Entry] = {}
+        # The paths added under each path, so that removing one entry and what is below it
+        # looks at those only, not at every entry of the tree.
+        self._below: dict[str, set[str]] = {}
         self._wall_clock = wall_clock
 
     def snapshot(self) -> list[ChildEntry]:
@@ -184,19 +187,32 @@ class Registry:
         """Create (or replace) the entry at `path`; used by supervisors."""
         entry = Entry(path, kind)
         self._entries[path] = entry
+        self._below.setdefault(path.rpartition("/")[0], set()).add(path)
         return entry
 
     def remove(self, path: str) -> None:
         """Forget the entry at `path` and everything below it; used by supervisors."""
-        prefix = path + "/"
-        for key in [k for k in self._entries if k == path or k.startswith(prefix)]:
-            del self._entries[key]
+        parent = self._below.get(path.rpartition("/")[0])
+        if parent is not None:
+            parent.discard(path)
+        stack = [path]
+        while stack:
+            key = stack.pop()
+            self._entries.pop(key, None)
+            stack.extend(self._below.pop(key, ()))
 
 
 def to_json(info: Mapping[str, JsonValue]) -> dict[str, JsonValue]:
     """A private deep copy of `info`, or TypeError naming the key that is not JSON."""
     copied: dict[str, JsonValue] = {}
     for key, value in info.items():
+        kind = type(value)
+        if value is None or kind is str or kind is int or kind is bool:
+            copied[key] = value  # immutable and JSON already: nothing to copy or check
+            continue
+        if isinstance(value, float) and kind is float and math.isfinite(value):
+            copied[key] = value
+            continue
         try:
             copied[key] = json.loads(json.dumps(value, allow_nan=False))
         except (TypeError, ValueError) as exc:

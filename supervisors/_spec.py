@@ -36,7 +36,7 @@ class Strategy(enum.StrEnum):
 
 
 class StartFunction(Protocol):
-    """An async function started with `nursery.start`: it calls `task_status.started(value)`
+    """An async function started as `nursery.start` would: it calls `task_status.started(value)`
     once it is ready to be used, then runs until it is cancelled, returns or raises.
 
     Any Trio function that follows the `nursery.start` protocol fits; bind arguments with

@@ -8,8 +8,9 @@ a nursery owned by `Supervisor.run`, one stubborn child would hold its superviso
 the whole daemon, forever.
 
 So each incarnation of a child runs in a host task spawned with
-`trio.lowlevel.spawn_system_task`. The host opens a nursery, `nursery.start`s the child in it,
-and tells the supervisor when the child is ready and when it is gone. To stop a child the
+`trio.lowlevel.spawn_system_task`. The host runs the child in its own task, with a `task_status`
+that keeps `nursery.start`'s promises (`_HostStatus`), and tells the supervisor when the child is
+ready and when it is gone. To stop a child the
 supervisor cancels the host's cancel scope and waits, shielded, for at most the child's grace;
 if the child still runs after that, the supervisor logs an error naming it and moves on. Hence
 `run` returns within the sum of its children's graces, whatever the children do.
@@ -50,7 +51,6 @@ import contextlib
 import contextvars
 import logging
 import math
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NoReturn, TypeAlias
@@ -195,7 +195,7 @@ class Supervisor:
         return _Run(self, self.name, self._registry, own=own)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Child:
     spec: ChildSpec
     entry: Entry
@@ -212,7 +212,7 @@ class _Child:
         return self.host is not None or self.restart_at is not None
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Host:
     """One incarnation of one child: the system task running it, and what came of it."""
 
@@ -230,16 +230,42 @@ class _Host:
     error: BaseException | None = None
 
 
+class _HostStatus:
+    """The `task_status` a child is started with. The child runs in its host's own task, not in
+    a task of its own under a nursery's `start` (which would cost each child a second task and
+    a nursery for as long as it lives); this keeps `nursery.start`'s promises: `started(value)`
+    makes the child ready with that value, a second call is an error, a child that returns
+    without calling it failed to start, and one called after the start was cancelled does not
+    count (the child is being cancelled)."""
+
+    __slots__ = ("_called", "_host")
+
+    def __init__(self, host: _Host) -> None:
+        self._host = host
+        self._called = False
+
+    def started(self, value: object = None) -> None:
+        if self._called:
+            raise RuntimeError("called 'started' twice on the same task status")
+        self._called = True
+        host = self._host
+        host.value = value
+        if not host.cancel_scope.cancel_called:
+            host.started = True
+            host.ready.set()
+
+
 async def _host(host: _Host) -> None:
-    """Body of the system task running one child. It must never raise: system tasks that
-    raise crash the whole Trio run; the supervisor gets the outcome instead."""
+    """Body of the system task running one child (in this task itself, see `_HostStatus`). It
+    must never raise: system tasks that raise crash the whole Trio run; the supervisor gets the
+    outcome instead."""
     set_current_child(host.context)
+    status = _HostStatus(host)
     try:
         with host.cancel_scope:
-            async with trio.open_nursery() as nursery:
-                host.value = await nursery.start(host.child.spec.start)
-                host.started = True
-                host.ready.set()
+            await host.child.spec.start(task_status=status)
+        if not status._called:
+            raise RuntimeError("child exited without calling task_status.started()")
     except BaseException as error:
         host.error = unwrap_error(error)
     finally:
@@ -306,7 +332,11 @@ class _Run:
         # must never block on a full channel.
         self.send, self.receive = trio.open_memory_channel[_Message](math.inf)
         self.accepting = False
-        self.restart_times: deque[float] = deque()
+        # Recent restarts, for the intensity (a list: an empty deque takes 600 bytes, and a
+        # supervisor runs per session); children waiting for a restart, so that a message
+        # finds out without looking at every child.
+        self.restart_times: list[float] = []
+        self.waiting: set[_Child] = set()
 
     async def main(self, task_status: trio.TaskStatus[None]) -> None:
         failure: BaseException | None = None
@@ -330,8 +360,12 @@ class _Run:
     async def loop(self) -> NoReturn:
         while True:
             message: _Message | None = None
-            with trio.move_on_at(self.next_restart_at()):
+            restart_at = self.next_restart_at()
+            if restart_at == math.inf:
                 message = await self.receive.receive()
+            else:
+                with trio.move_on_at(restart_at):
+                    message = await self.receive.receive()
             if message is None:
                 await self.restart_due()
             elif isinstance(message, _Host):
@@ -358,6 +392,7 @@ class _Run:
             if child.dynamic:
                 _close(child)
         self.children.clear()
+        self.waiting.clear()
         if self.own is not None:
             if failure is None or isinstance(failure, trio.Cancelled):
                 self.own.state = ChildState.STOPPED
@@ -376,6 +411,7 @@ class _Run:
 
     def forget(self, child: _Child) -> None:
         del self.children[child.spec.id]
+        self.waiting.discard(child)
         self.registry.remove(child.entry.path)
         _close(child)
 
@@ -421,6 +457,7 @@ class _Run:
         entry = child.entry
         was_pending = child.restart_at is not None
         child.restart_at = None
+        self.waiting.discard(child)
         host = child.host
         if host is None:
             if was_pending:
@@ -488,6 +525,7 @@ class _Run:
         restart_at = trio.current_time() + delay
         for member in group:
             member.restart_at = restart_at
+            self.waiting.add(member)
             member.entry.state = ChildState.RESTARTING
         logger.warning(
             "%s %s; restarting %s in %.3g s",
@@ -504,8 +542,7 @@ class _Run:
         now = trio.current_time()
         times = self.restart_times
         times.append(now)
-        while times and times[0] <= now - intensity.period:
-            times.popleft()
+        times[:] = [at for at in times if at > now - intensity.period]
         if len(times) > intensity.max_restarts:
             child.entry.state = ChildState.FAILED
             failure = RestartIntensityExceeded(
@@ -537,7 +574,7 @@ class _Run:
         return alive[alive.index(child) :]
 
     def next_restart_at(self) -> float:
-        pending = [c.restart_at for c in self.children.values() if c.restart_at is not None]
+        pending = [c.restart_at for c in self.waiting if c.restart_at is not None]
         return min(pending, default=math.inf)
 
     async def restart_due(self) -> None:
@@ -548,6 +585,7 @@ class _Run:
             if child.restart_at is None or child.restart_at > now:
                 continue
             child.restart_at = None
+            self.waiting.discard(child)
             child.entry.restarts += 1
             try:
                 await self.start(child)

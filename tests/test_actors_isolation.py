@@ -181,6 +181,7 @@ async def test_a_quiet_chat_actor_stops_but_not_while_a_session_is_live(
         send, _ = trio.open_memory_channel[SessionMessage](16)
         return SessionHandle(session.id, session.user, send)
 
+    told: list[float] = []
     async with memory_store() as store:
         flusher = Flusher(client, CHAT, debounce=0.5)
         actor = ChatActor(
@@ -191,6 +192,7 @@ async def test_a_quiet_chat_actor_stops_but_not_while_a_session_is_live(
             config=make_config(),
             start_session=start_session,
             idle_after=600,
+            on_stop=lambda: told.append(trio.current_time()),
         )
         inbox = actor.address()
         await nursery.start(flusher.run)
@@ -203,6 +205,7 @@ async def test_a_quiet_chat_actor_stops_but_not_while_a_session_is_live(
         assert not actor.stopped.is_set()
         await trio.sleep(2)
         assert actor.stopped.is_set()
+        assert len(told) == 1  # whoever runs its unit is told, once
         # Its inbox is closed: a sender learns at once that it must start a new unit.
         try:
             inbox.send_nowait(Notice("hello?"))

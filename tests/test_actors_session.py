@@ -26,6 +26,7 @@ from anycode_actors.actors.session_api import (
     PermissionAnswer,
     Recovered,
     SessionClosed,
+    ShowDiff,
 )
 from anycode_actors.actors.stream import (
     EVENTS_PER_REPORT,
@@ -94,7 +95,7 @@ class SessionRig:
     def short(self) -> str:
         return self.session.id[:8]
 
-    async def send(self, message: FollowUp | Cancel | PermissionAnswer) -> None:
+    async def send(self, message: FollowUp | Cancel | PermissionAnswer | ShowDiff) -> None:
         assert self.actor is not None
         await self.actor.send(message)
 
@@ -510,6 +511,59 @@ async def test_cancel_while_running_cancels_the_turn_and_removes_the_sandbox(
     assert rig.client.buttons_of(prompt_id) == ()
     assert rig.client.text_of(prompt_id).endswith("⏹ The session ended.")
     assert rig.client.texts()[-1] == f"Session `{rig.short}` cancelled (by @ada)."
+
+
+async def test_an_idle_session_waits_for_its_timer_and_uploads_without_tasks_of_its_own(
+    autojump_clock: trio.abc.Clock,
+    nursery: trio.Nursery,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    agent = FakeAgent([said("Done.")])
+    rig = await start_session(nursery, store, monkeypatch, agent, idle_minutes=60)
+    await rig.client.wait_for_text("Done.")
+    await trio.sleep(1)
+    names, stack = [], [trio.lowlevel.current_root_task()]
+    while stack:
+        task = stack.pop()
+        assert task is not None
+        names.append(task.coro.__qualname__)
+        for child in task.child_nurseries:
+            stack.extend(child.child_tasks)
+    assert not [n for n in names if "SessionActor" in n and "run" not in n.split(".")[-1]]
+    await trio.sleep(3600)  # the idle time is kept all the same
+    assert await rig.closed() == SessionClosed(rig.sid, "completed")
+
+
+class NoExecProvider(FakeProvider):
+    """Sandboxes that cannot run a command (as on ECS)."""
+
+    can_exec = False
+
+
+async def test_without_exec_the_workspace_is_not_compared_and_nothing_is_logged_per_session(
+    autojump_clock: trio.abc.Clock,
+    nursery: trio.Nursery,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    agent = FakeAgent([said("Done.")])
+    provider = NoExecProvider()
+    with caplog.at_level(logging.WARNING, logger="anycode_actors.actors.session"):
+        rig = await start_session(
+            nursery, store, monkeypatch, agent, provider, idle_minutes=60, checkpoint_max_mb=0
+        )
+        await rig.client.wait_for_text("Done.")
+        await rig.send(ShowDiff(ADA))
+        await rig.client.wait_for_text("No diff")
+        await rig.send(Cancel("by @ada"))
+        await rig.closed()
+    assert [r.getMessage() for r in caplog.records] == []
+    assert (
+        "No diff: the workspace is compared with git inside the sandbox, and these sandboxes "
+        "cannot run commands" in rig.client.texts()
+    )
 
 
 async def test_cancel_while_starting_removes_the_sandbox_being_made(

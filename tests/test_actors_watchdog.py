@@ -148,6 +148,30 @@ async def test_a_session_whose_sandbox_died_is_cancelled_as_failed_once(
     assert received(healthy) == []
 
 
+async def test_an_ending_session_that_removed_its_sandbox_is_not_said_to_have_lost_it(
+    autojump_clock: trio.abc.Clock,
+    nursery: trio.Nursery,
+    store: Store,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An ending session closes its inbox, removes its sandbox, then records its outcome: a
+    sweep in between finds the record running and the sandbox gone, which is no loss."""
+    world = await start_world(nursery, store)
+    session_id, inbox, sandbox = await world.session()
+    lost_id, lost_inbox, lost_sandbox = await world.session()
+    assert sandbox is not None and lost_sandbox is not None
+    inbox.close()  # what the session actor does first when it ends
+    await world.provider.destroy(sandbox)
+    world.provider.kill(lost_sandbox)
+    with caplog.at_level("DEBUG", logger="anycode_actors.actors.watchdog"):
+        await trio.sleep(INTERVAL + 1)
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warned == [f"session {lost_id[:8]}: its sandbox stopped unexpectedly"]
+    assert received(lost_inbox) == [DIED]
+    record = await store.get_session(session_id)
+    assert record is not None and record.status == SessionStatus.RUNNING  # the session's to end
+
+
 async def test_a_session_without_a_sandbox_yet_is_not_taken_for_dead(
     autojump_clock: trio.abc.Clock, nursery: trio.Nursery, store: Store
 ) -> None:

@@ -131,6 +131,13 @@ def test_jitter_is_reproducible_with_a_seeded_random_source() -> None:
     assert [first.delay(n) for n in range(8)] == [second.delay(n) for n in range(8)]
 
 
+def test_backoffs_without_a_source_share_one_and_still_jitter() -> None:
+    first, second = Backoff(jitter=1.0), Backoff(jitter=1.0)
+    assert first.rng is second.rng  # one generator per process, not one per supervisor
+    delays = {first.delay(2) for _ in range(20)} | {second.delay(2) for _ in range(20)}
+    assert len(delays) > 1 and all(0 <= d <= 4 for d in delays)
+
+
 @pytest.mark.parametrize(
     "settings",
     [

@@ -2,6 +2,7 @@
 start times, details attached by the child itself, and plain JSON-ready snapshots."""
 
 import dataclasses
+import enum
 import json
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -18,6 +19,7 @@ from supervisors import (
     Supervisor,
     current_child,
 )
+from supervisors._registry import to_json
 
 
 def state(registry: Registry, path: str) -> str | None:
@@ -243,6 +245,17 @@ async def test_registry_update_by_path_copies_json_values_and_refuses_anything_e
         nursery.cancel_scope.cancel()
 
 
+def test_info_of_plain_values_is_kept_as_it_is_and_anything_else_as_json_makes_it() -> None:
+    class Colour(enum.StrEnum):
+        RED = "red"
+
+    copied = to_json({"n": 3, "s": "x", "b": True, "f": 0.5, "none": None, "c": Colour.RED})
+    assert copied == {"n": 3, "s": "x", "b": True, "f": 0.5, "none": None, "c": "red"}
+    assert type(copied["c"]) is str  # a str subclass goes through JSON: plain data out
+    with pytest.raises(TypeError, match="'inf'"):
+        to_json({"inf": float("inf")})
+
+
 async def test_snapshot_is_plain_data_that_round_trips_through_json() -> None:
     registry = Registry(wall_clock=lambda: datetime(2025, 1, 1, tzinfo=UTC))
     inner = Supervisor()
@@ -339,3 +352,15 @@ def test_ids_and_names_must_not_contain_the_path_separator() -> None:
         ChildSpec("c", child, shutdown=-1)
     with pytest.raises(ValueError, match="'/'"):
         Supervisor(name="a/b")
+
+
+def test_remove_takes_the_entry_and_everything_below_it_and_nothing_else() -> None:
+    registry = Registry()
+    for path in ("root", "root/a", "root/a/x", "root/a/x/deep", "root/ab", "root/b"):
+        registry.add(path, "worker")
+    registry.remove("root/a")
+    assert [e.path for e in registry.snapshot()] == ["root", "root/ab", "root/b"]
+    registry.add("root/a", "worker")  # a path used again starts with nothing below it
+    registry.remove("root/a")
+    registry.remove("root/nobody")
+    assert [e.path for e in registry.snapshot()] == ["root", "root/ab", "root/b"]

@@ -298,6 +298,46 @@ async def test_a_child_that_returns_before_reporting_ready_fails_to_start() -> N
     assert "started" in str(caught.value.error)
 
 
+async def test_a_child_calling_started_twice_crashes() -> None:
+    async def twice(*, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started("first")
+        await trio.lowlevel.checkpoint()
+        task_status.started("second")
+
+    sup = Supervisor(
+        [ChildSpec("t", twice)],
+        registry=Registry(),
+        backoff=instant(),
+        intensity=Intensity(max_restarts=1, period=60),
+    )
+    with pytest.raises(RestartIntensityExceeded) as caught:
+        with trio.fail_after(5):
+            await sup.run()
+    assert "started' twice" in str(caught.value)
+
+
+async def test_each_child_runs_in_one_task_of_its_own_and_nothing_more(
+    nursery: trio.Nursery,
+) -> None:
+    """A supervised child is its host task: no second task and no nursery per child."""
+    seen: list[tuple[trio.lowlevel.Task, trio.lowlevel.Task | None]] = []
+
+    async def child(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task = trio.lowlevel.current_task()
+        seen.append((task, task.parent_nursery and task.parent_nursery.parent_task))
+        task_status.started()
+        await trio.sleep_forever()
+
+    sup = Supervisor([ChildSpec("a", child), ChildSpec("b", child)], registry=Registry())
+    await nursery.start(sup.run)
+    [(a, a_parent), (b, b_parent)] = seen
+    assert a.name == "supervised root/a" and b.name == "supervised root/b"
+    # System tasks, directly under the run's system nursery.
+    assert a_parent is b_parent and a_parent is not None
+    assert a_parent.name == "<init>"
+    nursery.cancel_scope.cancel()
+
+
 async def test_a_restart_that_fails_to_start_counts_as_a_crash_and_is_retried(
     autojump_clock: object,
 ) -> None:

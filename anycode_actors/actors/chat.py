@@ -43,6 +43,7 @@ from anycode_actors.actors.session_api import (
     SessionMessage,
     ShowDiff,
 )
+from anycode_actors.actors.timers import Timer, call_at
 from anycode_actors.chat.auth import AccessPolicy
 from anycode_actors.chat.base import (
     Attachment,
@@ -174,7 +175,10 @@ class ChatActor(Actor[ChatInbox]):
         idle_after: float | None = None,
         inbox_size: int | None = None,
         inbox: Inbox[ChatInbox] | None = None,
+        on_stop: Callable[[], None] | None = None,
     ) -> None:
+        """`on_stop` is called when the actor stopped itself (the chat was idle), as `stopped`
+        is set: whoever runs the chat's unit ends it then."""
         super().__init__(inbox_size=inbox_size, inbox=inbox)
         self.chat = chat
         self._client = client
@@ -190,26 +194,42 @@ class ChatActor(Actor[ChatInbox]):
         self._message_session: OrderedDict[str, str] = OrderedDict()
         self._idle_after = idle_after
         self._last_active = 0.0
+        self._idle_timer: Timer | None = None
         self.stopped = trio.Event()
         """Set when the actor stopped itself because the chat was idle."""
+        self._on_stop = on_stop
 
     async def setup(self) -> None:
         self._last_active = trio.current_time()
         if self._idle_after is not None:
-            self.tasks.start_soon(self._idle_timer, self._idle_after)
+            # Kept by the run's timer task (actors/timers.py): a chat holds no task for it.
+            self._idle_timer = call_at(self._last_active + self._idle_after, self._idle_due)
 
     async def finish(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
         if self._stopping:
             self.stopped.set()
+            if self._on_stop is not None:
+                self._on_stop()
 
-    async def _idle_timer(self, idle_after: float) -> None:
-        while True:
-            await trio.sleep_until(self._last_active + idle_after)
-            if trio.current_time() >= self._last_active + idle_after:
-                # Skipped when the inbox is full: the chat is anything but idle then.
-                with contextlib.suppress(trio.WouldBlock):
-                    self._outbox.send_nowait(_IdleCheck())
-                await trio.sleep(idle_after)
+    def _idle_due(self) -> None:
+        """The chat may have been quiet for `idle_after`: if so, it checks (`_IdleCheck`), and
+        again every `idle_after` while it stays quiet; else the timer moves to the new end of
+        the quiet time."""
+        idle_after = self._idle_after
+        assert idle_after is not None
+        now = trio.current_time()
+        if now >= self._last_active + idle_after:
+            # Skipped when the inbox is full: the chat is anything but idle then.
+            with contextlib.suppress(
+                trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError
+            ):
+                self._outbox.send_nowait(_IdleCheck())
+            due = now + idle_after
+        else:
+            due = self._last_active + idle_after
+        self._idle_timer = call_at(due, self._idle_due)
 
     def _stop_if_idle(self) -> None:
         """Stop when nothing happened for `idle_after` and no session of ours is live.

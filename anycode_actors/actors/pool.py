@@ -425,6 +425,8 @@ class SandboxPool(Actor[PoolInbox]):
         await self.send(_Warmed(entry.pool_id, resume, entry.diff_base))
 
     async def _record_diff_base(self, entry: _Entry, handle: SandboxHandle) -> None:
+        if not self._provider.can_exec:
+            return  # git cannot run in these sandboxes; the session knows (no /diff)
         git = self._config.git
         workspace = WorkspaceDiff(
             handle.session_id, max_patch_bytes=git.max_patch_bytes, within=float(git.timeout_secs)

@@ -75,6 +75,7 @@ from anycode_actors.actors.stream import (
     StreamReady,
     StreamReport,
 )
+from anycode_actors.actors.timers import Timer, call_at, deliver
 from anycode_actors.actors.workspace_diff import WorkspaceDiff
 from anycode_actors.agents import (
     AgentEvent,
@@ -144,6 +145,11 @@ UPLOAD_TAG: Final = "upload:"
 # Lines of a sandbox that died unexpectedly logged before it is removed, and the time to get them.
 DEAD_SANDBOX_LOG_LINES: Final = 40
 DEAD_SANDBOX_LOG_TIMEOUT: Final = 10.0
+
+# What /diff answers in a session without a publisher whose provider cannot run commands.
+_NO_EXEC_DIFF: Final = (
+    "the workspace is compared with git inside the sandbox, and these sandboxes cannot run commands"
+)
 
 OPTION_LABELS: Final = {
     "allow_once": "Allow",
@@ -275,10 +281,12 @@ class SessionActor(Actor[SessionInbox]):
         self._answer_press = answer_press
         self._publisher = publisher
         # Without a publisher, /diff and the end of the session compare the workspace with
-        # what it was at the start (actors/workspace_diff.py).
+        # what it was at the start (actors/workspace_diff.py), with git in the sandbox: not
+        # tried at all where the provider cannot run a command (`can_exec`), which would fail
+        # the same way in every session.
         self._workspace = (
             None
-            if publisher is not None
+            if publisher is not None or not provider.can_exec
             else WorkspaceDiff(
                 session.id,
                 max_patch_bytes=config.git.max_patch_bytes,
@@ -304,6 +312,7 @@ class SessionActor(Actor[SessionInbox]):
         self._prompts: dict[str, _Prompt] = {}  # by interaction id
         self._by_key: dict[str, str] = {}  # permission key → interaction id
         self._idle_generation = 0
+        self._idle_timer: Timer | None = None
         self._outcome: tuple[SessionStatus, str] | None = None
         self._start_scope = trio.CancelScope()
         self._events = 0
@@ -311,7 +320,9 @@ class SessionActor(Actor[SessionInbox]):
         self._upload_keys: list[tuple[str, int]] = []  # by upload tag number
         # The flusher confirms each upload here (not in the inbox, which closes when the
         # session ends): the session waits for its last files before removing the sandbox.
-        self._confirms, self._confirmed = trio.open_memory_channel[Posted](UPLOADS_IN_FLIGHT)
+        # Made, with the task that records them, at the first upload: most sessions send none.
+        self._confirms: trio.MemorySendChannel[Posted] | None = None
+        self._confirmed: trio.MemoryReceiveChannel[Posted] | None = None
         self._unconfirmed: set[int] = set()
         self._redactor: OutputRedactor | None = None
         self._unanswered: FollowUp | None = None
@@ -337,7 +348,6 @@ class SessionActor(Actor[SessionInbox]):
         # sandbox (or reattaching to one) takes seconds. Both happen after the start.
         self._report()
         await self.tasks.start(self._streams.run)
-        self.tasks.start_soon(self._record_uploads)
         if self._publisher is not None:
             self.tasks.start_soon(self._prepare_publisher, self._publisher)
         if self._recovered is not None:
@@ -359,6 +369,8 @@ class SessionActor(Actor[SessionInbox]):
             await self._flusher.send(Post(publisher.notice))
 
     async def finish(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
         # Closed before cleanup (which can take a while): whoever writes to this session now
         # learns at once that it has ended, instead of talking to an inbox nobody reads.
         # What is already in it was sent to a live session: it gets an answer, not silence.
@@ -926,12 +938,13 @@ class SessionActor(Actor[SessionInbox]):
         if idle <= 0:
             self._finish(SessionStatus.COMPLETED, "")
             return
-
-        async def expire() -> None:
-            await trio.sleep(idle)
-            await self._outbox.send(_IdleExpired(generation))
-
-        self.tasks.start_soon(expire)
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        # Kept by the run's timer task (actors/timers.py): an idle session holds no task.
+        self._idle_timer = call_at(
+            trio.current_time() + idle,
+            lambda: deliver(self._outbox, self._tasks, _IdleExpired(generation)),
+        )
 
     async def _on_stream_lost(self, error: str | None) -> None:
         if self._restoring is not None:
@@ -1207,6 +1220,9 @@ class SessionActor(Actor[SessionInbox]):
             log.warning("session %s: could not read the outbox: %s", short_id(self._id), exc)
             return
         uploads, not_sent = _plan_uploads(listing, limits, self._uploaded)
+        if uploads and self._confirms is None:
+            self._confirms, self._confirmed = trio.open_memory_channel[Posted](UPLOADS_IN_FLIGHT)
+            self.tasks.start_soon(self._record_uploads, self._confirmed)
         for key, name, data in uploads:
             # Recorded once delivered (the flusher answers with Posted): a daemon killed before
             # that uploads it again after its restart, one killed after it does not.
@@ -1219,8 +1235,8 @@ class SessionActor(Actor[SessionInbox]):
             # One message for the turn, however many files stayed behind.
             await self._flusher.send(Post(_not_sent_text(not_sent)))
 
-    async def _record_uploads(self) -> None:
-        async for posted in self._confirmed:
+    async def _record_uploads(self, confirmed: trio.MemoryReceiveChannel[Posted]) -> None:
+        async for posted in confirmed:
             await self._record_upload(posted)
 
     async def _record_upload(self, posted: Posted) -> None:
@@ -1235,6 +1251,8 @@ class SessionActor(Actor[SessionInbox]):
         are delivered the sandbox, which holds them, stays and the session stays live in the
         store: a daemon killed meanwhile reattaches the session after its restart and sends
         the files again, where removing the sandbox first would lose them for good."""
+        if self._confirmed is None:
+            return
         with trio.move_on_after(DRAIN_GRACE):
             while self._unconfirmed:
                 await self._record_upload(await self._confirmed.receive())
@@ -1273,8 +1291,10 @@ class SessionActor(Actor[SessionInbox]):
         try:
             if publisher is not None:
                 card = await publisher.diff(self._provider, handle)
+            elif self._workspace is None:
+                await self._flusher.send(Post(f"No diff: {_NO_EXEC_DIFF}"))
+                return
             else:
-                assert self._workspace is not None
                 card = await self._workspace.diff(self._provider, handle)
         except AnycodeError as exc:
             await self._flusher.send(Post(f"No diff: {exc}"))

@@ -133,7 +133,6 @@ class Watchdog(Actor[WatchdogInbox]):
             # Not knowing is not dead: unanswered checks count as alive until the next sweep.
             log.warning("sandbox liveness checks did not all answer within the sweep")
         for session in dead:
-            log.warning("session %s: its sandbox stopped unexpectedly", session.id[:8])
             assert session.sandbox_id is not None
             reason = await describe_loss(self._provider, session.sandbox_id)
             # The session may carry on in a new sandbox (actors/checkpoint.py): told once per
@@ -142,6 +141,12 @@ class Watchdog(Actor[WatchdogInbox]):
                 self._directory, session.id, Cancel(reason, status="failed", sandbox_lost=True)
             ):
                 self._lost[session.id] = session.sandbox_id
+                log.warning("session %s: its sandbox stopped unexpectedly", session.id[:8])
+            else:
+                # Not live: an ending session closes its inbox before it removes its sandbox
+                # and records its outcome after, so a sweep in between finds the sandbox gone
+                # as expected. (A record with no actor at all is `_settle_actorless`'s.)
+                log.debug("session %s: its sandbox is gone; the session is ending", session.id[:8])
         try:
             with trio.fail_after(60):
                 sandboxes = await self._provider.list()

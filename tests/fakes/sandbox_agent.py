@@ -7,9 +7,10 @@ It speaks the part of sandbox-agent 0.4.x that the daemon uses (anycode_actors/a
 sandbox_agent.py documents it): `GET /v1/health`; `POST /v1/acp/{id}` of JSON-RPC, a request
 answered in the POST's body once the agent answers it (a whole turn for session/prompt), and
 everything the agent says (answers included) broadcast on `GET /v1/acp/{id}` as SSE with
-increasing ids, replayed after `Last-Event-ID`. Every prompt is answered with `words` text chunks
-"w000 ", "w001 ", … (one every `pace` seconds; 0: as fast as the stream is read), then the end
-of the turn. No token is checked.
+increasing ids, replayed after `Last-Event-ID`, with a comment line after each `HEARTBEAT`
+seconds of silence (sandbox-agent's heartbeat), and ended when its reader goes away. Every prompt
+is answered with `words` text chunks "w000 ", "w001 ", … (one every `pace` seconds; 0: as fast
+as the stream is read), then the end of the turn. No token is checked.
 
     python -m tests.fakes.sandbox_agent --words 100 --pace 0.01    # prints "port <n>", serves
 """
@@ -22,7 +23,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import trio
 
@@ -31,6 +32,11 @@ from tests.fakes._http import Served, serve_asgi
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+#: Seconds of silence after which a stream gets a comment line, as sandbox-agent's does (its
+#: heartbeat every 15 s; see SSE_READ_TIMEOUT in anycode_actors/agents/sandbox_agent.py).
+HEARTBEAT: Final = 15.0
 
 
 def word(n: int) -> str:
@@ -85,7 +91,7 @@ class ScriptedSandboxAgent:
             return
         server_id = path.removeprefix("/v1/acp/")
         if scope["method"] == "GET":
-            await self._stream(scope, send, server_id)
+            await self._stream(scope, receive, send, server_id)
         elif scope["method"] == "POST":
             body = b""
             while True:
@@ -138,7 +144,7 @@ class ScriptedSandboxAgent:
         answer = {"jsonrpc": "2.0", "id": request_id, "result": result}
         await _respond(send, 200, json.dumps(answer).encode())
 
-    async def _stream(self, scope: Scope, send: Send, server_id: str) -> None:
+    async def _stream(self, scope: Scope, receive: Receive, send: Send, server_id: str) -> None:
         server = self.servers.get(server_id)
         if server is None:
             await _respond(send, 404, b'{"title":"Not Found"}')
@@ -153,13 +159,29 @@ class ScriptedSandboxAgent:
                 "headers": [(b"content-type", b"text/event-stream")],
             }
         )
-        while True:
-            if position < len(server.log):
-                chunk = b"".join(server.log[position:])
-                position = len(server.log)
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            else:
-                await server.grew.wait()
+        async with trio.open_nursery() as nursery:
+            # A reader that went away ends the stream here, as it does in sandbox-agent.
+            nursery.start_soon(_until_disconnected, receive, nursery.cancel_scope)
+            while True:
+                if position < len(server.log):
+                    chunk = b"".join(server.log[position:])
+                    position = len(server.log)
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    continue
+                with trio.move_on_after(HEARTBEAT) as quiet:
+                    await server.grew.wait()
+                if quiet.cancelled_caught:
+                    # What sandbox-agent sends on a quiet stream, so that a reader can tell a
+                    # quiet stream from a dead one.
+                    await send(
+                        {"type": "http.response.body", "body": b": ping\n\n", "more_body": True}
+                    )
+
+
+async def _until_disconnected(receive: Receive, stream: trio.CancelScope) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    stream.cancel()
 
 
 async def _respond(send: Send, status: int, body: bytes) -> None:
