@@ -48,6 +48,9 @@ async def serve_asgi(
     # Long polls and SSE streams are held open by design; never time them out here.
     config.keep_alive_timeout = 3600
     config.graceful_timeout = 0.5
+    # Hypercorn's listen backlog is 100; a benchmark opening a thousand sessions at once would
+    # overflow it, and connections the kernel then resets look like requests lost on the way.
+    config.backlog = 4096
 
     class _Status:
         def started(self, binds: list[str] | None = None) -> None:
