@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import pytest
@@ -22,6 +22,7 @@ from anycode_actors.agents import (
     AcpxSession,
     AnswersByPolicy,
     AsksUser,
+    OpenedSession,
     Resume,
     TextDelta,
     open_acp_client,
@@ -157,6 +158,19 @@ async def test_sandbox_agent_opens_a_new_session_on_the_sessions_own_server(
     assert spawn.argvs == []
 
 
+def _open_resumed(resume: Resume) -> AbstractAsyncContextManager[OpenedSession]:
+    """The sandbox-agent session of `resume`, as a session actor would reopen it."""
+    return open_session(
+        "sandbox-agent",
+        agent=claude(),
+        handle=handle(BASE),
+        spawn=Spawner(),
+        session_id=SESSION_ID,
+        acpx_permissions="approve-all",
+        resume=resume,
+    )
+
+
 async def test_sandbox_agent_reattaches_where_the_resume_left_off(
     nursery: trio.Nursery, autojump_clock: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -166,15 +180,7 @@ async def test_sandbox_agent_reattaches_where_the_resume_left_off(
     calls = through_fake_server(monkeypatch, server)
     pending = dataclasses.replace(asks("3"), seq=4)
     resume = Resume(SESSION, last_seq=7, cursor="1", turn_running=True, permissions=(pending,))
-    async with open_session(
-        "sandbox-agent",
-        agent=claude(),
-        handle=handle(BASE),
-        spawn=Spawner(),
-        session_id=SESSION_ID,
-        acpx_permissions="approve-all",
-        resume=resume,
-    ) as opened:
+    async with _open_resumed(resume) as opened:
         assert type(opened.session) is AcpSession
         assert (opened.agent_session_id, opened.agent_name) == (SESSION, "claude")
         assert opened.session.turn_running
@@ -198,15 +204,7 @@ async def test_a_session_the_pool_prepared_is_attached_without_a_health_check(
     server = FakeSandboxAgent(nursery, turns=[Turn(["done"])])
     calls = through_fake_server(monkeypatch, server)
     resume = Resume(SESSION, last_seq=0, cursor=None, turn_running=False, prepared=True)
-    async with open_session(
-        "sandbox-agent",
-        agent=claude(),
-        handle=handle(BASE),
-        spawn=Spawner(),
-        session_id=SESSION_ID,
-        acpx_permissions="approve-all",
-        resume=resume,
-    ) as opened:
+    async with _open_resumed(resume) as opened:
         assert opened.agent_session_id == SESSION
         await opened.session.prompt("go")
     [(_, options)] = calls
