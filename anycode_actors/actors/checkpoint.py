@@ -45,6 +45,7 @@ from anycode_actors.sandboxes.base import (
     SandboxHandle,
     SandboxProvider,
     check_file_path,
+    run_to_end,
 )
 
 log = logging.getLogger(__name__)
@@ -296,20 +297,12 @@ async def restore_checkpoint(provider: SandboxProvider, handle: SandboxHandle, d
             await provider.write_file(handle, path, contents)
         return
     await provider.write_file(handle, RESTORE_PATH, data)
-    process = await provider.exec(handle, ["sh", "-c", UNTAR_SCRIPT, "sh", RESTORE_PATH], cwd="/")
-    try:
-        await process.close_stdin()
-        while await process.receive_some():
-            pass
-        code = await process.wait()
-    finally:
-        await process.aclose()
-    if code != 0:
-        detail = process.stderr_tail().strip().splitlines()
-        raise SandboxError(
-            f"the checkpoint could not be unpacked in sandbox {handle.id[:12]} (exit {code})"
-            + (f": {detail[-1][:300]}" if detail else "")
-        )
+    await run_to_end(
+        provider,
+        handle,
+        ["sh", "-c", UNTAR_SCRIPT, "sh", RESTORE_PATH],
+        failure="the checkpoint could not be unpacked",
+    )
 
 
 def restore_impossible(protocol: AgentProtocol, agent: AgentConfig) -> str:

@@ -274,9 +274,29 @@ async def write_by_exec(
     """`write_file` for providers that can run a command with piped stdin: `sh` in the sandbox
     makes the folders and copies stdin into the file, as the sandbox's user."""
     check_file_path(path)
-    process = await provider.exec(handle, ["sh", "-c", WRITE_SCRIPT, "sh", path], cwd="/")
+    await run_to_end(
+        provider,
+        handle,
+        ["sh", "-c", WRITE_SCRIPT, "sh", path],
+        stdin=data,
+        failure=f"could not write {path}",
+    )
+
+
+async def run_to_end(
+    provider: SandboxProvider,
+    handle: SandboxHandle,
+    argv: list[str],
+    *,
+    stdin: bytes = b"",
+    failure: str,
+) -> None:
+    """Run `argv` in the sandbox (from `/`) with `stdin`, discard its output and wait for it;
+    a non-zero exit raises SandboxError: `failure`, the exit code and stderr's last line."""
+    process = await provider.exec(handle, argv, cwd="/")
     try:
-        await process.send_all(data)
+        if stdin:
+            await process.send_all(stdin)
         await process.close_stdin()
         while await process.receive_some():
             pass
@@ -286,7 +306,7 @@ async def write_by_exec(
     if code != 0:
         detail = process.stderr_tail().strip().splitlines()
         raise SandboxError(
-            f"could not write {path} in sandbox {handle.id[:12]} (exit {code})"
+            f"{failure} in sandbox {handle.id[:12]} (exit {code})"
             + (f": {detail[-1][:300]}" if detail else "")
         )
 
