@@ -64,9 +64,8 @@ import httpx_sse
 import trio
 import trio.testing
 
-from anycode_actors.chat.base import ChatRef
 from anycode_actors.chat.telegram import TelegramClient
-from anycode_actors.config import Config, TelegramConfig, config_from_mapping
+from anycode_actors.config import Config, config_from_mapping
 from anycode_actors.daemon import Daemon
 from anycode_actors.sandboxes.base import SandboxHandle
 from anycode_actors.steps import STEPS
@@ -136,10 +135,10 @@ class _Steps(logging.Handler):
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
-        self.seen: list[tuple[float, str, str]] = []
+        self.seen: list[tuple[float, str]] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.seen.append((getattr(record, "at", 0.0), getattr(record, "step", ""), ""))
+        self.seen.append((getattr(record, "at", 0.0), getattr(record, "step", "")))
 
     def __enter__(self) -> _Steps:
         STEPS.addHandler(self)
@@ -153,7 +152,7 @@ class _Steps(logging.Handler):
     def since(self, start: float, end: float) -> dict[str, float]:
         """Milliseconds from `start` to the first time each step was seen before `end`."""
         found: dict[str, float] = {}
-        for at, name, _ in self.seen:
+        for at, name in self.seen:
             if start <= at <= end and name not in found:
                 found[name] = 1000 * (at - start)
         return found
@@ -707,25 +706,13 @@ def measure_throughput(events: int) -> list[Figure]:
 
 # --- 5: chat requests per streamed session --------------------------------------------------------
 
-CHAT_DELTAS: Final = 100
-CHAT_EVERY: Final = 0.25
-CHAT_DEBOUNCE: Final = 0.5
-
 
 def measure_chat() -> list[Figure]:
-    from tests.test_chat_bench import stream
+    from tests.test_chat_bench import DELTAS, EVERY, stream_to_telegram
 
     async def main() -> tuple[int, int, int, float]:
         async with trio.open_nursery() as nursery:
-            fake = FakeTelegram()
-            await fake.start(nursery)
-            ada = User(111, "Ada")
-            fake.add_chat(ada.id, "private", user=ada)
-            config = TelegramConfig.model_validate(
-                {"bot_token": fake.token, "api_base_url": fake.base_url, "allow_everyone": True}
-            )
-            async with httpx.AsyncClient() as http, TelegramClient(config, http=http) as client:
-                await stream(nursery, client, ChatRef("telegram", str(ada.id)))
+            fake, _ = await stream_to_telegram(nursery)
             calls = [c for c in fake.calls if c.method in ("sendmessage", "editmessagetext")]
             limited = sum(1 for c in fake.calls if c.status == 429)
             noop = sum(
@@ -737,7 +724,7 @@ def measure_chat() -> list[Figure]:
     requests, limited, noop, rate = trio.run(
         main, clock=trio.testing.MockClock(autojump_threshold=0)
     )
-    least = math.ceil(CHAT_DELTAS * CHAT_EVERY * rate)
+    least = math.ceil(DELTAS * EVERY * rate)
     ratio = requests / least
     return [
         Figure(

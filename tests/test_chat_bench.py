@@ -37,9 +37,9 @@ async def stream(nursery: trio.Nursery, client: ChatClient, chat: ChatRef) -> No
         await flusher.drain()
 
 
-async def test_bench_telegram_100_streamed_edits(
-    autojump_clock: trio.abc.Clock, nursery: trio.Nursery
-) -> None:
+async def stream_to_telegram(nursery: trio.Nursery) -> tuple[FakeTelegram, int]:
+    """`stream` through the real Telegram client to the stand-in, in one private chat; the
+    stand-in and that chat's id."""
     fake = FakeTelegram()
     await fake.start(nursery)
     ada = User(111, "Ada")
@@ -49,9 +49,16 @@ async def test_bench_telegram_100_streamed_edits(
     )
     async with httpx.AsyncClient() as http, TelegramClient(config, http=http) as client:
         await stream(nursery, client, ChatRef("telegram", str(ada.id)))
+    return fake, ada.id
+
+
+async def test_bench_telegram_100_streamed_edits(
+    autojump_clock: trio.abc.Clock, nursery: trio.Nursery
+) -> None:
+    fake, chat = await stream_to_telegram(nursery)
     calls = [c for c in fake.calls if c.method in ("sendmessage", "editmessagetext")]
     limited = [c for c in fake.calls if c.status == 429]
-    text = "".join(m.text + "\n" for m in fake.bot_messages(ada.id))
+    text = "".join(m.text + "\n" for m in fake.bot_messages(chat))
     assert all(f"step {n:03d}" in text for n in range(DELTAS))
     print(
         f"\nTelegram: {len(calls)} requests (send + edit) for {DELTAS} deltas; 429s: {len(limited)}"
